@@ -1,0 +1,75 @@
+"""torchinit: initialize PyTorch models correctly, reproducibly, fast, at any
+scale, and with evidence that the result is healthy.
+
+The public API is what this module exports.
+"""
+
+from .fans import Fans, compute_fans, module_fans, torch_fans
+from .gains import calculate_gain, second_moment_gain
+from .initializers import (
+    constant_,
+    delta_orthogonal_,
+    dirac_,
+    eye_,
+    fill_,
+    kaiming_normal_,
+    kaiming_uniform_,
+    lecun_normal_,
+    lecun_uniform_,
+    normal_,
+    ones_,
+    orthogonal_,
+    sparse_,
+    trunc_normal_,
+    trunc_normal_std_units_,
+    uniform_,
+    variance_scaling_,
+    xavier_normal_,
+    xavier_uniform_,
+    zeros_,
+)
+from . import specs
+from .specs import spec_from_dict
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    # fans and gains
+    "Fans",
+    "compute_fans",
+    "module_fans",
+    "torch_fans",
+    "calculate_gain",
+    "second_moment_gain",
+    # specs
+    "specs",
+    "spec_from_dict",
+    # torch.nn.init drop-ins
+    "uniform_",
+    "normal_",
+    "trunc_normal_",
+    "constant_",
+    "ones_",
+    "zeros_",
+    "eye_",
+    "dirac_",
+    "xavier_uniform_",
+    "xavier_normal_",
+    "kaiming_uniform_",
+    "kaiming_normal_",
+    "orthogonal_",
+    "sparse_",
+    # extras
+    "fill_",
+    "trunc_normal_std_units_",
+    "variance_scaling_",
+    "lecun_uniform_",
+    "lecun_normal_",
+    "delta_orthogonal_",
+]
+
+# --- keyed engine (issue 3) ---
+# --- model-level init (issue 4) ---
+# --- scale (issue 5) ---
+# --- evidence (issue 6) ---

@@ -1,0 +1,54 @@
+"""The ``torchinit`` command line.
+
+Each subcommand lives in its own module of this package and exposes
+``register(subparsers)``, which adds a parser whose ``func`` default runs it
+and returns an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+# Subcommand modules, in the order `torchinit --help` lists them.
+_COMMANDS = ("demo", "plan_cmd", "init_cmd", "report_cmd")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="torchinit",
+        description="Initialize PyTorch models correctly, reproducibly, fast, at any scale, with evidence.",
+    )
+    parser.add_argument("--version", action="version", version=f"torchinit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _COMMANDS:
+        try:
+            mod = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"{__name__}.{name}":
+                continue  # subcommand not present in this build
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as exc:
+        # User errors: one clear line, no traceback.
+        print(f"torchinit {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,396 @@
+"""Public initializers.
+
+Drop-ins for every ``torch.nn.init`` function (same signatures, same results,
+same generator consumption, same errors) plus what torch lacks. Each one is a
+thin preset: it computes a :mod:`~torchinit.specs` spec from the shape, fans and
+gain, then hands it to an engine:
+
+* no ``key``: the torch engine (bitwise ``torch.nn.init``);
+* ``key=torchinit.Key(...)``: the keyed engine, where every value is a pure
+  function of (key, logical element index, spec).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+from torch.overrides import handle_torch_function, has_torch_function_variadic
+
+from . import specs as S
+from .fans import Fans
+from .gains import calculate_gain
+from .torch_engine import torch_fill_
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .keyed import Key
+
+__all__ = [
+    "calculate_gain",
+    "uniform_",
+    "normal_",
+    "trunc_normal_",
+    "trunc_normal_std_units_",
+    "constant_",
+    "ones_",
+    "zeros_",
+    "eye_",
+    "dirac_",
+    "xavier_uniform_",
+    "xavier_normal_",
+    "kaiming_uniform_",
+    "kaiming_normal_",
+    "orthogonal_",
+    "sparse_",
+    "variance_scaling_",
+    "lecun_uniform_",
+    "lecun_normal_",
+    "delta_orthogonal_",
+    "fill_",
+]
+
+
+def fill_(
+    tensor: Tensor,
+    spec: S.Spec,
+    *,
+    generator: torch.Generator | None = None,
+    key: "Key | None" = None,
+) -> Tensor:
+    """Fill ``tensor`` in place with ``spec`` using the torch engine or, with ``key``, the keyed engine."""
+    if key is None:
+        return torch_fill_(tensor, spec, generator)
+    if generator is not None:
+        raise ValueError("pass either generator= (torch engine) or key= (keyed engine), not both")
+    spec = spec.checked()
+    spec.check_shape(tuple(tensor.shape))
+    from .keyed import fill_ as keyed_fill_
+
+    return keyed_fill_(tensor, spec, key)
+
+
+def _require_float(tensor: Tensor, fn: str) -> None:
+    if not (tensor.is_floating_point() or tensor.is_complex()):
+        raise TypeError(f"{fn}: expected a floating-point tensor, got dtype {tensor.dtype}")
+
+
+# ---------------------------------------------------------------------------
+# torch.nn.init drop-ins
+# ---------------------------------------------------------------------------
+
+def uniform_(
+    tensor: Tensor,
+    a: float = 0.0,
+    b: float = 1.0,
+    generator: torch.Generator | None = None,
+    *,
+    key: "Key | None" = None,
+) -> Tensor:
+    r"""Fill with :math:`\mathcal{U}(a, b)`. Drop-in for ``torch.nn.init.uniform_``."""
+    if has_torch_function_variadic(tensor):
+        kw = {} if key is None else {"key": key}
+        return handle_torch_function(uniform_, (tensor,), tensor=tensor, a=a, b=b, generator=generator, **kw)
+    return fill_(tensor, S.Uniform._unchecked(low=a, high=b), generator=generator, key=key)
+
+
+def normal_(
+    tensor: Tensor,
+    mean: float = 0.0,
+    std: float = 1.0,
+    generator: torch.Generator | None = None,
+    *,
+    key: "Key | None" = None,
+) -> Tensor:
+    r"""Fill with :math:`\mathcal{N}(\text{mean}, \text{std}^2)`. Drop-in for ``torch.nn.init.normal_``."""
+    if has_torch_function_variadic(tensor):
+        kw = {} if key is None else {"key": key}
+        return handle_torch_function(
+            normal_, (tensor,), tensor=tensor, mean=mean, std=std, generator=generator, **kw
+        )
+    return fill_(tensor, S.Normal._unchecked(mean_=mean, std_=std), generator=generator, key=key)
+
+
+def _check_trunc_std(std: float, fn: str) -> None:
+    # torch accepts std < 0 and silently returns garbage: refuse before writing.
+    if isinstance(std, (int, float)) and not isinstance(std, bool) and std < 0:
+        raise ValueError(f"{fn}: std must be positive, got std={std}")
+
+
+def trunc_normal_(
+    tensor: Tensor,
+    mean: float = 0.0,
+    std: float = 1.0,
+    a: float = -2.0,
+    b: float = 2.0,
+    generator: torch.Generator | None = None,
+    *,
+    key: "Key | None" = None,
+) -> Tensor:
+    r"""Truncated normal with ABSOLUTE bounds: N(mean, std^2) restricted to [a, b].
+
+    Drop-in for ``torch.nn.init.trunc_normal_``: ``a`` and ``b`` are values, not
+    multiples of ``std``. ``trunc_normal_(w, std=0.02)`` keeps the default bounds
+    [-2, 2], i.e. 100 standard deviations: effectively no truncation. For bounds
+    in standard units (JAX, ``timm.trunc_normal_tf_``) use
+    :func:`trunc_normal_std_units_`.
+    """
+    _check_trunc_std(std, "trunc_normal_")
+    return fill_(tensor, S.TruncatedNormal._unchecked(mean_=mean, std_=std, a=a, b=b), generator=generator, key=key)
+
+
+def trunc_normal_std_units_(
+    tensor: Tensor,
+    mean: float = 0.0,
+    std: float = 1.0,
+    lower: float = -2.0,
+    upper: float = 2.0,
+    generator: torch.Generator | None = None,
+    *,
+    key: "Key | None" = None,
+) -> Tensor:
+    r"""Truncated normal with bounds in STANDARD UNITS: N(mean, std^2) restricted to
+    ``[mean + lower * std, mean + upper * std]``.
+
+    This is the JAX / ``timm.trunc_normal_tf_`` convention: ``std=0.02`` with the
+    default ``lower=-2, upper=2`` truncates at +-0.04. The argument names differ
+    from :func:`trunc_normal_` on purpose, so the two cannot be confused.
+    """
+    _require_float(tensor, "trunc_normal_std_units_")
+    spec = S.TruncatedNormal(mean, std, mean + lower * std, mean + upper * std)
+    return fill_(tensor, spec, generator=generator, key=key)
+
+
+def constant_(tensor: Tensor, val: float) -> Tensor:
+    r"""Fill with the constant ``val``. Drop-in for ``torch.nn.init.constant_``."""
+    if has_torch_function_variadic(tensor):
+        return handle_torch_function(constant_, (tensor,), tensor=tensor, val=val)
+    return torch_fill_(tensor, S.Constant._unchecked(value=val))
+
+
+def ones_(tensor: Tensor) -> Tensor:
+    """Fill with 1. Drop-in for ``torch.nn.init.ones_``."""
+    return torch_fill_(tensor, S.Constant._unchecked(value=1.0))
+
+
+def zeros_(tensor: Tensor) -> Tensor:
+    """Fill with 0. Drop-in for ``torch.nn.init.zeros_``."""
+    with torch.no_grad():
+        return tensor.zero_()
+
+
+def eye_(tensor: Tensor) -> Tensor:
+    """Identity matrix (2-D only). Drop-in for ``torch.nn.init.eye_``."""
+    spec = S.Eye()
+    spec.check_shape(tuple(tensor.shape))
+    return torch_fill_(tensor, spec)
+
+
+def dirac_(tensor: Tensor, groups: int = 1) -> Tensor:
+    """Dirac delta (3/4/5-D): preserves the input channels of a conv, per group.
+    Drop-in for ``torch.nn.init.dirac_``."""
+    spec = S.Dirac(groups)
+    if tensor.ndimension() not in (3, 4, 5):
+        raise ValueError("Only tensors with 3, 4, or 5 dimensions are supported")
+    spec.check_shape(tuple(tensor.shape))
+    return torch_fill_(tensor, spec)
+
+
+def xavier_uniform_(
+    tensor: Tensor,
+    gain: float = 1.0,
+    generator: torch.Generator | None = None,
+    *,
+    key: "Key | None" = None,
+) -> Tensor:
+    r"""Glorot uniform: :math:`\mathcal{U}(-a, a)`, :math:`a = \text{gain}\sqrt{6/(\text{fan\_in}+\text{fan\_out})}`.
+
+    Drop-in for ``torch.nn.init.xavier_uniform_`` (torch's fan convention).
+    """
+    return fill_(tensor, S.xavier(tensor.shape, gain, "uniform"), generator=generator, key=key)
+
+
+def xavier_normal_(
+    tensor: Tensor,
+    gain: float = 1.0,
+    generator: torch.Generator | None = None,
+    *,
+    key: "Key | None" = None,
+) -> Tensor:
+    r"""Glorot normal: :math:`\mathcal{N}(0, \text{std}^2)`, :math:`\text{std} = \text{gain}\sqrt{2/(\text{fan\_in}+\text{fan\_out})}`.
+
+    Drop-in for ``torch.nn.init.xavier_normal_``.
+    """
+    return fill_(tensor, S.xavier(tensor.shape, gain, "normal"), generator=generator, key=key)
+
+
+def _kaiming(tensor, a, mode, nonlinearity, generator, key, distribution):
+    if 0 in tensor.shape:
+        warnings.warn("Initializing zero-element tensors is a no-op", stacklevel=3)
+        return tensor
+    spec = S.kaiming(tensor.shape, a, mode, nonlinearity, distribution)
+    return fill_(tensor, spec, generator=generator, key=key)
+
+
+def kaiming_uniform_(
+    tensor: Tensor,
+    a: float = 0,
+    mode: str = "fan_in",
+    nonlinearity: str = "leaky_relu",
+    generator: torch.Generator | None = None,
+    *,
+    key: "Key | None" = None,
+) -> Tensor:
+    r"""He uniform: :math:`\mathcal{U}(-b, b)`, :math:`b = \text{gain}\sqrt{3/\text{fan\_mode}}`.
+
+    Drop-in for ``torch.nn.init.kaiming_uniform_``. Trap kept for parity: the
+    default ``nonlinearity='leaky_relu'`` with ``a=0`` is ReLU's gain sqrt(2);
+    torch's layers call it with ``a=sqrt(5)``, giving U(+-1/sqrt(fan_in)).
+    """
+    if has_torch_function_variadic(tensor):
+        kw = {} if key is None else {"key": key}
+        return handle_torch_function(
+            kaiming_uniform_, (tensor,), tensor=tensor, a=a, mode=mode,
+            nonlinearity=nonlinearity, generator=generator, **kw,
+        )
+    return _kaiming(tensor, a, mode, nonlinearity, generator, key, "uniform")
+
+
+def kaiming_normal_(
+    tensor: Tensor,
+    a: float = 0,
+    mode: str = "fan_in",
+    nonlinearity: str = "leaky_relu",
+    generator: torch.Generator | None = None,
+    *,
+    key: "Key | None" = None,
+) -> Tensor:
+    r"""He normal: :math:`\mathcal{N}(0, \text{std}^2)`, :math:`\text{std} = \text{gain}/\sqrt{\text{fan\_mode}}`.
+
+    Drop-in for ``torch.nn.init.kaiming_normal_``.
+    """
+    return _kaiming(tensor, a, mode, nonlinearity, generator, key, "normal")
+
+
+def orthogonal_(
+    tensor: Tensor,
+    gain: float = 1,
+    generator: torch.Generator | None = None,
+    *,
+    key: "Key | None" = None,
+) -> Tensor:
+    """(Semi-)orthogonal matrix of the tensor flattened to (size(0), -1), times ``gain``
+    (Saxe et al. 2013). Drop-in for ``torch.nn.init.orthogonal_``."""
+    if tensor.ndimension() < 2:
+        raise ValueError("Only tensors with 2 or more dimensions are supported")
+    return fill_(tensor, S.Orthogonal._unchecked(gain=gain), generator=generator, key=key)
+
+
+def sparse_(
+    tensor: Tensor,
+    sparsity: float,
+    std: float = 0.01,
+    generator: torch.Generator | None = None,
+    *,
+    key: "Key | None" = None,
+) -> Tensor:
+    """N(0, std^2) with ``ceil(sparsity * rows)`` zeros per column (Martens 2010).
+
+    Drop-in for ``torch.nn.init.sparse_``. Trap kept for parity in the torch
+    engine: the zero positions come from the GLOBAL RNG (``torch.randperm``),
+    whatever ``generator`` is. The keyed engine draws them from the key.
+    Unlike torch, a sparsity outside [0, 1] is refused before anything is written.
+    """
+    if tensor.ndimension() != 2:
+        raise ValueError("Only tensors with 2 dimensions are supported")
+    spec = S.Sparse(sparsity, 0.0)  # validates sparsity; std is torch's to check
+    spec = S.Sparse._unchecked(sparsity=spec.sparsity, std_=std)
+    return fill_(tensor, spec, generator=generator, key=key)
+
+
+# ---------------------------------------------------------------------------
+# What torch lacks
+# ---------------------------------------------------------------------------
+
+def variance_scaling_(
+    tensor: Tensor,
+    scale: float = 1.0,
+    mode: str = "fan_in",
+    distribution: str = "truncated_normal",
+    *,
+    layout: str = "torch",
+    groups: int = 1,
+    fans: Fans | None = None,
+    generator: torch.Generator | None = None,
+    key: "Key | None" = None,
+) -> Tensor:
+    r"""JAX ``variance_scaling``: values with variance exactly ``scale / n``.
+
+    ``n`` = fan_in, fan_out, (fan_in + fan_out) / 2 or sqrt(fan_in * fan_out) by
+    ``mode``. Distributions:
+
+    * ``"truncated_normal"``: N(0, s^2) truncated to [-2 s, 2 s] with
+      s = sqrt(scale / n) / 0.87962566103423978 (so the variance is scale / n);
+    * ``"normal"``: N(0, scale / n);
+    * ``"uniform"``: U(-sqrt(3 scale / n), sqrt(3 scale / n)).
+
+    Fans follow ``layout`` (``"torch"``: (out, in, *k); ``"x@w"``: (..., in, out);
+    ``"conv"`` / ``"conv_transpose"`` with ``groups``) or are given as ``fans``.
+    Presets: ``scale=2, mode="fan_in"`` is He; ``scale=1, "fan_avg"`` Glorot;
+    ``scale=1, "fan_in"`` LeCun.
+    """
+    _require_float(tensor, "variance_scaling_")
+    spec = S.variance_scaling(tensor.shape, scale, mode, distribution, layout=layout, groups=groups, fans=fans)
+    if tensor.numel() == 0:
+        return tensor
+    return fill_(tensor, spec, generator=generator, key=key)
+
+
+def lecun_uniform_(
+    tensor: Tensor,
+    *,
+    layout: str = "torch",
+    groups: int = 1,
+    generator: torch.Generator | None = None,
+    key: "Key | None" = None,
+) -> Tensor:
+    r"""LeCun uniform: :math:`\mathcal{U}(-\sqrt{3/\text{fan\_in}}, \sqrt{3/\text{fan\_in}})`."""
+    return variance_scaling_(tensor, 1.0, "fan_in", "uniform", layout=layout, groups=groups,
+                             generator=generator, key=key)
+
+
+def lecun_normal_(
+    tensor: Tensor,
+    *,
+    layout: str = "torch",
+    groups: int = 1,
+    generator: torch.Generator | None = None,
+    key: "Key | None" = None,
+) -> Tensor:
+    r"""LeCun normal (JAX semantics): truncated normal with variance exactly ``1/fan_in``.
+
+    The right choice for SELU self-normalizing networks (Klambauer et al. 2017).
+    """
+    return variance_scaling_(tensor, 1.0, "fan_in", "truncated_normal", layout=layout, groups=groups,
+                             generator=generator, key=key)
+
+
+def delta_orthogonal_(
+    tensor: Tensor,
+    gain: float = 1.0,
+    generator: torch.Generator | None = None,
+    *,
+    key: "Key | None" = None,
+) -> Tensor:
+    """Delta-orthogonal init (Xiao et al. 2018) for a 3/4/5-D conv weight (out, in, *k).
+
+    Zeros everywhere except the spatial centre, which holds a random (out, in)
+    matrix with orthonormal columns times ``gain``: the conv starts as an
+    orthogonal 1x1 map, so signal norms are preserved exactly at any depth
+    (dynamical isometry). Needs ``out >= in``.
+    """
+    _require_float(tensor, "delta_orthogonal_")
+    spec = S.DeltaOrthogonal(gain)
+    spec.check_shape(tuple(tensor.shape))
+    return fill_(tensor, spec, generator=generator, key=key)

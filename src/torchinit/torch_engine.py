@@ -1,0 +1,110 @@
+"""The torch engine: fills a spec with torch's own sampling primitives, in the
+same order and with the same calls as ``torch.nn.init``, so results, generator
+state and errors are bitwise identical to the installed torch.
+
+Known torch traps kept for parity (documented in docs/initializers.md):
+
+* ``sparse_`` draws its zero positions with ``torch.randperm`` on the GLOBAL
+  generator even when ``generator=`` is given, one Python loop step per column.
+* ``trunc_normal_`` in torch 2.13 uses rejection sampling whose RNG consumption
+  depends on the data; older releases used an erfinv transform. We call the
+  installed torch's own routine so the parity holds for any version.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .specs import (
+    Constant,
+    DeltaOrthogonal,
+    Dirac,
+    Eye,
+    Normal,
+    Orthogonal,
+    Sparse,
+    Spec,
+    TruncatedNormal,
+    Uniform,
+)
+
+__all__ = ["torch_fill_"]
+
+
+def _orthogonal_matrix(rows: int, cols: int, like: Tensor, generator) -> Tensor:
+    """Haar-distributed (rows, cols) semi-orthogonal matrix, torch's algorithm."""
+    flattened = like.new_empty((rows, cols)).normal_(0, 1, generator=generator)
+    if rows < cols:
+        flattened.t_()
+    q, r = torch.linalg.qr(flattened)
+    # sign(diag(R)) makes Q Haar distributed (Mezzadri 2007)
+    q *= torch.diag(r, 0).sign()
+    if rows < cols:
+        q.t_()
+    return q
+
+
+def torch_fill_(tensor: Tensor, spec: Spec, generator: torch.Generator | None = None) -> Tensor:
+    """Fill ``tensor`` in place with ``spec`` using torch's RNG; returns ``tensor``."""
+    with torch.no_grad():
+        if isinstance(spec, Uniform):
+            return tensor.uniform_(spec.low, spec.high, generator=generator)
+        if isinstance(spec, Normal):
+            return tensor.normal_(spec.mean_, spec.std_, generator=generator)
+        if isinstance(spec, TruncatedNormal):
+            from torch.nn.init import _no_grad_trunc_normal_
+
+            return _no_grad_trunc_normal_(tensor, spec.mean_, spec.std_, spec.a, spec.b, generator=generator)
+        if isinstance(spec, Constant):
+            return tensor.fill_(spec.value)
+        if isinstance(spec, Eye):
+            torch.eye(*tensor.shape, out=tensor, requires_grad=tensor.requires_grad)
+            return tensor
+        if isinstance(spec, Dirac):
+            return _dirac_(tensor, spec.groups)
+        if isinstance(spec, Orthogonal):
+            if tensor.numel() == 0 or tensor.is_meta:
+                return tensor
+            rows = tensor.size(0)
+            q = _orthogonal_matrix(rows, tensor.numel() // rows, tensor, generator)
+            tensor.view_as(q).copy_(q)
+            tensor.mul_(spec.gain)
+            return tensor
+        if isinstance(spec, DeltaOrthogonal):
+            if tensor.numel() == 0 or tensor.is_meta:
+                return tensor
+            out_c, in_c = tensor.shape[:2]
+            q = _orthogonal_matrix(out_c, in_c, tensor, generator)
+            tensor.zero_()
+            centre = tuple(s // 2 for s in tensor.shape[2:])
+            tensor[(slice(None), slice(None)) + centre] = q * spec.gain
+            return tensor
+        if isinstance(spec, Sparse):
+            if tensor.is_meta:
+                return tensor
+            import math
+
+            rows, cols = tensor.shape
+            num_zeros = math.ceil(spec.sparsity * rows)
+            tensor.normal_(0, spec.std_, generator=generator)
+            for col_idx in range(cols):
+                # torch ignores `generator` here: randperm uses the global RNG.
+                zero_indices = torch.randperm(rows)[:num_zeros]
+                tensor[zero_indices, col_idx] = 0
+            return tensor
+    raise TypeError(f"the torch engine cannot fill spec {spec!r}")
+
+
+def _dirac_(tensor: Tensor, groups: int) -> Tensor:
+    if tensor.is_meta:
+        return tensor
+    sizes = tensor.shape
+    out_chans_per_grp = sizes[0] // groups
+    min_dim = min(out_chans_per_grp, sizes[1])
+    centre = tuple(s // 2 for s in sizes[2:])
+    tensor.zero_()
+    for g in range(groups):
+        for d in range(min_dim):
+            tensor[(g * out_chans_per_grp + d, d) + centre] = 1
+    return tensor
