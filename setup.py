@@ -43,8 +43,13 @@ if os.path.exists(SRC) and os.environ.get("TORCHINIT_NO_NATIVE") != "1":
             "torchinit.keyed._native",
             sources=[SRC],
             # -ffp-contract=off: no FMA contraction, so the kernel is bit-identical
-            # to the reference backend (IEEE basic ops only).
-            extra_compile_args=["-O3", "-ffp-contract=off", "-fno-fast-math", "-std=c11", "-pthread"],
+            # to the reference backend (IEEE basic ops only). -fno-math-errno and
+            # -fno-trapping-math only drop errno/FP-exception-flag semantics (never
+            # a computed value) so that gcc can if-convert and vectorize the loops.
+            extra_compile_args=[
+                "-O3", "-ffp-contract=off", "-fno-fast-math", "-fno-math-errno",
+                "-fno-trapping-math", "-std=c11", "-pthread",
+            ],
             extra_link_args=["-pthread"],
         )
     )

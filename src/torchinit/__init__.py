@@ -70,6 +70,25 @@ __all__ = [
 ]
 
 # --- keyed engine (issue 3) ---
+from . import keyed
+from .keyed import Key
+
+__all__ += ["Key", "keyed"]
 # --- model-level init (issue 4) ---
+from .policy import Policy, PolicyError, Rule, load_policy
+from .plan import Plan, PlanEntry, apply_plan, init_model, plan
+from .presets import PRESETS, get_preset
+from .routing import keyed_init_mode
+
+__all__ += ["plan", "init_model", "apply_plan", "Plan", "PlanEntry", "Policy", "PolicyError", "Rule",
+            "load_policy", "PRESETS", "get_preset", "keyed_init_mode"]
 # --- scale (issue 5) ---
+from . import zoo
+from .materialize import materialize
+
+__all__ += ["materialize", "zoo"]
 # --- evidence (issue 6) ---
+from .diagnostics import Report, diagnose
+from .lsuv import class_prior, data_init_, lsuv_, prior_bias_
+
+__all__ += ["diagnose", "Report", "lsuv_", "prior_bias_", "class_prior", "data_init_"]

@@ -12,6 +12,7 @@ gain, then hands it to an engine:
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import TYPE_CHECKING
 
@@ -72,8 +73,10 @@ def fill_(
 
 
 def _require_float(tensor: Tensor, fn: str) -> None:
-    if not (tensor.is_floating_point() or tensor.is_complex()):
-        raise TypeError(f"{fn}: expected a floating-point tensor, got dtype {tensor.dtype}")
+    # Complex tensors are refused too: their variance would be split between the real
+    # and imaginary parts (uniform/normal double it; truncation fails in torch's `<`).
+    if not tensor.is_floating_point():
+        raise TypeError(f"{fn}: expected a real floating-point tensor, got dtype {tensor.dtype}")
 
 
 # ---------------------------------------------------------------------------
@@ -112,10 +115,31 @@ def normal_(
     return fill_(tensor, S.Normal._unchecked(mean_=mean, std_=std), generator=generator, key=key)
 
 
-def _check_trunc_std(std: float, fn: str) -> None:
-    # torch accepts std < 0 and silently returns garbage: refuse before writing.
-    if isinstance(std, (int, float)) and not isinstance(std, bool) and std < 0:
-        raise ValueError(f"{fn}: std must be positive, got std={std}")
+def _refuse_trunc_garbage(tensor: Tensor, mean: float, std: float, a: float, b: float) -> None:
+    """Refuse, before writing, the arguments torch's trunc_normal_ accepts but turns into
+    garbage: a negative std (sampled as |std|), a nan std or a non-finite mean (both give
+    U(a, b)). Where torch itself raises for them, its own error is kept: torch draws
+    normal_(mean, std) when more than 30% of the mass lies in [a, b] (it rejects std < 0),
+    and otherwise starts with uniform_(a, b) (it rejects bad bounds and integer dtypes).
+    """
+    nums = (mean, std, a, b)
+    if tensor.is_meta or tensor.is_complex() or not all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) for x in nums
+    ):
+        return
+    if not (std < 0 or math.isnan(std) or not math.isfinite(mean)):
+        return
+    if std < 0 and math.isfinite(mean):
+        cdf = lambda x: (1.0 + math.erf(x / math.sqrt(2.0))) / 2.0  # noqa: E731
+        if cdf((b - mean) / std) - cdf((a - mean) / std) > 0.3:
+            return  # torch's normal_ raises
+    try:  # a throwaway generator: probing the bounds must not move any RNG
+        tensor.new_empty(1).uniform_(a, b, generator=torch.Generator(device=tensor.device))
+    except (RuntimeError, NotImplementedError):
+        return  # torch's uniform_ raises
+    if std < 0 or math.isnan(std):
+        raise ValueError(f"trunc_normal_: std must be positive, got std={std}")
+    raise ValueError(f"trunc_normal_: mean must be finite, got mean={mean}")
 
 
 def trunc_normal_(
@@ -136,7 +160,7 @@ def trunc_normal_(
     in standard units (JAX, ``timm.trunc_normal_tf_``) use
     :func:`trunc_normal_std_units_`.
     """
-    _check_trunc_std(std, "trunc_normal_")
+    _refuse_trunc_garbage(tensor, mean, std, a, b)
     return fill_(tensor, S.TruncatedNormal._unchecked(mean_=mean, std_=std, a=a, b=b), generator=generator, key=key)
 
 
@@ -194,6 +218,9 @@ def dirac_(tensor: Tensor, groups: int = 1) -> Tensor:
     if tensor.ndimension() not in (3, 4, 5):
         raise ValueError("Only tensors with 3, 4, or 5 dimensions are supported")
     spec.check_shape(tuple(tensor.shape))
+    if isinstance(groups, int) and groups < 0:
+        # torch accepts a negative divisor of dim 0 and writes all zeros: refuse it.
+        raise ValueError(f"dirac_: groups must be a positive int, got groups={groups}")
     return torch_fill_(tensor, spec)
 
 
@@ -208,7 +235,7 @@ def xavier_uniform_(
 
     Drop-in for ``torch.nn.init.xavier_uniform_`` (torch's fan convention).
     """
-    return fill_(tensor, S.xavier(tensor.shape, gain, "uniform"), generator=generator, key=key)
+    return fill_(tensor, S.xavier(tensor.shape, gain, "uniform", check=False), generator=generator, key=key)
 
 
 def xavier_normal_(
@@ -222,14 +249,14 @@ def xavier_normal_(
 
     Drop-in for ``torch.nn.init.xavier_normal_``.
     """
-    return fill_(tensor, S.xavier(tensor.shape, gain, "normal"), generator=generator, key=key)
+    return fill_(tensor, S.xavier(tensor.shape, gain, "normal", check=False), generator=generator, key=key)
 
 
 def _kaiming(tensor, a, mode, nonlinearity, generator, key, distribution):
     if 0 in tensor.shape:
         warnings.warn("Initializing zero-element tensors is a no-op", stacklevel=3)
         return tensor
-    spec = S.kaiming(tensor.shape, a, mode, nonlinearity, distribution)
+    spec = S.kaiming(tensor.shape, a, mode, nonlinearity, distribution, check=False)
     return fill_(tensor, spec, generator=generator, key=key)
 
 
@@ -304,8 +331,19 @@ def sparse_(
     """
     if tensor.ndimension() != 2:
         raise ValueError("Only tensors with 2 dimensions are supported")
-    spec = S.Sparse(sparsity, 0.0)  # validates sparsity; std is torch's to check
-    spec = S.Sparse._unchecked(sparsity=spec.sparsity, std_=std)
+    # A finite real sparsity outside [0, 1] is accepted by torch and zeroes every
+    # entry (> 1) or all but a few (< 0): refuse it. Other bad values (nan, inf,
+    # str) are left to torch's own errors, for parity; True counts as 1, as in torch.
+    s = float(sparsity) if isinstance(sparsity, Tensor) and sparsity.numel() == 1 else sparsity
+    if isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) and not 0.0 <= s <= 1.0:
+        try:  # torch's normal_(0, std) comes first and rejects a bad std / dtype: keep its error
+            if not tensor.is_meta:
+                tensor.new_empty(1).normal_(0, std, generator=torch.Generator(device=tensor.device))
+        except (RuntimeError, NotImplementedError, TypeError):
+            pass
+        else:
+            raise ValueError(f"sparse_: sparsity must be in [0, 1], got {sparsity}")
+    spec = S.Sparse._unchecked(sparsity=sparsity, std_=std)
     return fill_(tensor, spec, generator=generator, key=key)
 
 

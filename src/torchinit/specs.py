@@ -79,6 +79,22 @@ def _norm_pdf(x: float) -> float:
     return math.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
 
 
+_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+def _log_norm_cdf(x: float) -> float:
+    """log cdf(x) of N(0, 1), accurate far into the left tail."""
+    if x > -30.0:
+        return math.log(0.5 * math.erfc(-x / math.sqrt(2.0)))
+    # Mills ratio: cdf(x) = pdf(x) / |x| * (1 - 1/x^2 + 3/x^4 - 15/x^6 + ...), to 1e-15 for x <= -30
+    x2 = x * x
+    series, term = 0.0, 1.0
+    for k in range(1, 7):
+        term *= -(2 * k - 1) / x2
+        series += term
+    return -0.5 * x2 - _LOG_SQRT_2PI - math.log(-x) + math.log1p(series)
+
+
 @dataclass(frozen=True)
 class Spec:
     """Base class of all specs. Subclasses register under their ``kind``."""
@@ -249,14 +265,38 @@ class TruncatedNormal(Spec):
         return (self.b - self.mean_) / self.std_
 
     def _moments(self) -> tuple[float, float]:
+        # Standard formulas, m = (pdf(al) - pdf(be)) / Z, var = 1 + (al pdf(al) - be pdf(be)) / Z - m^2,
+        # evaluated in log space on the left tail (reflecting [al, be] if needed) so
+        # that Z = cdf(be) - cdf(al) keeps its precision far from the mean.
         al, be = self.alpha, self.beta
-        z = _norm_cdf(be) - _norm_cdf(al)
-        if z < 1e-300:  # far tail: the distribution collapses onto the nearer bound
-            edge = self.a if abs(al) < abs(be) else self.b
-            return edge, 0.0
-        pa, pb = _norm_pdf(al), _norm_pdf(be)
-        m = (pa - pb) / z
-        var = 1.0 + (al * pa - be * pb) / z - m * m
+        flip = al + be > 0
+        if flip:
+            al, be = -be, -al
+        la, lb = _log_norm_cdf(al), _log_norm_cdf(be)
+        d = -math.expm1(la - lb)
+        if not d > 0.0:  # interval too narrow to resolve: effectively uniform on [a, b]
+            return (self.a + self.b) / 2, (self.b - self.a) / math.sqrt(12.0)
+        log_z = lb + math.log(d)
+        pa = math.exp(-0.5 * al * al - _LOG_SQRT_2PI - log_z)  # pdf(al) / Z
+        pb = math.exp(-0.5 * be * be - _LOG_SQRT_2PI - log_z)  # pdf(be) / Z
+        m = pa - pb
+        var = 1.0 + al * pa - be * pb - m * m
+        if not (al <= m <= be and 0.0 <= var <= 0.25 * (be - al) ** 2):
+            # cancellation far in the tail: there the density is exp(-|be| y) in the
+            # distance y = be - x from the nearer bound (an exponential truncated to
+            # [0, be - al]), exact up to O(1/be^2)
+            lam, w = -be, be - al
+            lw = lam * w
+            if lw < 1e-3:
+                ey, vy = w / 2 - lam * w * w / 12, w * w / 12 - lam**2 * w**4 / 720
+            elif lw < 700:
+                em = math.expm1(lw)
+                ey, vy = 1 / lam - w / em, 1 / lam**2 - w * w * (em + 1) / em**2
+            else:
+                ey, vy = 1 / lam, 1 / lam**2
+            m, var = be - ey, vy
+        if flip:
+            m = -m
         return self.mean_ + self.std_ * m, self.std_ * math.sqrt(max(var, 0.0))
 
     @property
@@ -426,17 +466,21 @@ def scaled_std(fans: Fans, mode: str = "fan_in", gain: float = 1.0) -> float:
     return gain / math.sqrt(fans.select(mode))
 
 
-def from_std(std: float, distribution: str, mean: float = 0.0) -> Spec:
+def from_std(std: float, distribution: str, mean: float = 0.0, *, check: bool = True) -> Spec:
     """The spec with the given std for ``distribution`` (uniform / normal / truncated_normal).
 
     truncated_normal follows JAX: truncated at 2 standard units of the
     *untruncated* std ``s = std / 0.87962566103423978``, so the final std is ``std``.
+    ``check=False`` builds uniform/normal specs unvalidated, for the torch engine
+    drop-ins that must let torch raise its own errors (negative or nan gains).
     """
     if distribution == "uniform":
         bound = math.sqrt(3.0) * std
-        return Uniform(mean - bound, mean + bound)
+        # (-bound, bound) when mean == 0 keeps torch's signed zeros for bound == 0
+        low, high = (-bound, bound) if mean == 0 else (mean - bound, mean + bound)
+        return Uniform(low, high) if check else Uniform._unchecked(low=low, high=high)
     if distribution == "normal":
-        return Normal(mean, std)
+        return Normal(mean, std) if check else Normal._unchecked(mean_=mean, std_=std)
     if distribution == "truncated_normal":
         s = std / TRUNC_STD_CORRECTION
         return TruncatedNormal(mean, s, mean - 2.0 * s, mean + 2.0 * s)
@@ -491,17 +535,19 @@ def kaiming(
     layout: str = "torch",
     groups: int = 1,
     fans: Fans | None = None,
+    check: bool = True,
 ) -> Spec:
     """He et al. 2015: ``std = gain(nonlinearity, a) / sqrt(fan_mode)``.
 
     Same checks and messages as torch (mode first, then nonlinearity).
+    ``check=False``: see :func:`from_std`.
     """
     m = mode.lower()
     if m not in ("fan_in", "fan_out"):
         raise ValueError(f"Mode {m} not supported, please use one of ['fan_in', 'fan_out']")
     f = _fans_of(shape, fans, layout, groups)
     gain = calculate_gain(nonlinearity, a)
-    return from_std(scaled_std(f, m, gain), distribution)
+    return from_std(scaled_std(f, m, gain), distribution, check=check)
 
 
 def xavier(
@@ -512,10 +558,14 @@ def xavier(
     layout: str = "torch",
     groups: int = 1,
     fans: Fans | None = None,
+    check: bool = True,
 ) -> Spec:
-    """Glorot & Bengio 2010: ``std = gain * sqrt(2 / (fan_in + fan_out))``."""
+    """Glorot & Bengio 2010: ``std = gain * sqrt(2 / (fan_in + fan_out))``.
+
+    ``check=False``: see :func:`from_std`.
+    """
     f = _fans_of(shape, fans, layout, groups)
-    return from_std(scaled_std(f, "fan_avg", gain), distribution)
+    return from_std(scaled_std(f, "fan_avg", gain), distribution, check=check)
 
 
 def lecun(

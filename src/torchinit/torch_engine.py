@@ -55,6 +55,13 @@ def torch_fill_(tensor: Tensor, spec: Spec, generator: torch.Generator | None = 
         if isinstance(spec, TruncatedNormal):
             from torch.nn.init import _no_grad_trunc_normal_
 
+            if tensor.is_complex():
+                # torch writes normals, then fails comparing complex numbers: raise the
+                # same error from a scratch copy so the tensor is left untouched.
+                scratch = _no_grad_trunc_normal_(
+                    tensor.clone(), spec.mean_, spec.std_, spec.a, spec.b, generator=generator
+                )
+                return tensor.copy_(scratch)
             return _no_grad_trunc_normal_(tensor, spec.mean_, spec.std_, spec.a, spec.b, generator=generator)
         if isinstance(spec, Constant):
             return tensor.fill_(spec.value)
@@ -68,8 +75,11 @@ def torch_fill_(tensor: Tensor, spec: Spec, generator: torch.Generator | None = 
                 return tensor
             rows = tensor.size(0)
             q = _orthogonal_matrix(rows, tensor.numel() // rows, tensor, generator)
-            tensor.view_as(q).copy_(q)
-            tensor.mul_(spec.gain)
+            target = tensor.view_as(q)
+            # torch copies, then multiplies in place (same dtype, same bits); scaling q
+            # first means a bad gain raises torch's error before anything is written.
+            q.mul_(spec.gain)
+            target.copy_(q)
             return tensor
         if isinstance(spec, DeltaOrthogonal):
             if tensor.numel() == 0 or tensor.is_meta:

@@ -1,0 +1,102 @@
+"""Resolve a MODEL argument of the command line into an ``nn.Module``.
+
+MODEL is one of
+
+* a zoo name (``mlp``, ``cnn``, ``resnet``, ``gpt``; see :mod:`torchinit.zoo`);
+* ``package.module:factory``: imports ``package.module`` and calls ``factory(**kwargs)``;
+* ``path/to/file.py:factory``: executes ``file.py`` as a module and calls ``factory(**kwargs)``.
+
+Importing a module or loading a file RUNS ITS CODE with the user's permissions:
+only load models you trust.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import sys
+from typing import Any, Callable
+
+from torch import nn
+
+from .. import zoo
+
+__all__ = ["load_model", "resolve_factory", "parse_kwargs"]
+
+
+def parse_kwargs(text: str | None) -> dict[str, Any]:
+    """Parse the ``--kwargs`` JSON object (None or empty -> ``{}``)."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--kwargs must be a JSON object, e.g. '{{\"depth\": 10}}': {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"--kwargs must be a JSON object (a dict), got {type(value).__name__}: {text}")
+    return value
+
+
+def resolve_factory(spec: str) -> tuple[str, Callable[..., Any]]:
+    """Return ``(description, callable)`` for a MODEL spec (see module docstring)."""
+    if not isinstance(spec, str) or not spec:
+        raise ValueError("MODEL must be a non-empty string: a zoo name, package.module:factory or file.py:factory")
+    if spec in zoo.ZOO:
+        return f"zoo:{spec}", lambda **kw: zoo.build(spec, **kw)
+    if ":" not in spec:
+        raise ValueError(
+            f"unknown model {spec!r}: not a zoo name ({', '.join(zoo.ZOO)}) and not of the form "
+            f"package.module:factory or path/to/file.py:factory"
+        )
+    target, _, attr = spec.rpartition(":")
+    if not target or not attr:
+        raise ValueError(f"model {spec!r}: expected 'module:factory' with both parts non-empty")
+    if target.endswith(".py") or os.sep in target or "/" in target:
+        path = os.path.abspath(target)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"model file not found: {target}")
+        mod_name = f"_torchinit_user_model_{abs(hash(path))}"
+        loader_spec = importlib.util.spec_from_file_location(mod_name, path)
+        if loader_spec is None or loader_spec.loader is None:
+            raise ImportError(f"cannot load {target} as a Python module")
+        module = importlib.util.module_from_spec(loader_spec)
+        sys.modules[mod_name] = module  # dataclasses and pickling need the module registered
+        try:
+            loader_spec.loader.exec_module(module)
+        except BaseException:
+            sys.modules.pop(mod_name, None)
+            raise
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ModuleNotFoundError as exc:
+            raise ImportError(f"model {spec!r}: cannot import module {target!r} ({exc})") from None
+    factory = module
+    for part in attr.split("."):
+        if not hasattr(factory, part):
+            raise ValueError(f"model {spec!r}: {target} has no attribute {attr!r}")
+        factory = getattr(factory, part)
+    if not callable(factory):
+        raise TypeError(f"model {spec!r}: {attr!r} is not callable (got {type(factory).__name__})")
+    return spec, factory
+
+
+def load_model(spec: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
+    """Build the model named by ``spec`` with ``kwargs`` (a dict, e.g. parsed from ``--kwargs``).
+
+    The model is built on the current default device; wrap the call in
+    ``with torch.device("meta"):`` to build it without allocating storage.
+    Raises ValueError / TypeError / ImportError / FileNotFoundError with a message
+    naming the spec when it cannot be resolved or does not return an ``nn.Module``.
+    """
+    kwargs = dict(kwargs or {})
+    desc, factory = resolve_factory(spec)
+    try:
+        model = factory(**kwargs)
+    except TypeError as exc:
+        raise TypeError(f"model {desc!r} rejected --kwargs {json.dumps(kwargs)}: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model {desc!r}: factory returned {type(model).__name__}, expected a torch.nn.Module")
+    return model

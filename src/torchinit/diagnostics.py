@@ -1,0 +1,1105 @@
+"""Signal-propagation diagnostics: SEE whether a model's initialization is healthy.
+
+:func:`diagnose` runs one forward pass (and, unless ``backward=False``, one
+backward pass) of ``model`` on ``inputs`` with hooks on every leaf layer and
+returns a :class:`Report`. Statistics are reduced inside the hooks as each layer
+runs, so no activation is kept by the diagnostics (autograd still keeps what the
+backward pass needs); buffers that a forward pass in training mode updates
+(BatchNorm running statistics) are restored afterwards, and parameter ``.grad``
+fields are not touched.
+
+Per recorded layer (Linear/Conv/Embedding/attention, normalization and
+activation modules), over the batch (dim 0 is the batch):
+
+* output ``mean``, ``std``, ``max_abs`` and, per channel (dim 1 for conv-style
+  outputs, the last dim otherwise), the average channel squared mean
+  ``sq_mean = mean_c(E[x_c]^2)`` and variance ``chan_var = mean_c(Var[x_c])``
+  (Brock et al. 2021's signal-propagation quantities);
+* ``dead``: the fraction of units (features/channels) of a ReLU-family module
+  whose output is 0 for EVERY element of the batch;
+* ``saturated``: the fraction of tanh/sigmoid outputs where the derivative is
+  below 10% of its maximum (``|tanh| > sqrt(0.9)``; ``sigmoid`` outside
+  ``[0.0257, 0.9743]``);
+* ``cosine``: the mean pairwise cosine similarity of the samples' flattened
+  outputs, on at most ``max_cosine_samples`` samples (correlation collapse, which
+  a std-only check misses);
+* ``grad_std``: the std of the loss gradient with respect to the layer output;
+* a 50-bin histogram of the output values over ``mean +- 4 std`` (``[0, 1]`` for
+  sigmoid, ``[-1, 1]`` for tanh, from 0 for ReLU; outliers counted in the edge
+  bins), for Glorot-style plots.
+
+Per parameter: std and mean, the std the plan promised (``plan`` entries'
+``.spec.std``), the measured gain ``sqrt(mean(w^2) * fan_in)`` of weight
+matrices, all-zero/constant tensors, duplicate rows (units that compute the same
+function) and tensors identical to another parameter (e.g. the deep-copied
+layers of ``nn.TransformerEncoder``).
+
+Verdicts (:class:`Verdict`) use the thresholds of :class:`Thresholds` (documented
+there) and name the layer where each problem starts and a concrete fix.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .fans import module_fans
+from .gains import calculate_gain, second_moment_gain
+
+__all__ = [
+    "diagnose",
+    "Report",
+    "LayerStats",
+    "ParamStats",
+    "Verdict",
+    "Thresholds",
+    "save_comparison",
+    "comparison_html",
+]
+
+# ----------------------------------------------------------------------------------
+# module classification
+# ----------------------------------------------------------------------------------
+
+_NORM_TYPES: tuple[type, ...] = (
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
+
+#: activation module -> nonlinearity name used for gains
+_ACTIVATIONS: dict[type, str] = {
+    nn.ReLU: "relu",
+    nn.ReLU6: "relu",
+    nn.LeakyReLU: "leaky_relu",
+    nn.PReLU: "leaky_relu",
+    nn.RReLU: "leaky_relu",
+    nn.ELU: "elu",
+    nn.CELU: "elu",
+    nn.SELU: "selu",
+    nn.GELU: "gelu",
+    nn.SiLU: "silu",
+    nn.Mish: "mish",
+    nn.Softplus: "softplus",
+    nn.Hardswish: "hardswish",
+    nn.Tanh: "tanh",
+    nn.Sigmoid: "sigmoid",
+    nn.Hardtanh: "hardtanh",
+    nn.Hardsigmoid: "hardsigmoid",
+    nn.Softsign: "softsign",
+    nn.LogSigmoid: "logsigmoid",
+    nn.Tanhshrink: "tanhshrink",
+}
+_RELU_FAMILY = {"relu"}  # outputs exactly 0 on the negative side: units can die
+_SATURATING = {"tanh", "sigmoid"}
+#: derivative below 10% of its maximum: tanh' = 1 - y^2 < 0.1; sigmoid' = y(1-y) < 0.025
+_TANH_SAT = math.sqrt(0.9)
+_SIGMOID_SAT = 0.5 - math.sqrt(0.25 - 0.025)
+_PRETTY = {
+    "relu": "ReLU", "leaky_relu": "LeakyReLU", "gelu": "GELU", "silu": "SiLU", "mish": "Mish",
+    "elu": "ELU", "selu": "SELU", "softplus": "Softplus", "hardswish": "Hardswish",
+    "tanh": "Tanh", "sigmoid": "Sigmoid",
+}
+
+
+def _kind(module: nn.Module) -> str | None:
+    """'linear' (Linear/Conv/Bilinear/other leaf with a >=2-D weight), 'embedding',
+    'attention', 'norm', 'activation' or None (not recorded)."""
+    if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+        return "embedding"
+    if isinstance(module, nn.MultiheadAttention):
+        return "attention"
+    if isinstance(module, _NORM_TYPES):
+        return "norm"
+    if type(module) in _ACTIVATIONS or isinstance(module, tuple(_ACTIVATIONS)):
+        return "activation"
+    if isinstance(module, (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd)):
+        return "linear"
+    w = getattr(module, "weight", None)
+    if isinstance(w, Tensor) and w.dim() >= 2 and not list(module.children()):
+        return "linear"
+    return None
+
+
+def _nonlinearity(module: nn.Module) -> tuple[str, float | None]:
+    for cls in type(module).__mro__:
+        if cls in _ACTIVATIONS:
+            name = _ACTIVATIONS[cls]
+            break
+    else:  # pragma: no cover - _kind guarantees a match
+        return "unknown", None
+    param = None
+    if isinstance(module, nn.LeakyReLU):
+        param = float(module.negative_slope)
+    elif isinstance(module, nn.PReLU):
+        param = float(module.weight.detach().float().mean())
+    elif isinstance(module, nn.RReLU):
+        param = (module.lower + module.upper) / 2
+    return name, param
+
+
+def _expected_gain(name: str, param: float | None) -> float | None:
+    """Variance-preserving gain for a layer followed by nonlinearity ``name``
+    (None where the criterion is not sharp: tanh/sigmoid are judged by saturation)."""
+    if name == "relu":
+        return math.sqrt(2.0)
+    if name == "leaky_relu":
+        return float(calculate_gain("leaky_relu", 0.01 if param is None else param))
+    if name == "selu":
+        return 1.0  # LeCun normal is the self-normalizing init
+    try:
+        if name in ("gelu", "silu", "mish", "elu", "softplus", "hardswish"):
+            return second_moment_gain(name)
+    except ValueError:  # pragma: no cover
+        return None
+    return None
+
+
+# ----------------------------------------------------------------------------------
+# data classes
+# ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Thresholds:
+    """Thresholds of the verdicts (all documented defaults; pass your own to :func:`diagnose`).
+
+    Let ``s_k`` be the output std of the k-th weight layer (Linear/Conv/...) in
+    forward order, ``s_0`` the std of the model input.
+
+    * ``vanish=0.1``: *vanishing* when some ``s_k / s_1 < vanish``. The verdict
+      starts at the first layer of the run of shrinking layers (``s_j < s_{j-1}``)
+      that leads there; an ``error`` when the ratio is below ``vanish**3``.
+    * ``explode=10``: *exploding* when some ``s_k / s_1 > explode`` (same start rule).
+    * ``grad_vanish=0.01`` / ``grad_explode=100``: gradient std at the output of the
+      first weight layer over that of the last weight layer whose output has the same
+      per-sample shape (groups of >= 3 layers; the most extreme group is judged).
+    * ``collapse=0.99``: *collapse* when the mean pairwise cosine similarity of
+      samples at a weight layer (other than the last) exceeds ``collapse`` while the input's is below
+      ``collapse_input=0.9``; starts at the first layer above ``collapse_start=0.9``.
+    * ``dead=0.5``: *dead units* when more than this fraction of a ReLU layer's
+      units is 0 on the whole batch (``error`` at ``dead_error=0.99``).
+    * ``saturated=0.5``: *saturation* when more than this fraction of a
+      tanh/sigmoid layer's outputs is saturated (derivative < 10% of its maximum).
+    * ``gain_factor=0.7``: *wrong nonlinearity* when a weight layer that sits
+      between two activations of a kind with a sharp variance criterion (ReLU,
+      leaky ReLU, GELU, SiLU, ...) has a per-layer variance factor
+      ``(g / g_expected)^2`` outside ``[gain_factor, 1/gain_factor]``, where
+      ``g = sqrt(mean(w^2) * fan_in)`` and ``g_expected`` the activation's gain; the
+      median layer decides (so data-dependent inits that scatter around the right
+      gain are not flagged), and the layers off in the same direction are reported.
+    * ``std_sigmas=5, std_floor=0.05``: *mismatch* when a parameter's std differs
+      from the std its plan promised by more than ``std_floor + std_sigmas /
+      sqrt(2 n)`` relative (n elements).
+    """
+
+    vanish: float = 0.1
+    explode: float = 10.0
+    grad_vanish: float = 0.01
+    grad_explode: float = 100.0
+    collapse: float = 0.99
+    collapse_input: float = 0.9
+    collapse_start: float = 0.9
+    dead: float = 0.5
+    dead_error: float = 0.99
+    saturated: float = 0.5
+    gain_factor: float = 0.7
+    std_sigmas: float = 5.0
+    std_floor: float = 0.05
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise ValueError(f"Thresholds: {f.name} must be a positive finite number, got {v!r}")
+
+
+@dataclass
+class LayerStats:
+    """Statistics of one call of one recorded module (see the module docstring)."""
+
+    name: str
+    type: str
+    kind: str
+    shape: list[int]
+    mean: float
+    std: float
+    max_abs: float
+    sq_mean: float
+    chan_var: float
+    finite: bool = True
+    in_sq: float | None = None  #: mean square of the layer input (weight layers)
+    dead: float | None = None
+    saturated: float | None = None
+    cosine: float | None = None
+    grad_std: float | None = None
+    nonlinearity: str | None = None  #: for activation modules
+    next_act: str | None = None  #: weight layers: activation that follows
+    next_act_param: float | None = None  #: its parameter (LeakyReLU slope)
+    prev_act: str | None = None  #: weight layers: activation that precedes
+    hist: list[int] = field(default_factory=list)
+    hist_range: list[float] = field(default_factory=list)
+
+
+@dataclass
+class ParamStats:
+    """Statistics of one parameter tensor."""
+
+    name: str
+    module: str
+    shape: list[int]
+    mean: float
+    std: float
+    constant: bool
+    zero: bool
+    duplicate_rows: int = 0
+    identical_to: str | None = None
+    promised_std: float | None = None
+    gain: float | None = None  #: sqrt(mean(w^2) * fan_in), weight matrices only
+    expected_gain: float | None = None  #: gain of the activation that follows, when sharp
+
+
+@dataclass
+class Verdict:
+    """One finding: ``kind`` (vanishing, exploding, vanishing_gradients,
+    exploding_gradients, collapse, dead_units, saturation, symmetry,
+    wrong_nonlinearity, mismatch, nonfinite), ``severity`` (error/warning/info), the
+    ``layer`` where it starts, a ``message``, a concrete ``fix``, the measured
+    ``value`` and the ``threshold`` it crossed."""
+
+    kind: str
+    severity: str
+    layer: str
+    message: str
+    fix: str
+    value: float | None = None
+    threshold: float | None = None
+
+    def __str__(self) -> str:
+        return f"[{self.severity}] {self.kind} at {self.layer}: {self.message} Fix: {self.fix}"
+
+
+def _fmt(v: float | None, spec: str = ".3g") -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return format(v, spec)
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.0f}%"
+
+
+@dataclass
+class Report:
+    """Result of :func:`diagnose`: ``layers`` (:class:`LayerStats`, forward order),
+    ``params`` (:class:`ParamStats`), ``verdicts`` (:class:`Verdict`) and ``meta``.
+
+    ``print()`` shows rich tables, ``to_dict()``/``to_json()`` serialize
+    (``from_dict``/``from_json`` invert them), ``plot_signal()`` /
+    ``plot_histograms()`` draw matplotlib figures and ``save(dir)`` writes PNGs,
+    ``report.json`` and a self-contained ``report.html``.
+    """
+
+    layers: list[LayerStats]
+    params: list[ParamStats]
+    verdicts: list[Verdict]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    # -- views ---------------------------------------------------------------------
+    @property
+    def label(self) -> str:
+        return str(self.meta.get("label") or self.meta.get("model") or "model")
+
+    def signal(self) -> list[LayerStats]:
+        """The weight layers (Linear/Conv/...) in forward order: the signal track."""
+        return [r for r in self.layers if r.kind == "linear"]
+
+    def activations(self) -> list[LayerStats]:
+        return [r for r in self.layers if r.kind == "activation"]
+
+    def layer(self, name: str) -> LayerStats:
+        for r in self.layers:
+            if r.name == name:
+                return r
+        raise KeyError(f"no recorded layer named {name!r}; recorded: {[r.name for r in self.layers][:20]}")
+
+    def param(self, name: str) -> ParamStats:
+        for p in self.params:
+            if p.name == name:
+                return p
+        raise KeyError(f"no parameter named {name!r}")
+
+    def by_kind(self, kind: str) -> list[Verdict]:
+        return [v for v in self.verdicts if v.kind == kind]
+
+    @property
+    def healthy(self) -> bool:
+        """True when no verdict of severity warning or error was found."""
+        return not any(v.severity in ("warning", "error") for v in self.verdicts)
+
+    # -- serialization -------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": "torchinit.report/1",
+            "meta": dict(self.meta),
+            "layers": [asdict(r) for r in self.layers],
+            "params": [asdict(p) for p in self.params],
+            "verdicts": [asdict(v) for v in self.verdicts],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Report":
+        if not isinstance(d, Mapping) or d.get("format") != "torchinit.report/1":
+            raise ValueError("Report.from_dict: expected a dict with format 'torchinit.report/1'")
+        return cls(
+            layers=[LayerStats(**r) for r in d["layers"]],
+            params=[ParamStats(**p) for p in d["params"]],
+            verdicts=[Verdict(**v) for v in d["verdicts"]],
+            meta=dict(d.get("meta", {})),
+        )
+
+    def to_json(self, indent: int | None = 1) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Report":
+        return cls.from_dict(json.loads(text))
+
+    # -- text ------------------------------------------------------------------------
+    def layer_table(self, *, kinds: Iterable[str] | None = None, max_rows: int | None = None):
+        """A ``rich.table.Table`` of the recorded layers."""
+        from rich.table import Table
+
+        t = Table(title=f"signal propagation: {self.label}", show_lines=False)
+        for col, j in (("#", "right"), ("layer", "left"), ("type", "left"), ("mean", "right"),
+                       ("std", "right"), ("max|x|", "right"), ("dead", "right"), ("sat", "right"),
+                       ("cos", "right"), ("grad std", "right")):
+            t.add_column(col, justify=j)
+        rows = [r for r in self.layers if kinds is None or r.kind in set(kinds)]
+        if max_rows is not None and len(rows) > max_rows:
+            rows = rows[: max_rows // 2] + rows[-(max_rows - max_rows // 2):]
+        for i, r in enumerate(rows):
+            t.add_row(str(i), r.name, r.type, _fmt(r.mean), _fmt(r.std), _fmt(r.max_abs), _pct(r.dead),
+                      _pct(r.saturated), _fmt(r.cosine, ".2f"), _fmt(r.grad_std))
+        return t
+
+    def verdict_table(self):
+        from rich.table import Table
+
+        t = Table(title=f"verdicts: {self.label}")
+        for col in ("severity", "kind", "starts at", "finding", "fix"):
+            t.add_column(col, overflow="fold")
+        style = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+        for v in self.verdicts:
+            t.add_row(f"[{style.get(v.severity, '')}]{v.severity}[/]", v.kind, v.layer, v.message, v.fix)
+        if not self.verdicts:
+            t.add_row("[green]ok[/]", "-", "-", "no problem found", "-")
+        return t
+
+    def print(self, console=None, *, kinds: Iterable[str] | None = ("linear", "activation", "norm", "embedding", "attention"),
+              max_rows: int | None = 60) -> None:
+        """Print the layer table and the verdicts with rich."""
+        from rich.console import Console
+
+        console = console or Console()
+        console.print(self.layer_table(kinds=kinds, max_rows=max_rows))
+        style = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+        console.print(f"[bold]verdicts: {self.label}[/]")
+        if not self.verdicts:
+            console.print("  [green]ok[/]: no problem found")
+        for v in self.verdicts:
+            console.print(f"  [{style.get(v.severity, '')}]{v.severity}[/] {v.kind} (starts at {v.layer}): "
+                          f"{v.message}", highlight=False)
+            console.print(f"      fix: {v.fix}", highlight=False)
+
+    def __str__(self) -> str:
+        from rich.console import Console
+
+        console = Console(width=140, record=True, file=io.StringIO(), color_system=None)
+        self.print(console)
+        return console.export_text()
+
+    # -- plots ---------------------------------------------------------------------
+    def plot_signal(self, path: str | Path | None = None, **kw):
+        """Signal-propagation figure of this report (see :func:`torchinit.plots.signal_propagation`)."""
+        from .plots import signal_propagation
+
+        return signal_propagation({self.label: self}, path, **kw)
+
+    def plot_histograms(self, path: str | Path | None = None, **kw):
+        """Glorot-style activation histograms (see :func:`torchinit.plots.activation_histograms`)."""
+        from .plots import activation_histograms
+
+        return activation_histograms(self, path, **kw)
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``signal.png``, ``histograms.png``, ``report.json`` and a self-contained
+        ``report.html`` (PNGs embedded as base64) into ``directory``; returns the HTML path."""
+        return save_comparison({self.label: self}, directory, title=f"torchinit report: {self.label}")
+
+
+# ----------------------------------------------------------------------------------
+# the recorder
+# ----------------------------------------------------------------------------------
+
+
+def _first_tensor(x: Any) -> Tensor | None:
+    if isinstance(x, Tensor):
+        return x
+    if isinstance(x, Mapping):
+        for k in ("logits", "last_hidden_state"):
+            if isinstance(x.get(k), Tensor):
+                return x[k]
+        x = list(x.values())
+    if isinstance(x, (list, tuple)):
+        for v in x:
+            t = _first_tensor(v)
+            if t is not None:
+                return t
+    return None
+
+
+_BINS = 50
+
+
+class _Recorder:
+    def __init__(self, model: nn.Module, max_cosine_samples: int, grads: bool) -> None:
+        self.model = model
+        self.k = max_cosine_samples
+        self.grads = grads
+        self.records: list[LayerStats] = []
+        self.calls: dict[str, int] = {}
+        self.last: LayerStats | None = None
+        self.cdims: dict[int, int] = {}
+        self.handles: list[Any] = []
+        self.modules: dict[str, nn.Module] = {}
+
+    def attach(self) -> None:
+        for name, m in self.model.named_modules():
+            kind = _kind(m)
+            if kind is None:
+                continue
+            if kind != "attention" and any(_kind(c) is not None for c in m.children()):
+                continue  # a container of recorded modules: record the leaves
+            self.modules[name or type(m).__name__] = m
+            self.handles.append(m.register_forward_hook(self._hook(name or type(m).__name__, m, kind)))
+
+    def detach(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+    def _hook(self, name: str, module: nn.Module, kind: str):
+        def hook(mod, args, out):
+            y = _first_tensor(out)
+            if y is None or not (y.is_floating_point() or y.is_complex()) or y.numel() == 0:
+                return
+            n = self.calls.get(name, 0)
+            self.calls[name] = n + 1
+            rec_name = name if n == 0 else f"{name}#{n + 1}"
+            x = _first_tensor(args)
+            self._record(rec_name, mod, kind, x, y)
+
+        return hook
+
+    def _cdim(self, mod: nn.Module, kind: str, y: Tensor) -> int:
+        if y.dim() <= 2:
+            return y.dim() - 1
+        if isinstance(mod, (nn.modules.conv._ConvNd, nn.modules.batchnorm._NormBase, nn.GroupNorm,
+                            nn.LocalResponseNorm)):
+            return 1
+        if kind == "activation" and self.last is not None and self.last.shape == list(y.shape):
+            return self.cdims.get(id(self.last), y.dim() - 1)
+        return y.dim() - 1
+
+    @torch.no_grad()
+    def _record(self, name: str, mod: nn.Module, kind: str, x: Tensor | None, y: Tensor) -> None:
+        yd = y.detach()
+        yf = yd.float() if not yd.is_complex() else yd.abs().float()
+        cdim = self._cdim(mod, kind, yf)
+        finite = bool(torch.isfinite(yf).all())
+        var, mean = torch.var_mean(yf, correction=0)
+        flat = yf.movedim(cdim, -1).reshape(-1, yf.shape[cdim]) if yf.dim() >= 1 else yf.reshape(1, 1)
+        cvar, cmean = torch.var_mean(flat, dim=0, correction=0)
+        rec = LayerStats(
+            name=name,
+            type=type(mod).__name__,
+            kind=kind,
+            shape=list(yf.shape),
+            mean=float(mean),
+            std=float(var.sqrt()),
+            max_abs=float(yf.abs().max()),
+            sq_mean=float((cmean * cmean).mean()),
+            chan_var=float(cvar.mean()),
+            finite=finite,
+        )
+        if kind == "activation":
+            nl, prm = _nonlinearity(mod)
+            rec.nonlinearity = nl
+            if nl in _RELU_FAMILY:
+                alive = (flat > 0).any(dim=0)
+                rec.dead = float(1.0 - alive.float().mean())
+            elif nl == "tanh":
+                rec.saturated = float((yf.abs() > _TANH_SAT).float().mean())
+            elif nl == "sigmoid":
+                rec.saturated = float(((yf < _SIGMOID_SAT) | (yf > 1 - _SIGMOID_SAT)).float().mean())
+            if self.last is not None and self.last.kind == "linear" and self.last.next_act is None:
+                self.last.next_act = nl
+                self.last.next_act_param = prm
+        if kind == "linear":
+            if x is not None and (x.is_floating_point()):
+                xf = x.detach().float()
+                rec.in_sq = float((xf * xf).mean())
+            if self.last is not None and self.last.kind == "activation":
+                rec.prev_act = self.last.nonlinearity
+        if yf.dim() >= 1 and yf.shape[0] >= 2 and finite:
+            s = yf[: self.k].reshape(min(self.k, yf.shape[0]), -1)
+            norms = s.norm(dim=1)
+            ok = norms > 0
+            if int(ok.sum()) >= 2:
+                u = s[ok] / norms[ok, None]
+                g = u @ u.T
+                m = g.shape[0]
+                rec.cosine = float((g.sum() - g.diagonal().sum()) / (m * (m - 1)))
+        # histogram for Glorot-style plots
+        if finite:
+            nl = rec.nonlinearity
+            if nl == "sigmoid":
+                lo, hi = 0.0, 1.0
+            elif nl == "tanh":
+                lo, hi = -1.0, 1.0
+            else:
+                sd = rec.std if rec.std > 0 else 1.0
+                lo, hi = rec.mean - 4 * sd, rec.mean + 4 * sd
+                if nl in _RELU_FAMILY:
+                    lo = 0.0
+            if hi > lo:
+                vals = yf.reshape(-1).clamp(lo, hi)  # outliers are counted in the edge bins
+                rec.hist = [int(c) for c in torch.histc(vals, bins=_BINS, min=lo, max=hi).tolist()]
+                rec.hist_range = [float(lo), float(hi)]
+        self.records.append(rec)
+        self.cdims[id(rec)] = cdim
+        self.last = rec
+        if self.grads and y.requires_grad:
+            def ghook(g, rec=rec):
+                gf = g.detach().float()
+                rec.grad_std = float(gf.std(correction=0)) if gf.numel() else None
+            y.register_hook(ghook)
+
+
+# ----------------------------------------------------------------------------------
+# parameters
+# ----------------------------------------------------------------------------------
+
+
+def _promised_std(spec: Any, shape: Sequence[int]) -> float | None:
+    if spec is None:
+        return None
+    kind = getattr(spec, "kind", None)
+    if kind == "orthogonal" or kind == "delta_orthogonal":
+        rows = shape[0]
+        cols = int(math.prod(shape[1:])) if len(shape) > 1 else 1
+        gain = float(getattr(spec, "gain", 1.0))
+        if kind == "delta_orthogonal":
+            k = int(math.prod(shape[2:]))
+            return gain * math.sqrt(1.0 / (max(rows, shape[1]) * k)) if k else None
+        return gain / math.sqrt(max(rows, cols))
+    if kind == "sparse":
+        rows = shape[0]
+        zeros = math.ceil(spec.sparsity * rows)
+        return float(spec.std) * math.sqrt(max(rows - zeros, 0) / rows) if rows else None
+    std = getattr(spec, "std", None)
+    return float(std) if std is not None else None
+
+
+def _fingerprint(t: Tensor) -> tuple:
+    f = t.detach().reshape(-1).double()
+    idx = torch.linspace(0, f.numel() - 1, steps=min(64, f.numel())).long()
+    return (tuple(t.shape), float(f.sum()), float((f * f).sum()), tuple(f[idx].tolist()))
+
+
+def _duplicate_rows(w2: Tensor) -> int:
+    rows, cols = w2.shape
+    if rows < 2 or cols == 0:
+        return 0
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(cols, generator=g, dtype=torch.float64)
+    h = w2.double() @ v
+    order = torch.argsort(h)
+    hs = h[order]
+    same = (hs[1:] == hs[:-1]).nonzero().flatten()
+    dup = set()
+    for i in same.tolist():
+        a, b = int(order[i]), int(order[i + 1])
+        if torch.equal(w2[a], w2[b]):
+            dup.add(b)
+    return len(dup)
+
+
+def _param_stats(model: nn.Module, plan: Any, records: list[LayerStats],
+                 modules: Mapping[str, nn.Module]) -> list[ParamStats]:
+    specs: dict[str, Any] = {}
+    if plan is not None:
+        for e in getattr(plan, "entries", plan):
+            specs[getattr(e, "name")] = getattr(e, "spec", None)
+    linear_by_module: dict[str, LayerStats] = {}
+    for r in records:
+        if r.kind == "linear":
+            linear_by_module.setdefault(r.name.split("#")[0], r)
+    out: list[ParamStats] = []
+    seen: dict[int, str] = {}
+    prints: dict[tuple, str] = {}
+    for mname, mod in model.named_modules():
+        for pname, p in mod.named_parameters(recurse=False):
+            qname = f"{mname}.{pname}" if mname else pname
+            if id(p) in seen:
+                continue
+            seen[id(p)] = qname
+            if p.is_meta or not p.is_floating_point() or p.numel() == 0:
+                continue
+            with torch.no_grad():
+                pf = p.detach().float()
+                var, mean = torch.var_mean(pf, correction=0)
+                first = pf.reshape(-1)[0]
+                constant = bool((pf == first).all())
+            ps = ParamStats(name=qname, module=mname, shape=list(p.shape), mean=float(mean),
+                            std=float(var.sqrt()), constant=constant, zero=constant and float(first) == 0.0)
+            if qname in specs:
+                ps.promised_std = _promised_std(specs[qname], p.shape)
+            if p.dim() >= 2 and not constant:
+                with torch.no_grad():
+                    ps.duplicate_rows = _duplicate_rows(pf.reshape(p.shape[0], -1))
+                    fp = _fingerprint(pf)
+                if fp in prints and torch.equal(pf, model.get_parameter(prints[fp]).detach().float()):
+                    ps.identical_to = prints[fp]
+                else:
+                    prints.setdefault(fp, qname)
+            if pname == "weight" and p.dim() >= 2 and _kind(mod) == "linear":
+                try:
+                    fan_in = module_fans(mod).fan_in
+                except (ValueError, TypeError):
+                    fan_in = 0
+                if fan_in:
+                    ps.gain = float(torch.sqrt((pf * pf).mean() * fan_in))
+                rec = linear_by_module.get(mname)
+                if rec is not None and rec.next_act:
+                    ps.expected_gain = _expected_gain(rec.next_act, rec.next_act_param)
+            out.append(ps)
+    return out
+
+
+# ----------------------------------------------------------------------------------
+# verdicts
+# ----------------------------------------------------------------------------------
+
+
+def _start_of_run(stds: list[float], idx: int, shrinking: bool) -> int:
+    """Walk back from ``idx`` while each step moved the same way by more than 5%;
+    returns the index of the last value before the run (its first step is ``j + 1``)."""
+    j = idx
+    while j > 0 and ((stds[j] < 0.95 * stds[j - 1]) if shrinking else (stds[j] > 1.05 * stds[j - 1])):
+        j -= 1
+    return j
+
+
+_FIX_VANISH = ("initialize for the nonlinearity that follows each layer: torchinit.init_model(model, 'kaiming') "
+               "for ReLU nets (nn.init.kaiming_normal_(w, nonlinearity='relu')), or torchinit.lsuv_(model, batch)")
+
+
+def _verdicts(report_layers: list[LayerStats], params: list[ParamStats], input_std: float | None,
+              input_cos: float | None, th: Thresholds) -> list[Verdict]:
+    out: list[Verdict] = []
+    bad = [r for r in report_layers if not r.finite]
+    if bad:
+        out.append(Verdict("nonfinite", "error", bad[0].name,
+                           f"{len(bad)} layer output(s) contain NaN or inf, first at {bad[0].name}.",
+                           "check the init scale of this layer and the ones before it (and the input data).",
+                           None, None))
+    sig = [r for r in report_layers if r.kind == "linear" and r.finite]
+    if len(sig) >= 2 and sig[0].std > 0:
+        s1 = sig[0].std
+        stds = [input_std if input_std else s1] + [r.std for r in sig]
+        ratios = [r.std / s1 for r in sig]
+        lo = min(range(len(sig)), key=lambda i: ratios[i])
+        hi = max(range(len(sig)), key=lambda i: ratios[i])
+        first_lo = next((i for i, q in enumerate(ratios) if q < th.vanish), None)
+        first_hi = next((i for i, q in enumerate(ratios) if q > th.explode), None)
+        if first_lo is not None:
+            start = min(_start_of_run(stds, first_lo + 1, True), len(sig) - 1)
+            per = (ratios[lo]) ** (1.0 / max(lo, 1))
+            out.append(Verdict(
+                "vanishing", "error" if ratios[lo] < th.vanish ** 3 else "warning", sig[start].name,
+                f"activation std shrinks from {s1:.3g} at {sig[0].name} to {sig[lo].std:.3g} at {sig[lo].name} "
+                f"(x{ratios[lo]:.2g}, about x{per:.2f} per layer); it falls below {th.vanish:g}x at {sig[first_lo].name}.",
+                _FIX_VANISH, ratios[lo], th.vanish))
+        if first_hi is not None:
+            start = min(_start_of_run(stds, first_hi + 1, False), len(sig) - 1)
+            per = (ratios[hi]) ** (1.0 / max(hi, 1))
+            out.append(Verdict(
+                "exploding", "error" if ratios[hi] > th.explode ** 3 else "warning", sig[start].name,
+                f"activation std grows from {s1:.3g} at {sig[0].name} to {sig[hi].std:.3g} at {sig[hi].name} "
+                f"(x{ratios[hi]:.3g}, about x{per:.2f} per layer); it exceeds {th.explode:g}x at {sig[first_hi].name}.",
+                "scale weights by gain/sqrt(fan_in) for the nonlinearity that follows (torchinit.init_model(model, "
+                "'kaiming') or 'xavier' for tanh), or torchinit.lsuv_(model, batch)", ratios[hi], th.explode))
+        # gradients: compared between layers whose outputs have the same per-sample shape
+        # (per-element gradients of differently sized outputs, e.g. before and after a
+        # global pooling, are not comparable)
+        groups: dict[tuple, list[LayerStats]] = {}
+        for r in sig:
+            if r.grad_std is not None and r.grad_std > 0:
+                groups.setdefault(tuple(r.shape[1:]), []).append(r)
+        best = None
+        for grp in groups.values():
+            if len(grp) >= 3:
+                q = grp[0].grad_std / grp[-1].grad_std
+                extremity = abs(math.log(q))
+                if best is None or extremity > best[0]:
+                    best = (extremity, q, grp)
+        if best is not None:
+            _, q, grp = best
+            g = [(r.name, r.grad_std) for r in grp]
+            gs = [v for _, v in g]
+            if q < th.grad_vanish:
+                top = 0  # walk up from the bottom while the gradient keeps growing upwards
+                while top < len(gs) - 1 and gs[top] < 0.95 * gs[top + 1]:
+                    top += 1
+                out.append(Verdict(
+                    "vanishing_gradients", "error" if q < th.grad_vanish ** 2 else "warning", g[top][0],
+                    f"the gradient std at {g[0][0]} is x{q:.2g} that at {g[-1][0]} ({g[0][1]:.3g} vs {g[-1][1]:.3g}): "
+                    f"lower layers barely learn with plain SGD.", _FIX_VANISH, q, th.grad_vanish))
+            elif q > th.grad_explode:
+                top = 0
+                while top < len(gs) - 1 and gs[top] > 1.05 * gs[top + 1]:
+                    top += 1
+                out.append(Verdict(
+                    "exploding_gradients", "error" if q > th.grad_explode ** 2 else "warning", g[top][0],
+                    f"the gradient std at {g[0][0]} is x{q:.3g} that at {g[-1][0]} ({g[0][1]:.3g} vs {g[-1][1]:.3g}).",
+                    "use mode='fan_out' or smaller gains, or normalization layers", q, th.grad_explode))
+        # collapse
+        # the output layer is excluded: the logits of a random head on pooled (positive)
+        # features are naturally similar across samples
+        cs = [(r.name, r.cosine) for r in sig[:-1] if r.cosine is not None]
+        if cs and (input_cos is None or input_cos < th.collapse_input):
+            worst = max(cs, key=lambda t: t[1])
+            if worst[1] > th.collapse:
+                start = next(n for n, c in cs if c > th.collapse_start)
+                out.append(Verdict(
+                    "collapse", "warning", start,
+                    f"samples become nearly parallel: mean pairwise cosine similarity {worst[1]:.3f} at {worst[0]} "
+                    f"(input {_fmt(input_cos, '.2f')}); the network maps different inputs to almost the same "
+                    f"representation even where the std looks fine.",
+                    "reduce constant offsets (zero the biases), use fewer or residual layers with normalization, "
+                    "or orthogonal init (torchinit.init_model(model, 'orthogonal'))", worst[1], th.collapse))
+    # dead units
+    acts = [r for r in report_layers if r.dead is not None]
+    deadly = [r for r in acts if r.dead > th.dead]
+    if deadly:
+        worst = max(deadly, key=lambda r: r.dead)
+        out.append(Verdict(
+            "dead_units", "error" if worst.dead >= th.dead_error else "warning", deadly[0].name,
+            f"{len(deadly)} ReLU layer(s) have more than {th.dead:.0%} of their units at 0 for the whole batch "
+            f"(worst {worst.dead:.0%} at {worst.name}): those units get no gradient.",
+            "check negative biases and the weight scale of the layer before (kaiming, zero bias), "
+            "or use LeakyReLU/GELU", worst.dead, th.dead))
+    sats = [r for r in report_layers if r.saturated is not None and r.saturated > th.saturated]
+    if sats:
+        worst = max(sats, key=lambda r: r.saturated)
+        out.append(Verdict(
+            "saturation", "warning", sats[0].name,
+            f"{len(sats)} {sats[0].nonlinearity} layer(s) have more than {th.saturated:.0%} of outputs saturated "
+            f"(worst {worst.saturated:.0%} at {worst.name}): gradients through them nearly vanish.",
+            "use xavier (Glorot & Bengio's normalized init, torchinit.init_model(model, 'xavier')) or a smaller "
+            "gain for the layers feeding this activation", worst.saturated, th.saturated))
+    # parameters
+    lin_order = [r.name for r in report_layers if r.kind == "linear" and "#" not in r.name]
+    head = lin_order[-1] if lin_order else None
+    for p in params:
+        if len(p.shape) < 2:
+            continue
+        if p.constant:
+            promised = p.promised_std is not None and p.promised_std == 0
+            is_head = p.module == head
+            what = "all zero" if p.zero else f"constant ({p.mean:.3g})"
+            if promised or is_head:
+                out.append(Verdict(
+                    "symmetry", "info", p.name,
+                    f"{p.name} is {what}" + (" as its plan promised" if promised else " (the output layer)") +
+                    ": fine for a last layer (Fixup / zero-init heads), since its inputs differ.",
+                    "nothing to do if intended", 0.0, None))
+            else:
+                out.append(Verdict(
+                    "symmetry", "error", p.name,
+                    f"{p.name} is {what}: every unit of {p.module} computes the same function and receives the "
+                    f"same gradient, so they never become different.",
+                    f"initialize {p.name} randomly (kaiming/xavier); keep zeros for biases only", 0.0, None))
+        elif p.duplicate_rows:
+            out.append(Verdict(
+                "symmetry", "warning", p.name,
+                f"{p.name} has {p.duplicate_rows} duplicate row(s): those units compute identical outputs.",
+                f"re-initialize {p.name} with a random initializer (each row drawn independently)",
+                float(p.duplicate_rows), None))
+        if p.identical_to:
+            out.append(Verdict(
+                "symmetry", "warning", p.name,
+                f"{p.name} is identical to {p.identical_to} (e.g. layers deep-copied by nn.TransformerEncoder, "
+                f"pytorch issue 86274).",
+                "re-initialize each copy with its own random draw (torchinit.init_model(model, ...))", None, None))
+    wrong = [p for p in params if p.gain is not None and p.expected_gain]
+    rec_by_mod = {r.name: r for r in report_layers if r.kind == "linear"}
+    checked = []
+    for p in wrong:
+        rec = rec_by_mod.get(p.module)
+        if rec is None or rec.prev_act is None or rec.next_act is None or rec.prev_act != rec.next_act:
+            continue
+        checked.append((p, rec, (p.gain / p.expected_gain) ** 2))
+    flagged = []
+    if checked:
+        # judge the typical layer (median), so that data-dependent inits (LSUV), whose
+        # per-layer gains scatter around the right value, are not flagged
+        med = sorted(f for _, _, f in checked)[len(checked) // 2]
+        if med < th.gain_factor:
+            flagged = [c for c in checked if c[2] < th.gain_factor]
+        elif med > 1 / th.gain_factor:
+            flagged = [c for c in checked if c[2] > 1 / th.gain_factor]
+    if flagged:
+        p, rec, factor = flagged[0]
+        act = _PRETTY.get(rec.next_act, rec.next_act)
+        gains = sorted({round(q.gain, 2) for q, _, _ in flagged})
+        gtxt = f"{p.gain:.2f}" if len(gains) == 1 else f"{gains[0]:.2f}..{gains[-1]:.2f}"
+        if rec.next_act in ("relu", "leaky_relu"):
+            fix = f"use kaiming or nonlinearity='{rec.next_act}' (gain {p.expected_gain:.3g}): torchinit.init_model(model, 'kaiming')"
+        else:
+            fix = (f"use gain {p.expected_gain:.3g} for {act} (torchinit.second_moment_gain('{rec.next_act}')), "
+                   f"e.g. torchinit.init_model(model, 'kaiming') or torchinit.lsuv_(model, batch)")
+        out.append(Verdict(
+            "wrong_nonlinearity", "warning", p.module,
+            f"{len(flagged)} {rec.type} layer(s) followed by {act} initialized with gain {gtxt} "
+            f"(sqrt(mean(w^2) * fan_in)); {act} needs {p.expected_gain:.3g}: each such layer multiplies the "
+            f"signal variance by about {factor:.2f}.", fix, factor, th.gain_factor))
+    for p in params:
+        if p.promised_std is None or p.constant:
+            continue
+        n = math.prod(p.shape)
+        tol = th.std_floor + th.std_sigmas / math.sqrt(2 * n)
+        ref = p.promised_std
+        if ref == 0 or abs(p.std - ref) / ref > tol:
+            out.append(Verdict(
+                "mismatch", "warning", p.name,
+                f"{p.name} has std {p.std:.4g} but its plan promised {ref:.4g} (tolerance {tol:.1%}): it was "
+                f"changed after the plan was applied, or the plan was not applied.",
+                "re-apply the plan (torchinit.apply_plan(model, plan, seed=...)) or re-plan after the change",
+                p.std / ref if ref else None, tol))
+    order = {"error": 0, "warning": 1, "info": 2}
+    out.sort(key=lambda v: order.get(v.severity, 3))
+    return out
+
+
+# ----------------------------------------------------------------------------------
+# diagnose
+# ----------------------------------------------------------------------------------
+
+
+def _call(model: nn.Module, inputs: Any) -> Any:
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def _loss(out: Tensor, target: Any, loss_fn: Callable | None) -> tuple[Tensor | None, str]:
+    if loss_fn is not None:
+        return (loss_fn(out) if target is None else loss_fn(out, target)), "loss_fn"
+    if target is not None:
+        if not isinstance(target, Tensor):
+            raise TypeError(f"diagnose: target must be a Tensor, got {type(target).__name__}")
+        if not target.is_floating_point():
+            return F.cross_entropy(out.reshape(-1, out.shape[-1]).float(), target.reshape(-1)), "cross_entropy"
+        return F.mse_loss(out.float(), target.float()), "mse"
+    return None, "synthetic"
+
+
+def diagnose(
+    model: nn.Module,
+    inputs: Any,
+    *,
+    target: Tensor | None = None,
+    loss_fn: Callable[..., Tensor] | None = None,
+    plan: Any = None,
+    backward: bool = True,
+    thresholds: Thresholds | None = None,
+    max_cosine_samples: int = 64,
+    label: str | None = None,
+) -> Report:
+    """Measure how the signal propagates through ``model`` on ``inputs`` and judge it.
+
+    Args:
+        model: any ``nn.Module``; left unchanged (buffers updated by the forward
+            pass are restored, ``.grad`` is not touched).
+        inputs: a Tensor (``model(inputs)``), a tuple/list (``model(*inputs)``) or a
+            dict (``model(**inputs)``). Dim 0 of every layer output is the batch.
+        target, loss_fn: the backward pass uses ``loss_fn(output, target)`` (or
+            ``loss_fn(output)``), else cross-entropy for integer / MSE for float
+            ``target``, else a synthetic loss ``sum(output * r)`` with ``r ~ N(0, 1)``
+            (seeded), i.e. a unit-variance gradient at the output.
+        plan: a :class:`torchinit.Plan` (or a list of its entries): each entry's
+            ``.spec.std`` is the std the parameter was promised.
+        backward: run the backward pass (gradient statistics). False keeps memory
+            at one layer's activations.
+        thresholds: verdict thresholds (:class:`Thresholds`).
+        max_cosine_samples: samples used for the pairwise cosine similarity
+            (cost ``O(k^2 d)`` per layer).
+        label: the report's name (default: the model's class name).
+
+    Returns:
+        a :class:`Report`.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"diagnose: model must be an nn.Module, got {type(model).__name__}")
+    if isinstance(max_cosine_samples, bool) or not isinstance(max_cosine_samples, int) or max_cosine_samples < 2:
+        raise ValueError(f"diagnose: max_cosine_samples must be an integer >= 2, got {max_cosine_samples!r}")
+    th = thresholds or Thresholds()
+    if any(p.is_meta for p in model.parameters()):
+        raise ValueError("diagnose: the model has parameters on the meta device; materialize it first "
+                         "(torchinit.materialize(model, ...))")
+    x0 = _first_tensor(inputs)
+    input_std = input_cos = None
+    if x0 is not None and x0.is_floating_point() and x0.numel():
+        xf = x0.detach().float()
+        input_std = float(xf.std(correction=0))
+        if xf.shape[0] >= 2:
+            s = xf[:max_cosine_samples].reshape(min(max_cosine_samples, xf.shape[0]), -1)
+            nrm = s.norm(dim=1)
+            ok = nrm > 0
+            if int(ok.sum()) >= 2:
+                u = s[ok] / nrm[ok, None]
+                gm = u @ u.T
+                m = gm.shape[0]
+                input_cos = float((gm.sum() - gm.diagonal().sum()) / (m * (m - 1)))
+    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+    params = [p for p in model.parameters() if p.requires_grad]
+    want_grad = backward and (bool(params) or (x0 is not None and x0.requires_grad))
+    rec = _Recorder(model, max_cosine_samples, want_grad)
+    rec.attach()
+    loss_kind = None
+    try:
+        with torch.set_grad_enabled(want_grad):
+            out = _call(model, inputs)
+        y = _first_tensor(out)
+        if want_grad and y is not None and y.requires_grad:
+            loss, loss_kind = _loss(y, target, loss_fn)
+            if loss is None:
+                g = torch.Generator().manual_seed(0)
+                cot = torch.randn(y.shape, generator=g, dtype=torch.float32).to(device=y.device, dtype=y.dtype)
+                roots, grads = [y], [cot]
+            else:
+                roots, grads = [loss], [None]
+            wrt = params if params else [x0]
+            torch.autograd.grad(roots, wrt, grad_outputs=grads, allow_unused=True)
+        del out
+    finally:
+        rec.detach()
+        with torch.no_grad():
+            for n, b in model.named_buffers():
+                if n in buffers:
+                    b.copy_(buffers[n])
+    pstats = _param_stats(model, plan, rec.records, rec.modules)
+    verdicts = _verdicts(rec.records, pstats, input_std, input_cos, th)
+    meta = {
+        "label": label or type(model).__name__,
+        "model": type(model).__name__,
+        "input_shape": list(x0.shape) if x0 is not None else None,
+        "input_std": input_std,
+        "input_cosine": input_cos,
+        "loss": loss_kind,
+        "thresholds": asdict(th),
+    }
+    return Report(layers=rec.records, params=pstats, verdicts=verdicts, meta=meta)
+
+
+# ----------------------------------------------------------------------------------
+# HTML
+# ----------------------------------------------------------------------------------
+
+
+def _png_b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _html_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    h = "".join(f"<th>{html.escape(str(c))}</th>" for c in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def comparison_html(reports: Mapping[str, Report], images: Mapping[str, Path], title: str) -> str:
+    """A self-contained HTML page: images embedded as base64 PNGs, verdicts and layer tables."""
+    css = ("body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0;"
+           "font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}"
+           "td:nth-child(2),td:nth-child(3){text-align:left}.error{color:#b00}.warning{color:#a60}"
+           ".info{color:#06a}.ok{color:#080}img{max-width:100%}")
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+             f"<style>{css}</style></head><body><h1>{html.escape(title)}</h1>"]
+    for caption, path in images.items():
+        parts.append(f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{_png_b64(path)}'/>"
+                     f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    for name, rep in reports.items():
+        parts.append(f"<h2>{html.escape(name)}</h2><h3>verdicts</h3>")
+        if rep.verdicts:
+            parts.append("<ul>" + "".join(
+                f"<li class='{html.escape(v.severity)}'><b>{html.escape(v.severity)}</b> {html.escape(v.kind)} "
+                f"at <code>{html.escape(v.layer)}</code>: {html.escape(v.message)} <i>Fix:</i> {html.escape(v.fix)}</li>"
+                for v in rep.verdicts) + "</ul>")
+        else:
+            parts.append("<p class='ok'>no problem found</p>")
+        parts.append("<h3>layers</h3>")
+        parts.append(_html_table(
+            ["#", "layer", "type", "mean", "std", "max|x|", "dead", "sat", "cos", "grad std"],
+            ([i, r.name, r.type, _fmt(r.mean), _fmt(r.std), _fmt(r.max_abs), _pct(r.dead), _pct(r.saturated),
+              _fmt(r.cosine, ".2f"), _fmt(r.grad_std)] for i, r in enumerate(rep.layers))))
+    parts.append("</body></html>")
+    return "".join(parts)
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name) or "model"
+
+
+def save_comparison(reports: Mapping[str, Report], directory: str | Path, *, title: str = "torchinit report",
+                    theory: Mapping[str, float] | None = None) -> Path:
+    """Write the signal-propagation plot of all ``reports`` on one figure
+    (``signal.png``), their histograms side by side (``histograms.png``),
+    ``report[_NAME].json`` and a self-contained ``report.html``; returns the HTML path."""
+    from .plots import activation_histograms, signal_propagation
+
+    if not reports:
+        raise ValueError("save_comparison: reports is empty")
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    images: dict[str, Path] = {}
+    sig = d / "signal.png"
+    signal_propagation(dict(reports), sig, theory=theory, title=title)
+    images["signal propagation: std and mean^2 of each weight layer's output by depth"] = sig
+    single = len(reports) == 1
+    hp = d / "histograms.png"
+    activation_histograms(dict(reports), hp, title="histograms by depth" if not single else None)
+    images["histograms of layer outputs by depth (Glorot & Bengio style)"] = hp
+    for name, rep in reports.items():
+        suffix = "" if single else f"_{_slug(name)}"
+        (d / f"report{suffix}.json").write_text(rep.to_json())
+    out = d / "report.html"
+    out.write_text(comparison_html(reports, images, title), encoding="utf-8")
+    return out

@@ -1,0 +1,722 @@
+/*
+ * torchinit keyed engine: native CPU kernel (keyed stream version 1).
+ *
+ * Plain CPython C-API, no torch headers, no external libraries. Python passes a
+ * raw data pointer, the box geometry, a dtype code, the spec constants and the
+ * Philox key; the kernel releases the GIL and splits the box over pthreads in
+ * fixed-size chunks. Every element's value is a pure function of (key,
+ * sub-stream, global logical index, constants), so results never depend on the
+ * thread count or chunk size.
+ *
+ * The stream is specified in docs/keyed-stream.md; the pure-torch reference
+ * backend (reference.py) implements the same operations and must give the same
+ * bits. Compile with -ffp-contract=off (no FMA contraction): every + - * / sqrt
+ * below is one IEEE-754 operation, rounded to nearest even.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+#include <pthread.h>
+#include <stdlib.h>
+
+#define MAXD 64
+#define SEG 1024 /* elements per inner batch */
+
+#if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__)) && !defined(TORCHINIT_NO_CLONES)
+#define TC __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define TC
+#endif
+
+#define PM0 0xD2511F53u
+#define PM1 0xCD9E8D57u
+#define PW0 0x9E3779B9u
+#define PW1 0xBB67AE85u
+
+enum { K_UNIFORM = 0, K_NORMAL = 1, K_TRUNC = 2, K_BITS = 3 };
+enum { DT_F32 = 0, DT_F64 = 1, DT_F16 = 2, DT_BF16 = 3, DT_U32 = 4 };
+
+typedef struct {
+    int kind, dtype, mode, clamp;
+    uint32_t k0, k1, sub;
+    double c[4];
+    float cf[4];
+    double lo, hi;
+    float lof, hif;
+    int ndim;
+    int64_t gstride[MAXD], off[MAXD], size[MAXD];
+    int64_t rowlen, total, chunk;
+    char *out;
+    int esize;
+} job_t;
+
+/* ---------------------------------------------------------------- constants */
+/* float32 constants are the double literals rounded to float (as in Python). */
+#define F(x) ((float)(x))
+static const float LOGC_F[6] = {F(2.0), F(2.0 / 3.0), F(2.0 / 5.0), F(2.0 / 7.0), F(2.0 / 9.0), F(2.0 / 11.0)};
+static const double LOGC_D[12] = {2.0, 2.0 / 3.0, 2.0 / 5.0, 2.0 / 7.0, 2.0 / 9.0, 2.0 / 11.0,
+                                  2.0 / 13.0, 2.0 / 15.0, 2.0 / 17.0, 2.0 / 19.0, 2.0 / 21.0, 2.0 / 23.0};
+#define SQRT2_D 1.4142135623730951
+#define LN2HI_F 0.693145751953125
+#define LN2LO_F 1.42860682030941723212e-06
+#define LN2HI_D 6.93147180369123816490e-01
+#define LN2LO_D 1.90821492927058770002e-10
+
+/* AS 241 PPND7 */
+#define A7_0 3.3871327179
+#define A7_1 50.434271938
+#define A7_2 159.29113202
+#define A7_3 59.109374720
+#define B7_1 17.895169469
+#define B7_2 78.757757664
+#define B7_3 67.187563600
+#define C7_0 1.4234372777
+#define C7_1 2.7568153900
+#define C7_2 1.3067284816
+#define C7_3 0.17023821103
+#define D7_1 0.73700164250
+#define D7_2 0.12021132975
+#define E7_0 6.6579051150
+#define E7_1 3.0812263860
+#define E7_2 0.42868294337
+#define E7_3 0.017337203997
+#define F7_1 0.24197894225
+#define F7_2 0.012258202635
+
+/* AS 241 PPND16 */
+static const double A16[8] = {3.3871328727963666080e0, 1.3314166789178437745e+2, 1.9715909503065514427e+3,
+                              1.3731693765509461125e+4, 4.5921953931549871457e+4, 6.7265770927008700853e+4,
+                              3.3430575583588128105e+4, 2.5090809287301226727e+3};
+static const double B16[8] = {1.0, 4.2313330701600911252e+1, 6.8718700749205790830e+2, 5.3941960214247511077e+3,
+                              2.1213794301586595867e+4, 3.9307895800092710610e+4, 2.8729085735721942674e+4,
+                              5.2264952788528545610e+3};
+static const double C16[8] = {1.42343711074968357734e0, 4.63033784615654529590e0, 5.76949722146069140550e0,
+                              3.64784832476320460504e0, 1.27045825245236838258e0, 2.41780725177450611770e-1,
+                              2.27238449892691845833e-2, 7.74545014278341407640e-4};
+static const double D16[8] = {1.0, 2.05319162663775882187e0, 1.67638483018380384940e0, 6.89767334985100004550e-1,
+                              1.48103976427480074590e-1, 1.51986665636164571966e-2, 5.47593808499534494600e-4,
+                              1.05075007164441684324e-9};
+static const double E16[8] = {6.65790464350110377720e0, 5.46378491116411436990e0, 1.78482653991729133580e0,
+                              2.96560571828504891230e-1, 2.65321895265761230930e-2, 1.24266094738807843860e-3,
+                              2.71155556874348757815e-5, 2.01033439929228813265e-7};
+static const double F16c[8] = {1.0, 5.99832206555887937690e-1, 1.36929880922735805310e-1, 1.48753612908506148525e-2,
+                               7.86869131145613259100e-4, 1.84631831751005468180e-5, 1.42151175831644588870e-7,
+                               2.04426310338993978564e-15};
+
+/* ---------------------------------------------------------------- bit casts */
+static inline float as_f(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+static inline uint32_t as_u(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+static inline double as_d(uint64_t u) { double f; memcpy(&f, &u, 8); return f; }
+static inline uint64_t as_u64(double f) { uint64_t u; memcpy(&u, &f, 8); return u; }
+/* exact conversion of an integer k < 2^52 to double */
+static inline double u52_to_d(uint64_t k) { return as_d(0x4330000000000000ull | k) - 0x1p52; }
+
+/* ---------------------------------------------------------------- philox */
+/* Word layout (stream v1): words come in groups of 32. Group G holds the outputs of
+   Philox blocks 8G .. 8G+7: word j = 32 G + 8 lane + b is output word `lane` (0..3) of
+   block 8G + b. So word j is lane (j >> 3) & 3 of block 8 (j >> 5) + (j & 7), and one
+   8-wide SIMD register per lane stores contiguously (no transpose). The block number is
+   the 64-bit counter (c0 = low word, c1 = high word); c2 = sub-stream; c3 = 0. */
+static inline void philox1(uint32_t k0, uint32_t k1, uint32_t c0, uint32_t c1, uint32_t c2, uint32_t out[4]) {
+    uint32_t x0 = c0, x1 = c1, x2 = c2, x3 = 0u, ka = k0, kb = k1;
+    for (int r = 0; r < 10; r++) {
+        uint64_t p0 = (uint64_t)PM0 * (uint64_t)x0;
+        uint64_t p1 = (uint64_t)PM1 * (uint64_t)x2;
+        uint32_t y0 = (uint32_t)(p1 >> 32) ^ x1 ^ ka;
+        uint32_t y2 = (uint32_t)(p0 >> 32) ^ x3 ^ kb;
+        x1 = (uint32_t)p1;
+        x3 = (uint32_t)p0;
+        x0 = y0;
+        x2 = y2;
+        ka += PW0;
+        kb += PW1;
+    }
+    out[0] = x0;
+    out[1] = x1;
+    out[2] = x2;
+    out[3] = x3;
+}
+
+static void philox_groups_scalar(uint32_t k0, uint32_t k1, uint64_t g0, int ng, uint32_t sub, uint32_t *restrict w) {
+    for (int g = 0; g < ng; g++) {
+        uint64_t blk = (g0 + (uint64_t)g) * 8u;
+        for (int b = 0; b < 8; b++) {
+            uint32_t o[4];
+            philox1(k0, k1, (uint32_t)blk + (uint32_t)b, (uint32_t)(blk >> 32), sub, o);
+            for (int l = 0; l < 4; l++) w[32 * g + 8 * l + b] = o[l];
+        }
+    }
+}
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#include <immintrin.h>
+#define HAVE_AVX2_PATH 1
+#define MULHILO8(x, M, hi, lo)                                                 \
+    do {                                                                       \
+        __m256i pe_ = _mm256_mul_epu32((x), (M));                              \
+        __m256i po_ = _mm256_mul_epu32(_mm256_srli_epi64((x), 32), (M));       \
+        (lo) = _mm256_blend_epi32(pe_, _mm256_slli_epi64(po_, 32), 0xAA);      \
+        (hi) = _mm256_blend_epi32(_mm256_srli_epi64(pe_, 32), po_, 0xAA);      \
+    } while (0)
+
+__attribute__((target("avx2"))) static void philox_groups_avx2(uint32_t k0, uint32_t k1, uint64_t g0, int ng,
+                                                               uint32_t sub, uint32_t *restrict w) {
+    const __m256i M0 = _mm256_set1_epi32((int)PM0), M1 = _mm256_set1_epi32((int)PM1);
+    const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    __m256i KA[10], KB[10];
+    uint32_t ka = k0, kb = k1;
+    for (int r = 0; r < 10; r++) {
+        KA[r] = _mm256_set1_epi32((int)ka);
+        KB[r] = _mm256_set1_epi32((int)kb);
+        ka += PW0;
+        kb += PW1;
+    }
+    const __m256i xs2 = _mm256_set1_epi32((int)sub);
+    int g = 0;
+    /* two independent groups per iteration: Philox rounds are a long dependency chain */
+    for (; g + 2 <= ng; g += 2) {
+        uint64_t blk = (g0 + (uint64_t)g) * 8u;
+        __m256i a0 = _mm256_add_epi32(_mm256_set1_epi32((int)(uint32_t)blk), iota);
+        __m256i b0 = _mm256_add_epi32(_mm256_set1_epi32((int)(uint32_t)(blk + 8u)), iota);
+        __m256i a1 = _mm256_set1_epi32((int)(uint32_t)(blk >> 32));
+        __m256i b1 = _mm256_set1_epi32((int)(uint32_t)((blk + 8u) >> 32));
+        __m256i a2 = xs2, b2 = xs2;
+        __m256i a3 = _mm256_setzero_si256(), b3 = _mm256_setzero_si256();
+#pragma GCC unroll 10
+        for (int r = 0; r < 10; r++) {
+            __m256i ha0, la0, ha1, la1, hb0, lb0, hb1, lb1;
+            MULHILO8(a0, M0, ha0, la0);
+            MULHILO8(b0, M0, hb0, lb0);
+            MULHILO8(a2, M1, ha1, la1);
+            MULHILO8(b2, M1, hb1, lb1);
+            __m256i ya0 = _mm256_xor_si256(_mm256_xor_si256(ha1, a1), KA[r]);
+            __m256i yb0 = _mm256_xor_si256(_mm256_xor_si256(hb1, b1), KA[r]);
+            __m256i ya2 = _mm256_xor_si256(_mm256_xor_si256(ha0, a3), KB[r]);
+            __m256i yb2 = _mm256_xor_si256(_mm256_xor_si256(hb0, b3), KB[r]);
+            a1 = la1;
+            b1 = lb1;
+            a3 = la0;
+            b3 = lb0;
+            a0 = ya0;
+            b0 = yb0;
+            a2 = ya2;
+            b2 = yb2;
+        }
+        _mm256_storeu_si256((__m256i *)(w + 32 * g), a0);
+        _mm256_storeu_si256((__m256i *)(w + 32 * g + 8), a1);
+        _mm256_storeu_si256((__m256i *)(w + 32 * g + 16), a2);
+        _mm256_storeu_si256((__m256i *)(w + 32 * g + 24), a3);
+        _mm256_storeu_si256((__m256i *)(w + 32 * g + 32), b0);
+        _mm256_storeu_si256((__m256i *)(w + 32 * g + 40), b1);
+        _mm256_storeu_si256((__m256i *)(w + 32 * g + 48), b2);
+        _mm256_storeu_si256((__m256i *)(w + 32 * g + 56), b3);
+    }
+    for (; g < ng; g++) {
+        uint64_t blk = (g0 + (uint64_t)g) * 8u;
+        __m256i x0 = _mm256_add_epi32(_mm256_set1_epi32((int)(uint32_t)blk), iota);
+        __m256i x1 = _mm256_set1_epi32((int)(uint32_t)(blk >> 32));
+        __m256i x2 = xs2;
+        __m256i x3 = _mm256_setzero_si256();
+#pragma GCC unroll 10
+        for (int r = 0; r < 10; r++) {
+            __m256i hi0, lo0, hi1, lo1;
+            MULHILO8(x0, M0, hi0, lo0);
+            MULHILO8(x2, M1, hi1, lo1);
+            __m256i y0 = _mm256_xor_si256(_mm256_xor_si256(hi1, x1), KA[r]);
+            __m256i y2 = _mm256_xor_si256(_mm256_xor_si256(hi0, x3), KB[r]);
+            x1 = lo1;
+            x3 = lo0;
+            x0 = y0;
+            x2 = y2;
+        }
+        _mm256_storeu_si256((__m256i *)(w + 32 * g), x0);
+        _mm256_storeu_si256((__m256i *)(w + 32 * g + 8), x1);
+        _mm256_storeu_si256((__m256i *)(w + 32 * g + 16), x2);
+        _mm256_storeu_si256((__m256i *)(w + 32 * g + 24), x3);
+    }
+}
+#endif
+
+static int g_have_avx2 = 0;
+
+/* words of groups [g0, g0 + ng) into w (32 words per group) */
+static inline void gen_groups(const job_t *J, uint64_t g0, int ng, uint32_t *restrict w) {
+#ifdef HAVE_AVX2_PATH
+    if (g_have_avx2) {
+        philox_groups_avx2(J->k0, J->k1, g0, ng, J->sub, w);
+        return;
+    }
+#endif
+    philox_groups_scalar(J->k0, J->k1, g0, ng, J->sub, w);
+}
+
+/* ---------------------------------------------------------------- float32 math */
+static inline float log32(float x) {
+    uint32_t b = as_u(x);
+    int32_t e = (int32_t)((b >> 23) & 0xFFu) - 127;
+    float m = as_f((b & 0x7FFFFFu) | 0x3F800000u);
+    int big = m > F(SQRT2_D);
+    float mh = m * 0.5f;
+    m = big ? mh : m;
+    e = e + big;
+    float s = (m - 1.0f) / (m + 1.0f);
+    float z = s * s;
+    float p = LOGC_F[5];
+    p = p * z + LOGC_F[4];
+    p = p * z + LOGC_F[3];
+    p = p * z + LOGC_F[2];
+    p = p * z + LOGC_F[1];
+    p = p * z + LOGC_F[0];
+    float ef = (float)e;
+    return ef * F(LN2HI_F) + (ef * F(LN2LO_F) + s * p);
+}
+
+/* sqrt by a fixed recipe (torch.sqrt on CPU is not always correctly rounded, so the
+   stream defines its own): inverse-sqrt bit estimate, 3 (float32) / 4 (float64)
+   Newton steps y <- y * (1.5 - (x/2) * (y*y)), then x * y. Needs x >= smallest normal. */
+static inline float sqrt32(float x) {
+    float y = as_f(0x5F3759DFu - (as_u(x) >> 1));
+    float h = 0.5f * x;
+    y = y * (1.5f - h * (y * y));
+    y = y * (1.5f - h * (y * y));
+    y = y * (1.5f - h * (y * y));
+    return x * y;
+}
+
+/* tail variable of AS 241: r = sqrt(-l), l = log(min(p, 1-p)) */
+static inline float tailr32(float l) {
+    float nl = -l;
+    nl = nl > 0x1p-126f ? nl : 0x1p-126f;
+    return sqrt32(nl);
+}
+
+/* AS 241 PPND7 given q = p - 1/2 and rr = tailr32(log(min(p, 1-p))); central selects the branch */
+static inline float ppnd32(float q, float rr, int central) {
+    float r = F(0.180625) - q * q;
+    float nc = q * (((F(A7_3) * r + F(A7_2)) * r + F(A7_1)) * r + F(A7_0));
+    float dc = ((F(B7_3) * r + F(B7_2)) * r + F(B7_1)) * r + 1.0f;
+    int big = rr > 5.0f;
+    float s5 = rr - 5.0f, s16 = rr - F(1.6);
+    float s = big ? s5 : s16;
+    float c3 = big ? F(E7_3) : F(C7_3);
+    float c2 = big ? F(E7_2) : F(C7_2);
+    float c1 = big ? F(E7_1) : F(C7_1);
+    float c0 = big ? F(E7_0) : F(C7_0);
+    float d2 = big ? F(F7_2) : F(D7_2);
+    float d1 = big ? F(F7_1) : F(D7_1);
+    float nt = ((c3 * s + c2) * s + c1) * s + c0;
+    float dt = (d2 * s + d1) * s + 1.0f;
+    float ntn = -nt;
+    nt = q < 0.0f ? ntn : nt;
+    float num = central ? nc : nt;
+    float den = central ? dc : dt;
+    return num / den;
+}
+
+/* ---------------------------------------------------------------- float64 math */
+static inline double log64(double x) {
+    uint64_t b = as_u64(x);
+    int64_t e = (int64_t)((b >> 52) & 0x7FFull) - 1023;
+    double m = as_d((b & 0xFFFFFFFFFFFFFull) | 0x3FF0000000000000ull);
+    int64_t big = m > SQRT2_D;
+    double mh = m * 0.5;
+    m = big ? mh : m;
+    e = e + big;
+    double s = (m - 1.0) / (m + 1.0);
+    double z = s * s;
+    double p = LOGC_D[11];
+    for (int k = 10; k >= 0; k--) p = p * z + LOGC_D[k];
+    /* e is a small integer: exact conversion via the 2^52 trick (works for |e| < 2^51) */
+    double ef = as_d(0x4330000000000000ull | (uint64_t)(e + 2048)) - (0x1p52 + 2048.0);
+    return ef * LN2HI_D + (ef * LN2LO_D + s * p);
+}
+
+static inline double sqrt64(double x) {
+    double y = as_d(0x5FE6EB50C7B537A9ull - (as_u64(x) >> 1));
+    double h = 0.5 * x;
+    y = y * (1.5 - h * (y * y));
+    y = y * (1.5 - h * (y * y));
+    y = y * (1.5 - h * (y * y));
+    y = y * (1.5 - h * (y * y));
+    return x * y;
+}
+
+static inline double ppnd64(double q, double l, int64_t central) {
+    double r = 0.180625 - q * q;
+    double nc = A16[7], dc = B16[7];
+    for (int k = 6; k >= 0; k--) {
+        nc = nc * r + A16[k];
+        dc = dc * r + B16[k];
+    }
+    nc = q * nc;
+    double nl = -l;
+    nl = nl > 0x1p-1022 ? nl : 0x1p-1022;
+    double rr = sqrt64(nl);
+    int64_t big = rr > 5.0;
+    double s5 = rr - 5.0, s16 = rr - 1.6;
+    double s = big ? s5 : s16;
+    double nt = big ? E16[7] : C16[7], dt = big ? F16c[7] : D16[7];
+    for (int k = 6; k >= 0; k--) {
+        nt = nt * s + (big ? E16[k] : C16[k]);
+        dt = dt * s + (big ? F16c[k] : D16[k]);
+    }
+    double ntn = -nt;
+    nt = q < 0.0 ? ntn : nt;
+    double num = central ? nc : nt;
+    double den = central ? dc : dt;
+    return num / den;
+}
+
+/* ---------------------------------------------------------------- stores */
+static inline uint16_t f32_to_bf16(float x) {
+    uint32_t u = as_u(x);
+    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
+static inline uint16_t f32_to_f16(float f) {
+    uint32_t x = as_u(f);
+    uint32_t sign = x & 0x80000000u;
+    x ^= sign;
+    uint32_t mant_odd = (x >> 13) & 1u;
+    uint32_t nrm = (x + 0xC8000FFFu + mant_odd) >> 13;
+    uint32_t den = as_u(as_f(x) + 0.5f) - 0x3F000000u;
+    uint32_t o = x < (113u << 23) ? den : nrm;
+    o = x >= (143u << 23) ? (x > 0x7F800000u ? 0x7E00u : 0x7C00u) : o;
+    return (uint16_t)(o | (sign >> 16));
+}
+
+/* ---------------------------------------------------------------- one batch */
+TC static void process_seg(const job_t *J, int64_t g, int n, char *out) {
+    uint32_t wbuf[2 * SEG + 64];
+    float xs[SEG];
+    const int W = (J->dtype == DT_F64) ? 2 : 1;
+    uint64_t wd0 = (uint64_t)W * (uint64_t)g;
+    uint64_t nw = (uint64_t)W * (uint64_t)n;
+    uint64_t grp0 = wd0 >> 5;
+    int ng = (int)(((wd0 + nw + 31) >> 5) - grp0);
+    gen_groups(J, grp0, ng, wbuf);
+    const uint32_t *restrict wp = wbuf + (wd0 & 31);
+
+    if (J->dtype == DT_U32) {
+        uint32_t *o = (uint32_t *)out;
+        for (int e = 0; e < n; e++) o[e] = wp[e];
+        return;
+    }
+    if (J->dtype == DT_F64) {
+        double *o = (double *)out;
+        const double c0 = J->c[0], c1 = J->c[1], c2 = J->c[2], c3 = J->c[3];
+        if (J->kind == K_UNIFORM) {
+            for (int e = 0; e < n; e++) {
+                uint64_t k = ((uint64_t)wp[2 * e] << 20) | (uint64_t)(wp[2 * e + 1] >> 12);
+                double u = u52_to_d(k) * 0x1p-52;
+                o[e] = c0 + c1 * u;
+            }
+        } else if (J->kind == K_NORMAL) {
+            for (int e = 0; e < n; e++) {
+                uint32_t w0 = wp[2 * e], w1 = wp[2 * e + 1];
+                uint64_t m = ((uint64_t)(w0 & 0x7FFFFFFFu) << 21) | (uint64_t)(w1 >> 11);
+                double t = (u52_to_d(m) + 0.5) * 0x1p-53;
+                double q = t - 0.5;
+                double z = ppnd64(q, log64(t), q >= -0.425);
+                z = (w0 >> 31) ? -z : z;
+                o[e] = c0 + c1 * z;
+            }
+        } else if (J->mode == 0) {
+            for (int e = 0; e < n; e++) {
+                uint64_t k = ((uint64_t)wp[2 * e] << 20) | (uint64_t)(wp[2 * e + 1] >> 12);
+                double u = (u52_to_d(k) + 0.5) * 0x1p-52;
+                double q = c2 + u * c3;
+                double aq = q < 0.0 ? -q : q;
+                double t = 0.5 - aq;
+                t = t > 0x1p-1022 ? t : 0x1p-1022;
+                double z = ppnd64(q, log64(t), aq <= 0.425);
+                o[e] = c0 + c1 * z;
+            }
+        } else {
+            for (int e = 0; e < n; e++) {
+                uint64_t k = ((uint64_t)wp[2 * e] << 20) | (uint64_t)(wp[2 * e + 1] >> 12);
+                double u = (u52_to_d(k) + 0.5) * 0x1p-52;
+                double v = 1.0 + u * c3;
+                double z = ppnd64(-0.5, c2 + log64(v), 0);
+                o[e] = c0 + c1 * z;
+            }
+        }
+        if (J->clamp) {
+            const double lo = J->lo, hi = J->hi;
+            for (int e = 0; e < n; e++) {
+                double x = o[e];
+                x = x < lo ? lo : x;
+                x = x > hi ? hi : x;
+                o[e] = x;
+            }
+        }
+        return;
+    }
+
+    /* float32 path (float32 / float16 / bfloat16 outputs). The normal transforms run in
+       stages over the batch (log, sqrt, rational) so that independent elements overlap:
+       each stage is a long dependency chain per element. */
+    const float c0 = J->cf[0], c1 = J->cf[1], c2 = J->cf[2], c3 = J->cf[3];
+    float *xo = (J->dtype == DT_F32) ? (float *)out : xs;
+    float qs[SEG], ls[SEG];
+    if (J->kind == K_UNIFORM) {
+        for (int e = 0; e < n; e++) {
+            float u = (float)(int32_t)(wp[e] >> 8) * 0x1p-24f;
+            xo[e] = c0 + c1 * u;
+        }
+    } else if (J->kind == K_NORMAL) {
+        for (int e = 0; e < n; e++) {
+            uint32_t m = wp[e] & 0x7FFFFFFFu;
+            float t = ((float)(int32_t)(m >> 7) * 128.0f + ((float)(int32_t)(m & 127u) + 0.5f)) * 0x1p-32f;
+            qs[e] = t - 0.5f;
+            ls[e] = log32(t);
+        }
+        for (int e = 0; e < n; e++) ls[e] = tailr32(ls[e]);
+        for (int e = 0; e < n; e++) {
+            float q = qs[e];
+            float z = ppnd32(q, ls[e], q >= F(-0.425));
+            float zn = -z;
+            z = (wp[e] >> 31) ? zn : z;
+            xo[e] = c0 + c1 * z;
+        }
+    } else if (J->mode == 0) {
+        for (int e = 0; e < n; e++) {
+            float u = ((float)(int32_t)(wp[e] >> 9) + 0.5f) * 0x1p-23f;
+            float q = c2 + u * c3;
+            float aq = q < 0.0f ? -q : q;
+            float t = 0.5f - aq;
+            t = t > 0x1p-126f ? t : 0x1p-126f;
+            qs[e] = q;
+            ls[e] = log32(t);
+        }
+        for (int e = 0; e < n; e++) ls[e] = tailr32(ls[e]);
+        for (int e = 0; e < n; e++) {
+            float q = qs[e];
+            float aq = q < 0.0f ? -q : q;
+            float z = ppnd32(q, ls[e], aq <= F(0.425));
+            xo[e] = c0 + c1 * z;
+        }
+    } else {
+        for (int e = 0; e < n; e++) {
+            float u = ((float)(int32_t)(wp[e] >> 9) + 0.5f) * 0x1p-23f;
+            float v = 1.0f + u * c3;
+            ls[e] = c2 + log32(v);
+        }
+        for (int e = 0; e < n; e++) ls[e] = tailr32(ls[e]);
+        for (int e = 0; e < n; e++) {
+            float z = ppnd32(-0.5f, ls[e], 0);
+            xo[e] = c0 + c1 * z;
+        }
+    }
+    if (J->clamp) {
+        const float lo = J->lof, hi = J->hif;
+        for (int e = 0; e < n; e++) {
+            float x = xo[e];
+            x = x < lo ? lo : x;
+            x = x > hi ? hi : x;
+            xo[e] = x;
+        }
+    }
+    if (J->dtype == DT_BF16) {
+        uint16_t *o = (uint16_t *)out;
+        for (int e = 0; e < n; e++) o[e] = f32_to_bf16(xs[e]);
+    } else if (J->dtype == DT_F16) {
+        uint16_t *o = (uint16_t *)out;
+        for (int e = 0; e < n; e++) o[e] = f32_to_f16(xs[e]);
+    }
+}
+
+/* ---------------------------------------------------------------- geometry */
+static void process_range(const job_t *J, int64_t f0, int64_t f1) {
+    int64_t f = f0;
+    while (f < f1) {
+        int64_t row = f / J->rowlen, col = f % J->rowlen;
+        int64_t g = J->off[J->ndim - 1] + col, rem = row;
+        for (int d = J->ndim - 2; d >= 0; d--) {
+            int64_t i = rem % J->size[d];
+            rem /= J->size[d];
+            g += (J->off[d] + i) * J->gstride[d];
+        }
+        int64_t len = J->rowlen - col;
+        if (len > f1 - f) len = f1 - f;
+        for (int64_t p = 0; p < len; p += SEG) {
+            int64_t m = len - p;
+            if (m > SEG) m = SEG;
+            process_seg(J, g + p, (int)m, J->out + (f + p) * J->esize);
+        }
+        f += len;
+    }
+}
+
+typedef struct {
+    const job_t *J;
+    int64_t c0, c1;
+} targ_t;
+
+static void run_chunks(const job_t *J, int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; c++) {
+        int64_t f0 = c * J->chunk, f1 = f0 + J->chunk;
+        if (f1 > J->total) f1 = J->total;
+        process_range(J, f0, f1);
+    }
+}
+
+static void *thread_main(void *arg) {
+    targ_t *t = (targ_t *)arg;
+    run_chunks(t->J, t->c0, t->c1);
+    return NULL;
+}
+
+static int seq_to_i64(PyObject *seq, int64_t *dst, int maxn, const char *what) {
+    PyObject *fast = PySequence_Fast(seq, what);
+    if (!fast) return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    if (n > maxn) {
+        Py_DECREF(fast);
+        PyErr_Format(PyExc_ValueError, "%s: at most %d dimensions", what, maxn);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        dst[i] = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(fast, i));
+        if (dst[i] == -1 && PyErr_Occurred()) {
+            Py_DECREF(fast);
+            return -1;
+        }
+    }
+    Py_DECREF(fast);
+    return (int)n;
+}
+
+/* fill(ptr, dtype, kind, mode, clamp, k0, k1, sub, (c0,c1,c2,c3), lo, hi, gshape, offsets, sizes, nthreads, chunk) */
+static PyObject *py_fill(PyObject *self, PyObject *args) {
+    unsigned long long ptr, k0, k1, sub;
+    int dtype, kind, mode, clamp, nthreads;
+    double c[4], lo, hi;
+    long long chunk;
+    PyObject *gs, *os, *ss;
+    if (!PyArg_ParseTuple(args, "KiiiiKKK(dddd)ddOOOiL", &ptr, &dtype, &kind, &mode, &clamp, &k0, &k1, &sub, &c[0],
+                          &c[1], &c[2], &c[3], &lo, &hi, &gs, &os, &ss, &nthreads, &chunk))
+        return NULL;
+    job_t J;
+    memset(&J, 0, sizeof J);
+    int64_t gshape[MAXD];
+    int n1 = seq_to_i64(gs, gshape, MAXD, "global_shape");
+    if (n1 < 0) return NULL;
+    int n2 = seq_to_i64(os, J.off, MAXD, "offsets");
+    if (n2 < 0) return NULL;
+    int n3 = seq_to_i64(ss, J.size, MAXD, "sizes");
+    if (n3 < 0) return NULL;
+    if (n1 != n2 || n1 != n3 || n1 < 1) {
+        PyErr_SetString(PyExc_ValueError, "global_shape, offsets and sizes need the same length >= 1");
+        return NULL;
+    }
+    if (dtype < 0 || dtype > 4 || kind < 0 || kind > 3 || chunk < 1 || nthreads < 1) {
+        PyErr_SetString(PyExc_ValueError, "bad dtype/kind/chunk/nthreads code");
+        return NULL;
+    }
+    J.ndim = n1;
+    int64_t st = 1, total = 1;
+    for (int d = n1 - 1; d >= 0; d--) {
+        if (J.off[d] < 0 || J.size[d] < 0 || J.off[d] + J.size[d] > gshape[d]) {
+            PyErr_SetString(PyExc_ValueError, "box outside the global shape");
+            return NULL;
+        }
+        J.gstride[d] = st;
+        st *= gshape[d];
+        total *= J.size[d];
+    }
+    J.kind = kind;
+    J.dtype = dtype;
+    J.mode = mode;
+    J.clamp = clamp;
+    J.k0 = (uint32_t)k0;
+    J.k1 = (uint32_t)k1;
+    J.sub = (uint32_t)sub;
+    for (int i = 0; i < 4; i++) {
+        J.c[i] = c[i];
+        J.cf[i] = (float)c[i];
+    }
+    J.lo = lo;
+    J.hi = hi;
+    J.lof = (float)lo;
+    J.hif = (float)hi;
+    J.rowlen = J.size[n1 - 1];
+    J.total = total;
+    J.chunk = chunk;
+    J.out = (char *)(uintptr_t)ptr;
+    J.esize = (dtype == DT_F64) ? 8 : (dtype == DT_F32 || dtype == DT_U32) ? 4 : 2;
+    if (total == 0) Py_RETURN_NONE;
+
+    int64_t nchunks = (total + chunk - 1) / chunk;
+    int T = nthreads;
+    if (T > nchunks) T = (int)nchunks;
+    if (T > 256) T = 256;
+    Py_BEGIN_ALLOW_THREADS;
+    if (T <= 1) {
+        run_chunks(&J, 0, nchunks);
+    } else {
+        pthread_t th[256];
+        targ_t ta[256];
+        int started[256];
+        for (int t = 0; t < T; t++) {
+            ta[t].J = &J;
+            ta[t].c0 = nchunks * t / T;
+            ta[t].c1 = nchunks * (t + 1) / T;
+            started[t] = 0;
+        }
+        for (int t = 1; t < T; t++) started[t] = pthread_create(&th[t], NULL, thread_main, &ta[t]) == 0;
+        run_chunks(&J, ta[0].c0, ta[0].c1);
+        for (int t = 1; t < T; t++) {
+            if (started[t])
+                pthread_join(th[t], NULL);
+            else
+                run_chunks(&J, ta[t].c0, ta[t].c1); /* thread creation failed: do it here */
+        }
+    }
+    Py_END_ALLOW_THREADS;
+    Py_RETURN_NONE;
+}
+
+/* philox(c0, c1, c2, c3, k0, k1) -> 4-tuple: one Philox4x32-10 block (for known-answer tests) */
+static PyObject *py_philox(PyObject *self, PyObject *args) {
+    unsigned int c[4], k[2];
+    if (!PyArg_ParseTuple(args, "IIIIII", &c[0], &c[1], &c[2], &c[3], &k[0], &k[1])) return NULL;
+    uint32_t x0 = c[0], x1 = c[1], x2 = c[2], x3 = c[3], ka = k[0], kb = k[1];
+    for (int r = 0; r < 10; r++) {
+        uint64_t p0 = (uint64_t)PM0 * x0, p1 = (uint64_t)PM1 * x2;
+        uint32_t y0 = (uint32_t)(p1 >> 32) ^ x1 ^ ka, y2 = (uint32_t)(p0 >> 32) ^ x3 ^ kb;
+        x1 = (uint32_t)p1;
+        x3 = (uint32_t)p0;
+        x0 = y0;
+        x2 = y2;
+        ka += PW0;
+        kb += PW1;
+    }
+    return Py_BuildValue("(IIII)", x0, x1, x2, x3);
+}
+
+/* has_avx2() -> bool: whether the AVX2 Philox path is used */
+static PyObject *py_has_avx2(PyObject *self, PyObject *args) {
+    return PyBool_FromLong(g_have_avx2);
+}
+
+static PyMethodDef methods[] = {
+    {"fill", py_fill, METH_VARARGS, "Fill a box of a keyed stream into raw memory (releases the GIL)."},
+    {"philox", py_philox, METH_VARARGS, "One Philox4x32-10 block: philox(c0, c1, c2, c3, k0, k1)."},
+    {"has_avx2", py_has_avx2, METH_NOARGS, "Whether the AVX2 Philox path is active."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "_native", "torchinit keyed engine native kernel", -1,
+                                    methods};
+
+PyMODINIT_FUNC PyInit__native(void) {
+#ifdef HAVE_AVX2_PATH
+    __builtin_cpu_init();
+    g_have_avx2 = __builtin_cpu_supports("avx2") ? 1 : 0;
+    if (getenv("TORCHINIT_NATIVE_NO_AVX2")) g_have_avx2 = 0;
+#endif
+    PyObject *m = PyModule_Create(&moddef);
+    if (m) PyModule_AddIntConstant(m, "STREAM_VERSION", 1);
+    return m;
+}

@@ -1,0 +1,119 @@
+"""Backend selection for the keyed engine: the native C kernel or the torch reference.
+
+* ``TORCHINIT_BACKEND=reference|native`` (environment, read at import) or
+  :func:`set_backend` chooses; the default is ``native`` when the extension
+  loads, else ``reference`` with ONE warning.
+* :func:`set_num_threads` sets the kernel's thread count (default:
+  ``torch.get_num_threads()``). Results never depend on it.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+
+__all__ = [
+    "native_available",
+    "get_backend",
+    "set_backend",
+    "set_num_threads",
+    "get_num_threads",
+    "set_chunk_size",
+    "get_chunk_size",
+]
+
+_native = None
+_native_error: str | None = None
+try:  # pragma: no cover - depends on the build
+    from . import _native as _native_mod  # type: ignore[attr-defined]
+
+    if getattr(_native_mod, "STREAM_VERSION", None) != 1:
+        raise ImportError(f"native kernel has stream version {getattr(_native_mod, 'STREAM_VERSION', None)}, need 1")
+    _native = _native_mod
+except Exception as exc:  # ImportError, or a broken build
+    _native_error = f"{type(exc).__name__}: {exc}"
+
+_warned = False
+_backend: str | None = None
+_num_threads: int | None = None
+#: elements per work chunk handed to one thread (results never depend on it)
+_chunk = 1 << 16
+
+
+def _warn_once(msg: str) -> None:
+    global _warned
+    if not _warned:
+        _warned = True
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+
+def native_available() -> bool:
+    """Whether the native C kernel is built and loaded."""
+    return _native is not None
+
+
+def _initial_backend() -> str:
+    env = os.environ.get("TORCHINIT_BACKEND", "").strip().lower()
+    if env not in ("", "native", "reference"):
+        raise ValueError(f"TORCHINIT_BACKEND must be 'native' or 'reference', got {env!r}")
+    if env == "reference":
+        return "reference"
+    if _native is None:
+        return "reference"
+    return "native"
+
+
+def get_backend() -> str:
+    """The active backend, ``"native"`` or ``"reference"``."""
+    global _backend
+    if _backend is None:
+        _backend = _initial_backend()
+    if _backend == "reference" and _native is None and os.environ.get("TORCHINIT_BACKEND", "") != "reference":
+        _warn_once(
+            "torchinit: the native keyed-engine kernel is not available "
+            f"({_native_error}); using the pure-torch reference backend (same values, slower)."
+        )
+    return _backend
+
+
+def set_backend(name: str) -> None:
+    """Force the backend: ``"native"`` (raises RuntimeError if not built) or ``"reference"``."""
+    global _backend
+    if name not in ("native", "reference"):
+        raise ValueError(f"set_backend: name must be 'native' or 'reference', got {name!r}")
+    if name == "native" and _native is None:
+        raise RuntimeError(f"set_backend('native'): the native kernel is not available ({_native_error})")
+    _backend = name
+
+
+def set_num_threads(n: int | None) -> None:
+    """Threads used by the native kernel (``None``: follow ``torch.get_num_threads()``)."""
+    global _num_threads
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"set_num_threads: n must be a positive int or None, got {n!r}")
+    _num_threads = n
+
+
+def get_num_threads() -> int:
+    """Threads the native kernel will use."""
+    return _num_threads if _num_threads is not None else max(1, torch.get_num_threads())
+
+
+def set_chunk_size(n: int) -> None:
+    """Elements per work chunk (a tuning knob; values never depend on it)."""
+    global _chunk
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"set_chunk_size: n must be a positive int, got {n!r}")
+    _chunk = n
+
+
+def get_chunk_size() -> int:
+    """Elements per work chunk."""
+    return _chunk
+
+
+def native_module():
+    """The loaded extension module (or None)."""
+    return _native

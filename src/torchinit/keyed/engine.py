@@ -1,0 +1,413 @@
+"""The keyed engine: fill specs from (key, logical element index), any region, any backend.
+
+Public entry points (re-exported by :mod:`torchinit.keyed`): :func:`fill_`,
+:func:`fill_region_`, :func:`sample`. The stream is specified in
+docs/keyed-stream.md.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from .. import specs as S
+from . import _constants as K
+from . import backend as B
+from .key import Key
+from .reference import reference_box
+
+__all__ = ["fill_", "fill_region_", "sample", "kernel_params", "KernelParams", "raw_words"]
+
+_DT_CODE = {
+    torch.float32: K.DT_F32,
+    torch.float64: K.DT_F64,
+    torch.float16: K.DT_F16,
+    torch.bfloat16: K.DT_BF16,
+}
+_ELEMENTWISE = (S.Uniform, S.Normal, S.TruncatedNormal)
+
+
+@dataclass(frozen=True)
+class KernelParams:
+    """Everything the kernels need for one elementwise spec and output dtype.
+
+    ``c`` are four constants in the compute precision (float32 values for
+    float32/float16/bfloat16 outputs, float64 for float64 outputs):
+    uniform ``(low, high - low, 0, 0)``; normal ``(mean, std, 0, 0)``; truncated
+    normal ``(mean, s * std, base, span)`` with ``s = +-1`` (reflection) and
+    ``mode`` 0 (central, q-space) or 1 (tail, log-space). ``lo, hi`` are the clamp
+    bounds (values representable in the output dtype) when ``clamp``.
+    """
+
+    kind: int
+    mode: int
+    clamp: bool
+    k0: int
+    k1: int
+    sub: int
+    c: tuple[float, float, float, float]
+    lo: float
+    hi: float
+
+
+# ----------------------------------------------------------------------------------
+# validation
+# ----------------------------------------------------------------------------------
+
+def _check_key(key) -> Key:
+    if not isinstance(key, Key):
+        raise TypeError(f"key must be a torchinit.Key, got {type(key).__name__} {key!r}")
+    return key
+
+
+def _check_spec(spec) -> S.Spec:
+    if not isinstance(spec, S.Spec):
+        raise TypeError(f"spec must be a torchinit.specs.Spec, got {type(spec).__name__} {spec!r}")
+    return spec.checked()
+
+
+def _check_dtype(dtype: torch.dtype, what: str = "tensor") -> None:
+    if not dtype.is_floating_point:
+        raise TypeError(
+            f"keyed engine: {what} has dtype {dtype}; key= fills floating-point tensors only "
+            "(float16, bfloat16, float32, float64)"
+        )
+
+
+def _norm_shape(name: str, v) -> tuple[int, ...]:
+    try:
+        out = tuple(int(x) for x in v)
+    except TypeError:
+        raise TypeError(f"{name} must be a sequence of ints, got {v!r}") from None
+    for x, orig in zip(out, v):
+        if isinstance(orig, bool) or x != orig:
+            raise TypeError(f"{name} must be a sequence of ints, got {v!r}")
+    return out
+
+
+def _check_box(global_shape, offsets, sizes) -> None:
+    if not (len(global_shape) == len(offsets) == len(sizes)):
+        raise ValueError(
+            f"global_shape {tuple(global_shape)}, offsets {tuple(offsets)} and box sizes {tuple(sizes)} "
+            "need the same number of dimensions"
+        )
+    for d, (g, o, s) in enumerate(zip(global_shape, offsets, sizes)):
+        if g < 0 or o < 0 or s < 0 or o + s > g:
+            raise ValueError(
+                f"box outside the global shape in dim {d}: offset {o} + size {s} > {g} "
+                f"(global_shape {tuple(global_shape)}, offsets {tuple(offsets)}, sizes {tuple(sizes)})"
+            )
+
+
+# ----------------------------------------------------------------------------------
+# host-side constants
+# ----------------------------------------------------------------------------------
+
+def _f32(x: float) -> float:
+    return float(torch.tensor(x, dtype=torch.float64).to(torch.float32).item())
+
+
+def _rep_ceil(v: float, dtype: torch.dtype) -> float:
+    """Smallest value of ``dtype`` >= v."""
+    t = torch.tensor(v, dtype=torch.float64).to(dtype)
+    if float(t) < v:
+        t = torch.nextafter(t, torch.tensor(math.inf, dtype=dtype))
+    return float(t)
+
+
+def _rep_floor(v: float, dtype: torch.dtype) -> float:
+    """Largest value of ``dtype`` <= v."""
+    t = torch.tensor(v, dtype=torch.float64).to(dtype)
+    if float(t) > v:
+        t = torch.nextafter(t, torch.tensor(-math.inf, dtype=dtype))
+    return float(t)
+
+
+def _log_ndtr(x: float) -> float:
+    """log Phi(x) in double, accurate far into the lower tail."""
+    if x > -30.0:
+        return math.log(0.5 * math.erfc(-x / math.sqrt(2.0)))
+    x2 = x * x
+    series = 1.0 - 1.0 / x2 + 3.0 / x2**2 - 15.0 / x2**3 + 105.0 / x2**4
+    return -0.5 * x2 - math.log(-x) - 0.5 * math.log(2.0 * math.pi) + math.log(series)
+
+
+#: Tail mode caps log(Phi(beta)/Phi(alpha)) at this: mass below Phi(beta) e^-44 is ignored (< 1e-19).
+_TAIL_LOG_RATIO_CAP = 44.0
+#: Interval entirely below this lower-tail probability -> tail (log-space) mode.
+_TAIL_MODE_P = 0.075
+
+
+def trunc_constants(mean: float, std: float, a: float, b: float) -> tuple[int, tuple[float, float, float, float]]:
+    """(mode, (c0, c1, c2, c3)) in double for TruncatedNormal(mean, std, a, b)."""
+    alpha = (a - mean) / std
+    beta = (b - mean) / std
+    sgn = 1.0
+    if alpha + beta > 0.0:  # reflect so that the interval lies mostly in the lower half
+        alpha, beta = -beta, -alpha
+        sgn = -1.0
+    pb = 0.5 * math.erfc(-beta / math.sqrt(2.0))
+    if pb <= _TAIL_MODE_P:
+        la, lb = _log_ndtr(alpha), _log_ndtr(beta)
+        d = min(lb - la, _TAIL_LOG_RATIO_CAP)
+        return 1, (mean, sgn * std, lb - d, math.expm1(d))
+    ea, eb = math.erf(alpha / math.sqrt(2.0)), math.erf(beta / math.sqrt(2.0))
+    return 0, (mean, sgn * std, 0.5 * ea, 0.5 * (eb - ea))
+
+
+def kernel_params(spec: S.Spec, key: Key, dtype: torch.dtype, sub: int = K.SUBSTREAM_VALUES) -> KernelParams:
+    """The kernel constants for an elementwise spec filled into ``dtype``."""
+    wide = dtype == torch.float64
+    rnd = float if wide else _f32
+    k0, k1 = key.philox_key
+    clamp, lo, hi, mode = False, 0.0, 0.0, 0
+    if isinstance(spec, S.Uniform):
+        kind = K.KIND_UNIFORM
+        c = (spec.low, spec.high - spec.low, 0.0, 0.0)
+        lo, hi = _rep_ceil(spec.low, dtype), _rep_floor(spec.high, dtype)
+        clamp = lo <= hi  # no value of dtype in [low, high] (degenerate): plain rounding
+    elif isinstance(spec, S.Normal):
+        kind = K.KIND_NORMAL
+        c = (spec.mean_, spec.std_, 0.0, 0.0)
+    elif isinstance(spec, S.TruncatedNormal):
+        kind = K.KIND_TRUNC
+        mode, c = trunc_constants(spec.mean_, spec.std_, spec.a, spec.b)
+        lo, hi = _rep_ceil(spec.a, dtype), _rep_floor(spec.b, dtype)
+        if lo > hi:
+            raise ValueError(
+                f"TruncatedNormal: no {dtype} value lies in [a, b] = [{spec.a!r}, {spec.b!r}]; "
+                "widen the bounds or use a wider dtype"
+            )
+        clamp = True
+    else:  # pragma: no cover - callers dispatch
+        raise TypeError(f"kernel_params: {type(spec).__name__} is not an elementwise spec")
+    c = tuple(rnd(float(v)) for v in c)
+    return KernelParams(kind, mode, clamp, k0, k1, sub, c, lo, hi)
+
+
+# ----------------------------------------------------------------------------------
+# elementwise boxes
+# ----------------------------------------------------------------------------------
+
+def _collapse(gshape, offsets, sizes):
+    """Merge trailing dimensions that the box covers completely (same indices, fewer rows)."""
+    g, o, s = list(gshape) or [1], list(offsets) or [0], list(sizes) or [1]
+    while len(g) > 1 and o[-1] == 0 and s[-1] == g[-1]:
+        n = g.pop()
+        o.pop()
+        s.pop()
+        g[-1] *= n
+        o[-1] *= n
+        s[-1] *= n
+    return g, o, s
+
+
+def _native_fill_(out: Tensor, kp: KernelParams, dt_code: int, gshape, offsets, sizes) -> None:
+    g, o, s = _collapse(gshape, offsets, sizes)
+    B.native_module().fill(
+        out.data_ptr(), dt_code, kp.kind, kp.mode, int(kp.clamp), kp.k0, kp.k1, kp.sub,
+        kp.c, kp.lo, kp.hi, g, o, s, B.get_num_threads(), B.get_chunk_size(),
+    )
+
+
+def _use_native(device: torch.device) -> bool:
+    return device.type == "cpu" and B.get_backend() == "native"
+
+
+def _elementwise_region_(out: Tensor, spec: S.Spec, key: Key, gshape, offsets) -> Tensor:
+    sizes = tuple(out.shape)
+    compute = out.dtype if out.dtype in _DT_CODE else torch.float32
+    kp = kernel_params(spec, key, compute)
+    direct = compute == out.dtype and out.is_contiguous()
+    if _use_native(out.device):
+        target = out if direct else torch.empty(sizes, dtype=compute)
+        _native_fill_(target, kp, _DT_CODE[compute], gshape, offsets, sizes)
+    else:
+        target = reference_box(kp, gshape or (1,), offsets or (0,), sizes or (1,), compute, out.device).view(sizes)
+    if target is not out:
+        out.copy_(target)
+    return out
+
+
+def raw_words(key: Key, sub: int, global_shape, offsets, sizes, device="cpu") -> Tensor:
+    """Raw 32-bit stream words (int64 tensor of the box shape) of sub-stream ``sub``.
+
+    Word of element i is lane ``i & 3`` of Philox block ``i >> 2`` (the float32 layout).
+    """
+    k0, k1 = key.philox_key
+    kp = KernelParams(K.KIND_BITS, 0, False, k0, k1, sub, (0.0, 0.0, 0.0, 0.0), 0.0, 0.0)
+    device = torch.device(device)
+    sizes = tuple(sizes)
+    if _use_native(device):
+        buf = torch.empty(sizes, dtype=torch.int32)
+        if buf.numel():
+            _native_fill_(buf, kp, K.DT_U32, global_shape, offsets, sizes)
+        return buf.to(torch.int64) & 0xFFFFFFFF
+    return reference_box(kp, global_shape or (1,), offsets or (0,), sizes or (1,), torch.float32, device).view(sizes)
+
+
+# ----------------------------------------------------------------------------------
+# whole-tensor specs
+# ----------------------------------------------------------------------------------
+
+def _slices(offsets, sizes):
+    return tuple(slice(o, o + s) for o, s in zip(offsets, sizes))
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _orthonormal(rows: int, cols: int, key: Key, dtype: torch.dtype, device) -> Tensor:
+    """Haar (rows, cols) semi-orthogonal matrix from the keyed N(0,1) matrix, torch's QR recipe."""
+    g = sample(S.Normal(0.0, 1.0), key, (rows, cols), dtype=dtype, device=device)
+    if rows < cols:
+        g = g.t()
+    q, r = torch.linalg.qr(g)
+    q = q * torch.diag(r, 0).sign()
+    if rows < cols:
+        q = q.t()
+    return q
+
+
+def _full_values(spec: S.Spec, key: Key, gshape, dtype: torch.dtype, device) -> Tensor:
+    """The whole tensor for specs whose elements depend on each other (or deterministic ones)."""
+    cd = _compute_dtype(dtype)
+    if isinstance(spec, S.Orthogonal):
+        rows = gshape[0]
+        cols = math.prod(gshape) // rows if rows else 0
+        if rows == 0 or cols == 0:
+            return torch.zeros(gshape, dtype=cd, device=device)
+        return (_orthonormal(rows, cols, key, cd, device) * spec.gain).reshape(gshape)
+    if isinstance(spec, S.DeltaOrthogonal):
+        full = torch.zeros(gshape, dtype=cd, device=device)
+        if full.numel() == 0:
+            return full
+        q = _orthonormal(gshape[0], gshape[1], key, cd, device)
+        centre = tuple(k // 2 for k in gshape[2:])
+        full[(slice(None), slice(None)) + centre] = q * spec.gain
+        return full
+    if isinstance(spec, S.Dirac):
+        from ..torch_engine import torch_fill_
+
+        return torch_fill_(torch.zeros(gshape, dtype=dtype, device=device), spec)
+    raise TypeError(f"the keyed engine cannot fill spec {spec!r}")  # pragma: no cover
+
+
+def _sparse_region_(out: Tensor, spec: S.Sparse, key: Key, gshape, offsets) -> Tensor:
+    rows, cols = gshape
+    r0, c0 = offsets
+    rs, cs = out.shape
+    _elementwise_region_(out, S.Normal(0.0, spec.std_), key, gshape, offsets)
+    k = math.ceil(spec.sparsity * rows)
+    if k == 0:
+        return out
+    if k >= rows:
+        return out.zero_()
+    words = raw_words(key, K.SUBSTREAM_SPARSE, (rows, cols), (0, c0), (rows, cs), device=out.device)
+    row = torch.arange(rows, dtype=torch.int64, device=out.device).unsqueeze(1)
+    order = ((words - 2**31) << 32) + row  # unique sort keys: (word, row)
+    idx = torch.topk(order, k, dim=0, largest=False, sorted=False).indices
+    mask = torch.zeros((rows, cs), dtype=torch.bool, device=out.device).scatter_(0, idx, True)
+    return out.masked_fill_(mask[r0:r0 + rs], 0)
+
+
+def _eye_region_(out: Tensor, offsets) -> Tensor:
+    rs, cs = out.shape
+    i = torch.arange(offsets[0], offsets[0] + rs, device=out.device).unsqueeze(1)
+    j = torch.arange(offsets[1], offsets[1] + cs, device=out.device).unsqueeze(0)
+    return out.copy_(i == j)
+
+
+# ----------------------------------------------------------------------------------
+# public API
+# ----------------------------------------------------------------------------------
+
+def fill_region_(out: Tensor, spec: S.Spec, key: Key, global_shape: Sequence[int], offsets: Sequence[int]) -> Tensor:
+    r"""Fill ``out`` with the box ``[offsets, offsets + out.shape)`` of the keyed fill of a
+    tensor of ``global_shape``; returns ``out``.
+
+    For Uniform, Normal and TruncatedNormal element ``x`` with logical row-major
+    index ``i = sum_d (offsets[d] + j_d) * stride_d`` of the global tensor gets
+    ``value(key, i, spec)``: exactly what :func:`fill_` writes there, whatever
+    the box, thread count or backend. Orthogonal and DeltaOrthogonal compute the
+    whole tensor (Gaussian draw + QR) and copy the box; Sparse draws the zero
+    positions of the box's columns only (all rows of those columns).
+    """
+    _check_key(key)
+    spec = _check_spec(spec)
+    if not isinstance(out, Tensor):
+        raise TypeError(f"out must be a torch.Tensor, got {type(out).__name__}")
+    _check_dtype(out.dtype, "out")
+    gshape = _norm_shape("global_shape", global_shape)
+    offs = _norm_shape("offsets", offsets)
+    if out.dim() != len(gshape):
+        raise ValueError(
+            f"out has {out.dim()} dimensions but global_shape {gshape} has {len(gshape)}"
+        )
+    _check_box(gshape, offs, tuple(out.shape))
+    spec.check_shape(gshape)
+    with torch.no_grad():
+        if out.numel() == 0 or out.is_meta:
+            return out
+        if isinstance(spec, _ELEMENTWISE):
+            return _elementwise_region_(out, spec, key, gshape, offs)
+        if isinstance(spec, S.Sparse):
+            return _sparse_region_(out, spec, key, gshape, offs)
+        if isinstance(spec, S.Constant):
+            return out.fill_(spec.value)
+        if isinstance(spec, S.Eye):
+            return _eye_region_(out, offs)
+        full = _full_values(spec, key, gshape, out.dtype, out.device)
+        return out.copy_(full[_slices(offs, out.shape)])
+
+
+def fill_(tensor: Tensor, spec: S.Spec, key: Key) -> Tensor:
+    r"""Fill the whole (logical) ``tensor`` in place with ``spec`` from ``key``; returns it.
+
+    Element values depend only on (key, logical row-major index, spec, dtype
+    class): never on memory layout (non-contiguous, channels_last), threads or
+    backend. A DTensor is delegated to ``torchinit.sharding.shard_fill_``, which
+    fills each local shard with :func:`fill_region_`.
+    """
+    if type(tensor).__name__ == "DTensor":
+        _check_key(key)
+        _check_spec(spec)
+        from ..sharding import shard_fill_
+
+        return shard_fill_(tensor, spec, key)
+    if not isinstance(tensor, Tensor):
+        raise TypeError(f"tensor must be a torch.Tensor, got {type(tensor).__name__}")
+    return fill_region_(tensor, spec, key, tuple(tensor.shape), (0,) * tensor.dim())
+
+
+def sample(
+    spec: S.Spec,
+    key: Key,
+    global_shape: Sequence[int],
+    *,
+    offsets: Sequence[int] | None = None,
+    sizes: Sequence[int] | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> Tensor:
+    """A new tensor holding the box ``[offsets, offsets + sizes)`` of the keyed fill of
+    ``global_shape`` (defaults: the whole tensor)."""
+    gshape = _norm_shape("global_shape", global_shape)
+    offs = (0,) * len(gshape) if offsets is None else _norm_shape("offsets", offsets)
+    if sizes is None:
+        if len(offs) != len(gshape):
+            _check_box(gshape, offs, gshape)
+        sz = tuple(g - o for g, o in zip(gshape, offs))
+    else:
+        sz = _norm_shape("sizes", sizes)
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a torch.dtype, got {dtype!r}")
+    _check_dtype(dtype, "dtype")
+    _check_box(gshape, offs, sz)
+    out = torch.empty(sz, dtype=dtype, device=device)
+    return fill_region_(out, spec, key, gshape, offs)

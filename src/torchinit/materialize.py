@@ -1,0 +1,248 @@
+"""Materialize a model built on the meta device: allocate and initialize it
+in module order, a batch of modules at a time, so peak memory stays near the
+final model size.
+
+::
+
+    with torch.device("meta"):
+        model = MyModel(...)            # no storage, no init work
+    torchinit.materialize(model, "cpu", policy="gpt2", seed=0)
+
+``materialize`` computes the plan on the meta model (shapes are all it needs),
+then walks the modules in order, allocating each module's own meta parameters
+and buffers on ``device`` (``torch.empty_like``); as soon as
+:data:`BATCH_ELEMENTS` elements (16 M) are pending, it initializes them with
+one ``apply_plan(..., only=<their names>)`` call (keyed engine) and goes on.
+Nothing is ever allocated twice and every allocation is part of the final
+model, so peak ~= final model size + the engine's working memory for one
+tensor. Values are bitwise identical to ``init_model(model_on_device,
+policy, seed=seed)``: every tensor is keyed by its qualified name, not by the
+order in which it is filled.
+
+Behaviour for models that are not entirely on meta (documented, never a
+silent second allocation):
+
+* no meta tensor at all: ``ValueError`` (use :func:`torchinit.init_model`);
+* some meta tensors (e.g. part of the weights loaded from a checkpoint with
+  ``load_state_dict(assign=True)``): only the meta tensors are allocated and
+  initialized; the others are left exactly as they are. A non-meta tensor on
+  another device than ``device`` raises ``ValueError`` (moving it would be a
+  copy the caller did not ask for).
+
+Tied parameters (one ``Parameter`` registered under several names, e.g. a GPT
+``lm_head.weight`` tied to the token embedding) are allocated once and stay
+tied. Sharded models (FSDP2 ``fully_shard`` / tensor parallel applied on meta)
+work too: each parameter becomes a DTensor whose local shard is allocated and
+filled from its global indices (see :mod:`torchinit.sharding`).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Iterator
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["materialize", "meta_tensors"]
+
+#: A progress bar appears when materialization has run longer than this many seconds.
+PROGRESS_AFTER_S = 2.0
+#: Modules are allocated, in order, until this many elements are pending, then initialized
+#: with one ``apply_plan`` call (allocated-but-unfilled memory is at most this batch, and it
+#: is part of the final model anyway: it does not raise the peak).
+BATCH_ELEMENTS = 1 << 24
+
+
+def meta_tensors(model: nn.Module) -> Iterator[tuple[str, str, Tensor]]:
+    """Yield ``(qualified_name, kind, tensor)`` for every parameter and buffer of
+    ``model`` (tied tensors once per name) whose storage is on the meta device."""
+    for mname, module in model.named_modules(remove_duplicate=False):
+        prefix = f"{mname}." if mname else ""
+        for kind, store in (("parameter", module._parameters), ("buffer", module._buffers)):
+            for n, t in store.items():
+                if t is not None and t.is_meta:
+                    yield prefix + n, kind, t
+
+
+def _locations(model: nn.Module) -> dict[int, list[tuple[dict, str, str]]]:
+    """id(tensor) -> every (store dict, key, qualified name) it is registered under
+    (a tied tensor has several)."""
+    out: dict[int, list[tuple[dict, str, str]]] = {}
+    for mname, module in model.named_modules(remove_duplicate=False):
+        prefix = f"{mname}." if mname else ""
+        for store in (module._parameters, module._buffers):
+            for n, t in store.items():
+                if t is not None:
+                    locs = out.setdefault(id(t), [])
+                    if all(q != prefix + n for _, _, q in locs):
+                        locs.append((store, n, prefix + n))
+    return out
+
+
+def _check_model(model: nn.Module, device: torch.device) -> int:
+    """Validate before allocating anything; returns the number of meta elements."""
+    n_meta = 0
+    for name, t in list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False)):
+        if t.is_meta:
+            n_meta += t.numel()
+            continue
+        tdev = t.device
+        if tdev.type != device.type or (device.index is not None and tdev.index not in (None, device.index)):
+            raise ValueError(
+                f"materialize: {name!r} is already allocated on {tdev}, not on the target device {device}; "
+                f"materialize only allocates meta tensors and never moves allocated ones (move the model or "
+                f"pass device={str(tdev)!r})"
+            )
+    return n_meta
+
+
+def _check_coverage(plan_obj: Any, meta_names: set[str]) -> None:
+    """Every meta tensor must get an initializer: an allocated tensor nobody fills holds garbage."""
+    covered: set[str] = set()
+    for e in plan_obj.entries:
+        if getattr(e, "spec", None) is not None or getattr(e, "initializer", None) == "module":
+            covered.add(e.name)
+            covered.update(getattr(e, "aliases", ()) or ())
+    missing = sorted(meta_names - covered)
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise ValueError(
+            f"materialize: no initializer in the plan for meta tensor(s) {', '.join(map(repr, missing[:5]))}{more} "
+            f"(unmatched or 'keep' under policy {getattr(plan_obj, 'policy', '?')!r}); allocating them would leave "
+            f"uninitialized memory. Add a rule for them, or allocate and set them before calling materialize"
+        )
+
+
+class _Progress:
+    """Rich progress bar that appears only once the work has taken PROGRESS_AFTER_S."""
+
+    def __init__(self, total: int, mode: bool | None) -> None:
+        self.total, self.mode = total, mode
+        self.start = time.perf_counter()
+        self.bar: Any = None
+        self.task: Any = None
+        self.done = 0
+
+    def _enabled_now(self) -> bool:
+        if self.mode is False:
+            return False
+        if self.mode is None and not sys.stderr.isatty():
+            return False
+        return time.perf_counter() - self.start >= PROGRESS_AFTER_S
+
+    def advance(self, n: int, label: str) -> None:
+        self.done += n
+        if self.bar is None and self._enabled_now():
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            from rich.console import Console
+
+            self.bar = Progress(
+                TextColumn("materialize"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
+                TextColumn("{task.description}"), TimeElapsedColumn(),
+                console=Console(stderr=True), transient=False,
+            )
+            self.bar.start()
+            self.task = self.bar.add_task(label, total=self.total, completed=self.done)
+        elif self.bar is not None:
+            self.bar.update(self.task, completed=self.done, description=label)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=self.total, description="done")
+            self.bar.stop()
+
+
+def _new_like(t: Tensor, device: torch.device) -> Tensor:
+    new = torch.empty_like(t, device=device)
+    if isinstance(t, nn.Parameter):
+        new = nn.Parameter(new, requires_grad=t.requires_grad)
+        new.__dict__.update({k: v for k, v in t.__dict__.items() if k not in new.__dict__})
+    return new
+
+
+def materialize(
+    model: nn.Module,
+    device: torch.device | str = "cpu",
+    policy: Any = "pytorch",
+    *,
+    seed: int,
+    progress: bool | None = None,
+    example_inputs: Any = None,
+) -> Any:
+    """Allocate the meta tensors of ``model`` on ``device`` and initialize them with
+    ``policy`` and the keyed engine, in module order; returns the applied ``Plan``.
+
+    Args:
+        model: a model built under ``torch.device("meta")`` (possibly sharded with
+            FSDP2 / tensor parallel while on meta).
+        device: where the tensors are allocated.
+        policy: a preset name (``"pytorch"``, ``"module"``, ``"kaiming"``, ``"gpt2"``,
+            ``"llama"``, ...), a policy object, or a ready ``Plan`` (applied as is).
+        seed: the seed of ``Key(seed)``; tensor ``name`` is filled with
+            ``Key(seed).child(name)``, so the result equals
+            ``init_model(model, policy, seed=seed)`` on an allocated copy, bitwise.
+        progress: ``None`` (default): a progress bar on stderr when it runs longer
+            than ~2 s and stderr is a terminal; ``True``: also when not a terminal
+            (still only after ~2 s); ``False``: never.
+        example_inputs: passed to ``torchinit.plan`` (policies that trace the model).
+
+    Peak memory: the final size of the allocated tensors plus the keyed engine's
+    working memory for one tensor. dtypes are those of the meta tensors (convert
+    the meta model with ``model.to(torch.bfloat16)`` first: free on meta).
+
+    Raises (before anything is allocated):
+        ValueError: the model has no meta tensor (use ``init_model``), an
+            allocated tensor lives on another device than ``device``, or the plan
+            gives some meta tensor no initializer (it would hold garbage).
+    """
+    from . import apply_plan as _apply_plan, plan as _plan  # model-level API (issue 4)
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"materialize expects an nn.Module, got {type(model).__name__}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"materialize: seed must be an int, got {seed!r}")
+    device = torch.device(device)
+    if device.type == "meta":
+        raise ValueError("materialize: device='meta' allocates nothing; pass a real device such as 'cpu' or 'cuda'")
+    total = _check_model(model, device)
+    meta_names = {name for name, _, _ in meta_tensors(model)}
+    if not meta_names:
+        raise ValueError(
+            "materialize: the model has no tensors on the meta device (nothing to allocate); "
+            "to initialize an allocated model use torchinit.init_model(model, policy, seed=...)"
+        )
+
+    is_plan = hasattr(policy, "entries") and hasattr(policy, "to_dict")
+    plan_obj = policy if is_plan else _plan(model, policy, example_inputs)
+    _check_coverage(plan_obj, meta_names)
+    locations = _locations(model)
+    bar = _Progress(total, progress)
+    try:
+        with torch.no_grad():
+            batch: set[str] = set()
+            n_batch = 0
+            last = ""
+            for mname, module in model.named_modules():
+                for store in (module._parameters, module._buffers):
+                    for n, t in list(store.items()):
+                        if t is None or not t.is_meta:
+                            continue
+                        new = _new_like(t, device)
+                        for loc_store, loc_key, qname in locations[id(t)]:  # keeps tied tensors tied
+                            loc_store[loc_key] = new
+                            batch.add(qname)
+                        n_batch += t.numel()
+                        last = mname
+                if batch and n_batch >= BATCH_ELEMENTS:
+                    _apply_plan(model, plan_obj, seed=seed, engine="keyed", only=batch)
+                    bar.advance(n_batch, last or "(root)")
+                    batch, n_batch = set(), 0
+            if batch:
+                _apply_plan(model, plan_obj, seed=seed, engine="keyed", only=batch)
+                bar.advance(n_batch, last or "(root)")
+    finally:
+        bar.close()
+    return plan_obj

@@ -1,0 +1,373 @@
+"""Automatic nonlinearity detection: which activation follows each Linear / Conv layer.
+
+The gain of He / Glorot init must match the activation that FOLLOWS the layer
+(torch's ``kaiming_*`` default, ``leaky_relu`` with ``a=0``, is right only for ReLU).
+:func:`detect_nonlinearities` finds it, in this order:
+
+1. **torch.fx** symbolic tracing: from each layer's node, follow the data flow
+   through "transparent" operations (norms, dropout, pooling, padding, reshapes,
+   ``view``/``permute``/``flatten``, indexing, residual ``+``, gating ``*``) to the
+   first activation (module or function). Another layer, the output or any other
+   operation first means "linear".
+2. **forward hooks** on ``example_inputs`` (when tracing fails, e.g. data-dependent
+   control flow): the execution order of layers, activation modules and activation
+   *functions* (``F.relu`` etc., seen with a ``TorchFunctionMode``); the first
+   activation executed after a layer and before the next layer is its activation.
+   The model runs in eval mode under ``no_grad``; its training flags are restored.
+3. **registration order** (no trace, no inputs): the module after the layer in
+   ``model.modules()`` order. A heuristic: the plan says so.
+
+Mapping: ReLU/ReLU6 -> relu; LeakyReLU -> leaky_relu with its slope; PReLU ->
+leaky_relu with its initial slope; Tanh, Sigmoid, SELU, GELU (approximate="tanh"
+-> gelu_tanh), SiLU, Mish, ELU, Softplus, Hardswish by name (custom classes whose
+name contains GELU / SiLU / Swish / Mish match too, e.g. Hugging Face's
+``NewGELUActivation``).
+
+Gains (:func:`auto_gain`): torch's ``calculate_gain`` values for the names it knows,
+except SELU, which gets 1 (LeCun, as Klambauer et al. 2017 derive; torch's 3/4 is an
+empirical choice kept only when a rule names ``"selu"`` explicitly). GELU, SiLU,
+Mish, ELU, softplus and hardswish get ``1/sqrt(E[f(z)^2])`` for z ~ N(0, 1)
+(:func:`torchinit.second_moment_gain`): the criterion that gives exactly sqrt(2)
+for ReLU, applied to the activation's own second moment (see docs/policies.md).
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from .gains import second_moment_gain
+
+__all__ = [
+    "Detection",
+    "detect_nonlinearities",
+    "activation_of_module",
+    "is_weight_layer",
+    "auto_gain",
+]
+
+
+@dataclass(frozen=True)
+class Detection:
+    """The activation found after one layer.
+
+    ``nonlinearity``: a gain name ("relu", "leaky_relu", "gelu", "linear", ...);
+    ``param``: its parameter (leaky slope) or None; ``source``: "fx", "hooks" or
+    "order"; ``via``: what was found (``"layers.1 (ReLU)"``, ``"F.gelu"``, ``"output"``).
+    """
+
+    nonlinearity: str
+    param: float | None
+    source: str
+    via: str
+
+    def describe(self) -> str:
+        return f"{self.source}: {self.via}"
+
+
+def is_weight_layer(m: nn.Module) -> bool:
+    """Linear, ConvNd / ConvTransposeNd, Bilinear, or Hugging Face's ``Conv1D``."""
+    return isinstance(m, (nn.Linear, nn.modules.conv._ConvNd, nn.Bilinear)) or type(m).__name__ == "Conv1D"
+
+
+_TRANSPARENT_MODULES: tuple[type, ...] = (
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+    nn.modules.dropout._DropoutNd,
+    nn.modules.pooling._MaxPoolNd,
+    nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._AdaptiveAvgPoolNd,
+    nn.modules.pooling._AdaptiveMaxPoolNd,
+    nn.modules.pooling._LPPoolNd,
+    nn.Identity,
+    nn.Flatten,
+    nn.Unflatten,
+    nn.Upsample,
+    nn.PixelShuffle,
+    nn.PixelUnshuffle,
+    nn.modules.padding._ConstantPadNd,
+    nn.modules.padding._ReflectionPadNd,
+    nn.modules.padding._ReplicationPadNd,
+    nn.ZeroPad2d,
+)
+if hasattr(nn, "RMSNorm"):
+    _TRANSPARENT_MODULES = _TRANSPARENT_MODULES + (nn.RMSNorm,)
+
+
+def _transparent_module(m: nn.Module) -> bool:
+    n = type(m).__name__
+    return isinstance(m, _TRANSPARENT_MODULES) or n.endswith(("LayerNorm", "RMSNorm", "Dropout"))
+
+
+_ACT_BY_NAME = {
+    "relu": "relu", "relu_": "relu", "relu6": "relu", "hardtanh": None,
+    "tanh": "tanh", "tanh_": "tanh", "sigmoid": "sigmoid", "sigmoid_": "sigmoid",
+    "selu": "selu", "selu_": "selu", "gelu": "gelu", "silu": "silu", "silu_": "silu", "mish": "mish",
+    "elu": "elu", "elu_": "elu", "softplus": "softplus", "hardswish": "hardswish", "hardswish_": "hardswish",
+    "leaky_relu": "leaky_relu", "leaky_relu_": "leaky_relu",
+}
+
+
+def activation_of_module(m: nn.Module) -> tuple[str, float | None] | None:
+    """``(nonlinearity, param)`` for an activation module, None for anything else."""
+    if isinstance(m, (nn.ReLU, nn.ReLU6)):
+        return ("relu", None)
+    if isinstance(m, nn.LeakyReLU):
+        return ("leaky_relu", float(m.negative_slope))
+    if isinstance(m, nn.PReLU):
+        return ("leaky_relu", float(m.init) if hasattr(m, "init") else float(m.weight.detach().mean()))
+    if isinstance(m, nn.Tanh):
+        return ("tanh", None)
+    if isinstance(m, nn.Sigmoid):
+        return ("sigmoid", None)
+    if isinstance(m, nn.SELU):
+        return ("selu", None)
+    if isinstance(m, nn.GELU):
+        return ("gelu_tanh" if m.approximate == "tanh" else "gelu", None)
+    if isinstance(m, nn.SiLU):
+        return ("silu", None)
+    if isinstance(m, nn.Mish):
+        return ("mish", None)
+    if isinstance(m, nn.ELU):
+        return ("elu", None)
+    if isinstance(m, nn.Softplus):
+        return ("softplus", None)
+    if isinstance(m, nn.Hardswish):
+        return ("hardswish", None)
+    name = type(m).__name__.lower()
+    if list(m.parameters(recurse=False)):
+        return None
+    if "gelu" in name:
+        return ("gelu_tanh" if ("new" in name or "fast" in name or "tanh" in name) else "gelu", None)
+    if "silu" in name or "swish" in name:
+        return ("silu", None)
+    if "mish" in name:
+        return ("mish", None)
+    if name in ("relu", "reluactivation", "relusquaredactivation"):
+        return ("relu", None)
+    return None
+
+
+def _activation_of_call(name: str, args: tuple, kwargs: Mapping[str, Any]) -> tuple[str, float | None] | None:
+    act = _ACT_BY_NAME.get(name)
+    if act is None:
+        return None
+    if act == "leaky_relu":
+        slope = args[1] if len(args) > 1 else kwargs.get("negative_slope", 0.01)
+        return ("leaky_relu", float(slope) if isinstance(slope, (int, float)) else 0.01)
+    if act == "gelu" and kwargs.get("approximate", "none") == "tanh":
+        return ("gelu_tanh", None)
+    return (act, None)
+
+
+def auto_gain(nonlinearity: str, param: float | None = None) -> float:
+    """The gain used for an AUTO-detected nonlinearity: torch's values, second-moment
+    gains for GELU/SiLU/Mish/..., and 1 for SELU (LeCun, Klambauer et al. 2017)."""
+    if nonlinearity == "selu":
+        return 1.0
+    return second_moment_gain(nonlinearity, param)
+
+
+_TRANSPARENT_FUNCS = {
+    operator.add, operator.iadd, operator.sub, operator.mul, operator.imul, operator.getitem, operator.neg,
+    operator.truediv, torch.add, torch.mul, torch.cat, torch.flatten, torch.reshape, torch.transpose,
+    torch.permute, torch.squeeze, torch.unsqueeze, torch.nn.functional.dropout, torch.nn.functional.pad,
+    torch.nn.functional.layer_norm, torch.nn.functional.batch_norm, torch.nn.functional.group_norm,
+    torch.nn.functional.max_pool1d, torch.nn.functional.max_pool2d, torch.nn.functional.max_pool3d,
+    torch.nn.functional.avg_pool1d, torch.nn.functional.avg_pool2d, torch.nn.functional.avg_pool3d,
+    torch.nn.functional.adaptive_avg_pool1d, torch.nn.functional.adaptive_avg_pool2d,
+    torch.nn.functional.adaptive_avg_pool3d, torch.nn.functional.adaptive_max_pool2d,
+    torch.nn.functional.interpolate, torch.chunk, torch.split, torch.mean,
+}
+_TRANSPARENT_METHODS = {
+    "view", "reshape", "flatten", "permute", "transpose", "contiguous", "squeeze", "unsqueeze", "add", "add_",
+    "mul", "mul_", "__getitem__", "expand", "expand_as", "mean", "clone", "float", "to", "type_as", "chunk",
+    "split", "view_as", "reshape_as", "sub", "neg", "div",
+}
+
+
+def _fx_detect(model: nn.Module, layers: dict[str, nn.Module]) -> dict[str, Detection]:
+    import torch.fx as fx
+
+    gm = fx.symbolic_trace(model)
+    modules = dict(gm.named_modules())
+    found: dict[str, list[tuple[str, float | None, str]]] = {}
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or node.target not in layers:
+            continue
+        results = found.setdefault(node.target, [])
+        queue, seen = list(node.users), set()
+        while queue:
+            u = queue.pop(0)
+            if u in seen:
+                continue
+            seen.add(u)
+            if u.op == "call_module":
+                m = modules.get(u.target)
+                act = activation_of_module(m) if m is not None else None
+                if act is not None:
+                    results.append((act[0], act[1], f"{u.target} ({type(m).__name__})"))
+                    continue
+                if m is not None and _transparent_module(m):
+                    queue.extend(u.users)
+                    continue
+                results.append(("linear", None, f"{u.target} ({type(m).__name__})"))
+                continue
+            if u.op in ("call_function", "call_method"):
+                fname = u.target if u.op == "call_method" else getattr(u.target, "__name__", str(u.target))
+                act = _activation_of_call(fname, tuple(u.args), u.kwargs)
+                if act is not None:
+                    results.append((act[0], act[1], f"{'F.' if u.op == 'call_function' else '.'}{fname}"))
+                    continue
+                if (u.op == "call_function" and u.target in _TRANSPARENT_FUNCS) or (
+                        u.op == "call_method" and u.target in _TRANSPARENT_METHODS):
+                    queue.extend(u.users)
+                    continue
+                results.append(("linear", None, f"{fname}"))
+                continue
+            if u.op == "output":
+                results.append(("linear", None, "output"))
+    out = {}
+    for name, res in found.items():
+        acts = [r for r in res if r[0] != "linear"]
+        if acts:
+            first = acts[0]
+            others = sorted({a[0] for a in acts} - {first[0]})
+            via = first[2] + (f"; also {', '.join(others)} (ambiguous, first kept)" if others else "")
+            out[name] = Detection(first[0], first[1], "fx", via)
+        elif res:
+            out[name] = Detection("linear", None, "fx", res[0][2])
+        else:
+            out[name] = Detection("linear", None, "fx", "unused output")
+    return out
+
+
+class _ActivationRecorder(TorchFunctionMode):
+    def __init__(self, events: list):
+        super().__init__()
+        self.events = events
+        self.depth = 0  # > 0 while inside an activation module
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if self.depth == 0:
+            name = getattr(func, "__name__", "")
+            act = _activation_of_call(name, tuple(args), kwargs)
+            if act is not None:
+                self.events.append(("act", act, f"F.{name}"))
+        return func(*args, **kwargs)
+
+
+def _run(model: nn.Module, example_inputs: Any) -> None:
+    with torch.no_grad():
+        if isinstance(example_inputs, Mapping):
+            model(**example_inputs)
+        elif isinstance(example_inputs, (tuple, list)):
+            model(*example_inputs)
+        else:
+            model(example_inputs)
+
+
+def _hook_detect(model: nn.Module, layers: dict[str, nn.Module], example_inputs: Any) -> dict[str, Detection]:
+    events: list = []
+    rec = _ActivationRecorder(events)
+    handles = []
+    for n, m in model.named_modules():
+        if n in layers:
+            handles.append(m.register_forward_hook(lambda mod, i, o, n=n: events.append(("layer", n, n))))
+        else:
+            act = activation_of_module(m)
+            if act is not None:
+                def pre(mod, i, act=act, n=n):
+                    events.append(("act", act, f"{n} ({type(mod).__name__})"))
+                    rec.depth += 1
+
+                def post(mod, i, o):
+                    rec.depth -= 1
+
+                handles.append(m.register_forward_pre_hook(pre))
+                handles.append(m.register_forward_hook(post))
+            elif not _transparent_module(m) and not list(m.children()) and m is not model:
+                handles.append(m.register_forward_hook(lambda mod, i, o, n=n: events.append(("other", n, n))))
+    flags = {n: m.training for n, m in model.named_modules()}
+    try:
+        model.eval()
+        with rec:
+            _run(model, example_inputs)
+    finally:
+        for h in handles:
+            h.remove()
+        for n, m in model.named_modules():
+            m.training = flags.get(n, m.training)
+    return _scan_events(events, layers, "hooks")
+
+
+def _scan_events(events: list, layers: dict[str, nn.Module], source: str) -> dict[str, Detection]:
+    out: dict[str, Detection] = {}
+    for i, ev in enumerate(events):
+        if ev[0] != "layer" or ev[1] in out:
+            continue
+        det = Detection("linear", None, source, "end of forward")
+        for nxt in events[i + 1:]:
+            if nxt[0] == "act":
+                det = Detection(nxt[1][0], nxt[1][1], source, nxt[2])
+                break
+            if nxt[0] in ("layer", "other"):
+                det = Detection("linear", None, source, f"{nxt[2]} ({'next layer' if nxt[0] == 'layer' else 'op'})")
+                break
+        out[ev[1]] = det
+    return out
+
+
+def _order_detect(model: nn.Module, layers: dict[str, nn.Module]) -> dict[str, Detection]:
+    events = []
+    for n, m in model.named_modules():
+        if n in layers:
+            events.append(("layer", n, n))
+        elif list(m.children()) or m is model:
+            continue
+        else:
+            act = activation_of_module(m)
+            if act is not None:
+                events.append(("act", act, f"{n} ({type(m).__name__})"))
+    return _scan_events(events, layers, "order")
+
+
+def detect_nonlinearities(
+    model: nn.Module, example_inputs: Any = None
+) -> tuple[dict[str, Detection], list[str]]:
+    """Detect the activation after every weight layer of ``model``.
+
+    Returns ``(detections by layer qualified name, notes)``; the notes say which
+    method ran and why a fallback was needed. Never writes to the model.
+    """
+    layers = {n: m for n, m in model.named_modules() if is_weight_layer(m)}
+    notes: list[str] = []
+    if not layers:
+        return {}, notes
+    try:
+        det = _fx_detect(model, layers)
+        for n in layers:
+            det.setdefault(n, Detection("linear", None, "fx", "layer not called in forward"))
+        notes.append("nonlinearity: detected by torch.fx symbolic tracing")
+        return det, notes
+    except Exception as exc:  # tracing fails on data-dependent control flow and many third-party models
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+        notes.append(f"nonlinearity: torch.fx tracing failed ({reason})")
+    if example_inputs is not None:
+        det = _hook_detect(model, layers, example_inputs)
+        for n in layers:
+            det.setdefault(n, Detection("linear", None, "hooks", "layer not executed"))
+        notes.append("nonlinearity: detected from execution order on example_inputs (forward hooks)")
+        return det, notes
+    notes.append("nonlinearity: no example_inputs, fell back to module registration order (heuristic; "
+                 "pass example_inputs for execution order)")
+    det = _order_detect(model, layers)
+    return det, notes

@@ -1,0 +1,187 @@
+"""Plots of diagnostics reports (matplotlib, Agg canvas: no display needed).
+
+* :func:`signal_propagation`: std and average channel squared mean (``mean^2``) of
+  each weight layer's output by depth, several schemes on one figure (log scale),
+  optionally with theoretical curves (dashed).
+* :func:`activation_histograms`: normalized histograms of the values of a few
+  layers, overlaid, in the style of Glorot & Bengio (2010, figures 3 and 6):
+  activation outputs for saturating nonlinearities (tanh, sigmoid), pre-activations
+  (weight-layer outputs) otherwise.
+
+Figures are built with ``matplotlib.figure.Figure`` and drawn with the Agg canvas,
+so importing this module never changes the global pyplot backend.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
+
+    from .diagnostics import LayerStats, Report
+
+__all__ = ["signal_propagation", "activation_histograms", "save_figure", "training_curves"]
+
+_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f"]
+
+
+def _figure(w: float, h: float) -> "Figure":
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(w, h), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig: "Figure", path: str | Path, dpi: int = 80) -> Path:
+    """Save ``fig`` as PNG to ``path`` (parent folders are created); returns the path."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(p, format="png", dpi=dpi)
+    return p
+
+
+def _track(series: Any) -> tuple[list[float], list[float]]:
+    """(std, mean^2) per depth from a Report, a list of LayerStats or a list of dicts."""
+    layers = series.signal() if hasattr(series, "signal") else list(series)
+    std, sq = [], []
+    for r in layers:
+        get = r.get if isinstance(r, Mapping) else (lambda k, r=r: getattr(r, k))
+        std.append(float(get("std")))
+        sq.append(float(get("sq_mean")))
+    return std, sq
+
+
+def signal_propagation(
+    series: Mapping[str, Any],
+    path: str | Path | None = None,
+    *,
+    theory: Mapping[str, Sequence[float]] | None = None,
+    title: str = "signal propagation",
+) -> "Figure":
+    """Signal-propagation plot: for each named series (a :class:`Report`, or a list of
+    per-layer records with ``std`` and ``sq_mean``), the std (left) and the average
+    channel squared mean (right) of every weight layer's output against depth.
+
+    ``theory`` maps a name to the predicted std per depth (dashed; same colour as the
+    series of that name). Values <= 0 are not drawn (log scale). Saved to ``path``
+    when given.
+    """
+    if not series:
+        raise ValueError("signal_propagation: series is empty")
+    fig = _figure(10, 3.6)
+    ax1, ax2 = fig.subplots(1, 2)
+    colors = {}
+    for i, (name, s) in enumerate(series.items()):
+        std, sq = _track(s)
+        c = _COLORS[i % len(_COLORS)]
+        colors[name] = c
+        d = list(range(1, len(std) + 1))
+        ax1.plot([x for x, v in zip(d, std) if v > 0], [v for v in std if v > 0], "o-", ms=3, color=c, label=name)
+        ax2.plot([x for x, v in zip(d, sq) if v > 0], [v for v in sq if v > 0], "o-", ms=3, color=c, label=name)
+    for j, (name, th) in enumerate((theory or {}).items()):
+        c = colors.get(name, _COLORS[(len(series) + j) % len(_COLORS)])
+        d = list(range(1, len(th) + 1))
+        ax1.plot([x for x, v in zip(d, th) if v > 0], [v for v in th if v > 0], "--", color=c, lw=1,
+                 label=f"{name} (theory)")
+    ax1.set_yscale("log")
+    ax2.set_yscale("log")
+    ax1.set_xlabel("depth (weight layer)")
+    ax2.set_xlabel("depth (weight layer)")
+    ax1.set_ylabel("std of layer output")
+    ax2.set_ylabel("mean over channels of (channel mean)^2")
+    ax1.grid(True, which="major", alpha=0.3)
+    ax2.grid(True, which="major", alpha=0.3)
+    ax1.legend(fontsize=8)
+    fig.suptitle(title)
+    if path is not None:
+        save_figure(fig, path)
+    return fig
+
+
+def _pick(layers: list["LayerStats"], k: int) -> list["LayerStats"]:
+    if len(layers) <= k:
+        return layers
+    idx = sorted({round(i * (len(layers) - 1) / (k - 1)) for i in range(k)})
+    return [layers[i] for i in idx]
+
+
+def _hist_axis(ax, report: "Report", max_layers: int, title: str) -> None:
+    acts = [r for r in report.activations() if r.nonlinearity in ("tanh", "sigmoid") and r.hist]
+    layers = acts if acts else [r for r in report.signal() if r.hist]
+    what = "activation value" if acts else "pre-activation value (weight-layer output)"
+    chosen = _pick(layers, max_layers)
+    for i, r in enumerate(chosen):
+        lo, hi = r.hist_range
+        n = len(r.hist)
+        w = (hi - lo) / n
+        total = sum(r.hist) or 1
+        xs = [lo + (j + 0.5) * w for j in range(n)]
+        ys = [c / (total * w) for c in r.hist]
+        depth = layers.index(r) + 1
+        ax.plot(xs, ys, "-", color=_COLORS[i % len(_COLORS)], lw=1.2, label=f"layer {depth} ({r.name})")
+    if not chosen:
+        ax.text(0.5, 0.5, "no layer with a histogram", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel(what)
+    ax.set_ylabel("density")
+    if chosen:
+        ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=10)
+
+
+def activation_histograms(
+    report: "Report | Mapping[str, Report]",
+    path: str | Path | None = None,
+    *,
+    max_layers: int = 6,
+    title: str | None = None,
+) -> "Figure":
+    """Normalized histograms of up to ``max_layers`` layers (evenly spaced in depth),
+    overlaid on one axis as in Glorot & Bengio's figures: activation values when the
+    model's activations saturate (tanh/sigmoid), else pre-activations (weight-layer
+    outputs), whose narrowing with depth shows vanishing and widening exploding.
+
+    ``report`` is one :class:`Report` or a mapping ``{name: Report}`` (one panel each,
+    side by side)."""
+    reports = dict(report) if isinstance(report, Mapping) else {report.label: report}
+    if not reports:
+        raise ValueError("activation_histograms: no report given")
+    n = len(reports)
+    fig = _figure(4.2 * n if n > 1 else 6, 3.6)
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    for ax, (name, rep) in zip(axes, reports.items()):
+        _hist_axis(ax, rep, max_layers, name if n > 1 else (title or f"histograms: {rep.label}"))
+    if n > 1 and title:
+        fig.suptitle(title)
+    if path is not None:
+        save_figure(fig, path)
+    return fig
+
+
+def training_curves(
+    curves: Mapping[str, Sequence[float]],
+    path: str | Path | None = None,
+    *,
+    xlabel: str = "step",
+    ylabel: str = "loss",
+    title: str = "training",
+    logy: bool = False,
+) -> "Figure":
+    """Simple line plot of named curves (used by the paper reproductions)."""
+    fig = _figure(6, 3.6)
+    ax = fig.subplots()
+    for i, (name, ys) in enumerate(curves.items()):
+        ax.plot(range(len(ys)), list(ys), "-", color=_COLORS[i % len(_COLORS)], label=name)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    if path is not None:
+        save_figure(fig, path)
+    return fig

@@ -1,0 +1,527 @@
+"""Policies: declarative rules that say which initializer every tensor of a model gets.
+
+A :class:`Policy` is an ordered list of :class:`Rule` objects. A rule has
+
+* a **selector**: ``modules`` (class names or classes, subclasses included, globs
+  allowed on class names: ``"*RMSNorm"``), ``qualnames`` (globs on the qualified
+  tensor name, ``"blocks.*.attn.proj.weight"``), ``params`` (the tensor's name
+  relative to the matched module: ``"weight"``, ``"bias"``, ``"weight_hh_*"``,
+  ``"out_proj.bias"``) and ``role`` (``"weight"``: a parameter with 2 or more
+  dims; ``"bias"``: a parameter whose name contains "bias"; ``"scale"``: any other
+  0/1-D parameter such as a norm's weight; ``"buffer"``); every given field must
+  match, absent fields match anything (without ``params`` a module rule matches the
+  module's own tensors only);
+* an **initializer** (``init``) with ``args``: see :data:`INITIALIZERS`.
+
+Precedence: when several rules match a tensor, the one with the highest
+``priority`` wins; among equal priorities the LATER rule wins (a preset first, your
+overrides after it). The plan shows the winner and the rules it overrode.
+
+Policies are Python objects, dicts, JSON or YAML files; every error names the rule
+(index and name) and the field at fault::
+
+    rules:
+      - name: convs
+        modules: Conv2d
+        params: weight
+        init: kaiming_normal
+        args: {mode: fan_out, nonlinearity: relu}
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+from torch import nn
+
+__all__ = [
+    "Rule",
+    "Policy",
+    "PolicyError",
+    "INITIALIZERS",
+    "ROLES",
+    "load_policy",
+]
+
+#: Tensor roles a rule may select.
+ROLES = ("weight", "bias", "scale", "buffer")
+
+_FANS = ("torch", "module", "x@w")
+_MODES = ("fan_in", "fan_out")
+_VS_MODES = ("fan_in", "fan_out", "fan_avg", "fan_geo_avg")
+_DISTS = ("uniform", "normal", "truncated_normal")
+_DEPTH = ("per_layer", "total")
+
+
+class PolicyError(ValueError):
+    """A policy or rule is invalid. ``rule`` is the rule's index (or None), ``field``
+    the field at fault; the message names both."""
+
+    def __init__(self, message: str, *, rule: int | None = None, name: str | None = None,
+                 field: str | None = None):
+        super().__init__(message)
+        self.rule = rule
+        self.rule_name = name
+        self.field = field
+
+
+@dataclass(frozen=True)
+class InitializerInfo:
+    """What an initializer name accepts: argument defaults (``REQUIRED`` marks
+    required ones), whether it needs fans, and a one-line formula."""
+
+    name: str
+    args: Mapping[str, Any]
+    formula: str
+    needs_fans: bool = False
+    random: bool = True
+
+
+REQUIRED = object()
+
+#: Every initializer a rule can name, with its arguments and formula.
+INITIALIZERS: dict[str, InitializerInfo] = {
+    i.name: i
+    for i in [
+        InitializerInfo("kaiming_uniform", {"a": 0.0, "mode": "fan_in", "nonlinearity": "leaky_relu", "fans": "torch"},
+                        "U(-b, b), b = gain*sqrt(3/fan_mode)", True),
+        InitializerInfo("kaiming_normal", {"a": 0.0, "mode": "fan_in", "nonlinearity": "leaky_relu", "fans": "torch"},
+                        "N(0, std^2), std = gain/sqrt(fan_mode)", True),
+        InitializerInfo("xavier_uniform", {"gain": 1.0, "nonlinearity": None, "fans": "torch"},
+                        "U(-b, b), b = gain*sqrt(6/(fan_in+fan_out))", True),
+        InitializerInfo("xavier_normal", {"gain": 1.0, "nonlinearity": None, "fans": "torch"},
+                        "N(0, std^2), std = gain*sqrt(2/(fan_in+fan_out))", True),
+        InitializerInfo("lecun_uniform", {"fans": "module"}, "U(-b, b), b = sqrt(3/fan_in)", True),
+        InitializerInfo("lecun_normal", {"fans": "module"},
+                        "truncated N, variance exactly 1/fan_in (JAX)", True),
+        InitializerInfo("variance_scaling",
+                        {"scale": 1.0, "mode": "fan_in", "distribution": "truncated_normal", "fans": "module"},
+                        "variance scale/n, n by mode (JAX)", True),
+        InitializerInfo("uniform", {"a": 0.0, "b": 1.0}, "U(a, b)"),
+        InitializerInfo("normal", {"mean": 0.0, "std": 1.0, "depth": None, "n_layer": None},
+                        "N(mean, std^2); depth scales std by 1/sqrt(2*(layer+1)) or 1/sqrt(2*n_layer)"),
+        InitializerInfo("trunc_normal",
+                        {"mean": 0.0, "std": 1.0, "a": None, "b": None, "cutoff": None, "depth": None,
+                         "n_layer": None},
+                        "N(mean, std^2) restricted to [a, b] (absolute; default [-2, 2]) or mean +- cutoff*std"),
+        InitializerInfo("constant", {"val": REQUIRED}, "val", random=False),
+        InitializerInfo("zeros", {}, "0", random=False),
+        InitializerInfo("ones", {}, "1", random=False),
+        InitializerInfo("prior_bias", {"prob": REQUIRED}, "-log((1-p)/p) (focal-loss prior)", random=False),
+        InitializerInfo("eye", {}, "identity matrix", random=False),
+        InitializerInfo("dirac", {"groups": None}, "identity conv (per group)", random=False),
+        InitializerInfo("orthogonal", {"gain": 1.0, "nonlinearity": None}, "gain * Haar semi-orthogonal"),
+        InitializerInfo("delta_orthogonal", {"gain": 1.0, "nonlinearity": None},
+                        "orthogonal (out, in) at the kernel centre, 0 elsewhere"),
+        InitializerInfo("sparse", {"sparsity": REQUIRED, "std": 0.01}, "N(0, std^2), ceil(s*rows) zeros per column"),
+        InitializerInfo("fan_in_uniform", {}, "U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in of the module's weight (torch bias default)"),
+        InitializerInfo("rnn_uniform", {}, "U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)) (torch RNN default)"),
+        InitializerInfo("spec", {"spec": REQUIRED}, "the given spec dict"),
+        InitializerInfo("module", {}, "the module's own init code, routed through the engine"),
+        InitializerInfo("keep", {}, "left as it is", random=False),
+    ]
+}
+
+_NONLIN_NAMES = (
+    "auto", "linear", "identity", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
+    "conv_transpose3d", "sigmoid", "tanh", "relu", "leaky_relu", "selu", "gelu", "gelu_tanh", "silu",
+    "swish", "mish", "elu", "softplus", "hardswish",
+)
+
+_RULE_FIELDS = ("name", "modules", "qualnames", "params", "role", "init", "args", "priority")
+
+
+def _suggest(word: str, options: Iterable[str]) -> str:
+    close = difflib.get_close_matches(str(word), list(options), n=3, cutoff=0.5)
+    return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
+def _as_tuple(value: Any, fname: str, allow_types: bool = False) -> tuple | None:
+    if value is None:
+        return None
+    if isinstance(value, (str, type)):
+        value = (value,)
+    if not isinstance(value, (list, tuple)):
+        raise PolicyError(f"field {fname!r}: expected a string or a list of strings, got {value!r}", field=fname)
+    out = []
+    for v in value:
+        if isinstance(v, type):
+            if not allow_types:
+                raise PolicyError(f"field {fname!r}: expected strings, got class {v.__name__}", field=fname)
+            if not issubclass(v, nn.Module):
+                raise PolicyError(f"field {fname!r}: {v.__name__} is not an nn.Module subclass", field=fname)
+        elif not isinstance(v, str) or not v:
+            raise PolicyError(f"field {fname!r}: expected non-empty strings, got {v!r}", field=fname)
+        out.append(v)
+    if not out:
+        raise PolicyError(f"field {fname!r}: empty list (omit the field to match anything)", field=fname)
+    return tuple(out)
+
+
+def _check_number(init: str, k: str, v: Any, *, positive: bool = False, prob: bool = False) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
+        raise PolicyError(f"field 'args': {init}: {k} must be a finite number, got {v!r}", field="args")
+    if positive and v <= 0:
+        raise PolicyError(f"field 'args': {init}: {k} must be > 0, got {v!r}", field="args")
+    if prob and not 0 < v < 1:
+        raise PolicyError(f"field 'args': {init}: {k} must be in (0, 1), got {v!r}", field="args")
+
+
+def _check_args(init: str, args: Mapping[str, Any]) -> dict[str, Any]:
+    info = INITIALIZERS[init]
+    unknown = [k for k in args if k not in info.args]
+    if unknown:
+        allowed = ", ".join(info.args) or "none"
+        raise PolicyError(
+            f"field 'args': unknown argument {unknown[0]!r} for initializer {init!r}"
+            f"{_suggest(unknown[0], info.args)} (allowed: {allowed})", field="args")
+    missing = [k for k, d in info.args.items() if d is REQUIRED and k not in args]
+    if missing:
+        raise PolicyError(f"field 'args': initializer {init!r} needs argument {missing[0]!r}", field="args")
+    for k, v in args.items():
+        if v is None:
+            continue
+        if k == "fans" and v not in _FANS:
+            raise PolicyError(f"field 'args': {init}: fans must be one of {', '.join(_FANS)}, got {v!r}", field="args")
+        if k == "mode":
+            modes = _VS_MODES if init == "variance_scaling" else _MODES
+            if v not in modes:
+                raise PolicyError(f"field 'args': {init}: mode must be one of {', '.join(modes)}, got {v!r}",
+                                  field="args")
+        if k == "distribution" and v not in _DISTS:
+            raise PolicyError(f"field 'args': {init}: distribution must be one of {', '.join(_DISTS)}, got {v!r}",
+                              field="args")
+        if k == "nonlinearity" and v not in _NONLIN_NAMES:
+            raise PolicyError(f"field 'args': {init}: unknown nonlinearity {v!r}{_suggest(v, _NONLIN_NAMES)}",
+                              field="args")
+        if k == "depth" and v not in _DEPTH:
+            raise PolicyError(f"field 'args': {init}: depth must be one of {', '.join(_DEPTH)}, got {v!r}",
+                              field="args")
+        if k in ("std",) and isinstance(v, str):
+            if v != "1/sqrt(fan_in)":
+                raise PolicyError(f"field 'args': {init}: std must be a number or '1/sqrt(fan_in)', got {v!r}",
+                                  field="args")
+            continue
+        if k in ("a", "b", "mean", "val", "gain") or (k == "std" and init in ("uniform",)):
+            _check_number(init, k, v)
+        if k in ("std", "scale", "cutoff"):
+            _check_number(init, k, v, positive=(k != "std" or init != "sparse"))
+        if k == "prob":
+            _check_number(init, k, v, prob=True)
+        if k == "sparsity":
+            _check_number(init, k, v)
+            if not 0 <= v <= 1:
+                raise PolicyError(f"field 'args': {init}: sparsity must be in [0, 1], got {v!r}", field="args")
+        if k in ("n_layer", "groups") and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise PolicyError(f"field 'args': {init}: {k} must be a positive int, got {v!r}", field="args")
+        if k == "spec":
+            from .specs import spec_from_dict
+
+            try:
+                spec_from_dict(dict(v) if isinstance(v, Mapping) else v)
+            except (TypeError, ValueError) as exc:
+                raise PolicyError(f"field 'args': {init}: invalid spec: {exc}", field="args") from None
+    if init == "trunc_normal" and args.get("cutoff") is not None and (args.get("a") is not None or args.get("b") is not None):
+        raise PolicyError("field 'args': trunc_normal: give either cutoff (std units) or a/b (absolute), not both",
+                          field="args")
+    return dict(args)
+
+
+def _class_names(cls: type) -> list[str]:
+    names = []
+    for c in cls.__mro__:
+        if c is object:
+            break
+        names.append(c.__name__)
+        names.append(f"{c.__module__}.{c.__qualname__}")
+    return names
+
+
+def module_matches(module: nn.Module, patterns: Sequence[str | type]) -> str | None:
+    """The first pattern ``module`` matches (an instance of a class, or a class name /
+    glob found in its MRO; ``"nn.X"`` and ``"torch.nn.X"`` mean ``X``)."""
+    names = None
+    for p in patterns:
+        if isinstance(p, type):
+            if isinstance(module, p):
+                return p.__name__
+            continue
+        if names is None:
+            names = _class_names(type(module))
+        q = p
+        for prefix in ("torch.nn.", "nn."):
+            if q.startswith(prefix) and "." not in q[len(prefix):]:
+                q = q[len(prefix):]
+        if any(fnmatch.fnmatchcase(n, q) for n in names):
+            return p
+    return None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One rule: a selector and an initializer. See the module docstring.
+
+    >>> Rule("kaiming_normal", modules="Conv2d", params="weight",
+    ...      args={"mode": "fan_out", "nonlinearity": "relu"})  # doctest: +ELLIPSIS
+    Rule(...)
+    """
+
+    init: str
+    args: Mapping[str, Any] = field(default_factory=dict)
+    modules: tuple[str | type, ...] | None = None
+    qualnames: tuple[str, ...] | None = None
+    params: tuple[str, ...] | None = None
+    role: str | None = None
+    name: str | None = None
+    priority: int = 0
+
+    def __post_init__(self):
+        where = f"rule {self.name!r}: " if self.name else "rule: "
+        try:
+            if self.name is not None and not isinstance(self.name, str):
+                raise PolicyError(f"field 'name': expected a string, got {self.name!r}", field="name")
+            if not isinstance(self.init, str):
+                raise PolicyError(f"field 'init': expected an initializer name, got {self.init!r}", field="init")
+            init = self.init[:-1] if self.init.endswith("_") else self.init
+            if init not in INITIALIZERS:
+                raise PolicyError(f"field 'init': unknown initializer {self.init!r}{_suggest(init, INITIALIZERS)}",
+                                  field="init")
+            object.__setattr__(self, "init", init)
+            if not isinstance(self.args, Mapping):
+                raise PolicyError(f"field 'args': expected a mapping, got {self.args!r}", field="args")
+            object.__setattr__(self, "args", _check_args(init, self.args))
+            object.__setattr__(self, "modules", _as_tuple(self.modules, "modules", allow_types=True))
+            object.__setattr__(self, "qualnames", _as_tuple(self.qualnames, "qualnames"))
+            object.__setattr__(self, "params", _as_tuple(self.params, "params"))
+            if self.role is not None and self.role not in ROLES:
+                raise PolicyError(f"field 'role': unknown role {self.role!r}; use one of {', '.join(ROLES)}",
+                                  field="role")
+            if isinstance(self.priority, bool) or not isinstance(self.priority, int):
+                raise PolicyError(f"field 'priority': expected an int, got {self.priority!r}", field="priority")
+        except PolicyError as exc:
+            raise PolicyError(where + str(exc), name=self.name, field=exc.field) from None
+
+    # -- matching ---------------------------------------------------------------
+    def match(self, qualname: str, role: str, chain: Sequence[tuple[str, nn.Module]]) -> str | None:
+        """How this rule matches the tensor ``qualname`` (None if it does not).
+
+        ``chain`` lists ``(module_path, module)`` from the root to the tensor's owner.
+        """
+        if self.role is not None and self.role != role:
+            return None
+        if self.qualnames is not None and not any(fnmatch.fnmatchcase(qualname, g) for g in self.qualnames):
+            return None
+        owner_path = chain[-1][0]
+        local = qualname[len(owner_path) + 1:] if owner_path else qualname
+        candidates = [chain[-1]] if self.params is None or self.modules is None else list(reversed(chain))
+        for path, mod in candidates:
+            rel = qualname[len(path) + 1:] if path else qualname
+            if self.params is not None and not any(fnmatch.fnmatchcase(rel, p) for p in self.params):
+                continue
+            if self.params is None and rel != local:
+                continue
+            if self.modules is not None:
+                hit = module_matches(mod, self.modules)
+                if hit is None:
+                    continue
+                return f"{type(mod).__name__}" + (f"/{rel}" if rel != local else "")
+            return "any"
+        return None
+
+    # -- serialization ------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {}
+        if self.name:
+            d["name"] = self.name
+        if self.modules is not None:
+            d["modules"] = [m if isinstance(m, str) else
+                            (m.__name__ if m.__module__.startswith("torch.nn") else f"{m.__module__}.{m.__qualname__}")
+                            for m in self.modules]
+        for k in ("qualnames", "params"):
+            v = getattr(self, k)
+            if v is not None:
+                d[k] = list(v)
+        if self.role is not None:
+            d["role"] = self.role
+        d["init"] = self.init
+        if self.args:
+            d["args"] = dict(self.args)
+        if self.priority:
+            d["priority"] = self.priority
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Rule":
+        if not isinstance(d, Mapping):
+            raise PolicyError(f"a rule must be a mapping, got {d!r}")
+        unknown = [k for k in d if k not in _RULE_FIELDS]
+        name = d.get("name")
+        where = f"rule {name!r}: " if name else "rule: "
+        if unknown:
+            raise PolicyError(f"{where}unknown field {unknown[0]!r}{_suggest(unknown[0], _RULE_FIELDS)} "
+                              f"(fields: {', '.join(_RULE_FIELDS)})", name=name, field=unknown[0])
+        if "init" not in d:
+            raise PolicyError(f"{where}field 'init' is missing", name=name, field="init")
+        kwargs = dict(d)
+        if kwargs.get("args") is None:
+            kwargs.pop("args", None)
+        if kwargs.get("priority") is None:
+            kwargs.pop("priority", None)
+        return cls(**kwargs)
+
+    def label(self, index: int) -> str:
+        return f"#{index} {self.name}" if self.name else f"#{index} {self.init}"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """An ordered list of rules (later rules override earlier ones at equal priority).
+
+    ``on_unmatched``: ``"keep"`` leaves parameters no rule matched as they are (the
+    plan lists them); ``"error"`` makes :func:`torchinit.plan` raise.
+    """
+
+    rules: tuple[Rule, ...] = ()
+    name: str = "custom"
+    on_unmatched: str = "keep"
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        rules = tuple(self.rules)
+        for i, r in enumerate(rules):
+            if not isinstance(r, Rule):
+                try:
+                    r = Rule.from_dict(r)
+                except PolicyError as exc:
+                    raise PolicyError(f"policy {self.name!r}: rule {i}: {exc}", rule=i, name=exc.rule_name,
+                                      field=exc.field) from None
+                rules = rules[:i] + (r,) + rules[i + 1:]
+        object.__setattr__(self, "rules", rules)
+        if self.on_unmatched not in ("keep", "error"):
+            raise PolicyError(f"policy {self.name!r}: field 'on_unmatched': use 'keep' or 'error', got "
+                              f"{self.on_unmatched!r}", field="on_unmatched")
+
+    def __add__(self, other: "Policy | Rule | Sequence[Rule | Mapping]") -> "Policy":
+        return self.extend(other)
+
+    def extend(self, other: "Policy | Rule | Sequence[Rule | Mapping]") -> "Policy":
+        """This policy followed by ``other``'s rules (which therefore win ties)."""
+        if isinstance(other, Policy):
+            extra = other.rules
+        elif isinstance(other, (Rule, Mapping)):
+            extra = (other,)
+        else:
+            extra = tuple(other)
+        return Policy(self.rules + tuple(extra), name=self.name if self.name != "custom" else "custom",
+                      on_unmatched=self.on_unmatched, options=self.options)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "rules": [r.to_dict() for r in self.rules]}
+        if self.on_unmatched != "keep":
+            d["on_unmatched"] = self.on_unmatched
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Policy":
+        """Build from ``{"preset": ..., "options": {...}, "rules": [...], "name": ..., "on_unmatched": ...}``.
+
+        With ``preset``, the preset's rules come first and ``rules`` override them.
+        """
+        if not isinstance(d, Mapping):
+            raise PolicyError(f"a policy must be a mapping, got {type(d).__name__}")
+        allowed = ("name", "preset", "options", "rules", "on_unmatched")
+        unknown = [k for k in d if k not in allowed]
+        if unknown:
+            raise PolicyError(f"policy: unknown field {unknown[0]!r}{_suggest(unknown[0], allowed)} "
+                              f"(fields: {', '.join(allowed)})", field=unknown[0])
+        rules_in = d.get("rules") or []
+        if not isinstance(rules_in, (list, tuple)):
+            raise PolicyError("policy: field 'rules' must be a list of rules", field="rules")
+        base: tuple[Rule, ...] = ()
+        options = d.get("options") or {}
+        if not isinstance(options, Mapping):
+            raise PolicyError("policy: field 'options' must be a mapping", field="options")
+        name = d.get("name")
+        if d.get("preset") is not None:
+            from .presets import get_preset
+
+            p = get_preset(d["preset"], **options)
+            base = p.rules
+            name = name or p.name
+        elif options:
+            raise PolicyError("policy: field 'options' needs a 'preset'", field="options")
+        offset = len(base)
+        rules = list(base)
+        for i, r in enumerate(rules_in):
+            try:
+                rules.append(r if isinstance(r, Rule) else Rule.from_dict(r))
+            except PolicyError as exc:
+                rname = exc.rule_name
+                label = f"rule {i + offset}" + (f" ({rname!r})" if rname else "")
+                msg = str(exc)
+                for pre in (f"rule {rname!r}: ", "rule: "):
+                    if msg.startswith(pre):
+                        msg = msg[len(pre):]
+                        break
+                raise PolicyError(f"policy {name or 'custom'!r}: {label}: {msg}", rule=i + offset, name=rname,
+                                  field=exc.field) from None
+        return cls(tuple(rules), name=name or "custom", on_unmatched=d.get("on_unmatched", "keep"),
+                   options=dict(options))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_yaml(cls, text_or_path: str | os.PathLike) -> "Policy":
+        """Parse YAML text or a YAML file path."""
+        import yaml
+
+        text = str(text_or_path)
+        if isinstance(text_or_path, os.PathLike) or (("\n" not in text) and os.path.exists(text)):
+            with open(text_or_path, encoding="utf-8") as f:
+                text = f.read()
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise PolicyError(f"policy: invalid YAML: {exc}") from None
+        return cls.from_dict(data)
+
+
+def load_policy(obj: "Policy | str | os.PathLike | Mapping | Sequence", **options: Any) -> Policy:
+    """A :class:`Policy` from a Policy, a preset name (``"kaiming"``), a path to a
+    ``.yaml``/``.yml``/``.json`` file, a dict, or a list of rules. ``options`` go to a preset."""
+    if isinstance(obj, Policy):
+        if options:
+            raise PolicyError("options can only be given with a preset name")
+        return obj
+    if isinstance(obj, Rule):
+        return Policy((obj,))
+    if isinstance(obj, os.PathLike) or (isinstance(obj, str) and (os.sep in obj or obj.endswith(
+            (".yaml", ".yml", ".json")))):
+        path = os.fspath(obj)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"policy file not found: {path}")
+        if path.endswith(".json"):
+            with open(path, encoding="utf-8") as f:
+                try:
+                    data = json.load(f)
+                except json.JSONDecodeError as exc:
+                    raise PolicyError(f"policy file {path}: invalid JSON: {exc}") from None
+            return Policy.from_dict(data)
+        return Policy.from_yaml(path)
+    if isinstance(obj, str):
+        from .presets import get_preset
+
+        return get_preset(obj, **options)
+    if isinstance(obj, Mapping):
+        return Policy.from_dict(obj)
+    if isinstance(obj, (list, tuple)):
+        return Policy.from_dict({"rules": list(obj)})
+    raise PolicyError(f"cannot make a policy from {type(obj).__name__}: pass a Policy, preset name, file path, "
+                      "dict or list of rules")

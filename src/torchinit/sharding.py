@@ -1,0 +1,207 @@
+"""Shard-local initialization of DTensors (FSDP2, tensor parallel, 2-D meshes).
+
+The keyed engine computes every element as a pure function of
+``(key, global element index, spec)``. A rank that holds the box
+``[o_0, o_0 + s_0) x [o_1, o_1 + s_1) x ...`` of a tensor of global shape ``G``
+therefore fills its local tensor with ``fill_region_(local, spec, key, G, o)``
+and gets exactly the values single-process init puts there: the gathered
+``full_tensor()`` is bitwise identical to ``fill_(torch.empty(G), spec, key)``
+for every sharding, with no collective communication.
+
+* ``Shard(d)`` / ``Replicate()`` on any number of mesh dimensions, even or
+  uneven shards (torch.chunk semantics; a rank may hold an empty shard): the
+  local tensor is one box whose offsets come from
+  ``torch.distributed.tensor._utils.compute_local_shape_and_global_offset``.
+* ``_StridedShard`` (FSDP2 over a tensor-parallel dim): the local tensor is a
+  union of boxes; each dimension's global indices are found by sharding an
+  index vector the same way (locally, ``src_data_rank=None``: no
+  communication), and each box is filled separately.
+* ``Partial()``: rejected (a partial sum has no per-element values to draw).
+* Specs with ``needs_whole_tensor`` (``Orthogonal``, ``DeltaOrthogonal``,
+  ``Sparse``): each value depends on the whole tensor (QR of the full matrix,
+  per-column zero positions), so EVERY rank computes the full tensor with the
+  keyed engine and keeps its own box. Cost per such parameter: one temporary
+  full-size tensor and the full computation on every rank (an orthogonal
+  4096x4096 fp32 weight: 64 MiB and one QR per rank). The result is still
+  bitwise identical to single-process init.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+from torch import Tensor
+
+from .specs import Spec
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .keyed import Key
+
+__all__ = ["is_dtensor", "shard_fill_", "local_boxes", "check_no_dtensor", "zero_rows_"]
+
+
+def is_dtensor(t: object) -> bool:
+    """True if ``t`` is a ``torch.distributed.tensor.DTensor`` (False when distributed is unavailable)."""
+    if not torch.distributed.is_available():
+        return False
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - very old torch
+        return False
+    return isinstance(t, DTensor)
+
+
+def check_no_dtensor(tensor: Tensor, name: str, engine: str = "torch") -> None:
+    """Raise ``TypeError`` if ``tensor`` (parameter ``name``) is a DTensor: the torch
+    engine draws from a per-rank generator, so sharded results would differ from
+    single-process init (on CPU meshes every shard even gets the SAME values)."""
+    if is_dtensor(tensor):
+        raise TypeError(
+            f"parameter {name!r} is a DTensor (sharded); engine={engine!r} cannot initialize it so that the "
+            f"gathered tensor equals single-process init (torch's RNG is per rank). Use engine=\"keyed\", "
+            f"which fills each shard from its global indices"
+        )
+
+
+def _runs(indices: Sequence[int]) -> list[tuple[int, int, int]]:
+    """Group sorted-by-position global ``indices`` into runs of consecutive values:
+    ``[(local_start, global_start, length), ...]``."""
+    out: list[tuple[int, int, int]] = []
+    for pos, g in enumerate(indices):
+        if out and out[-1][1] + out[-1][2] == g:
+            ls, gs, n = out[-1]
+            out[-1] = (ls, gs, n + 1)
+        else:
+            out.append((pos, g, 1))
+    return out
+
+
+def _strided_cls() -> type | None:
+    try:
+        from torch.distributed.tensor.placement_types import _StridedShard
+    except ImportError:  # pragma: no cover - older torch
+        return None
+    return _StridedShard
+
+
+def _placements_checked(dtensor: Tensor, name: str):
+    from torch.distributed.tensor.placement_types import Partial, Replicate, Shard
+
+    placements = tuple(dtensor.placements)
+    strided = _strided_cls()
+    for p in placements:
+        if strided is not None and isinstance(p, strided):
+            continue
+        if isinstance(p, Partial):
+            raise ValueError(
+                f"{name!r}: cannot initialize a DTensor with a Partial placement {placements}: a partial sum "
+                f"has no per-element values; redistribute to Shard/Replicate first"
+            )
+        if not isinstance(p, (Shard, Replicate)):
+            raise ValueError(f"{name!r}: unsupported DTensor placement {p!r} in {placements}")
+    return placements
+
+
+def local_boxes(dtensor: Tensor, name: str = "tensor") -> list[tuple[tuple[slice, ...], tuple[int, ...], tuple[int, ...]]]:
+    """The boxes of the global tensor that this rank's local shard holds.
+
+    Returns a list of ``(local_index, global_offsets, sizes)``: ``local[local_index]``
+    holds the global box starting at ``global_offsets`` with extent ``sizes``.
+    One box for Shard/Replicate placements; several for ``_StridedShard``.
+    No collective communication.
+    """
+    from torch.distributed.tensor import distribute_tensor
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+    from torch.distributed.tensor.placement_types import Replicate, Shard
+
+    placements = _placements_checked(dtensor, name)
+    mesh = dtensor.device_mesh
+    gshape = tuple(dtensor.shape)
+    local = dtensor._local_tensor
+    strided_cls = _strided_cls()
+    if strided_cls is None or not any(isinstance(p, strided_cls) for p in placements):
+        lshape, offsets = compute_local_shape_and_global_offset(gshape, mesh, placements)
+        if tuple(lshape) != tuple(local.shape):  # pragma: no cover - defensive
+            raise RuntimeError(f"{name}: local shape {tuple(local.shape)} != computed {tuple(lshape)}")
+        return [(tuple(slice(None) for _ in gshape), tuple(int(o) for o in offsets), tuple(int(s) for s in lshape))]
+
+    # Strided shards: per tensor dim, shard an index vector the same way.
+    per_dim: list[list[tuple[int, int, int]]] = []
+    for d, size in enumerate(gshape):
+        mapped = []
+        for p in placements:
+            if isinstance(p, strided_cls) and p.dim == d:
+                mapped.append(strided_cls(0, split_factor=p.split_factor))
+            elif isinstance(p, Shard) and p.dim == d:
+                mapped.append(Shard(0))
+            else:
+                mapped.append(Replicate())
+        idx = torch.arange(size, device=local.device)
+        got = distribute_tensor(idx, mesh, mapped, src_data_rank=None).to_local().tolist()
+        if len(got) != local.shape[d]:  # pragma: no cover - defensive
+            raise RuntimeError(f"{name}: dim {d}: {len(got)} indices for a local size {local.shape[d]}")
+        per_dim.append(_runs(got))
+    boxes = []
+    for combo in itertools.product(*per_dim):
+        index = tuple(slice(ls, ls + n) for ls, _, n in combo)
+        boxes.append((index, tuple(gs for _, gs, _ in combo), tuple(n for _, _, n in combo)))
+    return boxes
+
+
+def shard_fill_(dtensor: Tensor, spec: Spec, key: "Key", *, name: str | None = None) -> Tensor:
+    """Fill the local shard of ``dtensor`` with the values single-process keyed init
+    gives those global indices; returns ``dtensor``. No collective communication.
+
+    ``full_tensor()`` afterwards equals ``keyed.fill_(torch.empty(shape), spec, key)``
+    bitwise, for Shard(d)/Replicate/_StridedShard placements on any mesh, even or
+    uneven. Specs with ``needs_whole_tensor`` compute the full tensor on every
+    rank (memory: one full-size temporary; compute: the whole tensor per rank).
+    ``Partial`` placements raise ``ValueError``.
+    """
+    from .keyed import fill_region_, sample
+
+    label = name or (key.path if getattr(key, "path", "") else "tensor")
+    if not is_dtensor(dtensor):
+        raise TypeError(f"shard_fill_ expects a DTensor for {label!r}, got {type(dtensor).__name__}")
+    gshape = tuple(dtensor.shape)
+    spec.check_shape(gshape)
+    boxes = local_boxes(dtensor, label)
+    with torch.no_grad():
+        local = dtensor._local_tensor
+        if local.numel() == 0:
+            return dtensor
+        if spec.needs_whole_tensor:
+            full = sample(spec, key, gshape, dtype=local.dtype, device=local.device)
+            for index, offsets, sizes in boxes:
+                src = full[tuple(slice(o, o + s) for o, s in zip(offsets, sizes))]
+                local[index].copy_(src)
+            del full
+            return dtensor
+        if len(boxes) == 1:
+            fill_region_(local, spec, key, gshape, boxes[0][1])
+            return dtensor
+        for index, offsets, sizes in boxes:
+            if 0 in sizes:
+                continue
+            fill_region_(local[index], spec, key, gshape, offsets)
+    return dtensor
+
+
+def zero_rows_(tensor: Tensor, rows: Sequence[int]) -> Tensor:
+    """Zero the global rows ``rows`` (dim 0, negative indices allowed) of ``tensor``;
+    for a DTensor each rank zeroes the rows it holds (no communication). Returns ``tensor``."""
+    with torch.no_grad():
+        if not is_dtensor(tensor):
+            for r in rows:
+                tensor[r].fill_(0)
+            return tensor
+        n = tensor.shape[0]
+        local = tensor._local_tensor
+        for index, offsets, sizes in local_boxes(tensor):
+            for r in rows:
+                g = r % n if n else r
+                if offsets[0] <= g < offsets[0] + sizes[0]:
+                    local[index][g - offsets[0]].fill_(0)
+    return tensor

@@ -1,0 +1,61 @@
+"""Shared test fixtures for the torchinit suite.
+
+Only one global setting: matplotlib renders off-screen (``MPLBACKEND=Agg``), so
+tests and doc samples that plot never need a display.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+_INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """The raw bits of ``t`` as an integer tensor (NaN-aware, -0.0 != 0.0)."""
+    t = t.detach()
+    if t.is_complex():
+        t = torch.view_as_real(t)
+    if t.dtype == torch.bool:
+        return t.contiguous()
+    return t.contiguous().view(_INT_OF_SIZE[t.element_size()])
+
+
+def _assert_same_bits(a: torch.Tensor, b: torch.Tensor) -> None:
+    assert a.shape == b.shape, (a.shape, b.shape)
+    assert a.dtype == b.dtype, (a.dtype, b.dtype)
+    assert a.device == b.device, (a.device, b.device)
+    if a.is_meta:
+        return
+    ba, bb = _bits(a), _bits(b)
+    if not torch.equal(ba, bb):
+        neq = (ba != bb).reshape(-1)
+        i = int(neq.nonzero()[0])
+        fa, fb = a.detach().reshape(-1), b.detach().reshape(-1)
+        detail = f"first at flat index {i}: {fa[i].item()} vs {fb[i].item()}" if i < fa.numel() else ""
+        raise AssertionError(f"{int(neq.sum())} of {neq.numel()} elements differ in their bits; {detail}")
+
+
+@pytest.fixture
+def same_bits():
+    """``same_bits(a, b)`` asserts equal shape, dtype, device and bitwise-equal values."""
+    return _assert_same_bits
+
+
+@pytest.fixture
+def bits():
+    """``bits(t)``: the raw bits of ``t`` as an integer tensor."""
+    return _bits
+
+
+@pytest.fixture
+def restore_rng():
+    """Restore the global torch RNG after the test (tests that reseed it stay isolated)."""
+    state = torch.get_rng_state()
+    yield
+    torch.set_rng_state(state)

@@ -1,0 +1,137 @@
+"""`torchinit init` / `torchinit plan`, model loading, and the weight files."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import torchinit
+from torchinit import zoo
+from torchinit.cli import main
+from torchinit.cli._models import load_model
+from torchinit.weights import load_plan_file, load_weights, plan_path, save_weights
+
+MLP_KW = '{"depth": 3, "width": 16}'
+
+
+def _ref(name, kwargs, policy, seed, dtype=None):
+    m = zoo.build(name, **kwargs)
+    if dtype is not None:
+        m.to(dtype)
+    torchinit.init_model(m, policy, seed=seed, engine="keyed")
+    return m
+
+
+def test_init_writes_weights_and_plan_that_restore_the_model(tmp_path, capsys):
+    out = tmp_path / "w.safetensors"
+    rc = main(["init", "mlp", "--kwargs", MLP_KW, "--policy", "kaiming", "--seed", "3", "--out", str(out)])
+    assert rc == 0
+    assert "wrote" in capsys.readouterr().out
+    ref = _ref("mlp", {"depth": 3, "width": 16}, "kaiming", 3)
+    fresh = zoo.build("mlp", depth=3, width=16)
+    fresh.load_state_dict(load_file(str(out)))  # strict
+    for k, v in ref.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v), k
+    doc = load_plan_file(out)
+    assert doc["seed"] == 3 and doc["policy"] == "kaiming" and doc["model"] == "mlp"
+    assert doc["kwargs"] == {"depth": 3, "width": 16}
+    names = [e["name"] for e in doc["plan"]["entries"]]
+    assert "layers.0.weight" in names and plan_path(out) == tmp_path / "w.plan.json"
+
+
+def test_init_is_deterministic_and_meta_equals_no_meta(tmp_path):
+    a, c, d = (tmp_path / f"{x}.safetensors" for x in "acd")
+    (tmp_path / "again").mkdir()
+    b = tmp_path / "again" / "a.safetensors"  # same name: the file records its plan file's name
+    common = ["init", "cnn", "--kwargs", '{"channels": [4, 8]}', "--policy", "kaiming", "-q"]
+    assert main(common + ["--seed", "1", "--out", str(a)]) == 0
+    assert main(common + ["--seed", "1", "--out", str(b)]) == 0
+    assert main(common + ["--seed", "1", "--out", str(c), "--no-meta"]) == 0
+    assert main(common + ["--seed", "2", "--out", str(d)]) == 0
+    assert a.read_bytes() == b.read_bytes()
+    ta, tc, td = load_file(str(a)), load_file(str(c)), load_file(str(d))
+    assert list(ta) == list(tc) and all(torch.equal(ta[k], tc[k]) for k in ta)
+    assert "bn1" not in ta and "features.1.running_var" in ta  # BatchNorm buffers are saved
+    assert not torch.equal(ta["features.0.weight"], td["features.0.weight"])
+
+
+def test_init_dtype_and_tied_gpt(tmp_path):
+    out = tmp_path / "g.safetensors"
+    kw = {"n_layer": 1, "n_embd": 16, "n_head": 2, "vocab_size": 20, "block_size": 4, "tie_weights": True}
+    assert main(["init", "gpt", "--kwargs", json.dumps(kw), "--policy", "gpt2", "--seed", "0",
+                 "--dtype", "bfloat16", "--out", str(out), "-q"]) == 0
+    state = load_file(str(out))
+    assert state["lm_head.weight"].dtype == torch.bfloat16
+    assert torch.equal(state["lm_head.weight"], state["transformer.wte.weight"])
+    with torch.device("meta"):
+        m = zoo.build("gpt", **kw).to(torch.bfloat16)
+    load_weights(out, m)  # meta model: load with assign=True
+    assert m.lm_head.weight is m.transformer.wte.weight and not m.lm_head.weight.is_meta
+    ref = _ref("gpt", kw, "gpt2", 0, torch.bfloat16)
+    assert all(torch.equal(m.state_dict()[k], v) for k, v in ref.state_dict().items())
+
+
+def test_plan_prints_without_allocating(capsys):
+    big = json.dumps({"n_layer": 48, "n_embd": 1600, "n_head": 25, "vocab_size": 50257, "block_size": 1024})
+    assert main(["plan", "gpt", "--kwargs", big, "--policy", "gpt2"]) == 0  # 1.6 B parameters: meta only
+    out = capsys.readouterr().out
+    assert "1,638,022,400 parameters" in out and "transformer.h.47.attn.c_proj.weight" in out
+    assert main(["plan", "mlp", "--kwargs", MLP_KW, "--policy", "kaiming", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    with torch.device("meta"):
+        m = zoo.build("mlp", depth=3, width=16)
+    assert doc == json.loads(json.dumps(torchinit.plan(m, "kaiming").to_dict(), default=str))
+
+
+def test_load_model_specs(tmp_path):
+    m = load_model("torchinit.zoo:MLP", {"depth": 2, "width": 8})
+    assert isinstance(m, zoo.MLP) and len(m.layers) == 3
+    f = tmp_path / "mymodel.py"
+    f.write_text("import torch\ndef make(n=3):\n    return torch.nn.Linear(n, 2)\ndef bad():\n    return 5\n")
+    assert load_model(f"{f}:make", {"n": 4}).in_features == 4
+    with pytest.raises(TypeError, match=r"factory returned int, expected a torch.nn.Module"):
+        load_model(f"{f}:bad", {})
+    with pytest.raises(ValueError, match=r"has no attribute 'nope'"):
+        load_model(f"{f}:nope", {})
+    with pytest.raises(FileNotFoundError, match=r"model file not found: .*missing.py"):
+        load_model(f"{tmp_path}/missing.py:make", {})
+    with pytest.raises(ImportError, match=r"cannot import module 'no_such_pkg_xyz'"):
+        load_model("no_such_pkg_xyz:f", {})
+    with pytest.raises(ValueError, match=r"unknown model 'vit': not a zoo name \(mlp, cnn, resnet, gpt\)"):
+        load_model("vit", {})
+    with pytest.raises(TypeError, match=r"rejected --kwargs \{\"m\": 1\}"):
+        load_model(f"{f}:make", {"m": 1})
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["init", "mlp", "--seed", "0", "--out", str(tmp_path / "x.safetensors"), "--kwargs", "[1]"]) == 2
+    assert "--kwargs must be a JSON object (a dict), got list" in capsys.readouterr().err
+    assert main(["init", "mlp", "--seed", "0", "--out", str(tmp_path / "x.bin")]) == 2
+    assert "--out must end with .safetensors" in capsys.readouterr().err
+    assert main(["plan", "nosuch"]) == 2
+    assert "unknown model 'nosuch'" in capsys.readouterr().err
+    assert not os.listdir(tmp_path)  # nothing written on error
+    with pytest.raises(SystemExit):
+        main(["init", "--help"])
+    assert "RUNS with your permissions" in capsys.readouterr().out.replace("\n", " ").replace("  ", " ")
+
+
+def test_save_weights_refuses_meta_and_writes_nothing(tmp_path):
+    with torch.device("meta"):
+        m = zoo.build("mlp", depth=2, width=4)
+    with pytest.raises(ValueError, match=r"'layers.0.weight' is on the meta device"):
+        save_weights(m, tmp_path / "m.safetensors")
+    assert not os.listdir(tmp_path)
+
+
+def test_subprocess_smoke(tmp_path):
+    out = tmp_path / "r.safetensors"
+    r = subprocess.run([sys.executable, "-m", "torchinit", "init", "resnet", "--kwargs",
+                        '{"widths": [4, 8], "blocks": 1}', "--policy", "kaiming", "--seed", "0", "--out", str(out)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert out.exists() and plan_path(out).exists()

@@ -1,0 +1,122 @@
+"""`torchinit report` and `torchinit demo` end to end, in process."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+import torch
+
+from torchinit.cli import main
+from torchinit.cli.report_cmd import make_inputs, scheme_policy
+from torchinit.diagnostics import Report
+
+SMALL_MLP = json.dumps({"depth": 12, "width": 32})
+
+
+def test_compare_schemes_on_zoo_mlp(tmp_path, capsys):
+    out = tmp_path / "rep"
+    rc = main(["report", "mlp", "--kwargs", SMALL_MLP, "--compare", "pytorch,xavier,kaiming,lsuv",
+               "--out", str(out), "--batch", "32"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "output std of each weight layer" in text
+    assert "xavier: warning vanishing (starts at layers.2)" in text.replace("\n", " ")
+    assert "kaiming: ok" in text and "lsuv: ok" in text
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 5
+    reports = {s: Report.from_json((out / f"report_{s}.json").read_text()) for s in ("pytorch", "xavier", "kaiming", "lsuv")}
+    # the paper's lesson, measured: xavier (gain 1) vanishes with ReLU depth, kaiming holds, lsuv sets std 1
+    last = {s: r.signal()[-2].std for s, r in reports.items()}
+    assert last["xavier"] < 0.05 < 0.5 < last["kaiming"]
+    assert all(abs(r.std - 1) < 0.1 for r in reports["lsuv"].signal())
+
+
+def test_single_policy_on_cnn_and_resnet(tmp_path, capsys):
+    rc = main(["report", "cnn", "--kwargs", '{"channels": [4, 8], "image_size": 8}', "--policy", "kaiming",
+               "--out", str(tmp_path / "cnn"), "--batch", "8"])
+    assert rc == 0
+    assert "signal propagation: kaiming" in capsys.readouterr().out
+    assert (tmp_path / "cnn" / "signal.png").stat().st_size > 0
+    assert json.loads((tmp_path / "cnn" / "report.json").read_text())["meta"]["label"] == "kaiming"
+    rc = main(["report", "resnet", "--kwargs", '{"widths": [4, 8], "blocks": 1, "image_size": 8}',
+               "--out", str(tmp_path / "resnet"), "--batch", "8", "--fail-on", "warning"])
+    assert rc == 0  # as built, a BatchNorm ResNet is healthy
+
+
+def test_gpt_tokens(tmp_path):
+    rc = main(["report", "gpt", "--kwargs", '{"n_layer": 2, "n_embd": 32, "n_head": 2, "vocab_size": 64}',
+               "--policy", "gpt2", "--out", str(tmp_path), "--batch", "4"])
+    assert rc == 0
+    rep = Report.from_json((tmp_path / "report.json").read_text())
+    assert rep.meta["input_shape"][0] == 4
+    assert any(r.kind == "embedding" for r in rep.layers)
+
+
+def test_model_from_file_with_input_shape(tmp_path, capsys):
+    f = tmp_path / "mymodel.py"
+    f.write_text(textwrap.dedent("""
+        from torch import nn
+        def make(width=16):
+            return nn.Sequential(nn.Linear(8, width), nn.Tanh(), nn.Linear(width, 2))
+    """))
+    rc = main(["report", f"{f}:make", "--kwargs", '{"width": 12}', "--input-shape", "20,8",
+               "--out", str(tmp_path / "o"), "--no-backward"])
+    assert rc == 0
+    rep = Report.from_json((tmp_path / "o" / "report.json").read_text())
+    assert rep.meta["input_shape"] == [20, 8]
+    assert rep.layers[0].grad_std is None
+
+
+def test_inferred_inputs():
+    conv = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    assert make_inputs(conv, "x.py:f", batch=5).shape == (5, 3, 32, 32)
+    emb = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 2))
+    ids = make_inputs(emb, "x.py:f", batch=3)
+    assert ids.shape == (3, 16) and ids.dtype == torch.int64 and int(ids.max()) < 10
+    with pytest.raises(ValueError, match="cannot infer the input shape of 'x.py:f'"):
+        make_inputs(torch.nn.Sequential(torch.nn.ReLU()), "x.py:f")
+
+
+def test_xavier_scheme_is_gain_one():
+    from torchinit import init_model
+
+    m = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64))
+    init_model(m, scheme_policy("xavier"), seed=0)
+    assert float(m[0].weight.detach().std()) == pytest.approx((2 / 128) ** 0.5, rel=0.05)
+    assert float(m[0].bias.detach().abs().max()) == 0.0
+
+
+def test_fail_on_and_user_errors(tmp_path, capsys):
+    rc = main(["report", "mlp", "--kwargs", SMALL_MLP, "--policy", "xavier", "--out", str(tmp_path),
+               "--batch", "16", "--fail-on", "warning"])
+    assert rc == 1
+    rc = main(["report", "mlp", "--kwargs", SMALL_MLP, "--policy", "xavier", "--out", str(tmp_path),
+               "--batch", "16", "--fail-on", "error"])
+    assert rc == 0  # 12 layers: a warning, not yet an error
+    capsys.readouterr()
+    assert main(["report", "mlp", "--input-shape", "4,a", "--out", str(tmp_path)]) == 2
+    assert "--input-shape must be comma-separated integers such as 64,256, got '4,a'" in capsys.readouterr().err
+    assert main(["report", "nosuchmodel", "--out", str(tmp_path)]) == 2
+    assert "unknown model 'nosuchmodel'" in capsys.readouterr().err
+    assert main(["report", "mlp", "--compare", "kaiming,kaiming", "--out", str(tmp_path)]) == 2
+    assert "--compare lists a scheme twice" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["report", "mlp", "--policy", "kaiming", "--compare", "xavier"])
+
+
+def test_demo_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    for s in ("pytorch std", "xavier std", "kaiming std", "lsuv std"):
+        assert s in text
+    assert "mlp: verdicts" in text and "cnn: verdicts" in text
+    assert "kaiming: ok" in text
+    index = (out / "index.html").read_text()
+    assert "mlp/report.html" in index and "cnn/report.html" in index
+    mlp = {s: Report.from_json((out / "mlp" / f"report_{s}.json").read_text()) for s in ("pytorch", "xavier", "kaiming")}
+    assert len(mlp["kaiming"].signal()) == 30
+    assert mlp["xavier"].by_kind("vanishing") and mlp["pytorch"].by_kind("vanishing")
+    assert mlp["kaiming"].verdicts == []

@@ -1,0 +1,373 @@
+"""torchinit.diagnose: verdicts fire on planted problems and stay quiet on healthy models."""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+import torchinit
+from torchinit import specs as S
+from torchinit.diagnostics import Report, Thresholds, diagnose
+
+
+def mlp(depth=10, width=64, act=nn.ReLU, bias=True, d_in=None, d_out=None):
+    layers = []
+    dims = [d_in or width] + [width] * (depth - 1) + [d_out or width]
+    for i in range(depth):
+        layers.append(nn.Linear(dims[i], dims[i + 1], bias=bias))
+        if i < depth - 1:
+            layers.append(act())
+    return nn.Sequential(*layers)
+
+
+def linears(model):
+    return [m for m in model.modules() if isinstance(m, nn.Linear)]
+
+
+def init_(model, fn, **kw):
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in linears(model):
+            fn(m.weight, generator=g, **kw)
+            if m.bias is not None:
+                m.bias.zero_()
+    return model
+
+
+def x(batch=64, d=64, seed=1):
+    return torch.randn(batch, d, generator=torch.Generator().manual_seed(seed))
+
+
+def kinds(rep):
+    return {v.kind for v in rep.verdicts if v.severity in ("warning", "error")}
+
+
+# -- healthy models --------------------------------------------------------------
+
+
+def test_deep_relu_mlp_with_kaiming_is_healthy():
+    model = init_(mlp(depth=20), torchinit.kaiming_normal_, nonlinearity="relu")
+    rep = diagnose(model, x())
+    assert rep.verdicts == [], [str(v) for v in rep.verdicts]
+    assert rep.healthy
+    sig = rep.signal()
+    assert len(sig) == 20
+    # Kaiming keeps the pre-activation std near sqrt(2) for a unit-variance input
+    assert all(0.8 < r.std < 2.5 for r in sig)
+    assert all(r.grad_std is not None and r.grad_std > 0 for r in sig)
+
+
+def test_small_resnet_with_batchnorm_is_healthy():
+    torch.manual_seed(0)
+    model = torchinit.zoo.build("resnet", widths=(8, 16), blocks=1, image_size=16)
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            torchinit.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    inp = torch.randn(16, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    rep = diagnose(model, inp)
+    assert kinds(rep) == set(), [str(v) for v in rep.verdicts]
+    assert any(r.kind == "norm" for r in rep.layers)
+    assert [r.dead for r in rep.activations()] == [0.0] * len(rep.activations())
+
+
+# -- planted problems --------------------------------------------------------------
+
+
+def test_vanishing_with_xavier_in_relu_net_starts_at_second_layer():
+    model = init_(mlp(depth=12), torchinit.xavier_normal_)
+    rep = diagnose(model, x())
+    (v,) = rep.by_kind("vanishing")
+    # layer 1 sees an N(0,1) input (factor 1); every later layer halves the variance
+    assert v.layer == "2"
+    assert v.value < 0.1
+    sig = rep.signal()
+    per_layer = [(sig[i + 1].std / sig[i].std) ** 2 for i in range(1, 10)]
+    assert 0.35 < sum(per_layer) / len(per_layer) < 0.65  # theory: 1/2
+    assert "kaiming" in v.fix
+
+
+def test_wrong_nonlinearity_names_gain_and_fix():
+    model = init_(mlp(depth=6), torchinit.xavier_normal_)
+    rep = diagnose(model, x())
+    (v,) = rep.by_kind("wrong_nonlinearity")
+    assert v.layer == "2"  # the first Linear between two ReLUs
+    assert "Linear layer(s) followed by ReLU initialized with gain 1.00" in v.message
+    assert v.fix.startswith("use kaiming or nonlinearity='relu'")
+    assert v.value == pytest.approx(0.5, rel=0.1)
+
+
+def test_wrong_nonlinearity_uses_leaky_relu_slope():
+    model = mlp(depth=6, act=lambda: nn.LeakyReLU(0.2))
+    init_(model, torchinit.kaiming_normal_, a=0.2, nonlinearity="leaky_relu")
+    assert diagnose(model, x()).by_kind("wrong_nonlinearity") == []
+    init_(model, torchinit.kaiming_normal_, a=0.0, nonlinearity="leaky_relu")
+    # sqrt(2) vs sqrt(2/1.04): variance factor 1.04, inside the band
+    assert diagnose(model, x()).by_kind("wrong_nonlinearity") == []
+    init_(model, torchinit.kaiming_normal_, a=1.0, nonlinearity="leaky_relu")  # gain 1: factor 0.52
+    (v,) = diagnose(model, x()).by_kind("wrong_nonlinearity")
+    assert "followed by LeakyReLU" in v.message and "nonlinearity='leaky_relu'" in v.fix
+
+
+def test_exploding_starts_at_first_layer():
+    model = init_(mlp(depth=8), torchinit.kaiming_normal_, nonlinearity="relu")
+    with torch.no_grad():
+        for m in linears(model):
+            m.weight.mul_(2.0)
+    rep = diagnose(model, x())
+    (v,) = rep.by_kind("exploding")
+    assert v.layer == "0"
+    assert v.value > 10
+    assert rep.by_kind("exploding_gradients")
+
+
+def test_vanishing_gradients_reported_from_the_top():
+    model = init_(mlp(depth=16), torchinit.xavier_normal_)
+    rep = diagnose(model, x())
+    (v,) = rep.by_kind("vanishing_gradients")
+    assert v.value < 0.01
+    sig = rep.signal()
+    # the gradient grows towards the top; compare layers with equal output shapes
+    assert sig[0].grad_std < sig[-2].grad_std
+
+
+def test_collapse_from_bias_dominated_signal_is_caught_where_std_looks_fine():
+    model = init_(mlp(depth=10), torchinit.kaiming_normal_, nonlinearity="relu")
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for m in linears(model):
+            m.weight.mul_(0.3)
+            m.bias.normal_(0.0, 1.0, generator=g)
+    rep = diagnose(model, x())
+    assert rep.by_kind("vanishing") == []  # the std does not vanish...
+    (v,) = rep.by_kind("collapse")  # ...but every sample looks alike
+    assert v.value > 0.99
+    assert rep.meta["input_cosine"] < 0.1
+
+
+def test_dead_units_from_negative_bias():
+    model = init_(mlp(depth=4), torchinit.kaiming_normal_, nonlinearity="relu")
+    with torch.no_grad():
+        model[2].bias.fill_(-100.0)
+    rep = diagnose(model, x())
+    (v,) = rep.by_kind("dead_units")
+    assert v.layer == "3" and v.severity == "error"
+    assert rep.layer("3").dead == 1.0
+    assert rep.layer("1").dead < 0.1
+
+
+def test_saturation_in_tanh_net():
+    model = mlp(depth=4, act=nn.Tanh)
+    init_(model, torchinit.normal_, std=5.0 / 8.0)  # std 5/sqrt(64): gain 5
+    rep = diagnose(model, x())
+    (v,) = rep.by_kind("saturation")
+    assert v.layer == "1"
+    assert rep.layer("1").saturated > 0.5
+    healthy = init_(mlp(depth=4, act=nn.Tanh), torchinit.xavier_normal_)
+    assert diagnose(healthy, x()).by_kind("saturation") == []
+
+
+def test_sigmoid_saturation_threshold():
+    model = nn.Sequential(nn.Linear(64, 64), nn.Sigmoid())
+    with torch.no_grad():
+        model[0].weight.zero_()
+        model[0].bias.fill_(-10.0)  # sigmoid(-10) = 4.5e-5: saturated at 0
+    rep = diagnose(model, x())
+    assert rep.layer("1").saturated == 1.0
+    assert rep.by_kind("saturation")
+
+
+def test_symmetry_zero_hidden_weight_is_an_error_zero_head_is_info():
+    model = init_(mlp(depth=4), torchinit.kaiming_normal_, nonlinearity="relu")
+    with torch.no_grad():
+        model[2].weight.zero_()
+        model[6].weight.zero_()
+    rep = diagnose(model, x())
+    sym = {v.layer: v for v in rep.by_kind("symmetry")}
+    assert sym["2.weight"].severity == "error"
+    assert "same gradient" in sym["2.weight"].message
+    assert sym["6.weight"].severity == "info"
+    assert rep.param("2.weight").zero and rep.param("2.weight").constant
+
+
+def test_constant_nonzero_weight_and_duplicate_rows():
+    model = init_(mlp(depth=4), torchinit.kaiming_normal_, nonlinearity="relu")
+    with torch.no_grad():
+        model[0].weight.fill_(0.1)
+        model[2].weight[5].copy_(model[2].weight[1])
+        model[2].weight[7].copy_(model[2].weight[1])
+    rep = diagnose(model, x())
+    sym = {v.layer: v for v in rep.by_kind("symmetry")}
+    assert sym["0.weight"].severity == "error" and "constant (0.1)" in sym["0.weight"].message
+    assert rep.param("2.weight").duplicate_rows == 2
+    assert sym["2.weight"].severity == "warning"
+
+
+def test_identical_layers_of_transformer_encoder_are_flagged():
+    layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+    enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)  # deep-copies: both layers identical
+    inp = torch.randn(4, 5, 16, generator=torch.Generator().manual_seed(0))
+    rep = diagnose(enc, inp)
+    ident = [v for v in rep.by_kind("symmetry") if "identical" in v.message]
+    assert any(v.layer == "layers.1.linear1.weight" and "layers.0.linear1.weight" in v.message for v in ident)
+    with torch.no_grad():
+        enc.layers[1].linear1.weight.normal_(0, 0.1)
+    rep2 = diagnose(enc, inp)
+    assert rep2.param("layers.1.linear1.weight").identical_to is None
+
+
+def test_nonfinite_outputs():
+    model = init_(mlp(depth=3), torchinit.kaiming_normal_, nonlinearity="relu")
+    with torch.no_grad():
+        model[2].weight[0, 0] = float("inf")
+    rep = diagnose(model, x(), backward=False)
+    assert rep.verdicts[0].kind == "nonfinite" and rep.verdicts[0].layer == "2"
+
+
+def test_promised_std_from_plan_entries():
+    model = init_(mlp(depth=3, width=128), torchinit.kaiming_normal_, nonlinearity="relu")
+    std = math.sqrt(2 / 128)
+    entries = [SimpleNamespace(name=f"{i}.weight", spec=S.Normal(0.0, std)) for i in (0, 2, 4)]
+    entries.append(SimpleNamespace(name="0.bias", spec=S.Constant(0.0)))
+    rep = diagnose(model, x(d=128), plan=entries)
+    assert rep.by_kind("mismatch") == []
+    assert rep.param("2.weight").promised_std == pytest.approx(std)
+    with torch.no_grad():
+        model[2].weight.mul_(1.5)
+    (v,) = diagnose(model, x(d=128), plan=entries).by_kind("mismatch")
+    assert v.layer == "2.weight" and v.value == pytest.approx(1.5, rel=0.05)
+
+
+def test_orthogonal_promise():
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 16))
+    torchinit.orthogonal_(model[0].weight, gain=2.0)
+    torchinit.orthogonal_(model[2].weight)
+    entries = [SimpleNamespace(name="0.weight", spec=S.Orthogonal(2.0)),
+               SimpleNamespace(name="2.weight", spec=S.Orthogonal(1.0))]
+    rep = diagnose(model, x(d=32), plan=entries)
+    assert rep.param("0.weight").promised_std == pytest.approx(2.0 / 8.0)
+    assert rep.param("2.weight").promised_std == pytest.approx(1.0 / 8.0)
+    # orthogonal matrices have exactly this rms: no mismatch
+    assert rep.by_kind("mismatch") == []
+
+
+def test_real_plan_from_init_model():
+    if not hasattr(torchinit, "init_model"):
+        pytest.skip("model-level init (issue 4) not in this build")
+    model = mlp(depth=4)
+    plan = torchinit.init_model(model, "kaiming", seed=0, engine="torch")
+    rep = diagnose(model, x(), plan=plan)
+    assert rep.by_kind("mismatch") == []
+    assert rep.param("0.weight").promised_std is not None
+    with torch.no_grad():
+        model[2].weight.mul_(3.0)
+    assert [v.layer for v in diagnose(model, x(), plan=plan).by_kind("mismatch")] == ["2.weight"]
+
+
+# -- mechanics -------------------------------------------------------------------
+
+
+def test_model_is_left_unchanged():
+    torch.manual_seed(0)
+    model = torchinit.zoo.build("cnn", channels=(4, 8), image_size=8)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    inp = torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    diagnose(model, inp)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(p.grad is None for p in model.parameters())
+    assert not model[0]._forward_hooks if isinstance(model, nn.Sequential) else True
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_statistics_match_direct_computation():
+    model = init_(mlp(depth=2, width=32), torchinit.kaiming_normal_, nonlinearity="relu")
+    inp = x(d=32)
+    rep = diagnose(model, inp)
+    y0 = model[0](inp).detach()
+    r = rep.layer("0")
+    assert r.mean == pytest.approx(float(y0.mean()), abs=1e-5)
+    assert r.std == pytest.approx(float(y0.std(correction=0)), rel=1e-5)
+    assert r.max_abs == pytest.approx(float(y0.abs().max()), rel=1e-6)
+    assert r.sq_mean == pytest.approx(float((y0.mean(0) ** 2).mean()), rel=1e-4)
+    u = nn.functional.normalize(y0, dim=1)
+    gram = u @ u.T
+    cos = (gram.sum() - gram.trace()) / (64 * 63)
+    assert r.cosine == pytest.approx(float(cos), abs=1e-5)
+    a = rep.layer("1")
+    assert a.dead == pytest.approx(float((~(model[1](y0) > 0).any(0)).float().mean()))
+    assert sum(a.hist) == y0.numel()
+    assert r.in_sq == pytest.approx(float((inp ** 2).mean()), rel=1e-5)
+    # synthetic loss: a unit-variance cotangent at the output
+    assert rep.layer("2").grad_std == pytest.approx(1.0, rel=0.15)
+    assert rep.meta["loss"] == "synthetic"
+
+
+def test_loss_from_target_and_loss_fn_and_dict_inputs():
+    model = init_(mlp(depth=3, width=16, d_out=4), torchinit.kaiming_normal_, nonlinearity="relu")
+    inp = x(d=16)
+    t = torch.randint(0, 4, (64,), generator=torch.Generator().manual_seed(0))
+    assert diagnose(model, inp, target=t).meta["loss"] == "cross_entropy"
+    assert diagnose(model, inp, target=torch.randn(64, 4)).meta["loss"] == "mse"
+    rep = diagnose(model, inp, loss_fn=lambda out: out.pow(2).mean())
+    assert rep.meta["loss"] == "loss_fn" and rep.layer("4").grad_std > 0
+
+    class Kw(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(16, 8)
+
+        def forward(self, a, b):
+            return self.lin(a + b)
+
+    rep = diagnose(Kw(), {"a": inp, "b": inp})
+    assert rep.layer("lin").shape == [64, 8]
+    rep = diagnose(Kw(), (inp, inp), backward=False)
+    assert rep.layer("lin").grad_std is None
+
+
+def test_conv_channels_are_dim_one():
+    conv = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1), nn.ReLU())
+    with torch.no_grad():
+        conv[0].bias.copy_(torch.tensor([-100.0, 0, 0, 0, -100.0]))
+    rep = diagnose(conv, torch.randn(8, 3, 6, 6, generator=torch.Generator().manual_seed(0)))
+    assert rep.layer("1").dead == pytest.approx(2 / 5)
+
+
+def test_report_round_trip_and_text():
+    model = init_(mlp(depth=6), torchinit.xavier_normal_)
+    rep = diagnose(model, x(), label="xavier")
+    d = rep.to_dict()
+    again = Report.from_json(rep.to_json())
+    assert again.to_dict() == d
+    assert json.loads(json.dumps(d)) == d
+    assert again.label == "xavier"
+    text = str(rep)
+    assert "signal propagation: xavier" in text and "wrong_nonlinearity" in text
+    with pytest.raises(ValueError, match="format 'torchinit.report/1'"):
+        Report.from_dict({"layers": []})
+
+
+def test_argument_errors():
+    model = mlp(depth=2, width=8)
+    with pytest.raises(TypeError, match="model must be an nn.Module"):
+        diagnose(object(), x(d=8))
+    with pytest.raises(ValueError, match="max_cosine_samples must be an integer >= 2, got 1"):
+        diagnose(model, x(d=8), max_cosine_samples=1)
+    with pytest.raises(ValueError, match="Thresholds: dead must be a positive finite number, got -1"):
+        Thresholds(dead=-1)
+    with torch.device("meta"):
+        meta = mlp(depth=2, width=8)
+    with pytest.raises(ValueError, match="meta device"):
+        diagnose(meta, x(d=8))
+
+
+def test_custom_thresholds():
+    model = init_(mlp(depth=6), torchinit.xavier_normal_)
+    assert diagnose(model, x()).by_kind("vanishing") == []  # 6 layers: x0.18, not yet
+    (v,) = diagnose(model, x(), thresholds=Thresholds(vanish=0.3)).by_kind("vanishing")
+    assert v.threshold == 0.3

@@ -1,0 +1,246 @@
+"""Errors: the drop-ins raise exactly torch's exceptions; our extra validation raises
+clear errors; either way a failed call leaves the tensor bitwise untouched."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.init as tinit
+
+import torchinit
+from torchinit import specs
+
+NAN, INF = float("nan"), float("inf")
+F32, I64, C64 = torch.float32, torch.int64, torch.complex64
+
+
+def _t(*shape, dtype=F32, device="cpu"):
+    n = math.prod(shape)
+    base = torch.arange(n, dtype=torch.float64).reshape(shape)
+    if device == "meta":
+        return torch.empty(shape, dtype=dtype, device="meta")
+    return (base * 0.5 - 3).to(dtype)
+
+
+# (id, function, tensor factory, kwargs): torch raises for all of these.
+PARITY = [
+    ("uniform_a>b", "uniform_", lambda: _t(3, 4), {"a": 1.0, "b": 0.0}),
+    ("uniform_nan_a", "uniform_", lambda: _t(3, 4), {"a": NAN}),
+    ("uniform_nan_b", "uniform_", lambda: _t(3, 4), {"b": NAN}),
+    ("uniform_inf", "uniform_", lambda: _t(3, 4), {"b": INF}),
+    ("uniform_int", "uniform_", lambda: _t(3, 4, dtype=I64), {}),
+    ("uniform_bool", "uniform_", lambda: _t(3, 4, dtype=torch.bool), {}),
+    ("normal_std<0", "normal_", lambda: _t(3, 4), {"std": -1.0}),
+    ("normal_std_nan", "normal_", lambda: _t(3, 4), {"std": NAN}),
+    ("normal_int", "normal_", lambda: _t(3, 4, dtype=I64), {}),
+    ("trunc_std0", "trunc_normal_", lambda: _t(3, 4), {"std": 0.0}),
+    ("trunc_a>b", "trunc_normal_", lambda: _t(3, 4), {"a": 2.0, "b": -2.0}),
+    ("trunc_nan_a", "trunc_normal_", lambda: _t(3, 4), {"a": NAN}),
+    ("trunc_str_std", "trunc_normal_", lambda: _t(3, 4), {"std": "x"}),
+    ("trunc_int", "trunc_normal_", lambda: _t(3, 4, dtype=I64), {}),
+    ("trunc_complex", "trunc_normal_", lambda: _t(3, 4, dtype=C64), {}),
+    ("constant_str", "constant_", lambda: _t(3, 4), {"val": "x"}),
+    ("constant_complex_into_real", "constant_", lambda: _t(3, 4), {"val": 1j}),
+    ("eye_3d", "eye_", lambda: _t(3, 4, 5), {}),
+    ("eye_1d", "eye_", lambda: _t(4), {}),
+    ("dirac_2d", "dirac_", lambda: _t(4, 4), {}),
+    ("dirac_6d", "dirac_", lambda: _t(2, 2, 1, 1, 1, 1), {}),
+    ("dirac_groups_not_dividing", "dirac_", lambda: _t(5, 4, 3), {"groups": 2}),
+    ("dirac_groups_0", "dirac_", lambda: _t(4, 4, 3), {"groups": 0}),
+    ("dirac_groups_float", "dirac_", lambda: _t(4, 4, 3), {"groups": 1.5}),
+    ("dirac_groups_meta", "dirac_", lambda: _t(5, 4, 3, device="meta"), {"groups": 2}),
+    ("xavier_1d", "xavier_uniform_", lambda: _t(4), {}),
+    ("xavier_0d", "xavier_normal_", lambda: torch.tensor(1.0), {}),
+    ("xavier_(0,0)", "xavier_uniform_", lambda: torch.empty(0, 0), {}),
+    ("xavier_(0,0,3)", "xavier_normal_", lambda: torch.empty(0, 0, 3), {}),
+    ("xavier_gain_nan", "xavier_uniform_", lambda: _t(3, 4), {"gain": NAN}),
+    ("xavier_gain_neg", "xavier_uniform_", lambda: _t(3, 4), {"gain": -1.0}),
+    ("xavier_gain_inf", "xavier_uniform_", lambda: _t(3, 4), {"gain": INF}),
+    ("xavier_normal_gain_neg", "xavier_normal_", lambda: _t(3, 4), {"gain": -1.0}),
+    ("xavier_gain_str", "xavier_normal_", lambda: _t(3, 4), {"gain": "x"}),
+    ("xavier_int", "xavier_normal_", lambda: _t(3, 4, dtype=torch.int32), {}),
+    ("kaiming_bad_mode", "kaiming_uniform_", lambda: _t(3, 4), {"mode": "fan_avg"}),
+    ("kaiming_mode_none", "kaiming_normal_", lambda: _t(3, 4), {"mode": None}),
+    ("kaiming_bad_nonlinearity", "kaiming_uniform_", lambda: _t(3, 4), {"nonlinearity": "gelu"}),
+    ("kaiming_nonlinearity_case", "kaiming_normal_", lambda: _t(3, 4), {"nonlinearity": "ReLU"}),
+    ("kaiming_bool_a", "kaiming_uniform_", lambda: _t(3, 4), {"a": True}),
+    ("kaiming_normal_bool_a", "kaiming_normal_", lambda: _t(3, 4), {"a": False}),
+    ("kaiming_str_a", "kaiming_normal_", lambda: _t(3, 4), {"a": "0.1"}),
+    ("kaiming_tensor_a", "kaiming_uniform_", lambda: _t(3, 4), {"a": torch.tensor(1.0)}),
+    ("kaiming_nan_a", "kaiming_uniform_", lambda: _t(3, 4), {"a": NAN}),
+    ("kaiming_normal_nan_a", "kaiming_normal_", lambda: _t(3, 4), {"a": NAN}),
+    ("kaiming_overflow_a", "kaiming_normal_", lambda: _t(3, 4), {"a": 1e200}),
+    ("kaiming_1d", "kaiming_uniform_", lambda: _t(4), {}),
+    ("kaiming_0d", "kaiming_normal_", lambda: torch.tensor(1.0), {}),
+    ("kaiming_int", "kaiming_uniform_", lambda: _t(3, 4, dtype=I64), {}),
+    ("kaiming_normal_int", "kaiming_normal_", lambda: _t(3, 4, dtype=I64), {}),
+    ("orthogonal_1d", "orthogonal_", lambda: _t(4), {}),
+    ("orthogonal_0d", "orthogonal_", lambda: torch.tensor(1.0), {}),
+    ("orthogonal_f16", "orthogonal_", lambda: _t(3, 4, dtype=torch.float16), {}),
+    ("orthogonal_bf16", "orthogonal_", lambda: _t(3, 4, dtype=torch.bfloat16), {}),
+    ("orthogonal_int", "orthogonal_", lambda: _t(3, 4, dtype=I64), {}),
+    ("orthogonal_complex", "orthogonal_", lambda: _t(3, 4, dtype=C64), {}),
+    ("orthogonal_gain_str", "orthogonal_", lambda: _t(3, 4), {"gain": "x"}),
+    ("sparse_3d", "sparse_", lambda: _t(3, 4, 5), {"sparsity": 0.1}),
+    ("sparse_1d", "sparse_", lambda: _t(4), {"sparsity": 0.1}),
+    ("sparse_nan", "sparse_", lambda: _t(3, 4), {"sparsity": NAN}),
+    ("sparse_inf", "sparse_", lambda: _t(3, 4), {"sparsity": INF}),
+    ("sparse_str", "sparse_", lambda: _t(3, 4), {"sparsity": "x"}),
+    ("sparse_std<0", "sparse_", lambda: _t(3, 4), {"sparsity": 0.1, "std": -1.0}),
+    ("sparse_int", "sparse_", lambda: _t(3, 4, dtype=I64), {"sparsity": 0.1}),
+]
+
+
+def _outcome(fn, t, kw):
+    try:
+        fn(t, **kw)
+    except Exception as e:  # noqa: BLE001
+        return e
+    return None
+
+
+@pytest.mark.parametrize("name, make, kwargs", [pytest.param(*c[1:], id=c[0]) for c in PARITY])
+def test_same_exception_as_torch(name, make, kwargs, same_bits):
+    t_ref, t_ours = make(), make()
+    before = t_ours.clone()
+    ref = _outcome(getattr(tinit, name), t_ref, kwargs)
+    ours = _outcome(getattr(torchinit, name), t_ours, kwargs)
+    assert ref is not None, f"torch no longer rejects this input: {ref!r}"
+    assert type(ours) is type(ref), (ref, ours)
+    assert str(ours) == str(ref)
+    same_bits(t_ours, before)
+
+
+# (id, function, tensor factory, kwargs, message regex): torch accepts these and
+# writes garbage; torchinit refuses with a ValueError that names the parameter.
+STRICTER = [
+    ("trunc_negative_std", "trunc_normal_", lambda: _t(3, 4), {"std": -1.0}, r"trunc_normal_: std must be positive, got std=-1.0"),
+    ("trunc_nan_std", "trunc_normal_", lambda: _t(3, 4), {"std": NAN}, r"trunc_normal_: std must be positive, got std=nan"),
+    ("trunc_nan_mean", "trunc_normal_", lambda: _t(3, 4), {"mean": NAN}, r"trunc_normal_: mean must be finite, got mean=nan"),
+    ("trunc_inf_mean", "trunc_normal_", lambda: _t(3, 4), {"mean": INF}, r"trunc_normal_: mean must be finite, got mean=inf"),
+    ("sparse_above_1", "sparse_", lambda: _t(3, 4), {"sparsity": 1.5}, r"sparse_: sparsity must be in \[0, 1\], got 1.5"),
+    ("sparse_negative", "sparse_", lambda: _t(3, 4), {"sparsity": -0.5}, r"sparse_: sparsity must be in \[0, 1\], got -0.5"),
+    ("sparse_tensor_above_1", "sparse_", lambda: _t(3, 4), {"sparsity": torch.tensor(2.0)}, r"sparse_: sparsity must be in \[0, 1\]"),
+    ("dirac_negative_groups", "dirac_", lambda: _t(4, 4, 3), {"groups": -1}, r"dirac_: groups must be a positive int, got groups=-1"),
+]
+
+
+@pytest.mark.parametrize("name, make, kwargs, match", [pytest.param(*c[1:], id=c[0]) for c in STRICTER])
+def test_stricter_than_torch(name, make, kwargs, match, same_bits):
+    import warnings
+
+    t = make()
+    before = t.clone()
+    with pytest.raises(ValueError, match=match):
+        getattr(torchinit, name)(t, **kwargs)
+    same_bits(t, before)
+    # torch silently accepts it (if torch ever starts raising, use torch's error instead)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert _outcome(getattr(tinit, name), make(), kwargs) is None
+
+
+def test_sparse_out_of_range_is_garbage_in_torch():
+    # why we refuse: torch zeroes every entry for sparsity > 1, and for sparsity < 0 the
+    # negative count slices randperm from the end: -0.2 * 6 rows -> [:-1] -> 5 of 6 zeroed
+    w = tinit.sparse_(torch.empty(6, 4), sparsity=1.5)
+    assert (w == 0).all()
+    w = tinit.sparse_(torch.empty(6, 4), sparsity=-0.2)
+    assert ((w != 0).sum(0) == 1).all()
+
+
+def test_trunc_nan_std_is_uniform_in_torch():
+    # why we refuse: torch with std=nan returns U(a, b), not a normal of any kind
+    g = torch.Generator().manual_seed(0)
+    w = tinit.trunc_normal_(torch.empty(20000), std=NAN, a=-2, b=2, generator=g)
+    assert w.isfinite().all() and abs(w.std().item() - 4 / math.sqrt(12)) < 0.02
+
+
+# ---------------------------------------------------------------------------
+# extras: our own validation
+# ---------------------------------------------------------------------------
+
+EXTRA = [
+    ("vs_bad_mode", torchinit.variance_scaling_, lambda: _t(4, 3), {"mode": "fan_max"}, ValueError,
+     r"Invalid `mode` argument: 'fan_max'; use one of fan_in, fan_out, fan_avg, fan_geo_avg"),
+    ("vs_bad_distribution", torchinit.variance_scaling_, lambda: _t(4, 3), {"distribution": "gaussian"}, ValueError,
+     r"Invalid `distribution` argument: 'gaussian'; use one of truncated_normal, normal, uniform"),
+    ("vs_scale_negative", torchinit.variance_scaling_, lambda: _t(4, 3), {"scale": -1.0}, ValueError,
+     r"variance_scaling: scale must be positive, got -1.0"),
+    ("vs_scale_zero", torchinit.variance_scaling_, lambda: _t(4, 3), {"scale": 0}, ValueError,
+     r"variance_scaling: scale must be positive, got 0"),
+    ("vs_scale_nan", torchinit.variance_scaling_, lambda: _t(4, 3), {"scale": NAN}, ValueError,
+     r"variance_scaling: scale must be finite, got nan"),
+    ("vs_scale_str", torchinit.variance_scaling_, lambda: _t(4, 3), {"scale": "2"}, TypeError,
+     r"variance_scaling: scale must be a real number, got '2'"),
+    ("vs_scale_bool", torchinit.variance_scaling_, lambda: _t(4, 3), {"scale": True}, TypeError,
+     r"scale must be a real number, got True"),
+    ("vs_bad_layout", torchinit.variance_scaling_, lambda: _t(4, 3), {"layout": "nhwc"}, ValueError,
+     r"unknown layout 'nhwc'; use one of torch, x@w, conv, conv_transpose"),
+    ("vs_groups_not_dividing", torchinit.variance_scaling_, lambda: _t(6, 2, 3), {"layout": "conv", "groups": 4}, ValueError,
+     r"out channels 6 \(dim 0\) not divisible by groups=4"),
+    ("vs_1d", torchinit.variance_scaling_, lambda: _t(4), {}, ValueError,
+     r"Fan in and fan out can not be computed for tensor with fewer than 2 dimensions"),
+    ("vs_zero_fan", torchinit.variance_scaling_, lambda: torch.empty(3, 0), {}, ValueError,
+     r"variance_scaling: fan_in is 0 for shape \(3, 0\)"),
+    ("vs_int", torchinit.variance_scaling_, lambda: _t(4, 3, dtype=I64), {}, TypeError,
+     r"variance_scaling_: expected a real floating-point tensor, got dtype torch.int64"),
+    ("vs_complex", torchinit.variance_scaling_, lambda: _t(4, 3, dtype=C64), {"distribution": "normal"}, TypeError,
+     r"variance_scaling_: expected a real floating-point tensor, got dtype torch.complex64"),
+    ("vs_bool", torchinit.variance_scaling_, lambda: _t(4, 3, dtype=torch.bool), {}, TypeError,
+     r"expected a real floating-point tensor, got dtype torch.bool"),
+    ("lecun_uniform_int", torchinit.lecun_uniform_, lambda: _t(4, 3, dtype=torch.int32), {}, TypeError,
+     r"expected a real floating-point tensor, got dtype torch.int32"),
+    ("lecun_normal_complex", torchinit.lecun_normal_, lambda: _t(4, 3, dtype=C64), {}, TypeError,
+     r"expected a real floating-point tensor, got dtype torch.complex64"),
+    ("lecun_normal_1d", torchinit.lecun_normal_, lambda: _t(4), {}, ValueError,
+     r"fewer than 2 dimensions"),
+    ("std_units_negative_std", torchinit.trunc_normal_std_units_, lambda: _t(4, 3), {"std": -1.0}, ValueError,
+     r"TruncatedNormal: std must be > 0, got -1.0"),
+    ("std_units_zero_std", torchinit.trunc_normal_std_units_, lambda: _t(4, 3), {"std": 0.0}, ValueError,
+     r"TruncatedNormal: std must be > 0, got 0.0"),
+    ("std_units_lower>=upper", torchinit.trunc_normal_std_units_, lambda: _t(4, 3), {"lower": 2.0, "upper": 1.0}, ValueError,
+     r"TruncatedNormal: need a < b, got a=2.0, b=1.0"),
+    ("std_units_nan_mean", torchinit.trunc_normal_std_units_, lambda: _t(4, 3), {"mean": NAN}, ValueError,
+     r"TruncatedNormal: mean must be finite, got nan"),
+    ("std_units_int", torchinit.trunc_normal_std_units_, lambda: _t(4, 3, dtype=I64), {}, TypeError,
+     r"trunc_normal_std_units_: expected a real floating-point tensor, got dtype torch.int64"),
+    ("delta_2d", torchinit.delta_orthogonal_, lambda: _t(4, 3), {}, ValueError,
+     r"delta_orthogonal_ needs a 3-, 4- or 5-D conv weight \(out, in, \*kernel\), got shape \(4, 3\)"),
+    ("delta_6d", torchinit.delta_orthogonal_, lambda: _t(2, 2, 1, 1, 1, 1), {}, ValueError,
+     r"needs a 3-, 4- or 5-D conv weight"),
+    ("delta_out<in", torchinit.delta_orthogonal_, lambda: _t(2, 4, 3, 3), {}, ValueError,
+     r"needs out_channels >= in_channels for an orthogonal centre, got shape \(2, 4, 3, 3\) \(out=2 < in=4\)"),
+    ("delta_int", torchinit.delta_orthogonal_, lambda: _t(4, 4, 3, dtype=I64), {}, TypeError,
+     r"delta_orthogonal_: expected a real floating-point tensor, got dtype torch.int64"),
+    ("delta_complex", torchinit.delta_orthogonal_, lambda: _t(4, 4, 3, dtype=C64), {}, TypeError,
+     r"expected a real floating-point tensor, got dtype torch.complex64"),
+    ("delta_gain_nan", torchinit.delta_orthogonal_, lambda: _t(4, 4, 3), {"gain": NAN}, ValueError,
+     r"DeltaOrthogonal: gain must be finite, got nan"),
+]
+
+
+@pytest.mark.parametrize("fn, make, kwargs, exc, match", [pytest.param(*c[1:], id=c[0]) for c in EXTRA])
+def test_extras_validate_before_writing(fn, make, kwargs, exc, match, same_bits):
+    t = make()
+    before = t.clone()
+    with pytest.raises(exc, match=match):
+        fn(t, **kwargs)
+    same_bits(t, before)
+
+
+def test_fill_refuses_generator_and_key_together(same_bits):
+    t = _t(3, 4)
+    before = t.clone()
+    with pytest.raises(ValueError, match=r"pass either generator= \(torch engine\) or key= \(keyed engine\), not both"):
+        torchinit.fill_(t, specs.Normal(0, 1), generator=torch.Generator(), key=object())
+    same_bits(t, before)
+
+
+def test_torch_engine_refuses_unknown_spec():
+    from torchinit.torch_engine import torch_fill_
+
+    with pytest.raises(TypeError, match="the torch engine cannot fill spec"):
+        torch_fill_(torch.empty(2, 2), specs.Spec())

@@ -1,0 +1,108 @@
+"""Hugging Face models (optional dependency): tiny GPT-2 and Llama built offline from
+configs. The "module" preset routes their own ``_init_weights`` through the keyed engine."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import torchinit
+from torchinit import specs as S
+
+pytestmark = pytest.mark.hf
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("torchinit.keyed")
+transformers.utils.logging.set_verbosity_error()
+
+
+def _gpt2(seed: int = 0):
+    cfg = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=96, n_positions=16,
+                                  bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(seed)
+    return transformers.GPT2LMHeadModel(cfg)
+
+
+def _llama(seed: int = 0):
+    cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+                                   bos_token_id=0, eos_token_id=0, pad_token_id=None)
+    torch.manual_seed(seed)
+    return transformers.LlamaForCausalLM(cfg)
+
+
+def _state(m):
+    return {k: v.clone() for k, v in m.state_dict().items()}
+
+
+@pytest.mark.parametrize("build", [_gpt2, _llama], ids=["gpt2", "llama"])
+def test_module_preset_is_reproducible_by_name(build, same_bits):
+    a, b, c = build(0), build(1), build(0)
+    pa = torchinit.init_model(a, "module", seed=7)
+    torchinit.init_model(b, "module", seed=7)
+    torchinit.init_model(c, "module", seed=8)
+    sa, sb, sc = _state(a), _state(b), _state(c)
+    for k in sa:
+        same_bits(sa[k], sb[k])
+    assert pa.unmatched == []
+    assert any(not torch.equal(sa[k], sc[k]) for k in sa)
+    assert all(("_init_weights" in [m for _, m in e.code]) for e in pa.entries)
+
+
+@pytest.mark.parametrize("build", [_gpt2, _llama], ids=["gpt2", "llama"])
+def test_module_preset_statistics_match_the_model_own_init(build):
+    from scipy import stats
+
+    ref, ours = build(0), build(0)
+    torchinit.init_model(ours, "module", seed=3)
+    checked = 0
+    for (n, p), (_, q) in zip(ref.named_parameters(), ours.named_parameters()):
+        x, y = p.detach().flatten().double().numpy(), q.detach().flatten().double().numpy()
+        if x.std() == 0:
+            assert (x == y).all(), n
+            continue
+        assert stats.ks_2samp(x, y).pvalue > 1e-3, n
+        checked += 1
+    assert checked >= 6
+
+
+def test_gpt2_preset_equals_gpt2_own_init_bitwise(same_bits):
+    """HF's GPT-2 init (N(0, 0.02), c_proj N(0, 0.02/sqrt(2 n_layer)), LayerNorm 1/0),
+    routed, and the "gpt2" preset give the same tensors: same specs, same keys."""
+    a, b = _gpt2(), _gpt2()
+    pm = torchinit.init_model(a, "module", seed=11)
+    pg = torchinit.init_model(b, "gpt2", seed=11)
+    sa, sb = _state(a), _state(b)
+    for k in sa:
+        same_bits(sa[k], sb[k])
+    e = pg["transformer.h.1.mlp.c_proj.weight"]
+    assert e.spec == S.Normal(0.0, 0.02 / math.sqrt(4)) and e.args["n_layer"] == 2
+    assert pm["transformer.h.1.mlp.c_proj.weight"].observed[-1] == e.spec
+    assert pg["transformer.wte.weight"].aliases == ("lm_head.weight",)
+
+
+def test_kaiming_on_gpt2_detects_gelu_with_hooks_and_uses_x_at_w_fans():
+    m = _gpt2()
+    p = torchinit.plan(m, "kaiming", example_inputs={"input_ids": torch.randint(0, 96, (1, 8))})
+    e = p["transformer.h.0.mlp.c_fc.weight"]  # Conv1D stores (in=32, out=128)
+    assert (e.fans.fan_in, e.fans.fan_out) == (32, 128)
+    assert e.nonlinearity == "gelu_tanh" and e.nonlinearity_source.startswith("hooks:")
+    assert p["transformer.h.0.mlp.c_proj.weight"].nonlinearity == "linear"
+    assert any("torch.fx tracing failed" in n for n in p.notes)
+
+
+def test_llama_preset_on_hf_llama_scales_by_layer_index():
+    m = _llama()
+    p = torchinit.plan(m, "llama")
+    for i in range(2):
+        for name in ("self_attn.o_proj", "mlp.down_proj", "mlp.up_proj"):
+            s = p[f"model.layers.{i}.{name}.weight"].spec
+            assert s.std_ == pytest.approx(0.02 / math.sqrt(2 * (i + 1))), name
+        assert p[f"model.layers.{i}.self_attn.q_proj.weight"].spec.std_ == 0.02
+    head = p["lm_head.weight"].spec
+    assert head.std_ == pytest.approx(32 ** -0.5) and head.b == pytest.approx(3 * 32 ** -0.5)
+    assert p["model.embed_tokens.weight"].spec == S.Normal(0.0, 1.0)
+    assert p["model.norm.weight"].spec == S.Constant(1.0)
+    assert p.unmatched == []

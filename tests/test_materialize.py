@@ -1,0 +1,153 @@
+"""materialize: meta model -> allocated and initialized, bitwise equal to init_model."""
+
+import importlib
+
+import pytest
+import torch
+from torch import nn
+
+import torchinit
+from torchinit import zoo
+
+materialize_mod = importlib.import_module("torchinit.materialize")  # the module; torchinit.materialize is the function
+
+SMALL = {
+    "mlp": dict(depth=4, width=16),
+    "cnn": dict(channels=(4, 8)),
+    "resnet": dict(widths=(4, 8), blocks=1),
+    "gpt": dict(n_layer=2, n_embd=32, n_head=2, vocab_size=40, block_size=8),
+}
+
+
+def _meta(name, **kw):
+    with torch.device("meta"):
+        return zoo.build(name, **{**SMALL[name], **kw})
+
+
+def _reference(name, policy, seed, dtype=None, **kw):
+    model = zoo.build(name, **{**SMALL[name], **kw})
+    if dtype is not None:
+        model.to(dtype)
+    torchinit.init_model(model, policy, seed=seed, engine="keyed")
+    return model
+
+
+def _bits(t):
+    t = t.detach().contiguous()
+    return t.view({1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
+
+
+def _assert_same_state(a: nn.Module, b: nn.Module):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb)
+    for k in sa:
+        assert sa[k].dtype == sb[k].dtype and sa[k].device == sb[k].device, k
+        assert torch.equal(_bits(sa[k]), _bits(sb[k])), k  # bitwise
+
+
+@pytest.mark.parametrize("name,policy", [
+    ("mlp", "pytorch"), ("mlp", "kaiming"), ("mlp", "module"), ("cnn", "pytorch"), ("cnn", "xavier"),
+    ("resnet", "kaiming"), ("resnet", "module"), ("gpt", "gpt2"), ("gpt", "llama"), ("gpt", "pytorch"),
+])
+def test_materialize_equals_init_model(name, policy):
+    model = _meta(name)
+    plan = torchinit.materialize(model, "cpu", policy, seed=7, progress=False)
+    assert not any(t.is_meta for t in model.state_dict().values())
+    assert len(plan.entries) > 0
+    _assert_same_state(model, _reference(name, policy, 7))
+
+
+def test_seed_and_policy_change_values():
+    a, b, c = _meta("mlp"), _meta("mlp"), _meta("mlp")
+    torchinit.materialize(a, policy="kaiming", seed=1, progress=False)
+    torchinit.materialize(b, policy="kaiming", seed=2, progress=False)
+    torchinit.materialize(c, policy="xavier", seed=1, progress=False)
+    w = "layers.0.weight"
+    assert not torch.equal(a.state_dict()[w], b.state_dict()[w])
+    assert not torch.equal(a.state_dict()[w], c.state_dict()[w])
+
+
+def test_bfloat16_meta_model():
+    model = _meta("gpt").to(torch.bfloat16)
+    torchinit.materialize(model, policy="gpt2", seed=3, progress=False)
+    assert model.lm_head.weight.dtype == torch.bfloat16
+    _assert_same_state(model, _reference("gpt", "gpt2", 3, dtype=torch.bfloat16))
+
+
+@pytest.mark.parametrize("style", ["gpt2", "llama"])
+def test_tied_parameters_stay_tied(style):
+    model = _meta("gpt", tie_weights=True, style=style)
+    torchinit.materialize(model, policy="gpt2", seed=0, progress=False)
+    emb = model.transformer.wte if style == "gpt2" else model.model.embed_tokens
+    assert model.lm_head.weight is emb.weight and not emb.weight.is_meta
+    _assert_same_state(model, _reference("gpt", "gpt2", 0, tie_weights=True, style=style))
+
+
+def test_not_on_meta_is_an_error():
+    model = zoo.build("mlp", **SMALL["mlp"])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"no tensors on the meta device .* use torchinit.init_model"):
+        torchinit.materialize(model, policy="kaiming", seed=0)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_partly_meta_fills_only_meta_tensors():
+    model = _meta("mlp")
+    loaded = nn.Linear(16, 16)
+    keep_w, keep_b = loaded.weight.detach().clone(), loaded.bias.detach().clone()
+    model.layers[0] = loaded  # e.g. loaded from a checkpoint with assign=True
+    torchinit.materialize(model, policy="kaiming", seed=5, progress=False)
+    assert torch.equal(model.layers[0].weight, keep_w) and torch.equal(model.layers[0].bias, keep_b)
+    ref = _reference("mlp", "kaiming", 5)
+    for k in ("layers.2.weight", "layers.2.bias", "layers.6.weight"):
+        assert torch.equal(model.state_dict()[k], ref.state_dict()[k]), k
+
+
+def test_validation_leaves_model_untouched():
+    model = _meta("mlp")
+    with pytest.raises(TypeError, match=r"seed must be an int, got '1'"):
+        torchinit.materialize(model, policy="kaiming", seed="1")
+    with pytest.raises(ValueError, match=r"device='meta' allocates nothing"):
+        torchinit.materialize(model, "meta", policy="kaiming", seed=1)
+    assert all(t.is_meta for t in model.state_dict().values())
+
+
+def test_uncovered_meta_tensor_is_an_error_before_allocation():
+    model = _meta("mlp")
+    model.register_buffer("mask", torch.empty(4, 4, device="meta"))  # no rule initializes it
+    with pytest.raises(ValueError, match=r"no initializer in the plan for meta tensor\(s\) 'mask'"):
+        torchinit.materialize(model, policy="kaiming", seed=0)
+    assert all(t.is_meta for t in model.state_dict().values())
+
+
+def test_progress_bar_only_when_asked_and_slow(capsys, monkeypatch):
+    torchinit.materialize(_meta("mlp"), policy="kaiming", seed=0, progress=True)
+    assert capsys.readouterr().err == ""  # fast: no bar even when allowed
+    monkeypatch.setattr(materialize_mod, "PROGRESS_AFTER_S", 0.0)
+    torchinit.materialize(_meta("mlp"), policy="kaiming", seed=0, progress=False)
+    assert capsys.readouterr().err == ""
+    torchinit.materialize(_meta("mlp"), policy="kaiming", seed=0, progress=True)
+    assert "materialize" in capsys.readouterr().err
+
+
+def test_allocates_module_by_module_once(monkeypatch):
+    """Peak memory ~ model + one module: when a module is initialized, only the tensors
+    initialized so far are allocated; every tensor is allocated exactly once."""
+    model = _meta("gpt", tie_weights=True)
+    real_apply = torchinit.apply_plan
+    calls = []
+
+    def spy(m, plan, *, seed, engine, only=None):
+        done = set().union(*calls, only) if calls else set(only)
+        allocated = {n for n, t in m.state_dict(keep_vars=True).items() if not t.is_meta}
+        assert allocated == done  # nothing allocated ahead of its initialization
+        calls.append(set(only))
+        return real_apply(m, plan, seed=seed, engine=engine, only=only)
+
+    monkeypatch.setattr(torchinit, "apply_plan", spy)
+    monkeypatch.setattr(materialize_mod, "BATCH_ELEMENTS", 1)  # one module per call
+    torchinit.materialize(model, policy="gpt2", seed=0, progress=False)
+    assert len(calls) > 10
+    names = [n for c in calls for n in c]
+    assert sorted(names) == sorted(model.state_dict())  # each once (both names of the tied weight)
+    _assert_same_state(model, _reference("gpt", "gpt2", 0, tie_weights=True))

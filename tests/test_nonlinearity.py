@@ -1,0 +1,126 @@
+"""Automatic nonlinearity detection: torch.fx, forward-hook fallback, registration order."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import torchinit
+from torchinit.gains import second_moment_gain
+from torchinit.nonlinearity import auto_gain, detect_nonlinearities
+
+
+@pytest.mark.parametrize("act, name, param, gain", [
+    (nn.ReLU(), "relu", None, math.sqrt(2)),
+    (nn.LeakyReLU(0.2), "leaky_relu", 0.2, math.sqrt(2 / 1.04)),
+    (nn.Tanh(), "tanh", None, 5 / 3),
+    (nn.Sigmoid(), "sigmoid", None, 1.0),
+    (nn.SELU(), "selu", None, 1.0),  # LeCun for self-normalizing nets, not torch's 3/4
+    (nn.GELU(), "gelu", None, second_moment_gain("gelu")),
+    (nn.GELU(approximate="tanh"), "gelu_tanh", None, second_moment_gain("gelu_tanh")),
+    (nn.SiLU(), "silu", None, second_moment_gain("silu")),
+    (nn.Mish(), "mish", None, second_moment_gain("mish")),
+])
+def test_fx_finds_the_activation_through_norm_dropout_pool(act, name, param, gain):
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Dropout(0.1), nn.MaxPool2d(2), act,
+                        nn.Flatten(), nn.Linear(4, 2))
+    p = torchinit.plan(net, "kaiming")
+    e = p["0.weight"]
+    assert (e.nonlinearity, e.nonlinearity_source.split(":")[0]) == (name, "fx")
+    assert e.gain == pytest.approx(gain)
+    if param is not None:
+        assert e.args["a"] == pytest.approx(param)
+    assert p["6.weight"].nonlinearity == "linear" and p["6.weight"].nonlinearity_source == "fx: output"
+
+
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(4, 4, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, 8)
+        self.out = nn.Linear(8, 2)
+
+    def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        y = torch.tanh(y + x)  # residual add, then the activation
+        y = y.mean((2, 3))
+        return self.out(F.leaky_relu(self.fc(y), 0.3))
+
+
+def test_fx_follows_functional_activations_and_residual_adds():
+    det, notes = detect_nonlinearities(Residual())
+    assert det["conv1"].nonlinearity == "relu" and det["conv1"].via == "F.relu"
+    assert det["conv2"].nonlinearity == "tanh"
+    assert (det["fc"].nonlinearity, det["fc"].param) == ("leaky_relu", 0.3)
+    assert det["out"].nonlinearity == "linear"
+    assert notes == ["nonlinearity: detected by torch.fx symbolic tracing"]
+
+
+class Untraceable(nn.Module):
+    """Data-dependent control flow: torch.fx cannot trace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 6)
+        self.b = nn.Linear(6, 6)
+        self.act = nn.SELU()
+        self.c = nn.Linear(6, 2)
+        self.bn = nn.BatchNorm1d(6)
+
+    def forward(self, x):
+        h = self.a(x)
+        h = torch.tanh(h) if h.sum() > -1e9 else h
+        h = self.act(self.bn(self.b(h)))
+        return self.c(h)
+
+
+def test_hooks_fallback_on_example_inputs_sees_functions_and_modules(same_bits):
+    m = Untraceable()
+    m.train()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    p = torchinit.plan(m, "kaiming", example_inputs=torch.randn(5, 4))
+    assert p["a.weight"].nonlinearity == "tanh" and p["a.weight"].nonlinearity_source == "hooks: F.tanh"
+    assert p["b.weight"].nonlinearity == "selu" and p["b.weight"].nonlinearity_source == "hooks: act (SELU)"
+    assert p["c.weight"].nonlinearity == "linear"
+    assert any("torch.fx tracing failed (TraceError" in n for n in p.notes)
+    # detection ran in eval mode and restored it; the BatchNorm stats did not move
+    assert m.training and m.bn.training
+    for k, v in m.state_dict().items():
+        same_bits(v, before[k])
+
+
+def test_registration_order_fallback_without_inputs_is_labelled():
+    p = torchinit.plan(Untraceable(), "kaiming")
+    assert p["b.weight"].nonlinearity == "selu" and p["b.weight"].nonlinearity_source.startswith("order:")
+    # registration order cannot see torch.tanh in forward: a.weight looks linear; the plan says why
+    assert p["a.weight"].nonlinearity == "linear"
+    assert any("registration order" in n for n in p.notes)
+
+
+def test_auto_gain_choices():
+    assert auto_gain("relu") == pytest.approx(math.sqrt(2))
+    assert auto_gain("selu") == 1.0
+    assert auto_gain("gelu") == pytest.approx(1 / math.sqrt(0.4252214826))
+    assert auto_gain("leaky_relu", 0.1) == pytest.approx(math.sqrt(2 / 1.01))
+
+
+def test_auto_on_a_non_layer_parameter_defaults_to_linear():
+    class P(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.table = nn.Parameter(torch.empty(8, 4))
+
+        def forward(self, x):
+            return x @ self.table
+
+    e = torchinit.plan(P(), [torchinit.Rule("kaiming_normal", {"nonlinearity": "auto"}, params="table")])["table"]
+    assert e.nonlinearity == "linear" and e.nonlinearity_source == "default: not a Linear/Conv layer"
+    assert e.std == pytest.approx(1 / math.sqrt(4))

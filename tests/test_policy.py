@@ -1,0 +1,143 @@
+"""Policies: rule validation with errors naming the rule and field, dict/YAML/JSON
+loading, composition, serialization."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import torchinit
+from torchinit import Policy, PolicyError, Rule, load_policy
+
+
+def test_rule_normalizes_and_validates():
+    r = Rule("kaiming_normal_", {"mode": "fan_out"}, modules="Conv2d", params="weight")
+    assert r.init == "kaiming_normal" and r.modules == ("Conv2d",) and r.params == ("weight",)
+    assert Rule("zeros", modules=nn.Linear).to_dict() == {"modules": ["Linear"], "init": "zeros"}
+
+
+@pytest.mark.parametrize("kwargs, message, field", [
+    (dict(init="kaiming"), "rule: field 'init': unknown initializer 'kaiming'; did you mean 'kaiming_normal', "
+                           "'kaiming_uniform'?", "init"),
+    (dict(init="kaiming_normal", args={"mod": "fan_in"}, name="convs"),
+     "rule 'convs': field 'args': unknown argument 'mod' for initializer 'kaiming_normal'; did you mean 'mode'? "
+     "(allowed: a, mode, nonlinearity, fans)", "args"),
+    (dict(init="kaiming_normal", args={"mode": "fan_avg"}),
+     "rule: field 'args': kaiming_normal: mode must be one of fan_in, fan_out, got 'fan_avg'", "args"),
+    (dict(init="xavier_uniform", args={"nonlinearity": "relux"}),
+     "rule: field 'args': xavier_uniform: unknown nonlinearity 'relux'; did you mean 'relu'", "args"),
+    (dict(init="constant"), "rule: field 'args': initializer 'constant' needs argument 'val'", "args"),
+    (dict(init="prior_bias", args={"prob": 1.5}), "rule: field 'args': prior_bias: prob must be in (0, 1), got 1.5",
+     "args"),
+    (dict(init="normal", args={"std": -1}), "rule: field 'args': normal: std must be > 0, got -1", "args"),
+    (dict(init="zeros", role="weights"), "rule: field 'role': unknown role 'weights'; use one of weight, bias, "
+                                         "scale, buffer", "role"),
+    (dict(init="zeros", modules=[]), "rule: field 'modules': empty list (omit the field to match anything)",
+     "modules"),
+    (dict(init="zeros", modules=[int]), "rule: field 'modules': int is not an nn.Module subclass", "modules"),
+    (dict(init="trunc_normal", args={"cutoff": 2, "a": -1}),
+     "rule: field 'args': trunc_normal: give either cutoff (std units) or a/b (absolute), not both", "args"),
+    (dict(init="spec", args={"spec": {"kind": "normal", "sd": 1}}),
+     "rule: field 'args': spec: invalid spec: spec 'normal' has no field(s) ['sd']", "args"),
+])
+def test_rule_errors_name_the_field(kwargs, message, field):
+    with pytest.raises(PolicyError) as ei:
+        Rule(**kwargs)
+    assert str(ei.value).startswith(message), str(ei.value)
+    assert ei.value.field == field
+
+
+def test_policy_dict_errors_name_rule_index_and_name():
+    with pytest.raises(PolicyError) as ei:
+        Policy.from_dict({"name": "mine", "rules": [
+            {"init": "zeros", "params": "bias"},
+            {"name": "convs", "modules": "Conv2d", "init": "kaiming_normal", "args": {"nonlinearity": "rel"}},
+        ]})
+    msg = str(ei.value)
+    assert msg.startswith("policy 'mine': rule 1 ('convs'): field 'args': kaiming_normal: unknown nonlinearity 'rel'")
+    assert (ei.value.rule, ei.value.rule_name, ei.value.field) == (1, "convs", "args")
+    with pytest.raises(PolicyError, match=r"policy 'custom': rule 0: unknown field 'modul'; did you mean "
+                                          r"'modules'\?"):
+        Policy.from_dict({"rules": [{"modul": "Linear", "init": "zeros"}]})
+    with pytest.raises(PolicyError, match=r"policy 'custom': rule 0: field 'init' is missing"):
+        Policy.from_dict({"rules": [{"modules": "Linear"}]})
+    with pytest.raises(PolicyError, match=r"policy: unknown field 'rule'; did you mean 'rules'\?"):
+        Policy.from_dict({"rule": []})
+
+
+def test_preset_plus_overrides_from_dict_offsets_rule_indices():
+    base = len(torchinit.get_preset("kaiming").rules)
+    pol = Policy.from_dict({"preset": "kaiming", "rules": [
+        {"name": "head prior", "qualnames": "head.bias", "init": "prior_bias", "args": {"prob": 0.01}}]})
+    assert pol.name == "kaiming" and len(pol.rules) == base + 1
+    net = nn.ModuleDict({"body": nn.Linear(4, 4), "head": nn.Linear(4, 3)})
+    e = torchinit.plan(net, pol)["head.bias"]
+    assert e.rule == f"#{base} head prior" and e.overridden == ("#1 layer bias",)
+    with pytest.raises(PolicyError, match=rf"policy 'kaiming': rule {base} \('x'\): field 'args'"):
+        Policy.from_dict({"preset": "kaiming", "rules": [{"name": "x", "init": "normal", "args": {"sd": 1}}]})
+
+
+def test_yaml_and_json_files(tmp_path):
+    y = tmp_path / "policy.yaml"
+    y.write_text(
+        "name: seed-notes\n"
+        "rules:\n"
+        "  - name: convs\n"
+        "    modules: Conv2d\n"
+        "    params: weight\n"
+        "    init: kaiming_normal\n"
+        "    args: {mode: fan_out, nonlinearity: relu}\n"
+        "  - {modules: BatchNorm2d, params: weight, init: ones}\n"
+        "  - {modules: BatchNorm2d, params: bias, init: zeros}\n")
+    pol = load_policy(str(y))
+    assert pol.name == "seed-notes" and [r.init for r in pol.rules] == ["kaiming_normal", "ones", "zeros"]
+    j = tmp_path / "policy.json"
+    j.write_text(json.dumps(pol.to_dict()))
+    assert load_policy(j).to_dict() == pol.to_dict()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rules:\n  - modules: Conv2d\n    init: kaiming_normal\n    args: {mode: fan_ot}\n")
+    with pytest.raises(PolicyError, match=r"rule 0: field 'args': kaiming_normal: mode must be one of "
+                                          r"fan_in, fan_out, got 'fan_ot'"):
+        load_policy(bad)
+    with pytest.raises(FileNotFoundError, match="policy file not found"):
+        load_policy(str(tmp_path / "missing.yaml"))
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("rules: [\n")
+    with pytest.raises(PolicyError, match="invalid YAML"):
+        load_policy(broken)
+
+
+def test_load_policy_accepts_every_form():
+    p = torchinit.get_preset("xavier")
+    assert load_policy(p) is p
+    assert load_policy("xavier").to_dict() == p.to_dict()
+    assert load_policy([{"init": "zeros"}]).rules[0].init == "zeros"
+    assert load_policy({"rules": [Rule("ones")]}).rules[0].init == "ones"
+    assert load_policy(Rule("ones")).rules[0].init == "ones"
+    assert load_policy("gpt2", std=0.01).rules[0].args["std"] == 0.01
+    with pytest.raises(PolicyError, match="cannot make a policy from int"):
+        load_policy(3)
+
+
+def test_policy_composition_and_on_unmatched():
+    p = torchinit.get_preset("kaiming") + Rule("zeros", qualnames="*.weight", name="all zero")
+    assert p.rules[-1].name == "all zero" and p.name == "kaiming"
+    assert (p + [Rule("ones")]).rules[-1].init == "ones"
+    with pytest.raises(PolicyError, match="field 'on_unmatched': use 'keep' or 'error'"):
+        Policy((), on_unmatched="ignore")
+
+
+def test_rule_matching_by_class_glob_and_subclass():
+    class MyLinear(nn.Linear):
+        pass
+
+    net = nn.Sequential(MyLinear(3, 3), nn.Conv1d(3, 3, 1), nn.ConvTranspose1d(3, 3, 1))
+    p = torchinit.plan(net, [Rule("zeros", modules="nn.Linear", params="weight", name="lin"),
+                              Rule("ones", modules="_ConvNd", params="weight", name="conv"),
+                              Rule("ones", modules=torch.nn.ConvTranspose1d, params="bias", name="t")])
+    assert p["0.weight"].rule == "#0 lin"  # subclass matches
+    assert p["1.weight"].rule == "#1 conv" and p["2.weight"].rule == "#1 conv"
+    assert p["2.bias"].rule == "#2 t" and "1.bias" in p.unmatched

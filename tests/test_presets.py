@@ -1,0 +1,156 @@
+"""Presets: every preset on MLPs, CNNs with BatchNorm, RNNs and transformers; the
+"pytorch" preset reproduces torch's reset_parameters (bitwise with engine="torch",
+by KS test with the keyed engine)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from torch import nn
+
+import torchinit
+from torchinit import PolicyError, get_preset
+from torchinit import specs as S
+
+PRESETS = ["pytorch", "module", "kaiming", "xavier", "lecun", "orthogonal", "gpt2", "llama"]
+
+
+def _models():
+    return {
+        "mlp": nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 10)),
+        "cnn": nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 32, 3, groups=2),
+                             nn.BatchNorm2d(32), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 5)),
+        "rnn": nn.ModuleDict({"emb": nn.Embedding(50, 16, padding_idx=0), "lstm": nn.LSTM(16, 32, num_layers=2),
+                              "gru": nn.GRU(16, 8), "head": nn.Linear(32, 4)}),
+        "transformer": nn.TransformerEncoder(
+            nn.TransformerEncoderLayer(32, 4, dim_feedforward=64, batch_first=True), num_layers=2,
+            enable_nested_tensor=False),
+    }
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_covers_standard_models_and_matches_its_plan(preset):
+    for mname, model in _models().items():
+        plan = torchinit.plan(model, preset)
+        assert plan.unmatched == [], (preset, mname, plan.unmatched)
+        applied = torchinit.init_model(model, preset, seed=0)
+        params = dict(model.named_parameters())
+        for e in applied.entries:
+            t = params.get(e.name)
+            if t is None:
+                continue
+            assert torch.isfinite(t).all(), (preset, e.name)
+            std = e.std
+            if std is None or std == 0 or t.numel() < 500 or e.zero_rows:
+                continue
+            assert float(t.detach().std()) == pytest.approx(std, rel=0.15), (preset, mname, e.name)
+
+
+def _torch_reference_model():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6), nn.ConvTranspose2d(6, 4, 2, groups=2), nn.Conv1d(4, 4, 3),
+        nn.Linear(12, 7), nn.LayerNorm(7), nn.Embedding(11, 5, padding_idx=3), nn.LSTM(5, 6, num_layers=2),
+        nn.GRU(4, 3, bias=False), nn.RNNCell(3, 2), nn.GroupNorm(2, 4), nn.InstanceNorm1d(3, affine=True),
+    )
+
+
+def test_pytorch_preset_torch_engine_equals_reset_parameters_in_order(same_bits, restore_rng):
+    ref = _torch_reference_model()
+    ours = copy.deepcopy(ref)
+    torch.manual_seed(42)
+    for m in ref.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+    p = torchinit.init_model(ours, "pytorch", seed=42, engine="torch")
+    assert p.unmatched == []
+    for k, v in ref.state_dict().items():
+        same_bits(v, ours.state_dict()[k])
+
+
+def _ks(values: torch.Tensor, cdf) -> float:
+    return stats.kstest(values.detach().flatten().double().numpy(), cdf).pvalue
+
+
+def test_pytorch_preset_keyed_distributions_ks():
+    m = nn.ModuleDict({
+        "convt": nn.ConvTranspose2d(16, 24, 3, groups=4),
+        "mha": nn.MultiheadAttention(48, 4, add_bias_kv=True),
+        "lstm": nn.LSTM(20, 40),
+        "emb": nn.Embedding(100, 30, padding_idx=7),
+        "fc": nn.Linear(80, 60),
+    })
+    p = torchinit.init_model(m, "pytorch", seed=3)
+    # ConvTranspose: torch's fans of the stored (in, out/groups, k, k) layout: "fan_in" = 6 * 9
+    b = 1 / math.sqrt(6 * 9)
+    assert p["convt.weight"].spec.high == pytest.approx(b, rel=1e-12)
+    assert _ks(m["convt"].weight, stats.uniform(-b, 2 * b).cdf) > 1e-3
+    assert _ks(m["convt"].bias, stats.uniform(-b, 2 * b).cdf) > 1e-4
+    x = math.sqrt(6 / (48 + 144))
+    assert _ks(m["mha"].in_proj_weight, stats.uniform(-x, 2 * x).cdf) > 1e-3
+    assert torch.all(m["mha"].in_proj_bias == 0) and torch.all(m["mha"].out_proj.bias == 0)
+    bk = torch.cat([m["mha"].bias_k.flatten(), m["mha"].bias_v.flatten()])
+    assert _ks(bk, stats.norm(0, math.sqrt(2 / (1 + 48))).cdf) > 1e-3  # xavier_normal on (1, 1, 48)
+    lo = 1 / math.sqrt(40)
+    lstm = torch.cat([t.flatten() for t in m["lstm"].parameters()])
+    assert _ks(lstm, stats.uniform(-lo, 2 * lo).cdf) > 1e-3
+    emb = m["emb"].weight.detach()
+    assert torch.all(emb[7] == 0)
+    assert _ks(torch.cat([emb[:7], emb[8:]]), stats.norm(0, 1).cdf) > 1e-3
+    f = 1 / math.sqrt(80)
+    assert _ks(m["fc"].weight, stats.uniform(-f, 2 * f).cdf) > 1e-3
+
+
+def test_pytorch_preset_falls_back_to_routed_reset_parameters():
+    m = nn.ModuleDict({"bil": nn.Bilinear(3, 4, 5), "prelu": nn.PReLU(3, init=0.1)})
+    p = torchinit.plan(m, "pytorch")
+    assert p["bil.weight"].initializer == "module" and p["bil.weight"].code == (("bil", "reset_parameters"),)
+    a = torchinit.init_model(m, "pytorch", seed=1)
+    assert torch.allclose(m["prelu"].weight, torch.full((3,), 0.1))
+    bound = 1 / math.sqrt(3)
+    assert a["bil.weight"].observed[-1] == S.Uniform(-bound, bound)
+
+
+def test_kaiming_xavier_lecun_orthogonal_formulas():
+    net = nn.Sequential(nn.Linear(100, 50), nn.ReLU(), nn.Linear(50, 20))
+    k = torchinit.plan(net, "kaiming")["0.weight"]
+    assert k.spec == S.Normal(0.0, math.sqrt(2) / math.sqrt(100))
+    x = torchinit.plan(net, "xavier")["0.weight"]
+    assert x.spec.std == pytest.approx(math.sqrt(2) * math.sqrt(2 / 150))
+    lc = torchinit.plan(net, "lecun")["2.weight"].spec
+    assert isinstance(lc, S.TruncatedNormal) and lc.std == pytest.approx(1 / math.sqrt(50))
+    o = torchinit.plan(net, "orthogonal")["0.weight"]
+    assert o.spec == S.Orthogonal(math.sqrt(2)) and o.std == pytest.approx(math.sqrt(2) / 10)
+    torchinit.init_model(net, "orthogonal", seed=0)
+    w = net[0].weight.detach()
+    assert torch.allclose(w @ w.T, 2 * torch.eye(50), atol=1e-4)
+    # RNN in non-pytorch presets (Keras defaults): orthogonal recurrent weights
+    lstm = nn.LSTM(8, 16)
+    torchinit.init_model(lstm, "kaiming", seed=0)
+    whh = lstm.weight_hh_l0.detach()  # (64, 16): orthonormal columns
+    assert torch.allclose(whh.T @ whh, torch.eye(16), atol=1e-4)
+    assert torch.all(lstm.bias_ih_l0 == 0)
+
+
+def test_preset_options_and_errors():
+    assert get_preset("gpt2", std=0.01).rules[0].args["std"] == 0.01
+    assert get_preset("kaiming", mode="fan_out").rules[0].args["mode"] == "fan_out"
+    with pytest.raises(PolicyError, match=r"unknown preset 'kaimin'; did you mean 'kaiming'\?"):
+        get_preset("kaimin")
+    with pytest.raises(PolicyError, match=r"preset 'gpt2': bad options \['sd'\]"):
+        get_preset("gpt2", sd=1)
+    with pytest.raises(PolicyError, match="field 'args': kaiming_normal: mode must be one of fan_in, fan_out"):
+        get_preset("kaiming", mode="fan_avg")
+
+
+def test_presets_are_serializable():
+    for name in PRESETS:
+        pol = get_preset(name)
+        again = torchinit.load_policy(pol.to_dict())
+        assert again.to_dict() == pol.to_dict()
+    assert np.isclose(get_preset("pytorch").rules[1].args["a"], math.sqrt(5))
