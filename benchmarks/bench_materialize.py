@@ -107,7 +107,8 @@ def run_case(case: str, dtype_name: str, config: dict) -> dict:
         else:
             raise ValueError(f"unknown case {case!r}; cases: {CASES}")
     elapsed = time.perf_counter() - t0
-    weights = sum(t.numel() * t.element_size() for t in {id(t): t for t in model.state_dict().values()}.values())
+    unique = {t.untyped_storage().data_ptr(): t for t in model.state_dict().values() if t.numel()}  # tied: once
+    weights = sum(t.numel() * t.element_size() for t in unique.values())
     n_params = sum(p.numel() for p in model.parameters())
     assert all(not t.is_meta for t in model.state_dict().values())
     peak = _status_kib("VmHWM") * 1024
@@ -157,10 +158,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--small", action="store_true", help="~30 M parameters instead of ~1.5 B (quick run)")
     ap.add_argument("--cases", nargs="+", default=CASES, choices=CASES)
     ap.add_argument("--dtypes", nargs="+", default=DTYPES, choices=DTYPES)
+    ap.add_argument("--config", metavar="JSON", help="zoo 'gpt' keyword arguments (overrides --small)")
     ap.add_argument("--json", metavar="FILE", help="also write the raw figures as JSON")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per case (default 1800)")
-    args = ap.parse_args(argv)
-    config = SMALL if args.small else FULL
+    args, unknown = ap.parse_known_args(argv)  # run_all.py passes its arguments to every benchmark
+    if unknown:
+        print(f"# bench_materialize: ignoring arguments {unknown}")
+    config = json.loads(args.config) if args.config else (SMALL if args.small else FULL)
     from torchinit import zoo
 
     n = zoo.gpt_num_params(**config)

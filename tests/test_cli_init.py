@@ -135,3 +135,15 @@ def test_subprocess_smoke(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert out.exists() and plan_path(out).exists()
+
+
+def test_meta_device_skips_only_meta_random_fills():
+    from torchinit.cli._models import meta_device
+
+    with meta_device():
+        m = zoo.build("gpt", n_layer=1)
+        cpu = torch.empty(1000, device="cpu")
+        cpu.zero_()
+        torch.nn.init.normal_(cpu)  # a real tensor is still filled
+    assert all(t.is_meta for t in m.state_dict().values())
+    assert cpu.std() > 0.5

@@ -15,6 +15,15 @@ from torchinit import specs as S
 from torchinit.diagnostics import Report, Thresholds, diagnose
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small tensors: one thread is as fast, and far faster on a busy machine."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
 def mlp(depth=10, width=64, act=nn.ReLU, bias=True, d_in=None, d_out=None):
     layers = []
     dims = [d_in or width] + [width] * (depth - 1) + [d_out or width]
@@ -99,6 +108,17 @@ def test_wrong_nonlinearity_names_gain_and_fix():
     assert "Linear layer(s) followed by ReLU initialized with gain 1.00" in v.message
     assert v.fix.startswith("use kaiming or nonlinearity='relu'")
     assert v.value == pytest.approx(0.5, rel=0.1)
+
+
+def test_wrong_nonlinearity_in_a_shallow_conv_net_is_info():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(inplace=True), nn.Conv2d(8, 8, 3), nn.ReLU(inplace=True),
+                          nn.Flatten(), nn.Linear(8 * 4 * 4, 10))  # torch's default init: gain 1/sqrt(3)
+    rep = diagnose(model, torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(0)))
+    (v,) = rep.by_kind("wrong_nonlinearity")
+    assert v.severity == "info" and v.layer == "2"
+    assert "1 Conv2d layer(s) followed by ReLU initialized with gain 0.5" in v.message
+    assert rep.healthy
 
 
 def test_wrong_nonlinearity_uses_leaky_relu_slope():

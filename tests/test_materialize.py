@@ -53,7 +53,9 @@ def test_materialize_equals_init_model(name, policy):
     model = _meta(name)
     plan = torchinit.materialize(model, "cpu", policy, seed=7, progress=False)
     assert not any(t.is_meta for t in model.state_dict().values())
-    assert len(plan.entries) > 0
+    ref_plan = torchinit.init_model(_reference(name, policy, 7), policy, seed=7)
+    assert plan.applied and plan.seed == 7 and plan.engine == "keyed"
+    assert [e.to_dict() for e in plan.entries] == [e.to_dict() for e in ref_plan.entries]
     _assert_same_state(model, _reference(name, policy, 7))
 
 
@@ -110,6 +112,33 @@ def test_validation_leaves_model_untouched():
     with pytest.raises(ValueError, match=r"device='meta' allocates nothing"):
         torchinit.materialize(model, "meta", policy="kaiming", seed=1)
     assert all(t.is_meta for t in model.state_dict().values())
+    other = torchinit.plan(_meta("mlp", width=8), "kaiming")  # a plan made for another model
+    with pytest.raises(ValueError, match=r"plan entry 'layers.0.weight': planned shape \(8, 8\) but the model's tensor has shape \(16, 16\)"):
+        torchinit.materialize(model, policy=other, seed=1)
+    assert all(t.is_meta for t in model.state_dict().values())
+
+
+def test_failure_midway_puts_the_batch_back_on_meta(monkeypatch):
+    model = _meta("mlp")
+    real_apply = torchinit.apply_plan
+    calls = []
+
+    def failing(m, plan, *, seed, engine, only=None):
+        if only is None:
+            calls.append(1)
+            if len(calls) == 2:
+                raise MemoryError("simulated")
+        return real_apply(m, plan, seed=seed, engine=engine, only=only)
+
+    monkeypatch.setattr(torchinit, "apply_plan", failing)
+    monkeypatch.setattr(materialize_mod, "BATCH_ELEMENTS", 1)  # one module per batch
+    with pytest.raises(MemoryError):
+        torchinit.materialize(model, policy="kaiming", seed=4, progress=False)
+    state = model.state_dict()
+    assert not state["layers.0.weight"].is_meta and state["layers.2.weight"].is_meta
+    monkeypatch.setattr(torchinit, "apply_plan", real_apply)
+    torchinit.materialize(model, policy="kaiming", seed=4, progress=False)  # finishes the job
+    _assert_same_state(model, _reference("mlp", "kaiming", 4))
 
 
 def test_uncovered_meta_tensor_is_an_error_before_allocation():
@@ -138,10 +167,13 @@ def test_allocates_module_by_module_once(monkeypatch):
     calls = []
 
     def spy(m, plan, *, seed, engine, only=None):
-        done = set().union(*calls, only) if calls else set(only)
         allocated = {n for n, t in m.state_dict(keep_vars=True).items() if not t.is_meta}
-        assert allocated == done  # nothing allocated ahead of its initialization
-        calls.append(set(only))
+        if only is not None:  # the validation dry run, before any allocation
+            assert tuple(only) == () and not allocated
+            return real_apply(m, plan, seed=seed, engine=engine, only=only)
+        names = {n for e in plan.entries for n in (e.name, *e.aliases)}
+        assert allocated == set().union(*calls, names)  # nothing allocated ahead of its initialization
+        calls.append(names)
         return real_apply(m, plan, seed=seed, engine=engine, only=only)
 
     monkeypatch.setattr(torchinit, "apply_plan", spy)

@@ -267,11 +267,13 @@ def test_transformer_encoder_layers_start_identical_but_presets_make_them_distin
     enc = nn.TransformerEncoder(layer, num_layers=3, enable_nested_tensor=False)
     w = [enc.layers[i].linear1.weight for i in range(3)]
     assert torch.equal(w[0], w[1]) and torch.equal(w[1], w[2])  # pytorch issue 86274
-    for preset in ("pytorch", "kaiming", "xavier", "gpt2"):
-        torchinit.init_model(enc, preset, seed=1, engine="torch")
-        for name in ("linear1.weight", "self_attn.in_proj_weight", "linear2.weight"):
-            vals = [dict(enc.layers[i].named_parameters())[name] for i in range(3)]
-            assert not torch.equal(vals[0], vals[1]) and not torch.equal(vals[1], vals[2]), (preset, name)
+    engines = ["torch"] + (["keyed"] if _has_keyed() else [])
+    for engine in engines:
+        for preset in ("pytorch", "module", "kaiming", "xavier", "gpt2", "llama"):
+            torchinit.init_model(enc, preset, seed=1, engine=engine)
+            for name in ("linear1.weight", "self_attn.in_proj_weight", "linear2.weight"):
+                vals = [dict(enc.layers[i].named_parameters())[name] for i in range(3)]
+                assert not torch.equal(vals[0], vals[1]) and not torch.equal(vals[1], vals[2]), (preset, name)
 
 
 def test_kaiming_plan_fields_and_grouped_transposed_fans():
@@ -311,7 +313,7 @@ def test_plan_prints_a_readable_table():
     text = str(p)
     assert "torchinit plan: policy 'kaiming'" in text
     for needle in ("features.0.weight", "#0 layer weight", "kaiming_normal(fans=module)", "relu [fx: features.2",
-                   "bn.running_var", "tanh" if False else "fc.weight", "27/72", "rules that matched nothing"):
+                   "bn.running_var", "fc.weight", "27/72", "rules that matched nothing"):
         assert needle in text, needle
     assert "#6 embedding" in text  # unused rule is reported
     assert repr(p).startswith("Plan(policy='kaiming', entries=")
@@ -321,11 +323,23 @@ def test_plan_prints_a_readable_table():
     buf = io.StringIO()
     Console(file=buf, width=200).print(p)  # __rich__ renders with rich too
     assert "features.3.weight" in buf.getvalue()
+    summary = p.summary()
+    row = next(line for line in summary.splitlines() if "#0 layer weight" in line)
+    assert "kaiming_normal" in row and " 4 " in row  # 2 convs + fc + head
+    assert f"{8 * 3 * 9 + 8 * 8 * 9 + 8 * 16 + 16 * 4:,}" in row
 
 
 # ---------------------------------------------------------------------------------
 # keyed engine: reproducible by name
 # ---------------------------------------------------------------------------------
+
+def _has_keyed() -> bool:
+    try:
+        import torchinit.keyed  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
 
 def _keyed():
     pytest.importorskip("torchinit.keyed")
@@ -352,3 +366,74 @@ def test_keyed_is_reproducible_and_ignores_the_global_rng(same_bits):
     torch.manual_seed(2)
     torchinit.init_model(net2, "kaiming", seed=3)
     _assert_state_equal(_state(net1), _state(net2), same_bits)
+
+
+def test_torch_engine_orthogonal_in_bf16_is_refused_before_writing(same_bits):
+    net = nn.Sequential(nn.Embedding(4, 8), nn.Linear(8, 8)).to(torch.bfloat16)
+    before = _state(net)
+    with pytest.raises(ValueError, match=r"plan entry '1.weight': engine='torch' cannot draw Orthogonal for "
+                                         r"dtype torch.bfloat16"):
+        torchinit.init_model(net, "orthogonal", seed=0, engine="torch")
+    _assert_state_equal(before, _state(net), same_bits)
+
+
+def test_torch_engine_only_with_module_code_restores_other_tensors(same_bits, restore_rng):
+    net = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    before = _state(net)
+    p = torchinit.plan(net, "module")
+    torchinit.apply_plan(net, p, seed=0, engine="torch", only=["0.bias"])
+    after = _state(net)
+    for k in ("0.weight", "1.weight", "1.bias"):
+        same_bits(after[k], before[k])
+    ref = nn.Linear(4, 4)
+    torch.manual_seed(0)
+    ref.reset_parameters()
+    same_bits(after["0.bias"], ref.bias.detach())
+
+
+def test_catch_all_rules_never_touch_buffers_but_explicit_ones_do():
+    net = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
+    p = torchinit.plan(net, [Rule("ones", name="all")])
+    assert "1.running_var" in p.unmatched and "1.running_var" not in p
+    q = torchinit.plan(net, [Rule("ones", name="all"), Rule("zeros", role="buffer", name="bufs")])
+    assert q["1.running_var"].rule == "#1 bufs" and q["1.num_batches_tracked"].spec == S.Constant(0.0)
+    assert torchinit.plan(net, "module")["1.running_mean"].initializer == "module"
+
+
+def test_lazy_modules_need_a_forward_first():
+    with pytest.raises(ValueError, match=r"'0.weight' is an uninitialized \(lazy\) parameter of LazyLinear: run "
+                                         r"one forward pass"):
+        torchinit.plan(nn.Sequential(nn.LazyLinear(4)), "kaiming")
+
+
+def test_keyed_values_depend_only_on_names_property(same_bits):
+    """Any subset of layers, in any order, under any preset: each tensor equals its value
+    in the full model (keys come from qualified names)."""
+    _keyed()
+    from hypothesis import given, settings, strategies as st
+
+    layers = {"a": lambda: nn.Linear(6, 6), "b": lambda: nn.Conv1d(6, 6, 3), "c": lambda: nn.LayerNorm(6),
+              "d": lambda: nn.Embedding(9, 6), "e": lambda: nn.GRU(6, 4)}
+    reference = {}
+    for preset in ("kaiming", "pytorch", "module"):
+        full = nn.ModuleDict({k: f() for k, f in layers.items()})
+        torchinit.init_model(full, preset, seed=5)
+        reference[preset] = {k: v.clone() for k, v in full.state_dict().items()}
+
+    @settings(max_examples=12, deadline=None)
+    @given(st.permutations(sorted(layers)), st.integers(1, 5), st.sampled_from(sorted(reference)))
+    def check(order, n, preset):
+        sub = nn.ModuleDict({k: layers[k]() for k in order[:n]})
+        torchinit.init_model(sub, preset, seed=5)
+        for k, v in sub.state_dict().items():
+            same_bits(v, reference[preset][k])
+
+    check()
+
+
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors is a no-op")
+def test_zero_element_tensors_are_planned_as_no_ops():
+    net = nn.Sequential(nn.Linear(0, 4), nn.Linear(4, 2))
+    p = torchinit.init_model(net, "kaiming", seed=0, engine="torch")
+    assert p["0.weight"].args["empty"] is True and p["0.weight"].spec == S.Constant(0.0)
+    assert p["1.weight"].spec.std == pytest.approx(1 / 2)

@@ -104,6 +104,9 @@ def test_yaml_and_json_files(tmp_path):
         load_policy(bad)
     with pytest.raises(FileNotFoundError, match="policy file not found"):
         load_policy(str(tmp_path / "missing.yaml"))
+    bare = tmp_path / "bare.yml"
+    bare.write_text("- {role: bias, init: zeros}\n- {role: weight, init: orthogonal, args: {nonlinearity: auto}}\n")
+    assert [r.init for r in load_policy(bare).rules] == ["zeros", "orthogonal"]
     broken = tmp_path / "broken.yaml"
     broken.write_text("rules: [\n")
     with pytest.raises(PolicyError, match="invalid YAML"):

@@ -250,8 +250,10 @@ def lsuv_(
             independent of the global RNG. Without it, the global torch RNG is used.
         modules: which layers: None = every Linear/Conv (any leaf module with a
             >= 2-D ``weight``, embeddings excluded); or names / module objects; or a
-            predicate ``(name, module) -> bool``. Each must have a ``weight``.
-        orthogonal: orthogonal pre-init (gain 1) of the selected weights.
+            predicate ``(name, module) -> bool``. Each must have a floating-point
+            ``weight`` (any module the user selects: its output std is what is
+            rescaled).
+        orthogonal: orthogonal pre-init (gain 1) of the selected weights with >= 2 dims.
         zero_bias: set the selected layers' biases to 0 first.
         center: after a layer's weight has converged, subtract the mean of its
             output through its bias (leaves the std unchanged).
@@ -274,8 +276,8 @@ def lsuv_(
     chosen = _select(model, modules, fn)
     for name, m in chosen:
         w = getattr(m, "weight", None)
-        if not isinstance(w, Tensor) or w.dim() < 2:
-            raise ValueError(f"{fn}: module {name!r} ({type(m).__name__}) has no weight with >= 2 dims to rescale")
+        if not isinstance(w, Tensor) or not (w.is_floating_point() or w.is_complex()) or w.numel() == 0:
+            raise ValueError(f"{fn}: module {name!r} ({type(m).__name__}) has no floating-point weight to rescale")
     if not chosen:
         raise ValueError(f"{fn}: no layer selected (the model has no Linear/Conv layer, or `modules` matched none)")
     key = None
@@ -288,7 +290,7 @@ def lsuv_(
     try:
         with torch.no_grad():
             for name, m in chosen:
-                if orthogonal:
+                if orthogonal and m.weight.dim() >= 2:
                     spec = S.Orthogonal(1.0)
                     if key is not None:
                         fill_(m.weight, spec, key=key.child(f"{name}.weight"))
@@ -421,7 +423,8 @@ def data_init_(
     ``rule(name, module, inputs_of_module, output_of_module)`` is called under
     ``torch.no_grad()``; it may modify the module in place. Later layers see the
     effect of earlier changes. Buffers (e.g. BatchNorm statistics) are restored
-    afterwards; if the rule raises, the model is restored entirely.
+    afterwards; if the rule raises, the selected modules' parameters are restored
+    too (the rule should only modify the module it is given).
 
     Returns ``{name: rule's return value}`` in forward order.
     """

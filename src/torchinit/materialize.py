@@ -10,9 +10,12 @@ final model size.
 
 ``materialize`` computes the plan on the meta model (shapes are all it needs),
 then walks the modules in order, allocating each module's own meta parameters
-and buffers on ``device`` (``torch.empty_like``); as soon as
+and buffers on ``device`` (same sizes, strides and dtype); as soon as
 :data:`BATCH_ELEMENTS` elements (16 M) are pending, it initializes them with
-one ``apply_plan(..., only=<their names>)`` call (keyed engine) and goes on.
+one ``apply_plan`` call on just their plan entries (keyed engine) and goes on.
+If that fails midway (out of memory, an interrupt), the unfilled batch is put
+back on meta: the model then holds initialized tensors and meta tensors only,
+and calling ``materialize`` again finishes the job.
 Nothing is ever allocated twice and every allocation is part of the final
 model, so peak ~= final model size + the engine's working memory for one
 tensor. Values are bitwise identical to ``init_model(model_on_device,
@@ -38,6 +41,7 @@ filled from its global indices (see :mod:`torchinit.sharding`).
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from typing import Any, Iterator
@@ -156,7 +160,12 @@ class _Progress:
 
 
 def _new_like(t: Tensor, device: torch.device) -> Tensor:
-    new = torch.empty_like(t, device=device)
+    if type(t) in (torch.Tensor, nn.Parameter) or type(t).__name__ == "Buffer":
+        # same sizes, strides (memory format) and dtype; torch.empty_like on a meta tensor goes
+        # through torch._refs, whose first call imports sympy (~1.5 s)
+        new = torch.empty_strided(t.size(), t.stride(), dtype=t.dtype, device=device)
+    else:  # tensor subclasses (DTensor, ...) know how to allocate themselves
+        new = torch.empty_like(t, device=device)
     if isinstance(t, nn.Parameter):
         new = nn.Parameter(new, requires_grad=t.requires_grad)
         new.__dict__.update({k: v for k, v in t.__dict__.items() if k not in new.__dict__})
@@ -218,8 +227,26 @@ def materialize(
     is_plan = hasattr(policy, "entries") and hasattr(policy, "to_dict")
     plan_obj = policy if is_plan else _plan(model, policy, example_inputs)
     _check_coverage(plan_obj, meta_names)
+    # dry run: apply_plan validates every entry against the model (names, shapes, specs)
+    # and writes nothing, so a bad plan fails before anything is allocated
+    base = _apply_plan(model, plan_obj, seed=seed, engine="keyed", only=())
     locations = _locations(model)
+    by_name = {}
+    for e in plan_obj.entries:
+        for n in (e.name, *(getattr(e, "aliases", ()) or ())):
+            by_name[n] = e
+    applied: dict[str, Any] = {}
+
+    def run_batch(names: set[str]) -> None:
+        # apply a sub-plan holding just this batch's entries: apply_plan validates what it is
+        # given, so the total validation work stays linear in the model size
+        wanted = {id(by_name[n]) for n in names if n in by_name}
+        sub = dataclasses.replace(plan_obj, entries=[e for e in plan_obj.entries if id(e) in wanted])
+        done = _apply_plan(model, sub, seed=seed, engine="keyed")
+        applied.update({e.name: e for e in done.entries})
+
     bar = _Progress(total, progress)
+    pending: list[tuple[dict, str, Tensor]] = []  # (store, key, meta tensor) of the unfilled batch
     try:
         with torch.no_grad():
             batch: set[str] = set()
@@ -232,17 +259,27 @@ def materialize(
                             continue
                         new = _new_like(t, device)
                         for loc_store, loc_key, qname in locations[id(t)]:  # keeps tied tensors tied
+                            pending.append((loc_store, loc_key, t))
                             loc_store[loc_key] = new
                             batch.add(qname)
                         n_batch += t.numel()
                         last = mname
                 if batch and n_batch >= BATCH_ELEMENTS:
-                    _apply_plan(model, plan_obj, seed=seed, engine="keyed", only=batch)
+                    run_batch(batch)
+                    pending.clear()
                     bar.advance(n_batch, last or "(root)")
                     batch, n_batch = set(), 0
             if batch:
-                _apply_plan(model, plan_obj, seed=seed, engine="keyed", only=batch)
+                run_batch(batch)
+                pending.clear()
                 bar.advance(n_batch, last or "(root)")
+    except BaseException:
+        # e.g. out of memory: put the unfilled batch back on meta, so the model holds only
+        # initialized tensors and meta tensors (calling materialize again finishes the job)
+        for loc_store, loc_key, meta in pending:
+            loc_store[loc_key] = meta
+        raise
     finally:
         bar.close()
-    return plan_obj
+    return dataclasses.replace(base, entries=[applied.get(e.name, e) for e in base.entries],
+                               notes=list(getattr(plan_obj, "notes", [])))

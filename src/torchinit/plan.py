@@ -243,7 +243,9 @@ class Plan:
             if e.nonlinearity:
                 nl = e.nonlinearity + (f" [{e.nonlinearity_source}]" if e.nonlinearity_source else "")
             b = e.bounds
-            bounds = f"[{_fmt(b[0])}, {_fmt(b[1])}]" if b is not None and b[0] != b[1] else ""
+            bounds = ""
+            if b is not None:
+                bounds = f"[{_fmt(b[0])}, {_fmt(b[1])}]" if b[0] != b[1] else f"= {_fmt(b[0])}"
             shape = "x".join(map(str, e.shape)) if e.shape else "()"
             if e.kind == "buffer":
                 shape += " buf"
@@ -261,6 +263,35 @@ class Plan:
         foot.extend(self.notes)
         lines.extend(Text(f) for f in foot)
         return Group(*lines)
+
+    def summary(self, width: int = 160) -> str:
+        """One row per rule: how many tensors and elements it initializes, with what
+        (the std range across its tensors). For models too big for the full table."""
+        from rich.console import Console
+        from rich.table import Table
+        from rich.text import Text
+
+        groups: dict[str, list[PlanEntry]] = {}
+        for e in self.entries:
+            groups.setdefault(e.rule or "-", []).append(e)
+        table = Table(title=f"torchinit plan summary: policy {self.policy!r}, {len(self.entries)} tensors",
+                      header_style="bold")
+        for col in ("rule", "init", "tensors", "elements", "std"):
+            table.add_column(col, justify="right" if col in ("tensors", "elements", "std") else "left")
+        for rule, es in groups.items():
+            stds = [x for x in (e.std for e in es) if x is not None]
+            std = "" if not stds else (_fmt(min(stds)) if min(stds) == max(stds) else
+                                       f"{_fmt(min(stds))}..{_fmt(max(stds))}")
+            inits = sorted({e.initializer for e in es})
+            table.add_row(*(Text(c) for c in (rule, ", ".join(inits), str(len(es)),
+                                              f"{sum(math.prod(e.shape) for e in es):,}", std)))
+        buf = io.StringIO()
+        con = Console(file=buf, width=width, color_system=None, force_terminal=False)
+        con.print(table)
+        if self.unmatched:
+            con.print(Text(f"unmatched (left as they are): {len(self.unmatched)}: "
+                           f"{', '.join(self.unmatched[:10])}{' ...' if len(self.unmatched) > 10 else ''}"))
+        return buf.getvalue()
 
     def render(self, width: int = 160) -> str:
         """The table as plain text."""
@@ -308,6 +339,7 @@ class _Context:
         self.notes: list[str] = []
         self._n_layer: int | None = None
         self._steps = None
+        self._steps_by_path: dict[str, list] | None = None
 
     def detections(self) -> dict[str, Detection]:
         if self._det is None:
@@ -350,11 +382,15 @@ class _Context:
 
     def code_for(self, module_path: str) -> tuple[tuple[str, str], ...]:
         """Init steps whose module is the tensor's owner or one of its ancestors."""
-        out = []
-        for path, meth in self.steps():
-            if path == "" or module_path == path or module_path.startswith(path + "."):
-                out.append((path, meth))
-        return tuple(out)
+        if self._steps_by_path is None:
+            self._steps_by_path = {}
+            for i, (path, meth) in enumerate(self.steps()):
+                self._steps_by_path.setdefault(path, []).append((i, (path, meth)))
+        parts = module_path.split(".") if module_path else []
+        found = []
+        for k in range(len(parts) + 1):
+            found.extend(self._steps_by_path.get(".".join(parts[:k]), ()))
+        return tuple(step for _, step in sorted(found))
 
 
 def _fans(args: Mapping[str, Any], mod: nn.Module, local: str, shape: tuple[int, ...]) -> Fans:
@@ -401,6 +437,10 @@ def _resolve(ctx: _Context, rule: Rule, q: str, mod_path: str, mod: nn.Module, l
                            "nonlinearity_source": None, "code": ()}
     shown = {k: v for k, v in rule.args.items()}
     spec: S.Spec | None = None
+    if t.numel() == 0 and init not in ("module", "keep"):
+        # zero-element tensor: nothing to draw (torch's kaiming_* warns and returns); no fans exist
+        out.update(spec=S.Constant(0.0), args=dict(shown, empty=True))
+        return out
     if init in ("kaiming_uniform", "kaiming_normal"):
         fans = _fans(args, mod, local, shape)
         dist = "uniform" if init.endswith("uniform") else "normal"
@@ -551,6 +591,9 @@ def plan(model: nn.Module, policy: Policy | str | Mapping | Sequence = "kaiming"
     entries: list[PlanEntry] = []
     unmatched: list[str] = []
     for q, mpath, mod, local, t, kind in _tensors_in_order(model):
+        if isinstance(t, nn.parameter.UninitializedTensorMixin):
+            raise ValueError(f"{q!r} is an uninitialized (lazy) {kind} of {type(mod).__name__}: run one forward "
+                             "pass with a dummy batch before planning its init")
         parts = mpath.split(".") if mpath else []
         chain = [("", model)] + [(".".join(parts[:i + 1]), ctx.modules[".".join(parts[:i + 1])])
                                  for i in range(len(parts))]
@@ -656,6 +699,10 @@ def apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: str = "keyed"
                 raise ValueError(f"plan entry {e.name!r}: spec {e.spec!r} does not fit: {exc}") from None
             if e.spec.random and not t.is_floating_point():
                 raise ValueError(f"plan entry {e.name!r}: random spec for dtype {t.dtype}")
+            if (engine == "torch" and isinstance(e.spec, (S.Orthogonal, S.DeltaOrthogonal))
+                    and t.dtype not in (torch.float32, torch.float64) and not t.is_meta):
+                raise ValueError(f"plan entry {e.name!r}: engine='torch' cannot draw {type(e.spec).__name__} "
+                                 f"for dtype {t.dtype} (torch's QR needs float32/float64); use engine='keyed'")
         if engine == "torch":  # sharded tensors need the keyed engine (issue 5)
             check_no_dtensor(t, e.name, engine)
         for r in e.zero_rows:
@@ -705,27 +752,28 @@ def apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: str = "keyed"
         order = {s: i for i, s in enumerate(_ctx_steps(model))}
         steps.sort(key=lambda s: order.get(s, len(order)))
         allowed = {e.name for e in module_entries}
-        prefixes = [p for p, _ in steps]
-        protect: dict[str, Tensor] = {}
-        protected_ids: set[int] = set()
-        for n, t in tensors.items():
-            e = by_name.get(n)
-            if (e is not None and e.name in allowed) or id(t) in protected_ids or t.is_meta:
-                continue
-            if any(p == "" or n.startswith(p + ".") for p in prefixes):
-                protect[n] = t.detach().clone()
-                protected_ids.add(id(t))
-        try:
-            if engine == "keyed":
-                with keyed_init_mode(model, seed) as mode:
-                    run_module_init(model, steps, mode)
-                observed = {n: tuple(v) for n, v in mode.log.specs.items()}
-            else:
+        outside = {n for n in tensors if by_name.get(n) is None or by_name[n].name not in allowed}
+        if engine == "keyed":
+            # the routing mode skips the code's writes to tensors outside these entries
+            with keyed_init_mode(model, seed, protect=outside) as mode:
+                run_module_init(model, steps, mode)
+            observed = {n: tuple(v) for n, v in mode.log.specs.items()}
+        else:
+            prefixes = [p for p, _ in steps]
+            saved: dict[str, Tensor] = {}
+            seen_ids: set[int] = set()
+            for n in outside:
+                t = tensors[n]
+                if id(t) in seen_ids or t.is_meta or not any(p == "" or n.startswith(p + ".") for p in prefixes):
+                    continue
+                saved[n] = t.detach().clone()
+                seen_ids.add(id(t))
+            try:
                 run_module_init(model, steps, None)
-        finally:
-            with torch.no_grad():
-                for n, saved in protect.items():
-                    tensors[n].copy_(saved)
+            finally:
+                with torch.no_grad():
+                    for n, v in saved.items():
+                        tensors[n].copy_(v)
     with torch.no_grad():
         for e in selected:
             if e.spec is None:

@@ -66,27 +66,24 @@ def signal_propagation(
     per-layer records with ``std`` and ``sq_mean``), the std (left) and the average
     channel squared mean (right) of every weight layer's output against depth.
 
-    ``theory`` maps a name to the predicted std per depth (dashed; same colour as the
-    series of that name). Values <= 0 are not drawn (log scale). Saved to ``path``
+    ``theory`` maps a name to the predicted std per depth (black dashed lines drawn
+    over the measurements). Values <= 0 are not drawn (log scale). Saved to ``path``
     when given.
     """
     if not series:
         raise ValueError("signal_propagation: series is empty")
     fig = _figure(10, 3.6)
     ax1, ax2 = fig.subplots(1, 2)
-    colors = {}
     for i, (name, s) in enumerate(series.items()):
         std, sq = _track(s)
         c = _COLORS[i % len(_COLORS)]
-        colors[name] = c
         d = list(range(1, len(std) + 1))
         ax1.plot([x for x, v in zip(d, std) if v > 0], [v for v in std if v > 0], "o-", ms=3, color=c, label=name)
         ax2.plot([x for x, v in zip(d, sq) if v > 0], [v for v in sq if v > 0], "o-", ms=3, color=c, label=name)
     for j, (name, th) in enumerate((theory or {}).items()):
-        c = colors.get(name, _COLORS[(len(series) + j) % len(_COLORS)])
         d = list(range(1, len(th) + 1))
-        ax1.plot([x for x, v in zip(d, th) if v > 0], [v for v in th if v > 0], "--", color=c, lw=1,
-                 label=f"{name} (theory)")
+        ax1.plot([x for x, v in zip(d, th) if v > 0], [v for v in th if v > 0], "--", color="black", lw=1.2,
+                 alpha=0.8, zorder=3, label="theory" if j == 0 else None)
     ax1.set_yscale("log")
     ax2.set_yscale("log")
     ax1.set_xlabel("depth (weight layer)")

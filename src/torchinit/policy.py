@@ -10,7 +10,8 @@ A :class:`Policy` is an ordered list of :class:`Rule` objects. A rule has
   dims; ``"bias"``: a parameter whose name contains "bias"; ``"scale"``: any other
   0/1-D parameter such as a norm's weight; ``"buffer"``); every given field must
   match, absent fields match anything (without ``params`` a module rule matches the
-  module's own tensors only);
+  module's own tensors only). Buffers are selected only explicitly: by
+  ``role="buffer"``, ``params`` or ``qualnames`` (or by a ``"module"`` rule);
 * an **initializer** (``init``) with ``args``: see :data:`INITIALIZERS`.
 
 Precedence: when several rules match a tensor, the one with the highest
@@ -31,6 +32,7 @@ Policies are Python objects, dicts, JSON or YAML files; every error names the ru
 from __future__ import annotations
 
 import difflib
+import functools
 import fnmatch
 import json
 import math
@@ -227,20 +229,23 @@ def _check_args(init: str, args: Mapping[str, Any]) -> dict[str, Any]:
                 spec_from_dict(dict(v) if isinstance(v, Mapping) else v)
             except (TypeError, ValueError) as exc:
                 raise PolicyError(f"field 'args': {init}: invalid spec: {exc}", field="args") from None
+    if args.get("nonlinearity") is not None and args.get("gain") not in (None, 1, 1.0):
+        raise PolicyError(f"field 'args': {init}: give either gain or nonlinearity, not both", field="args")
     if init == "trunc_normal" and args.get("cutoff") is not None and (args.get("a") is not None or args.get("b") is not None):
         raise PolicyError("field 'args': trunc_normal: give either cutoff (std units) or a/b (absolute), not both",
                           field="args")
     return dict(args)
 
 
-def _class_names(cls: type) -> list[str]:
+@functools.lru_cache(maxsize=4096)
+def _class_names(cls: type) -> tuple[str, ...]:
     names = []
     for c in cls.__mro__:
         if c is object:
             break
         names.append(c.__name__)
         names.append(f"{c.__module__}.{c.__qualname__}")
-    return names
+    return tuple(names)
 
 
 def module_matches(module: nn.Module, patterns: Sequence[str | type]) -> str | None:
@@ -315,6 +320,9 @@ class Rule:
         """
         if self.role is not None and self.role != role:
             return None
+        if (role == "buffer" and self.role is None and self.params is None and self.qualnames is None
+                and self.init != "module"):
+            return None  # buffers (running stats, ...) are only selected explicitly
         if self.qualnames is not None and not any(fnmatch.fnmatchcase(qualname, g) for g in self.qualnames):
             return None
         owner_path = chain[-1][0]
@@ -490,6 +498,8 @@ class Policy:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise PolicyError(f"policy: invalid YAML: {exc}") from None
+        if isinstance(data, list):  # a bare list of rules
+            data = {"rules": data}
         return cls.from_dict(data)
 
 
@@ -513,7 +523,7 @@ def load_policy(obj: "Policy | str | os.PathLike | Mapping | Sequence", **option
                     data = json.load(f)
                 except json.JSONDecodeError as exc:
                     raise PolicyError(f"policy file {path}: invalid JSON: {exc}") from None
-            return Policy.from_dict(data)
+            return Policy.from_dict({"rules": data} if isinstance(data, list) else data)
         return Policy.from_yaml(path)
     if isinstance(obj, str):
         from .presets import get_preset

@@ -27,7 +27,7 @@ from .policy import Policy, PolicyError, Rule, _suggest
 __all__ = ["PRESETS", "get_preset", "preset_names", "RESIDUAL_PROJECTIONS"]
 
 #: Layers with a weight of shape (out, in, *k) and an optional bias.
-_LAYERS = ("Linear", "_ConvNd", "Conv1D")
+_LAYERS = ("Linear", "_ConvNd", "Conv1D", "Bilinear")
 _NORMS = ("_NormBase", "LayerNorm", "GroupNorm", "RMSNorm", "*LayerNorm", "*RMSNorm")
 _EMBEDDINGS = ("Embedding", "EmbeddingBag")
 
@@ -103,7 +103,7 @@ def module_preset() -> Policy:
 def _standard(name: str, weight: Rule, *, rnn: bool = True) -> Policy:
     rules = [
         weight,
-        Rule("zeros", modules=_LAYERS + ("Bilinear",), params="bias", name="layer bias"),
+        Rule("zeros", modules=_LAYERS, params="bias", name="layer bias"),
         *_norm_rules(),
         Rule("normal", modules=_EMBEDDINGS, params="weight", name="embedding"),
     ]

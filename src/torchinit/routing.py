@@ -8,10 +8,11 @@ in a parameter or buffer of the model comes from the keyed engine with the key
 ``Key(seed).child(qualified_name)``:
 
 * ``torch.nn.init.*`` (``uniform_``, ``normal_``, ``trunc_normal_``,
-  ``xavier_*``, ``kaiming_*``, ``orthogonal_``, ``sparse_``): seen by the
-  ``TorchFunctionMode`` (those that dispatch) or temporarily wrapped in
-  ``torch.nn.init`` and in ``transformers.initialization`` (those that do not);
-  the spec is computed from the call's arguments exactly as torch would;
+  ``xavier_*``, ``kaiming_*``, ``orthogonal_``, ``sparse_``): temporarily wrapped
+  in ``torch.nn.init`` and in ``transformers.initialization`` (and, for the ones
+  that dispatch to torch-function modes, also caught by the ``TorchFunctionMode``
+  when called through a reference taken earlier); the spec is computed from the
+  call's arguments exactly as torch computes it;
 * in-place sampling methods of tensors (``t.uniform_()``, ``t.normal_()``),
   including writes through ``.data`` and through views: the target is found by
   its storage (``untyped_storage().data_ptr()``), so ``p.data``, ``p.detach()``
@@ -115,8 +116,10 @@ class RoutingLog:
 class KeyedInitMode(TorchFunctionMode):
     """The ``TorchFunctionMode`` behind :func:`keyed_init_mode` (see the module docstring)."""
 
-    def __init__(self, model: nn.Module, seed: int):
+    def __init__(self, model: nn.Module, seed: int, protect: set[str] | None = None):
         super().__init__()
+        #: names of model tensors the routed code must not change (its writes to them are skipped)
+        self.protect = set(protect) if protect else set()
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         self.model = model
@@ -146,8 +149,19 @@ class KeyedInitMode(TorchFunctionMode):
         return _derived_seed(self.seed, f"{scope}/~fallback/{n}")
 
     def _run_fallback(self, scope: str, func: Callable, args, kwargs):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self._fallback_seed(scope))
+        devices = set()
+        for a in list(args) + list(kwargs.values()):
+            dev = a.device if isinstance(a, Tensor) else (a if isinstance(a, torch.device) else None)
+            if isinstance(a, str) and a.startswith("cuda"):
+                dev = torch.device(a)
+            if dev is not None and dev.type == "cuda":
+                devices.add(dev.index if dev.index is not None else torch.cuda.current_device())
+        # fork the CPU generator and those of the CUDA devices involved: the global state is restored
+        with torch.random.fork_rng(devices=sorted(devices)):
+            seed = self._fallback_seed(scope)
+            torch.random.default_generator.manual_seed(seed)
+            for i in devices:
+                torch.cuda.default_generators[i].manual_seed(seed)
             return func(*args, **kwargs)
 
     # -- attribution --------------------------------------------------------------
@@ -157,7 +171,7 @@ class KeyedInitMode(TorchFunctionMode):
             return None
         try:
             ptr = t.untyped_storage().data_ptr()
-        except (RuntimeError, NotImplementedError):
+        except Exception:  # tensor subclasses without a plain storage (DTensor, fakes, ...)
             return None
         for name, base in self._index.get(ptr, ()):
             if base.dtype != t.dtype:
@@ -210,6 +224,8 @@ class KeyedInitMode(TorchFunctionMode):
 
         if target is None:
             return fallback()
+        if target.name in self.protect:
+            return t
         try:
             spec = _spec_of_init(name, tuple(t.shape), a)
         except (TypeError, ValueError):
@@ -229,6 +245,10 @@ class KeyedInitMode(TorchFunctionMode):
             self._busy = False
 
     def _dispatch(self, func, args, kwargs):
+        if self.protect and args and isinstance(args[0], Tensor) and _writes_first_arg(func):
+            target = self.attribute(args[0])
+            if target is not None and target.name in self.protect:
+                return args[0]
         if func is torch.Tensor.uniform_ or func is torch.Tensor.normal_:
             t = args[0]
             target = self.attribute(t)
@@ -262,6 +282,11 @@ class KeyedInitMode(TorchFunctionMode):
         if name in _SIGS and getattr(func, "__module__", "") in ("torch.nn.init", "transformers.initialization"):
             return self.handle_init(name, _TORCH_INIT[name], args, kwargs)
         return func(*args, **kwargs)
+
+
+def _writes_first_arg(func) -> bool:
+    name = getattr(func, "__name__", "")
+    return name == "__setitem__" or (name.endswith("_") and not name.startswith("__"))
 
 
 def _box_of(t: Tensor, base: Tensor) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
@@ -312,7 +337,7 @@ def _wrap_init(mode: KeyedInitMode, name: str, original: Callable) -> Callable:
 
 
 @contextlib.contextmanager
-def keyed_init_mode(model: nn.Module, seed: int) -> Iterator[KeyedInitMode]:
+def keyed_init_mode(model: nn.Module, seed: int, *, protect: set[str] | None = None) -> Iterator[KeyedInitMode]:
     """Run init code with every random draw into ``model``'s tensors keyed by name.
 
     >>> import torch, torchinit
@@ -326,8 +351,10 @@ def keyed_init_mode(model: nn.Module, seed: int) -> Iterator[KeyedInitMode]:
 
     The same seed gives the same weights whatever the global RNG state, and a
     layer's values depend only on its name (see the module docstring).
+    ``protect``: qualified names of tensors the code must leave alone (in-place
+    writes to them, random or not, are skipped).
     """
-    mode = KeyedInitMode(model, seed)
+    mode = KeyedInitMode(model, seed, protect)
     patched: list[tuple[Any, str, Any]] = []
     try:
         for name in _INIT_RANDOM:

@@ -17,18 +17,20 @@ for every sharding, with no collective communication.
   index vector the same way (locally, ``src_data_rank=None``: no
   communication), and each box is filled separately.
 * ``Partial()``: rejected (a partial sum has no per-element values to draw).
-* Specs with ``needs_whole_tensor`` (``Orthogonal``, ``DeltaOrthogonal``,
-  ``Sparse``): each value depends on the whole tensor (QR of the full matrix,
-  per-column zero positions), so EVERY rank computes the full tensor with the
-  keyed engine and keeps its own box. Cost per such parameter: one temporary
-  full-size tensor and the full computation on every rank (an orthogonal
-  4096x4096 fp32 weight: 64 MiB and one QR per rank). The result is still
-  bitwise identical to single-process init.
+* Specs with ``needs_whole_tensor``: ``Orthogonal`` and ``DeltaOrthogonal``
+  values depend on the whole matrix (a QR), so EVERY rank computes the full
+  tensor with the keyed engine and keeps its own box. Cost per such parameter:
+  one temporary full-size tensor and the full computation on every rank (an
+  orthogonal 4096x4096 fp32 weight: 64 MiB and one QR per rank). ``Sparse``
+  zero positions depend on whole columns: each rank draws them for all rows of
+  its own columns only. The results are still bitwise identical to
+  single-process init.
 """
 
 from __future__ import annotations
 
 import itertools
+import sys
 from typing import TYPE_CHECKING, Sequence
 
 import torch
@@ -44,13 +46,11 @@ __all__ = ["is_dtensor", "shard_fill_", "local_boxes", "check_no_dtensor", "zero
 
 def is_dtensor(t: object) -> bool:
     """True if ``t`` is a ``torch.distributed.tensor.DTensor`` (False when distributed is unavailable)."""
-    if not torch.distributed.is_available():
+    mod = sys.modules.get("torch.distributed.tensor")
+    if mod is None:  # not imported: no DTensor can exist (and importing it costs ~1 s)
         return False
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # pragma: no cover - very old torch
-        return False
-    return isinstance(t, DTensor)
+    dtensor_cls = getattr(mod, "DTensor", None)
+    return dtensor_cls is not None and isinstance(t, dtensor_cls)
 
 
 def check_no_dtensor(tensor: Tensor, name: str, engine: str = "torch") -> None:
@@ -156,8 +156,8 @@ def shard_fill_(dtensor: Tensor, spec: Spec, key: "Key", *, name: str | None = N
 
     ``full_tensor()`` afterwards equals ``keyed.fill_(torch.empty(shape), spec, key)``
     bitwise, for Shard(d)/Replicate/_StridedShard placements on any mesh, even or
-    uneven. Specs with ``needs_whole_tensor`` compute the full tensor on every
-    rank (memory: one full-size temporary; compute: the whole tensor per rank).
+    uneven. ``Orthogonal``/``DeltaOrthogonal`` compute the full tensor on every
+    rank (memory: one full-size temporary; compute: the whole QR per rank).
     ``Partial`` placements raise ``ValueError``.
     """
     from .keyed import fill_region_, sample
@@ -172,7 +172,7 @@ def shard_fill_(dtensor: Tensor, spec: Spec, key: "Key", *, name: str | None = N
         local = dtensor._local_tensor
         if local.numel() == 0:
             return dtensor
-        if spec.needs_whole_tensor:
+        if spec.needs_whole_tensor and len(boxes) > 1:  # compute the whole tensor once, not per box
             full = sample(spec, key, gshape, dtype=local.dtype, device=local.device)
             for index, offsets, sizes in boxes:
                 src = full[tuple(slice(o, o + s) for o, s in zip(offsets, sizes))]

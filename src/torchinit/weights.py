@@ -95,6 +95,9 @@ def _atomic_write(path: Path, write) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # the usual mode of a new file (safetensors creates 0600)
         os.replace(tmp, path)
     finally:
         if tmp.exists():

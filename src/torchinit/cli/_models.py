@@ -12,18 +12,52 @@ only load models you trust.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import json
 import os
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
+import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from .. import zoo
 
-__all__ = ["load_model", "resolve_factory", "parse_kwargs"]
+__all__ = ["load_model", "resolve_factory", "parse_kwargs", "meta_device"]
+
+
+class _SkipRandomOnMeta(TorchFunctionMode):
+    """In-place random fills of META tensors return at once (they compute nothing anyway).
+
+    torch routes ``Tensor.normal_`` on meta through ``torch._refs``, whose first call
+    imports torch._dynamo: ~3 s of one-time setup for any model with an ``nn.Embedding``
+    built on meta. Skipping the no-op avoids it.
+    """
+
+    _OPS = frozenset({torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.random_,
+                      torch.Tensor.exponential_, torch.Tensor.log_normal_, torch.Tensor.cauchy_,
+                      torch.Tensor.geometric_, torch.Tensor.bernoulli_}
+                     # torch.nn.init functions that dispatch through handle_torch_function themselves
+                     | {getattr(torch.nn.init, n) for n in ("uniform_", "normal_", "constant_", "kaiming_uniform_")
+                        if hasattr(torch.nn.init, n)})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self._OPS:
+            t = args[0] if args else kwargs.get("tensor", kwargs.get("self"))
+            if isinstance(t, torch.Tensor) and t.is_meta:
+                return t
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def meta_device() -> Iterator[None]:
+    """``with torch.device("meta")``, minus the cost of the constructors' random init calls."""
+    with torch.device("meta"), _SkipRandomOnMeta():
+        yield
 
 
 def parse_kwargs(text: str | None) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ._models import load_model, parse_kwargs
+from ._models import load_model, meta_device, parse_kwargs
 from .plan_cmd import TRUST_NOTE, add_model_args
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     kwargs = parse_kwargs(args.kwargs)
     t0 = time.perf_counter()
     if args.meta:
-        with torch.device("meta"):
+        with meta_device():
             model = load_model(args.model, kwargs)
         if args.dtype:
             model.to(DTYPES[args.dtype])  # free on meta
@@ -69,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     wpath, ppath = save_weights(model, args.out, plan=plan, info=info)
     if not args.quiet:
         n = sum(p.numel() for p in model.parameters())
-        size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        unique = {t.untyped_storage().data_ptr(): t for t in model.state_dict().values() if t.numel()}
+        size = sum(t.numel() * t.element_size() for t in unique.values())
         print(f"initialized {args.model} ({n:,} parameters, {size / 2**20:.1f} MiB) with policy "
               f"{args.policy!r}, seed {args.seed} in {t_init:.2f} s")
         print(f"wrote {wpath} and {ppath}")

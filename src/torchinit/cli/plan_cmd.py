@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ._models import load_model, parse_kwargs
+from ._models import load_model, meta_device, parse_kwargs
 
 TRUST_NOTE = (
     "MODEL is a zoo name (mlp, cnn, resnet, gpt), package.module:factory or path/to/file.py:factory. "
@@ -48,7 +48,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 def build_meta(spec: str, kwargs_json: str | None) -> torch.nn.Module:
     """Build MODEL on the meta device (no storage)."""
     kwargs = parse_kwargs(kwargs_json)
-    with torch.device("meta"):
+    with meta_device():
         return load_model(spec, kwargs)
 
 

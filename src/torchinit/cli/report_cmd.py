@@ -6,7 +6,6 @@ self-contained HTML page to DIR."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 

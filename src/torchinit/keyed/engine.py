@@ -7,7 +7,9 @@ docs/keyed-stream.md.
 
 from __future__ import annotations
 
+import functools
 import math
+import struct
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -64,10 +66,20 @@ def _check_key(key) -> Key:
     return key
 
 
+@functools.lru_cache(maxsize=4096)
+def _checked_cached(spec: S.Spec) -> S.Spec:
+    return spec.checked()
+
+
 def _check_spec(spec) -> S.Spec:
     if not isinstance(spec, S.Spec):
         raise TypeError(f"spec must be a torchinit.specs.Spec, got {type(spec).__name__} {spec!r}")
-    return spec.checked()
+    try:
+        return _checked_cached(spec)
+    except TypeError as exc:  # unhashable field values: validate without the cache
+        if "unhashable" not in str(exc):
+            raise
+        return spec.checked()
 
 
 def _check_dtype(dtype: torch.dtype, what: str = "tensor") -> None:
@@ -108,7 +120,11 @@ def _check_box(global_shape, offsets, sizes) -> None:
 # ----------------------------------------------------------------------------------
 
 def _f32(x: float) -> float:
-    return float(torch.tensor(x, dtype=torch.float64).to(torch.float32).item())
+    """x rounded to nearest-even float32 (inf on overflow), as a Python float."""
+    try:
+        return struct.unpack("<f", struct.pack("<f", x))[0]
+    except OverflowError:
+        return float(torch.tensor(x, dtype=torch.float64).to(torch.float32).item())
 
 
 def _rep_ceil(v: float, dtype: torch.dtype) -> float:
@@ -161,9 +177,15 @@ def trunc_constants(mean: float, std: float, a: float, b: float) -> tuple[int, t
 
 def kernel_params(spec: S.Spec, key: Key, dtype: torch.dtype, sub: int = K.SUBSTREAM_VALUES) -> KernelParams:
     """The kernel constants for an elementwise spec filled into ``dtype``."""
+    kind, mode, clamp, c, lo, hi = _spec_constants(spec, dtype)
+    k0, k1 = key.philox_key
+    return KernelParams(kind, mode, clamp, k0, k1, sub, c, lo, hi)
+
+
+@functools.lru_cache(maxsize=4096)
+def _spec_constants(spec: S.Spec, dtype: torch.dtype):
     wide = dtype == torch.float64
     rnd = float if wide else _f32
-    k0, k1 = key.philox_key
     clamp, lo, hi, mode = False, 0.0, 0.0, 0
     if isinstance(spec, S.Uniform):
         kind = K.KIND_UNIFORM
@@ -185,8 +207,9 @@ def kernel_params(spec: S.Spec, key: Key, dtype: torch.dtype, sub: int = K.SUBST
         clamp = True
     else:  # pragma: no cover - callers dispatch
         raise TypeError(f"kernel_params: {type(spec).__name__} is not an elementwise spec")
-    c = tuple(rnd(float(v)) for v in c)
-    return KernelParams(kind, mode, clamp, k0, k1, sub, c, lo, hi)
+    # "+ 0.0" turns -0.0 into +0.0: equal specs (0.0 == -0.0) must give identical bits
+    c = tuple(rnd(float(v)) + 0.0 for v in c)
+    return kind, mode, clamp, c, lo + 0.0, hi + 0.0
 
 
 # ----------------------------------------------------------------------------------
@@ -226,11 +249,19 @@ def _elementwise_region_(out: Tensor, spec: S.Spec, key: Key, gshape, offsets) -
     if _use_native(out.device):
         target = out if direct else torch.empty(sizes, dtype=compute)
         _native_fill_(target, kp, _DT_CODE[compute], gshape, offsets, sizes)
+        if target is out:  # written through the raw pointer: tell autograd it changed
+            _bump_version(out)
     else:
         target = reference_box(kp, gshape or (1,), offsets or (0,), sizes or (1,), compute, out.device).view(sizes)
     if target is not out:
         out.copy_(target)
     return out
+
+
+def _bump_version(t: Tensor) -> None:
+    inc = getattr(getattr(torch.autograd, "graph", None), "increment_version", None)
+    if inc is not None:
+        inc(t)
 
 
 def raw_words(key: Key, sub: int, global_shape, offsets, sizes, device="cpu") -> Tensor:

@@ -1,0 +1,95 @@
+"""Keyed-engine throughput vs torch (issue 3).
+
+Prints a table of M elements/s and the ratio to the matching torch routine
+(uniform_ / normal_ / nn.init.trunc_normal_ on float32), all measured in this
+process, best of ``--repeat`` runs, for 1 and 2 kernel threads and for
+float32 / bfloat16 / float64 outputs.
+
+    python benchmarks/bench_keyed.py            # 10**8 elements (the documented figures)
+    python benchmarks/bench_keyed.py --n 1e7    # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+
+import torchinit  # noqa: E402
+from torchinit import specs as S  # noqa: E402
+from torchinit.keyed import Key, fill_, get_backend, set_num_threads  # noqa: E402
+from torchinit.keyed import backend as B  # noqa: E402
+
+
+def best(fn, repeat: int) -> float:
+    b = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        b = min(b, time.perf_counter() - t0)
+    return b
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=float, default=1e8, help="elements per tensor (default 1e8)")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--threads", default="1,2", help="kernel thread counts to measure")
+    ap.add_argument("--dtypes", default="float32,bfloat16,float64")
+    args = ap.parse_args(argv)
+    n = int(args.n)
+    threads = [int(x) for x in args.threads.split(",")]
+    dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
+    key = Key(0, "bench")
+
+    print(f"# keyed engine benchmark: n={n:.3g}, best of {args.repeat}, backend={get_backend()}, "
+          f"avx2={B.native_module().has_avx2() if B.native_available() else None}, "
+          f"torch {torch.__version__}, torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}")
+    t32 = torch.empty(n)
+    base = {
+        "fill_": n / best(lambda: t32.fill_(1.0), args.repeat) / 1e6,
+        "uniform": n / best(lambda: t32.uniform_(), args.repeat) / 1e6,
+        "normal": n / best(lambda: t32.normal_(), args.repeat) / 1e6,
+        "trunc_normal": n / best(lambda: torch.nn.init.trunc_normal_(t32), args.repeat) / 1e6,
+    }
+    print("\n| torch (float32) | M elem/s |\n|---|---:|")
+    print(f"| t.fill_(1.0) | {base['fill_']:.0f} |")
+    print(f"| t.uniform_() | {base['uniform']:.0f} |")
+    print(f"| t.normal_() | {base['normal']:.0f} |")
+    print(f"| nn.init.trunc_normal_(t) | {base['trunc_normal']:.1f} |")
+
+    specs = {
+        "uniform": S.Uniform(-1.0, 1.0),
+        "normal": S.Normal(0.0, 1.0),
+        "trunc_normal": S.TruncatedNormal(0.0, 1.0, -2.0, 2.0),
+    }
+    print("\n| keyed | dtype | threads | M elem/s | ratio vs torch |\n|---|---|---:|---:|---:|")
+    results = {}
+    for dt in dtypes:
+        t = t32 if dt == torch.float32 else torch.empty(n, dtype=dt)
+        for name, spec in specs.items():
+            for th in threads:
+                set_num_threads(th)
+                r = n / best(lambda: fill_(t, spec, key), args.repeat) / 1e6
+                results[(name, dt, th)] = r
+                print(f"| {name} | {str(dt).replace('torch.', '')} | {th} | {r:.0f} | {r / base[name]:.1f}x |")
+        del t
+    set_num_threads(None)
+    if len(threads) > 1 and torch.float32 in dtypes:
+        lo, hi = threads[0], threads[-1]
+        print(f"\nthread scaling float32 ({hi} vs {lo} threads): " + ", ".join(
+            f"{k} {results[(k, torch.float32, hi)] / results[(k, torch.float32, lo)]:.2f}x" for k in specs))
+    if torch.bfloat16 in dtypes and torch.float32 in dtypes:
+        th = threads[-1]
+        print(f"bfloat16 / float32 elements/s ({th} threads): " + ", ".join(
+            f"{k} {results[(k, torch.bfloat16, th)] / results[(k, torch.float32, th)]:.2f}x" for k in specs))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

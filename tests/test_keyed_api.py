@@ -1,0 +1,156 @@
+"""Keyed engine API: argument validation (before writing), keys, backends, delegation."""
+
+from __future__ import annotations
+
+import sys
+import types
+import warnings
+
+import pytest
+import torch
+
+import torchinit
+from torchinit import specs as S
+from torchinit.keyed import Key, fill_, fill_region_, sample, set_backend, set_chunk_size, set_num_threads
+from torchinit.keyed import backend as B
+
+
+@pytest.mark.parametrize(
+    "args,exc,msg",
+    [
+        ((-1,), ValueError, r"Key: seed must be in \[0, 2\*\*64\), got -1"),
+        ((2**64,), ValueError, r"Key: seed must be in \[0, 2\*\*64\), got 18446744073709551616"),
+        ((1.0,), TypeError, r"Key: seed must be an int in \[0, 2\*\*64\), got float 1.0"),
+        ((True,), TypeError, r"Key: seed must be an int in \[0, 2\*\*64\), got bool True"),
+        (("3",), TypeError, r"Key: seed must be an int in \[0, 2\*\*64\), got str '3'"),
+        ((3, 5), TypeError, r"Key: path must be a str, got int 5"),
+        ((3, None), TypeError, r"Key: path must be a str, got NoneType None"),
+        ((3, "\ud800"), ValueError, r"Key: path must be encodable as UTF-8"),
+    ],
+)
+def test_invalid_keys(args, exc, msg):
+    with pytest.raises(exc, match=msg):
+        Key(*args)
+
+
+def test_key_accepts_integer_like_seeds_and_child_errors():
+    import numpy as np
+
+    assert Key(np.uint64(2**64 - 1)) == Key(2**64 - 1)
+    assert Key(torch.tensor(7)) == Key(7)
+    with pytest.raises(TypeError, match="Key.child: name must be a str, got int 3"):
+        Key(1).child(3)
+    with pytest.raises(ValueError, match="Key.child: name must be a non-empty string"):
+        Key(1).child("")
+    assert repr(Key(1)) == "Key(1)" and repr(Key(1, "a.b")) == "Key(1, 'a.b')"
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8, torch.bool, torch.complex64], ids=str)
+def test_non_float_tensors_raise_a_type_error_naming_the_dtype_before_writing(dtype):
+    t = torch.zeros(3, 4, dtype=dtype)
+    before = t.clone()
+    with pytest.raises(TypeError, match=f"dtype {dtype}"):
+        fill_(t, S.Normal(0, 1), Key(0))
+    with pytest.raises(TypeError, match=f"dtype {dtype}"):
+        torchinit.normal_(t, key=Key(0))
+    with pytest.raises(TypeError, match=f"dtype {dtype}"):
+        torchinit.kaiming_uniform_(t, key=Key(0))
+    assert torch.equal(t, before)
+    with pytest.raises(TypeError, match=f"has dtype {dtype}"):
+        sample(S.Normal(0, 1), Key(0), (3,), dtype=dtype)
+
+
+def test_bad_arguments():
+    t = torch.zeros(4, 5)
+    with pytest.raises(TypeError, match="key must be a torchinit.Key, got int 3"):
+        fill_(t, S.Normal(0, 1), 3)
+    with pytest.raises(TypeError, match="spec must be a torchinit.specs.Spec, got str 'normal'"):
+        fill_(t, "normal", Key(0))
+    with pytest.raises(ValueError, match=r"box outside the global shape in dim 1: offset 3 \+ size 5 > 7"):
+        fill_region_(t, S.Normal(0, 1), Key(0), (4, 7), (0, 3))
+    with pytest.raises(ValueError, match=r"out has 2 dimensions but global_shape \(20,\) has 1"):
+        fill_region_(t, S.Normal(0, 1), Key(0), (20,), (0,))
+    with pytest.raises(TypeError, match="offsets must be a sequence of ints"):
+        fill_region_(t, S.Normal(0, 1), Key(0), (4, 5), (0.5, 0))
+    with pytest.raises(ValueError, match="Only tensors with 2 dimensions are supported"):
+        fill_region_(torch.zeros(3), S.Eye(), Key(0), (3,), (0,))
+    with pytest.raises(ValueError, match=r"Normal: std must be >= 0, got -1"):
+        torchinit.normal_(t, std=-1.0, key=Key(0))
+    with pytest.raises(ValueError, match=r"no torch.bfloat16 value lies in \[a, b\]"):
+        sample(S.TruncatedNormal(0, 1, 1.001, 1.002), Key(0), (3,), dtype=torch.bfloat16)
+    assert bool((t == 0).all())  # nothing was written by any failed call
+
+
+def test_returns_input_and_handles_edge_shapes(same_bits):
+    t = torch.empty(0, 3)
+    assert fill_(t, S.Normal(0, 1), Key(0)) is t
+    m = torch.empty(4, 4, device="meta")
+    assert fill_(m, S.Normal(0, 1), Key(0)) is m
+    s = torch.empty(())
+    fill_(s, S.Normal(0, 1), Key(0))
+    same_bits(s.reshape(1), sample(S.Normal(0, 1), Key(0), (1,)))
+    p = torch.nn.Parameter(torch.empty(3, 3))
+    version = p._version
+    fill_(p, S.Uniform(-1, 1), Key(0))
+    assert p.requires_grad and p.grad_fn is None and bool((p.abs() <= 1).all())
+    assert p._version > version  # autograd sees the in-place write
+    # constant/uniform degenerate specs
+    u = sample(S.Uniform(0.1, 0.1), Key(0), (5,), dtype=torch.bfloat16)
+    assert bool((u == torch.tensor(0.1, dtype=torch.bfloat16)).all())
+
+
+def test_dtensor_is_delegated_to_sharding(monkeypatch):
+    calls = []
+    fake = types.ModuleType("torchinit.sharding")
+    fake.shard_fill_ = lambda t, spec, key: calls.append((t, spec, key)) or t
+    monkeypatch.setitem(sys.modules, "torchinit.sharding", fake)
+    monkeypatch.setattr(torchinit, "sharding", fake, raising=False)
+
+    class DTensor:  # stands in for torch.distributed.tensor.DTensor (matched by class name)
+        pass
+
+    d = DTensor()
+    assert fill_(d, S.Normal(0, 1), Key(1)) is d
+    assert calls == [(d, S.Normal(0, 1), Key(1))]
+    with pytest.raises(TypeError, match="key must be a torchinit.Key"):
+        fill_(d, S.Normal(0, 1), "k")
+
+
+def test_backend_controls(monkeypatch):
+    with pytest.raises(ValueError, match="set_backend: name must be 'native' or 'reference', got 'gpu'"):
+        set_backend("gpu")
+    with pytest.raises(ValueError, match="set_num_threads: n must be a positive int or None, got 0"):
+        set_num_threads(0)
+    with pytest.raises(ValueError, match="set_chunk_size: n must be a positive int, got -5"):
+        set_chunk_size(-5)
+    monkeypatch.setenv("TORCHINIT_BACKEND", "fast")
+    with pytest.raises(ValueError, match="TORCHINIT_BACKEND must be 'native' or 'reference', got 'fast'"):
+        B._initial_backend()
+    monkeypatch.setenv("TORCHINIT_BACKEND", "reference")
+    assert B._initial_backend() == "reference"
+    set_num_threads(None)
+    assert B.get_num_threads() == torch.get_num_threads()
+
+
+def test_missing_native_kernel_warns_once_and_uses_reference(monkeypatch, same_bits):
+    expected = sample(S.Normal(0, 1), Key(0), (40,))
+    monkeypatch.setattr(B, "_native", None)
+    monkeypatch.setattr(B, "_native_error", "ImportError: simulated")
+    monkeypatch.setattr(B, "_backend", None)
+    monkeypatch.setattr(B, "_warned", False)
+    monkeypatch.delenv("TORCHINIT_BACKEND", raising=False)
+    with pytest.warns(RuntimeWarning, match="native keyed-engine kernel is not available .*simulated"):
+        got = sample(S.Normal(0, 1), Key(0), (40,))
+    same_bits(got, expected)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sample(S.Normal(0, 1), Key(0), (40,))  # no second warning
+    with pytest.raises(RuntimeError, match=r"set_backend\('native'\): the native kernel is not available"):
+        set_backend("native")
+
+
+def test_public_exports():
+    assert torchinit.Key is Key
+    assert "Key" in torchinit.__all__
+    for name in ("Key", "fill_", "fill_region_", "sample", "STREAM_VERSION", "set_num_threads", "set_backend"):
+        assert hasattr(torchinit.keyed, name) and name in torchinit.keyed.__all__

@@ -1,0 +1,162 @@
+"""Keyed engine invariances: threads, chunk sizes, regions, memory layouts, backends."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+import torch
+
+from torchinit import specs as S
+from torchinit.keyed import Key, fill_, fill_region_, sample, set_backend, set_chunk_size, set_num_threads
+from torchinit.keyed import backend as B
+
+native_only = pytest.mark.skipif(not B.native_available(), reason="native kernel not built")
+
+ELEMENTWISE = [
+    S.Uniform(-0.5, 2.0),
+    S.Normal(0.1, 3.0),
+    S.TruncatedNormal(0.0, 1.0, -2.0, 2.0),
+    S.TruncatedNormal(-3.0, 1.0, -0.5, 0.5),  # deep upper tail -> reflected, tail mode
+    S.TruncatedNormal(1.0, 0.5, 1.2, 1.21),  # narrow, central mode
+]
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+KEY = Key(11, "inv")
+
+
+@pytest.fixture
+def restore_backend():
+    b, t, c = B.get_backend(), B._num_threads, B.get_chunk_size()
+    yield
+    set_backend(b)
+    set_num_threads(t)
+    set_chunk_size(c)
+
+
+@native_only
+@pytest.mark.parametrize("spec", ELEMENTWISE, ids=repr)
+def test_threads_and_chunk_sizes_do_not_change_values(spec, restore_backend, same_bits):
+    set_backend("native")
+    shape = (257, 1031)
+    set_num_threads(1)
+    set_chunk_size(1 << 16)
+    ref = {dt: sample(spec, KEY, shape, dtype=dt) for dt in DTYPES}
+    for threads, chunk in [(2, 1 << 16), (3, 1000), (7, 1), (4, 777), (16, 4096)]:
+        set_num_threads(threads)
+        set_chunk_size(chunk)
+        for dt in DTYPES:
+            same_bits(sample(spec, KEY, shape, dtype=dt), ref[dt])
+
+
+@pytest.mark.parametrize("spec", ELEMENTWISE[:3], ids=repr)
+def test_any_region_equals_the_slice_of_the_full_fill(spec, restore_backend, same_bits):
+    gshape = (13, 37, 29)
+    rng = random.Random(0)
+    for backend in ["reference"] + (["native"] if B.native_available() else []):
+        set_backend(backend)
+        for dt in (torch.float32, torch.float64, torch.bfloat16):
+            full = sample(spec, KEY, gshape, dtype=dt)
+            boxes = [((0, 0, 0), gshape), ((5, 0, 0), (3, 37, 29)), ((0, 0, 7), (13, 37, 1)),
+                     ((0, 11, 0), (13, 1, 29)), ((12, 36, 28), (1, 1, 1))]
+            for _ in range(6):
+                off = tuple(rng.randrange(g) for g in gshape)
+                size = tuple(rng.randrange(1, g - o + 1) for g, o in zip(gshape, off))
+                boxes.append((off, size))
+            for off, size in boxes:
+                sl = tuple(slice(o, o + s) for o, s in zip(off, size))
+                got = sample(spec, KEY, gshape, offsets=off, sizes=size, dtype=dt)
+                same_bits(got, full[sl].contiguous())
+                out = torch.empty(size, dtype=dt)
+                assert fill_region_(out, spec, KEY, gshape, off) is out
+                same_bits(out, full[sl].contiguous())
+
+
+@pytest.mark.parametrize("spec", [ELEMENTWISE[1], S.Sparse(0.3, 1.0), S.Orthogonal(1.5), S.Eye(), S.Constant(0.25)],
+                         ids=repr)
+def test_contiguous_noncontiguous_and_channels_last_get_the_same_values(spec, same_bits):
+    shape = (6, 10) if not isinstance(spec, S.Orthogonal) else (8, 5)
+    base = torch.empty(shape)
+    fill_(base, spec, KEY)
+    t = torch.empty(shape[::-1]).t()  # non-contiguous view of the same logical shape
+    assert not t.is_contiguous()
+    fill_(t, spec, KEY)
+    same_bits(t.contiguous(), base)
+    big = torch.zeros(shape[0], shape[1] * 2)
+    fill_(big[:, ::2], spec, KEY)
+    same_bits(big[:, ::2].contiguous(), base)
+    assert bool((big[:, 1::2] == 0).all())  # nothing written outside the view
+
+
+def test_channels_last(same_bits):
+    spec = S.TruncatedNormal(0, 0.02, -0.04, 0.04)
+    ref = sample(spec, KEY, (4, 3, 5, 5))
+    w = torch.empty(4, 3, 5, 5).to(memory_format=torch.channels_last)
+    fill_(w, spec, KEY)
+    assert w.is_contiguous(memory_format=torch.channels_last)
+    same_bits(w.contiguous(), ref)
+
+
+def test_regions_of_sparse_and_orthogonal_equal_slices(same_bits):
+    for spec, gshape in [(S.Sparse(0.4, 0.1), (23, 17)), (S.Orthogonal(1.0), (9, 14)),
+                         (S.DeltaOrthogonal(2.0), (6, 4, 3, 3)), (S.Dirac(2), (4, 3, 3)), (S.Eye(), (5, 7))]:
+        full = sample(spec, KEY, gshape)
+        off = tuple(g // 3 for g in gshape)
+        size = tuple(g - o - (1 if g - o > 1 else 0) for g, o in zip(gshape, off))
+        sl = tuple(slice(o, o + s) for o, s in zip(off, size))
+        same_bits(sample(spec, KEY, gshape, offsets=off, sizes=size), full[sl].contiguous())
+
+
+def _shapes():
+    rng = random.Random(5)
+    out = [(1,), (7,), (31,), (33,), (1, 1), (3, 65), (2, 3, 4, 5), (1000,), ()]
+    for _ in range(4):
+        out.append(tuple(rng.randrange(1, 40) for _ in range(rng.randrange(1, 4))))
+    return out
+
+
+@native_only
+def test_native_and_reference_backends_are_bit_identical(restore_backend, same_bits):
+    specs = ELEMENTWISE + [S.TruncatedNormal(0, 1, -40, -38), S.TruncatedNormal(0, 1, 3, 1e6),
+                           S.TruncatedNormal(5, 1e-3, -1e-6, 1e-6), S.Uniform(2, 2), S.Normal(-1, 0.0),
+                           S.TruncatedNormal(0, 1, -1e-4, 1e-4), S.Normal(0, 1e5), S.Uniform(-1e-6, 1e-6),
+                           S.Normal(0, 1e-7)]  # float16 overflow to inf and subnormals
+    rng = random.Random(1)
+    for spec, dt in itertools.product(specs, DTYPES):
+        key = Key(rng.randrange(2**64), f"p{rng.randrange(100)}")
+        for shape in _shapes()[:6] + [(3, 65)]:
+            off = tuple(rng.randrange(g) for g in shape)
+            size = tuple(rng.randrange(1, g - o + 1) for g, o in zip(shape, off))
+            got = {}
+            for backend in ("native", "reference"):
+                set_backend(backend)
+                got[backend] = sample(spec, key, shape, offsets=off, sizes=size, dtype=dt)
+            same_bits(got["native"], got["reference"])
+    # large offsets: counter words above 2**32 and lanes at every position
+    for dt in DTYPES:
+        got = {}
+        for backend in ("native", "reference"):
+            set_backend(backend)
+            got[backend] = sample(S.Normal(0, 1), KEY, (2**36, 3), offsets=(2**34 - 5, 0), sizes=(11, 3), dtype=dt)
+        same_bits(got["native"], got["reference"])
+
+
+@native_only
+def test_backends_agree_on_large_fills_of_each_distribution(restore_backend, same_bits):
+    for spec in ELEMENTWISE[:4]:
+        for dt in (torch.float32, torch.float64):
+            set_backend("native")
+            a = sample(spec, KEY, (8_000,), dtype=dt)
+            set_backend("reference")
+            b = sample(spec, KEY, (8_000,), dtype=dt)
+            same_bits(a, b)
+
+
+@native_only
+def test_orthogonal_and_sparse_identical_across_backends(restore_backend, same_bits):
+    for spec, shape in [(S.Sparse(0.25, 0.5), (20, 30)), (S.Orthogonal(1.0), (12, 7))]:
+        set_backend("native")
+        a = sample(spec, KEY, shape)
+        set_backend("reference")
+        b = sample(spec, KEY, shape)
+        same_bits(a, b)
