@@ -48,12 +48,6 @@ def same_bits():
 
 
 @pytest.fixture
-def bits():
-    """``bits(t)``: the raw bits of ``t`` as an integer tensor."""
-    return _bits
-
-
-@pytest.fixture
 def restore_rng():
     """Restore the global torch RNG after the test (tests that reseed it stay isolated)."""
     state = torch.get_rng_state()

@@ -4,6 +4,7 @@ clear errors; either way a failed call leaves the tensor bitwise untouched."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -39,6 +40,15 @@ PARITY = [
     ("trunc_a>b", "trunc_normal_", lambda: _t(3, 4), {"a": 2.0, "b": -2.0}),
     ("trunc_nan_a", "trunc_normal_", lambda: _t(3, 4), {"a": NAN}),
     ("trunc_str_std", "trunc_normal_", lambda: _t(3, 4), {"std": "x"}),
+    # negative std where torch takes its normal_ branch (mass estimate > 0.3): torch's error
+    ("trunc_negative_std_normal_branch", "trunc_normal_", lambda: _t(3, 4), {"std": -1.0, "a": 1.0, "b": -1.0}),
+    # nan mean with std 0: torch divides by zero first
+    ("trunc_nan_mean_std0", "trunc_normal_", lambda: _t(3, 4), {"mean": NAN, "std": 0.0}),
+    # non-finite mean but the bounds are bad: torch's uniform_ error
+    ("trunc_inf_mean_nan_a", "trunc_normal_", lambda: _t(3, 4), {"mean": INF, "a": NAN}),
+    ("trunc_negative_std_int", "trunc_normal_", lambda: _t(3, 4, dtype=I64), {"std": -1.0}),
+    ("sparse_above_1_bad_std", "sparse_", lambda: _t(3, 4), {"sparsity": 1.5, "std": -1.0}),
+    ("sparse_above_1_int", "sparse_", lambda: _t(3, 4, dtype=I64), {"sparsity": 1.5}),
     ("trunc_int", "trunc_normal_", lambda: _t(3, 4, dtype=I64), {}),
     ("trunc_complex", "trunc_normal_", lambda: _t(3, 4, dtype=C64), {}),
     ("constant_str", "constant_", lambda: _t(3, 4), {"val": "x"}),
@@ -93,11 +103,16 @@ PARITY = [
 ]
 
 
-def _outcome(fn, t, kw):
-    try:
-        fn(t, **kw)
-    except Exception as e:  # noqa: BLE001
-        return e
+def _outcome(fn, t, kw, warned=None):
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        try:
+            fn(t, **kw)
+        except Exception as e:  # noqa: BLE001
+            return e
+        finally:
+            if warned is not None:
+                warned.extend(str(w.message) for w in rec)
     return None
 
 
@@ -105,11 +120,13 @@ def _outcome(fn, t, kw):
 def test_same_exception_as_torch(name, make, kwargs, same_bits):
     t_ref, t_ours = make(), make()
     before = t_ours.clone()
-    ref = _outcome(getattr(tinit, name), t_ref, kwargs)
-    ours = _outcome(getattr(torchinit, name), t_ours, kwargs)
+    warned_ref, warned_ours = [], []
+    ref = _outcome(getattr(tinit, name), t_ref, kwargs, warned_ref)
+    ours = _outcome(getattr(torchinit, name), t_ours, kwargs, warned_ours)
     assert ref is not None, f"torch no longer rejects this input: {ref!r}"
     assert type(ours) is type(ref), (ref, ours)
     assert str(ours) == str(ref)
+    assert warned_ours == warned_ref
     same_bits(t_ours, before)
 
 
@@ -129,17 +146,13 @@ STRICTER = [
 
 @pytest.mark.parametrize("name, make, kwargs, match", [pytest.param(*c[1:], id=c[0]) for c in STRICTER])
 def test_stricter_than_torch(name, make, kwargs, match, same_bits):
-    import warnings
-
     t = make()
     before = t.clone()
     with pytest.raises(ValueError, match=match):
         getattr(torchinit, name)(t, **kwargs)
     same_bits(t, before)
     # torch silently accepts it (if torch ever starts raising, use torch's error instead)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        assert _outcome(getattr(tinit, name), make(), kwargs) is None
+    assert _outcome(getattr(tinit, name), make(), kwargs) is None
 
 
 def test_sparse_out_of_range_is_garbage_in_torch():

@@ -41,6 +41,8 @@ CASES = {
         # mass inside [a, b] <= 0.3: torch's uniform-proposal branch
         ("tail", {"mean": 0.0, "std": 1.0, "a": 1.5, "b": 3.0}),
         ("asym", {"mean": 1.0, "std": 0.5, "a": -1.0, "b": 0.5}),
+        # a == b: torch writes the constant a (the limit of the distribution): kept
+        ("a_eq_b", {"mean": 0.0, "std": 1.0, "a": 0.5, "b": 0.5}),
     ]),
     "constant_": (SHAPES_ND, [("0.3", {"val": 0.3}), ("-2", {"val": -2})]),
     "ones_": (SHAPES_ND, [("default", {})]),

@@ -149,6 +149,15 @@ def test_missing_native_kernel_warns_once_and_uses_reference(monkeypatch, same_b
         set_backend("native")
 
 
+def test_native_kernel_is_built():
+    """pip install builds the C kernel; only an explicit TORCHINIT_NO_NATIVE=1 build skips it."""
+    import os
+
+    if os.environ.get("TORCHINIT_NO_NATIVE") == "1":
+        pytest.skip("built without the native kernel on purpose")
+    assert B.native_available(), f"native keyed kernel failed to load: {B._native_error}"
+
+
 def test_public_exports():
     assert torchinit.Key is Key
     assert "Key" in torchinit.__all__

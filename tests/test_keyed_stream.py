@@ -8,6 +8,7 @@ weights forever.
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -157,3 +158,26 @@ def test_low_precision_is_the_float32_value_rounded_once(same_bits):
                 ok = (ref >= lo) & (ref <= hi)
                 same_bits(got[ok], ref[ok])
                 assert bool(((got >= lo) & (got <= hi)).all())
+
+
+@pytest.mark.parametrize("wide", [False, True], ids=["float32", "float64"])
+def test_transform_accuracy(wide):
+    """The stream's own log, sqrt and inverse normal CDF against scipy (double)."""
+    import numpy as np
+
+    special = pytest.importorskip("scipy.special")
+    from torchinit.keyed import reference as R
+
+    C = R._C64 if wide else R._C32
+    dt = C.dtype
+    t = torch.logspace(-300 if wide else -37, math.log10(0.5), 20000, dtype=torch.float64).to(dt)
+    t = t[t <= 0.5]
+    q = t - 0.5
+    z = R._ppnd(q, R._log(t, C), q.abs() <= C.split1, C).double().numpy()
+    ref = special.ndtri(t.double().numpy())
+    assert (np.abs(z - ref) / np.maximum(np.abs(ref), 1e-3)).max() < (2e-15 if wide else 1e-6)
+    lg, lref = R._log(t, C).double().numpy(), np.log(t.double().numpy())
+    assert (np.abs(lg - lref) / np.abs(lref)).max() < (5e-16 if wide else 2e-7)
+    x = torch.logspace(-30, 30, 10000, dtype=dt)
+    s, sref = R._sqrt(x, C).double().numpy(), np.sqrt(x.double().numpy())
+    assert (np.abs(s - sref) / sref).max() < (1e-15 if wide else 5e-7)

@@ -48,6 +48,7 @@ def _assert_same_state(a: nn.Module, b: nn.Module):
 @pytest.mark.parametrize("name,policy", [
     ("mlp", "pytorch"), ("mlp", "kaiming"), ("mlp", "module"), ("cnn", "pytorch"), ("cnn", "xavier"),
     ("resnet", "kaiming"), ("resnet", "module"), ("gpt", "gpt2"), ("gpt", "llama"), ("gpt", "pytorch"),
+    ("gpt", "module"), ("mlp", "orthogonal"), ("cnn", "lecun"),
 ])
 def test_materialize_equals_init_model(name, policy):
     model = _meta(name)

@@ -4,10 +4,10 @@ dtype kept) or raise a clear error, and a failed call never changes the tensor."
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 
-import pytest
 import torch
 import torch.nn.init as tinit
 from hypothesis import HealthCheck, given, settings
@@ -100,7 +100,7 @@ def test_drop_ins_match_torch_or_refuse_clearly(name, shape, dtype, data):
         t = _tensor(shape, dtype)
         before = t.clone()
         k = dict(kw)
-        if "generator" in __import__("inspect").signature(getattr(tinit, name)).parameters:
+        if "generator" in inspect.signature(getattr(tinit, name)).parameters:
             k["generator"] = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
         out, exc = _call(getattr(mod, name), t, k)
@@ -184,11 +184,15 @@ def test_extras_work_or_refuse_without_writing(name, shape, dtype, data):
         return
     bounds = _expected_bounds(name, t, kw)
     vals = t.double()
-    assert vals.isfinite().all()
-    if bounds is not None:
+    if bounds is None:
+        assert vals.isfinite().all()
+    else:
+        # bounds rounded to the dtype (a bound past fp16's range rounds to inf, like the values)
         lo = torch.tensor(bounds[0], dtype=torch.float64).to(dtype).double()
         hi = torch.tensor(bounds[1], dtype=torch.float64).to(dtype).double()
         assert ((vals >= lo) & (vals <= hi)).all(), (bounds, vals.min(), vals.max())
+        if lo.isfinite() and hi.isfinite():
+            assert vals.isfinite().all()
 
 
 @SETTINGS

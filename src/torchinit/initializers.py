@@ -129,10 +129,12 @@ def _refuse_trunc_garbage(tensor: Tensor, mean: float, std: float, a: float, b: 
         return
     if not (std < 0 or math.isnan(std) or not math.isfinite(mean)):
         return
-    if std < 0 and math.isfinite(mean):
-        cdf = lambda x: (1.0 + math.erf(x / math.sqrt(2.0))) / 2.0  # noqa: E731
+    cdf = lambda x: (1.0 + math.erf(x / math.sqrt(2.0))) / 2.0  # noqa: E731
+    try:
         if cdf((b - mean) / std) - cdf((a - mean) / std) > 0.3:
             return  # torch's normal_ raises
+    except ArithmeticError:
+        return  # torch raises the same computing this (std == 0)
     try:  # a throwaway generator: probing the bounds must not move any RNG
         tensor.new_empty(1).uniform_(a, b, generator=torch.Generator(device=tensor.device))
     except (RuntimeError, NotImplementedError):

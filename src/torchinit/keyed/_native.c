@@ -150,21 +150,13 @@ static void philox_groups_scalar(uint32_t k0, uint32_t k1, uint64_t g0, int ng, 
     }
 }
 
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(TORCHINIT_NO_SIMD)
 #include <immintrin.h>
 #define HAVE_AVX2_PATH 1
-#define MULHILO8(x, M, hi, lo)                                                 \
-    do {                                                                       \
-        __m256i pe_ = _mm256_mul_epu32((x), (M));                              \
-        __m256i po_ = _mm256_mul_epu32(_mm256_srli_epi64((x), 32), (M));       \
-        (lo) = _mm256_blend_epi32(pe_, _mm256_slli_epi64(po_, 32), 0xAA);      \
-        (hi) = _mm256_blend_epi32(_mm256_srli_epi64(pe_, 32), po_, 0xAA);      \
-    } while (0)
 
 __attribute__((target("avx2"))) static void philox_groups_avx2(uint32_t k0, uint32_t k1, uint64_t g0, int ng,
                                                                uint32_t sub, uint32_t *restrict w) {
     const __m256i M0 = _mm256_set1_epi32((int)PM0), M1 = _mm256_set1_epi32((int)PM1);
-    const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     __m256i KA[10], KB[10];
     uint32_t ka = k0, kb = k1;
     for (int r = 0; r < 10; r++) {
@@ -283,29 +275,6 @@ static inline float tailr32(float l) {
     return sqrt32(nl);
 }
 
-/* AS 241 PPND7 given q = p - 1/2 and rr = tailr32(log(min(p, 1-p))); central selects the branch */
-static inline float ppnd32(float q, float rr, int central) {
-    float r = F(0.180625) - q * q;
-    float nc = q * (((F(A7_3) * r + F(A7_2)) * r + F(A7_1)) * r + F(A7_0));
-    float dc = ((F(B7_3) * r + F(B7_2)) * r + F(B7_1)) * r + 1.0f;
-    int big = rr > 5.0f;
-    float s5 = rr - 5.0f, s16 = rr - F(1.6);
-    float s = big ? s5 : s16;
-    float c3 = big ? F(E7_3) : F(C7_3);
-    float c2 = big ? F(E7_2) : F(C7_2);
-    float c1 = big ? F(E7_1) : F(C7_1);
-    float c0 = big ? F(E7_0) : F(C7_0);
-    float d2 = big ? F(F7_2) : F(D7_2);
-    float d1 = big ? F(F7_1) : F(D7_1);
-    float nt = ((c3 * s + c2) * s + c1) * s + c0;
-    float dt = (d2 * s + d1) * s + 1.0f;
-    float ntn = -nt;
-    nt = q < 0.0f ? ntn : nt;
-    float num = central ? nc : nt;
-    float den = central ? dc : dt;
-    return num / den;
-}
-
 /* central branch of PPND7 alone (|q| <= 0.425) */
 static inline float central32(float q) {
     float r = F(0.180625) - q * q;
@@ -314,7 +283,7 @@ static inline float central32(float q) {
     return nc / dc;
 }
 
-/* tail branch of PPND7 alone: same operations as ppnd32(q, rr, 0) */
+/* tail branch of PPND7 (|q| > 0.425) given rr = tailr32(log(min(p, 1 - p))) */
 static inline float tail32(float q, float rr) {
     int big = rr > 5.0f;
     float s5 = rr - 5.0f, s16 = rr - F(1.6);
@@ -390,10 +359,12 @@ static inline int compact_tail(const float *restrict qs, int n, int *restrict id
 /* z[e] = PPND7 for q[e] = p - 1/2 and t[e] = min(p, 1 - p), e < n. The central branch
    runs vectorized over all elements; the tail elements (|q| > 0.425, about 15% for a
    normal) are compacted, computed vectorized, and scattered back. Per element the
-   operations are exactly those of ppnd32: only the work on unused branches is skipped. */
+   operations are exactly those of section 4 of docs/keyed-stream.md: only the work on the
+   unused branch is skipped. */
 static inline void ppnd_batch32(int n, const float *restrict qs, const float *restrict ts, float *restrict zs) {
-    int idx[SEG + 8];
-    float tq[SEG], tt[SEG];
+    /* odd paddings: arrays exactly 4 KiB apart make loads falsely wait on stores (4K aliasing) */
+    int idx[SEG + 8 + 40];
+    float tq[SEG + 24], tt[SEG + 56];
     for (int e = 0; e < n; e++) zs[e] = central32(qs[e]);
     int k = compact_tail(qs, n, idx);
     for (int j = 0; j < k; j++) {
@@ -434,32 +405,6 @@ static inline double sqrt64(double x) {
     return x * y;
 }
 
-static inline double ppnd64(double q, double l, int64_t central) {
-    double r = 0.180625 - q * q;
-    double nc = A16[7], dc = B16[7];
-    for (int k = 6; k >= 0; k--) {
-        nc = nc * r + A16[k];
-        dc = dc * r + B16[k];
-    }
-    nc = q * nc;
-    double nl = -l;
-    nl = nl > 0x1p-1022 ? nl : 0x1p-1022;
-    double rr = sqrt64(nl);
-    int64_t big = rr > 5.0;
-    double s5 = rr - 5.0, s16 = rr - 1.6;
-    double s = big ? s5 : s16;
-    double nt = big ? E16[7] : C16[7], dt = big ? F16c[7] : D16[7];
-    for (int k = 6; k >= 0; k--) {
-        nt = nt * s + (big ? E16[k] : C16[k]);
-        dt = dt * s + (big ? F16c[k] : D16[k]);
-    }
-    double ntn = -nt;
-    nt = q < 0.0 ? ntn : nt;
-    double num = central ? nc : nt;
-    double den = central ? dc : dt;
-    return num / den;
-}
-
 static inline double central64(double q) {
     double r = 0.180625 - q * q;
     double nc = A16[7], dc = B16[7];
@@ -477,7 +422,7 @@ static inline double tailr64(double l) {
     return sqrt64(nl);
 }
 
-/* same operations as ppnd64(q, l, 0) given rr = tailr64(l) */
+/* tail branch of PPND16 given rr = tailr64(log(min(p, 1 - p))) */
 static inline double tail64(double q, double rr) {
     int64_t big = rr > 5.0;
     double s5 = rr - 5.0, s16 = rr - 1.6;
@@ -494,8 +439,8 @@ static inline double tail64(double q, double rr) {
 
 /* float64 analogue of ppnd_batch32: central branch for all, tail branch compacted */
 static inline void ppnd_batch64(int n, const double *restrict qs, const double *restrict ts, double *restrict zs) {
-    int idx[SEG];
-    double tq[SEG], tt[SEG];
+    int idx[SEG + 40];
+    double tq[SEG + 12], tt[SEG + 28];
     for (int e = 0; e < n; e++) zs[e] = central64(qs[e]);
     int k = 0;
     for (int e = 0; e < n; e++) {
@@ -533,8 +478,8 @@ static inline uint16_t f32_to_f16(float f) {
 
 /* ---------------------------------------------------------------- one batch */
 TC static void process_seg_core(const job_t *J, int64_t g, int n, char *out) {
-    uint32_t wbuf[2 * SEG + 64];
-    float xs[SEG];
+    uint32_t wbuf[2 * SEG + 64 + 16];
+    float xs[SEG + 40];
     const int W = (J->dtype == DT_F64) ? 2 : 1;
     uint64_t wd0 = (uint64_t)W * (uint64_t)g;
     uint64_t nw = (uint64_t)W * (uint64_t)n;
@@ -558,7 +503,7 @@ TC static void process_seg_core(const job_t *J, int64_t g, int n, char *out) {
                 o[e] = c0 + c1 * u;
             }
         } else if (J->kind == K_NORMAL) {
-            double qd[SEG], td[SEG], zd[SEG];
+            double qd[SEG + 12], td[SEG + 20], zd[SEG + 36];
             for (int e = 0; e < n; e++) {
                 uint32_t w0 = wp[2 * e], w1 = wp[2 * e + 1];
                 uint64_t m = ((uint64_t)(w0 & 0x7FFFFFFFu) << 21) | (uint64_t)(w1 >> 11);
@@ -574,7 +519,7 @@ TC static void process_seg_core(const job_t *J, int64_t g, int n, char *out) {
                 o[e] = c0 + c1 * z;
             }
         } else if (J->mode == 0) {
-            double qd[SEG], td[SEG], zd[SEG];
+            double qd[SEG + 12], td[SEG + 20], zd[SEG + 36];
             for (int e = 0; e < n; e++) {
                 uint64_t k = ((uint64_t)wp[2 * e] << 20) | (uint64_t)(wp[2 * e + 1] >> 12);
                 double u = (u52_to_d(k) + 0.5) * 0x1p-52;
@@ -592,7 +537,7 @@ TC static void process_seg_core(const job_t *J, int64_t g, int n, char *out) {
                 uint64_t k = ((uint64_t)wp[2 * e] << 20) | (uint64_t)(wp[2 * e + 1] >> 12);
                 double u = (u52_to_d(k) + 0.5) * 0x1p-52;
                 double v = 1.0 + u * c3;
-                double z = ppnd64(-0.5, c2 + log64(v), 0);
+                double z = tail64(-0.5, tailr64(c2 + log64(v)));
                 o[e] = c0 + c1 * z;
             }
         }
@@ -613,7 +558,19 @@ TC static void process_seg_core(const job_t *J, int64_t g, int n, char *out) {
        each stage is a long dependency chain per element. */
     const float c0 = J->cf[0], c1 = J->cf[1], c2 = J->cf[2], c3 = J->cf[3];
     float *xo = (J->dtype == DT_F32) ? (float *)out : xs;
-    float qs[SEG], ls[SEG], xs2[SEG];
+    float qs[SEG + 24], ls[SEG + 40], xs2[SEG + 72];
+    if (J->kind == K_UNIFORM && J->dtype == DT_BF16 && J->clamp) { /* fused: one pass */
+        const float lo = J->lof, hi = J->hif;
+        uint16_t *o = (uint16_t *)out;
+        for (int e = 0; e < n; e++) {
+            float u = (float)(int32_t)(wp[e] >> 8) * 0x1p-24f;
+            float x = c0 + c1 * u;
+            x = x < lo ? lo : x;
+            x = x > hi ? hi : x;
+            o[e] = f32_to_bf16(x);
+        }
+        return;
+    }
     if (J->kind == K_UNIFORM) {
         for (int e = 0; e < n; e++) {
             float u = (float)(int32_t)(wp[e] >> 8) * 0x1p-24f;
@@ -653,18 +610,37 @@ TC static void process_seg_core(const job_t *J, int64_t g, int n, char *out) {
         }
         for (int e = 0; e < n; e++) ls[e] = tailr32(ls[e]);
         for (int e = 0; e < n; e++) {
-            float z = ppnd32(-0.5f, ls[e], 0);
+            float z = tail32(-0.5f, ls[e]);
             xo[e] = c0 + c1 * z;
         }
     }
     if (J->clamp) {
         const float lo = J->lof, hi = J->hif;
-        for (int e = 0; e < n; e++) {
-            float x = xo[e];
-            x = x < lo ? lo : x;
-            x = x > hi ? hi : x;
-            xo[e] = x;
+        if (J->dtype == DT_F32) {
+            for (int e = 0; e < n; e++) {
+                float x = xo[e];
+                x = x < lo ? lo : x;
+                x = x > hi ? hi : x;
+                xo[e] = x;
+            }
+        } else if (J->dtype == DT_BF16) { /* clamp and round in one pass */
+            uint16_t *o = (uint16_t *)out;
+            for (int e = 0; e < n; e++) {
+                float x = xs[e];
+                x = x < lo ? lo : x;
+                x = x > hi ? hi : x;
+                o[e] = f32_to_bf16(x);
+            }
+        } else {
+            uint16_t *o = (uint16_t *)out;
+            for (int e = 0; e < n; e++) {
+                float x = xs[e];
+                x = x < lo ? lo : x;
+                x = x > hi ? hi : x;
+                o[e] = f32_to_f16(x);
+            }
         }
+        return;
     }
     if (J->dtype == DT_BF16) {
         uint16_t *o = (uint16_t *)out;
@@ -694,7 +670,7 @@ __attribute__((target("avx2"))) static void stream_copy_avx2(char *dst, const ch
 static void process_seg(const job_t *J, int64_t g, int n, char *out) {
 #ifdef HAVE_AVX2_PATH
     if (J->nt && g_have_avx2) {
-        _Alignas(64) char buf[SEG * 8];
+        _Alignas(64) char buf[SEG * 8 + 192];
         process_seg_core(J, g, n, buf);
         stream_copy_avx2(out, buf, (size_t)n * (size_t)J->esize);
         return;
@@ -773,6 +749,7 @@ static int seq_to_i64(PyObject *seq, int64_t *dst, int maxn, const char *what) {
 
 /* fill(ptr, dtype, kind, mode, clamp, k0, k1, sub, (c0,c1,c2,c3), lo, hi, gshape, offsets, sizes, nthreads, chunk) */
 static PyObject *py_fill(PyObject *self, PyObject *args) {
+    (void)self;
     unsigned long long ptr, k0, k1, sub;
     int dtype, kind, mode, clamp, nthreads;
     double c[4], lo, hi;
@@ -868,6 +845,7 @@ static PyObject *py_fill(PyObject *self, PyObject *args) {
 
 /* philox(c0, c1, c2, c3, k0, k1) -> 4-tuple: one Philox4x32-10 block (for known-answer tests) */
 static PyObject *py_philox(PyObject *self, PyObject *args) {
+    (void)self;
     unsigned int c[4], k[2];
     if (!PyArg_ParseTuple(args, "IIIIII", &c[0], &c[1], &c[2], &c[3], &k[0], &k[1])) return NULL;
     uint32_t x0 = c[0], x1 = c[1], x2 = c[2], x3 = c[3], ka = k[0], kb = k[1];
@@ -886,6 +864,8 @@ static PyObject *py_philox(PyObject *self, PyObject *args) {
 
 /* has_avx2() -> bool: whether the AVX2 Philox path is used */
 static PyObject *py_has_avx2(PyObject *self, PyObject *args) {
+    (void)self;
+    (void)args;
     return PyBool_FromLong(g_have_avx2);
 }
 
@@ -896,7 +876,7 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "_native", "torchinit keyed engine native kernel", -1,
-                                    methods};
+                                    methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__native(void) {
 #ifdef HAVE_AVX2_PATH

@@ -75,8 +75,37 @@ def _word_values(j: Tensor, k0: int, k1: int, sub: int) -> Tensor:
     return torch.where(lane == 0, x0, torch.where(lane == 1, x1, torch.where(lane == 2, x2, x3)))
 
 
+def _word_range(j0: int, j1: int, k0: int, k1: int, sub: int, device) -> Tensor:
+    """Words j0 <= j < j1, computing each Philox block once (whole 32-word groups)."""
+    g0, g1 = j0 >> 5, ((j1 - 1) >> 5) + 1
+    block = torch.arange(8 * g0, 8 * g1, dtype=torch.int64, device=device)
+    c0 = block & _MASK32
+    c1 = block >> 32
+    c2 = torch.full_like(block, sub)
+    c3 = torch.zeros_like(block)
+    x = torch.stack(philox4x32(c0, c1, c2, c3, k0, k1))  # (4, 8 * groups): lane, block
+    words = x.view(4, g1 - g0, 8).transpose(0, 1).reshape(-1)  # group-major, lane, block
+    return words[j0 - 32 * g0: j1 - 32 * g0]
+
+
 def _words(idx: Tensor, wide: bool, k0: int, k1: int, sub: int) -> tuple[Tensor, Tensor | None]:
-    """The 32-bit words of elements ``idx``: word i (float32 path) or words 2i, 2i+1 (float64 path)."""
+    """The 32-bit words of elements ``idx``: word i (float32 path) or words 2i, 2i+1 (float64 path).
+
+    When the indices are dense in their range (whole tensors, rows, boxes of wide
+    rows), every Philox block of the range is computed once and words are gathered;
+    otherwise each word computes its own block. Both give the same words.
+    """
+    n = idx.numel()
+    if n:
+        lo, hi = int(idx[0]), int(idx[-1])  # box indices increase
+        w = 2 if wide else 1
+        span = w * (hi - lo + 1)
+        if span <= 4 * w * n + 64:
+            words = _word_range(w * lo, w * (hi + 1), k0, k1, sub, idx.device)
+            if wide:
+                rel = 2 * (idx - lo)
+                return words[rel], words[rel + 1]
+            return words[idx - lo], None
     if wide:
         return _word_values(2 * idx, k0, k1, sub), _word_values(2 * idx + 1, k0, k1, sub)
     return _word_values(idx, k0, k1, sub), None
