@@ -53,3 +53,13 @@ def restore_rng():
     state = torch.get_rng_state()
     yield
     torch.set_rng_state(state)
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread: small tensors are as fast, and far faster
+    (QR, matmul) when the machine's other core is busy."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)

@@ -15,13 +15,7 @@ from torchinit.diagnostics import Report
 SMALL_MLP = json.dumps({"depth": 12, "width": 32})
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one thread is as fast, and far faster on a busy machine."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_compare_schemes_on_zoo_mlp(tmp_path, capsys):

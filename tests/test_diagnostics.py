@@ -15,13 +15,7 @@ from torchinit import specs as S
 from torchinit.diagnostics import Report, Thresholds, diagnose
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one thread is as fast, and far faster on a busy machine."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mlp(depth=10, width=64, act=nn.ReLU, bias=True, d_in=None, d_out=None):

@@ -12,13 +12,7 @@ import torchinit
 from torchinit import class_prior, data_init_, lsuv_, prior_bias_
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one thread is as fast, and far faster on a busy machine."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mlp(depth=8, width=32, d_in=16, bias=True):

@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from . import specs as S
+from .diagnostics import _call, _first_tensor
 from .initializers import fill_
 
 __all__ = ["lsuv_", "LSUVReport", "LSUVLayer", "prior_bias_", "class_prior", "data_init_"]
@@ -41,27 +42,6 @@ __all__ = ["lsuv_", "LSUVReport", "LSUVLayer", "prior_bias_", "class_prior", "da
 
 class _Stop(Exception):
     """Raised by a hook to end a forward pass early."""
-
-
-def _call(model: nn.Module, inputs: Any) -> Any:
-    if isinstance(inputs, Mapping):
-        return model(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    return model(inputs)
-
-
-def _first_tensor(x: Any) -> Tensor | None:
-    if isinstance(x, Tensor):
-        return x
-    if isinstance(x, Mapping):
-        x = list(x.values())
-    if isinstance(x, (list, tuple)):
-        for v in x:
-            t = _first_tensor(v)
-            if t is not None:
-                return t
-    return None
 
 
 def _is_weight_layer(module: nn.Module) -> bool:
