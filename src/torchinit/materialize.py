@@ -11,7 +11,7 @@ final model size.
 ``materialize`` computes the plan on the meta model (shapes are all it needs),
 then walks the modules in order, allocating each module's own meta parameters
 and buffers on ``device`` (same sizes, strides and dtype); as soon as
-:data:`BATCH_ELEMENTS` elements (16 M) are pending, it initializes them with
+:data:`BATCH_ELEMENTS` elements (64 M) are pending, it initializes them with
 one ``apply_plan`` call on just their plan entries (keyed engine) and goes on.
 If that fails midway (out of memory, an interrupt), the unfilled batch is put
 back on meta: the model then holds initialized tensors and meta tensors only,
@@ -56,7 +56,7 @@ PROGRESS_AFTER_S = 2.0
 #: Modules are allocated, in order, until this many elements are pending, then initialized
 #: with one ``apply_plan`` call (allocated-but-unfilled memory is at most this batch, and it
 #: is part of the final model anyway: it does not raise the peak).
-BATCH_ELEMENTS = 1 << 24
+BATCH_ELEMENTS = 1 << 26
 
 
 def meta_tensors(model: nn.Module) -> Iterator[tuple[str, str, Tensor]]:
