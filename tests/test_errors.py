@@ -215,7 +215,7 @@ EXTRA = [
     ("std_units_zero_std", torchinit.trunc_normal_std_units_, lambda: _t(4, 3), {"std": 0.0}, ValueError,
      r"TruncatedNormal: std must be > 0, got 0.0"),
     ("std_units_lower>=upper", torchinit.trunc_normal_std_units_, lambda: _t(4, 3), {"lower": 2.0, "upper": 1.0}, ValueError,
-     r"TruncatedNormal: need a < b, got a=2.0, b=1.0"),
+     r"trunc_normal_std_units_: need lower < upper \(standard units\), got lower=2.0, upper=1.0"),
     ("std_units_nan_mean", torchinit.trunc_normal_std_units_, lambda: _t(4, 3), {"mean": NAN}, ValueError,
      r"TruncatedNormal: mean must be finite, got nan"),
     ("std_units_int", torchinit.trunc_normal_std_units_, lambda: _t(4, 3, dtype=I64), {}, TypeError,
@@ -257,3 +257,4 @@ def test_torch_engine_refuses_unknown_spec():
 
     with pytest.raises(TypeError, match="the torch engine cannot fill spec"):
         torch_fill_(torch.empty(2, 2), specs.Spec())
+

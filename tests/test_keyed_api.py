@@ -163,3 +163,14 @@ def test_public_exports():
     assert "Key" in torchinit.__all__
     for name in ("Key", "fill_", "fill_region_", "sample", "STREAM_VERSION", "set_num_threads", "set_backend"):
         assert hasattr(torchinit.keyed, name) and name in torchinit.keyed.__all__
+
+
+def test_float8_is_refused_before_writing():
+    import pytest
+    import torch
+    import torchinit
+
+    t = torch.zeros(4, dtype=torch.float8_e4m3fn)
+    with pytest.raises(TypeError, match=r"dtype torch.float8_e4m3fn; key= fills floating-point tensors only"):
+        torchinit.normal_(t, key=torchinit.Key(0))
+    assert (t.float() == 0).all()

@@ -184,6 +184,11 @@ def trunc_normal_std_units_(
     from :func:`trunc_normal_` on purpose, so the two cannot be confused.
     """
     _require_float(tensor, "trunc_normal_std_units_")
+    for name, v in (("lower", lower), ("upper", upper)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
+            raise ValueError(f"trunc_normal_std_units_: {name} must be a number, got {v!r}")
+    if not lower < upper:
+        raise ValueError(f"trunc_normal_std_units_: need lower < upper (standard units), got lower={lower}, upper={upper}")
     spec = S.TruncatedNormal(mean, std, mean + lower * std, mean + upper * std)
     return fill_(tensor, spec, generator=generator, key=key)
 

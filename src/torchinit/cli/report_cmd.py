@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from ._models import load_model, parse_kwargs
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rich.table import Table
 
 __all__ = ["register", "run", "make_inputs", "build_and_init", "diagnose_schemes", "std_table", "print_verdicts", "scheme_policy",
            "DEFAULT_SCHEMES"]
@@ -22,6 +25,7 @@ AS_BUILT = "as-built"
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``report`` subcommand to ``subparsers``; returns its parser."""
     p = subparsers.add_parser(
         "report",
         help="diagnose signal propagation of an initialized model: verdicts, tables, plots, HTML",
@@ -46,7 +50,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--input-shape", default=None, metavar="B,D,...",
                    help="full input shape including the batch, e.g. 64,256 or 32,3,32,32 (default: the zoo's "
                    "example input, or inferred from the first layer)")
-    p.add_argument("--batch", type=int, default=64, help="batch size when the shape is inferred (default 64)")
+    p.add_argument("--batch", type=int, default=64, help="batch size when --input-shape is not given (default 64)")
     p.add_argument("--out", "-o", default="torchinit-report", metavar="DIR",
                    help="folder for plots, JSON and report.html (default: ./torchinit-report)")
     p.add_argument("--seed", "-s", type=int, default=0, help="seed of the init and of the random batch (default 0)")
@@ -152,7 +156,7 @@ def diagnose_schemes(model_spec: str, schemes: Sequence[str], *, kwargs: Mapping
     return reports
 
 
-def std_table(reports: Mapping[str, Any], title: str, *, max_rows: int | None = None):
+def std_table(reports: Mapping[str, Any], title: str, *, max_rows: int | None = None) -> "Table":
     """Rich table: output std of each weight layer (rows, by depth) for each scheme (columns)."""
     from rich.table import Table
 
@@ -202,6 +206,7 @@ class threads:
         self.prev = torch.get_num_threads()
 
     def __enter__(self) -> "threads":
+        self.prev = torch.get_num_threads()
         if self.n > 0:
             torch.set_num_threads(self.n)
         return self
@@ -211,6 +216,7 @@ class threads:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``torchinit report`` with the parsed ``args``; returns the exit code."""
     with threads(args.threads):
         return _run(args)
 

@@ -82,8 +82,13 @@ def _check_spec(spec) -> S.Spec:
         return spec.checked()
 
 
+_KEYED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
 def _check_dtype(dtype: torch.dtype, what: str = "tensor") -> None:
-    if not dtype.is_floating_point:
+    # float8 and other exotic floats are refused: the stream's bound clamping and
+    # rounding rules (docs/keyed-stream.md, section 6) are defined for these four only.
+    if dtype not in _KEYED_DTYPES:
         raise TypeError(
             f"keyed engine: {what} has dtype {dtype}; key= fills floating-point tensors only "
             "(float16, bfloat16, float32, float64)"
@@ -264,7 +269,8 @@ def _bump_version(t: Tensor) -> None:
         inc(t)
 
 
-def raw_words(key: Key, sub: int, global_shape, offsets, sizes, device="cpu") -> Tensor:
+def raw_words(key: Key, sub: int, global_shape: Sequence[int], offsets: Sequence[int], sizes: Sequence[int],
+              device: torch.device | str = "cpu") -> Tensor:
     """Raw 32-bit stream words (int64 tensor of the box shape) of sub-stream ``sub``.
 
     Word of element i is lane ``i & 3`` of Philox block ``i >> 2`` (the float32 layout).
