@@ -124,12 +124,12 @@ def test_failure_midway_puts_the_batch_back_on_meta(monkeypatch):
     real_apply = torchinit.apply_plan
     calls = []
 
-    def failing(m, plan, *, seed, engine, only=None):
+    def failing(m, plan, *, seed, engine, only=None, **kw):
         if only is None:
             calls.append(1)
             if len(calls) == 2:
                 raise MemoryError("simulated")
-        return real_apply(m, plan, seed=seed, engine=engine, only=only)
+        return real_apply(m, plan, seed=seed, engine=engine, only=only, **kw)
 
     monkeypatch.setattr(torchinit, "apply_plan", failing)
     monkeypatch.setattr(materialize_mod, "BATCH_ELEMENTS", 1)  # one module per batch
@@ -167,7 +167,7 @@ def test_allocates_module_by_module_once(monkeypatch):
     real_apply = torchinit.apply_plan
     calls = []
 
-    def spy(m, plan, *, seed, engine, only=None):
+    def spy(m, plan, *, seed, engine, only=None, **kw):
         allocated = {n for n, t in m.state_dict(keep_vars=True).items() if not t.is_meta}
         if only is not None:  # the validation dry run, before any allocation
             assert tuple(only) == () and not allocated
@@ -175,7 +175,8 @@ def test_allocates_module_by_module_once(monkeypatch):
         names = {n for e in plan.entries for n in (e.name, *e.aliases)}
         assert allocated == set().union(*calls, names)  # nothing allocated ahead of its initialization
         calls.append(names)
-        return real_apply(m, plan, seed=seed, engine=engine, only=only)
+        assert kw == {"restore_on_error": False}  # fresh tensors: no snapshot copy
+        return real_apply(m, plan, seed=seed, engine=engine, only=only, **kw)
 
     monkeypatch.setattr(torchinit, "apply_plan", spy)
     monkeypatch.setattr(materialize_mod, "BATCH_ELEMENTS", 1)  # one module per call

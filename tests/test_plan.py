@@ -437,3 +437,23 @@ def test_zero_element_tensors_are_planned_as_no_ops():
     p = torchinit.init_model(net, "kaiming", seed=0, engine="torch")
     assert p["0.weight"].args["empty"] is True and p["0.weight"].spec == S.Constant(0.0)
     assert p["1.weight"].spec.std == pytest.approx(1 / 2)
+
+
+@pytest.mark.parametrize("engine", ["keyed", "torch"])
+def test_module_code_that_raises_leaves_the_model_untouched(engine):
+    """A model's own init code can fail after validation: every tensor is restored."""
+
+    class Bad(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(3, 3))
+
+        def reset_parameters(self):
+            raise RuntimeError("broken init code")
+
+    model = nn.Sequential(nn.Linear(4, 3), Bad())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(RuntimeError, match="broken init code"):
+        torchinit.init_model(model, "module", seed=0, engine=engine)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k

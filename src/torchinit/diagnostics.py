@@ -47,7 +47,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +55,11 @@ from torch import Tensor, nn
 
 from .fans import module_fans
 from .gains import calculate_gain, second_moment_gain
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
+    from rich.console import Console
+    from rich.table import Table
 
 __all__ = [
     "diagnose",
@@ -325,6 +330,7 @@ class Report:
     # -- views ---------------------------------------------------------------------
     @property
     def label(self) -> str:
+        """The report's name: ``meta['label']``, else the model's class name."""
         return str(self.meta.get("label") or self.meta.get("model") or "model")
 
     def signal(self) -> list[LayerStats]:
@@ -332,21 +338,25 @@ class Report:
         return [r for r in self.layers if r.kind == "linear"]
 
     def activations(self) -> list[LayerStats]:
+        """Records of the activation modules, in forward order."""
         return [r for r in self.layers if r.kind == "activation"]
 
     def layer(self, name: str) -> LayerStats:
+        """The record named ``name`` (raises KeyError if absent)."""
         for r in self.layers:
             if r.name == name:
                 return r
         raise KeyError(f"no recorded layer named {name!r}; recorded: {[r.name for r in self.layers][:20]}")
 
     def param(self, name: str) -> ParamStats:
+        """The statistics of parameter ``name`` (raises KeyError if absent)."""
         for p in self.params:
             if p.name == name:
                 return p
         raise KeyError(f"no parameter named {name!r}")
 
     def by_kind(self, kind: str) -> list[Verdict]:
+        """The verdicts of kind ``kind``."""
         return [v for v in self.verdicts if v.kind == kind]
 
     @property
@@ -356,6 +366,7 @@ class Report:
 
     # -- serialization -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """The report as a JSON-ready dict (:meth:`from_dict` inverts it)."""
         return {
             "format": "torchinit.report/1",
             "meta": dict(self.meta),
@@ -366,6 +377,7 @@ class Report:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Report":
+        """Rebuild a report from :meth:`to_dict`'s output."""
         if not isinstance(d, Mapping) or d.get("format") != "torchinit.report/1":
             raise ValueError("Report.from_dict: expected a dict with format 'torchinit.report/1'")
         return cls(
@@ -376,14 +388,16 @@ class Report:
         )
 
     def to_json(self, indent: int | None = 1) -> str:
+        """JSON text of :meth:`to_dict` (non-finite values kept as NaN/Infinity)."""
         return json.dumps(self.to_dict(), indent=indent, allow_nan=True)
 
     @classmethod
     def from_json(cls, text: str) -> "Report":
+        """Rebuild a report from :meth:`to_json`'s output."""
         return cls.from_dict(json.loads(text))
 
     # -- text ------------------------------------------------------------------------
-    def layer_table(self, *, kinds: Iterable[str] | None = None, max_rows: int | None = None):
+    def layer_table(self, *, kinds: Iterable[str] | None = None, max_rows: int | None = None) -> Table:
         """A ``rich.table.Table`` of the recorded layers."""
         from rich.table import Table
 
@@ -400,7 +414,8 @@ class Report:
                       _pct(r.saturated), _fmt(r.cosine, ".2f"), _fmt(r.grad_std))
         return t
 
-    def verdict_table(self):
+    def verdict_table(self) -> Table:
+        """A ``rich.table.Table`` of the verdicts."""
         from rich.table import Table
 
         t = Table(title=f"verdicts: {self.label}")
@@ -413,7 +428,7 @@ class Report:
             t.add_row("[green]ok[/]", "-", "-", "no problem found", "-")
         return t
 
-    def print(self, console=None, *, kinds: Iterable[str] | None = ("linear", "activation", "norm", "embedding", "attention"),
+    def print(self, console: Console | None = None, *, kinds: Iterable[str] | None = ("linear", "activation", "norm", "embedding", "attention"),
               max_rows: int | None = 60) -> None:
         """Print the layer table and the verdicts with rich."""
         from rich.console import Console
@@ -437,13 +452,13 @@ class Report:
         return console.export_text()
 
     # -- plots ---------------------------------------------------------------------
-    def plot_signal(self, path: str | Path | None = None, **kw):
+    def plot_signal(self, path: str | Path | None = None, **kw: Any) -> Figure:
         """Signal-propagation figure of this report (see :func:`torchinit.plots.signal_propagation`)."""
         from .plots import signal_propagation
 
         return signal_propagation({self.label: self}, path, **kw)
 
-    def plot_histograms(self, path: str | Path | None = None, **kw):
+    def plot_histograms(self, path: str | Path | None = None, **kw: Any) -> Figure:
         """Glorot-style activation histograms (see :func:`torchinit.plots.activation_histograms`)."""
         from .plots import activation_histograms
 
@@ -1000,9 +1015,9 @@ def diagnose(
     params = [p for p in model.parameters() if p.requires_grad]
     want_grad = backward and (bool(params) or (x0 is not None and x0.requires_grad))
     rec = _Recorder(model, max_cosine_samples, want_grad)
-    rec.attach()
     loss_kind = None
     try:
+        rec.attach()  # inside try: hooks attached before a failure are removed in finally
         with torch.set_grad_enabled(want_grad):
             out = _call(model, inputs)
         y = _first_tensor(out)

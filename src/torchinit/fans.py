@@ -40,6 +40,7 @@ class Fans:
 
     @property
     def fan_avg(self) -> float:
+        """(fan_in + fan_out) / 2."""
         return (self.fan_in + self.fan_out) / 2.0
 
     def select(self, mode: str) -> float:
@@ -62,6 +63,7 @@ class Fans:
         )
 
     def to_dict(self) -> dict:
+        """``{"fan_in", "fan_out", "receptive_field"}`` as a plain dict."""
         return {"fan_in": self.fan_in, "fan_out": self.fan_out, "receptive_field": self.receptive_field}
 
 

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from . import specs as S
-from .diagnostics import _call, _first_tensor
+from .diagnostics import _call, _first_tensor, _fmt, _kind
 from .initializers import fill_
 
 __all__ = ["lsuv_", "LSUVReport", "LSUVLayer", "prior_bias_", "class_prior", "data_init_"]
@@ -45,11 +45,9 @@ class _Stop(Exception):
 
 
 def _is_weight_layer(module: nn.Module) -> bool:
-    if isinstance(module, (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd)):
-        return True
-    w = getattr(module, "weight", None)
-    return (isinstance(w, nn.Parameter) and w.dim() >= 2 and not list(module.children())
-            and not isinstance(module, (nn.Embedding, nn.EmbeddingBag)))
+    """Linear/Conv/Bilinear, or any other leaf with a >= 2-D ``weight`` (embeddings excluded):
+    the layers :func:`torchinit.diagnose` records as ``"linear"``."""
+    return _kind(module) == "linear"
 
 
 def _select(model: nn.Module, modules: Any, fn: str) -> list[tuple[str, nn.Module]]:
@@ -80,12 +78,16 @@ def _select(model: nn.Module, modules: Any, fn: str) -> list[tuple[str, nn.Modul
 def _forward_order(model: nn.Module, inputs: Any, chosen: list[tuple[str, nn.Module]]) -> list[str]:
     order: list[str] = []
     handles = []
-    for name, m in chosen:
-        def hook(mod, args, out, name=name):
+
+    def hook_for(name: str) -> Callable:
+        def hook(mod, args, out):
             if name not in order:
                 order.append(name)
-        handles.append(m.register_forward_hook(hook))
-    try:
+        return hook
+
+    try:  # hooks registered before any failure are removed in finally
+        for name, m in chosen:
+            handles.append(m.register_forward_hook(hook_for(name)))
         with torch.no_grad():
             _call(model, inputs)
     finally:
@@ -178,8 +180,7 @@ class LSUVReport:
         for c in ("layer", "type", "iters", "std before", "std after", "ok"):
             t.add_column(c, justify="left" if c in ("layer", "type") else "right")
         for l in self.layers:
-            t.add_row(l.name, l.type, str(l.iterations), "-" if l.initial_std is None else f"{l.initial_std:.4g}",
-                      "-" if l.final_std is None else f"{l.final_std:.4g}",
+            t.add_row(l.name, l.type, str(l.iterations), _fmt(l.initial_std, ".4g"), _fmt(l.final_std, ".4g"),
                       l.skipped or ("yes" if l.converged else "NO"))
         return t
 

@@ -242,7 +242,7 @@ def materialize(
         # given, so the total validation work stays linear in the model size
         wanted = {id(by_name[n]) for n in names if n in by_name}
         sub = dataclasses.replace(plan_obj, entries=[e for e in plan_obj.entries if id(e) in wanted])
-        done = _apply_plan(model, sub, seed=seed, engine="keyed")
+        done = _apply_plan(model, sub, seed=seed, engine="keyed", restore_on_error=False)
         applied.update({e.name: e for e in done.entries})
 
     bar = _Progress(total, progress)

@@ -266,38 +266,35 @@ class _ActivationRecorder(TorchFunctionMode):
 
 
 def _run(model: nn.Module, example_inputs: Any) -> None:
+    from .diagnostics import _call
+
     with torch.no_grad():
-        if isinstance(example_inputs, Mapping):
-            model(**example_inputs)
-        elif isinstance(example_inputs, (tuple, list)):
-            model(*example_inputs)
-        else:
-            model(example_inputs)
+        _call(model, example_inputs)
 
 
 def _hook_detect(model: nn.Module, layers: dict[str, nn.Module], example_inputs: Any) -> dict[str, Detection]:
     events: list = []
     rec = _ActivationRecorder(events)
     handles = []
-    for n, m in model.named_modules():
-        if n in layers:
-            handles.append(m.register_forward_hook(lambda mod, i, o, n=n: events.append(("layer", n, n))))
-        else:
-            act = activation_of_module(m)
-            if act is not None:
-                def pre(mod, i, act=act, n=n):
-                    events.append(("act", act, f"{n} ({type(mod).__name__})"))
-                    rec.depth += 1
-
-                def post(mod, i, o):
-                    rec.depth -= 1
-
-                handles.append(m.register_forward_pre_hook(pre))
-                handles.append(m.register_forward_hook(post))
-            elif not _transparent_module(m) and not list(m.children()) and m is not model:
-                handles.append(m.register_forward_hook(lambda mod, i, o, n=n: events.append(("other", n, n))))
     flags = {n: m.training for n, m in model.named_modules()}
-    try:
+    try:  # hooks registered before any failure are removed in finally
+        for n, m in model.named_modules():
+            if n in layers:
+                handles.append(m.register_forward_hook(lambda mod, i, o, n=n: events.append(("layer", n, n))))
+            else:
+                act = activation_of_module(m)
+                if act is not None:
+                    def pre(mod, i, act=act, n=n):
+                        events.append(("act", act, f"{n} ({type(mod).__name__})"))
+                        rec.depth += 1
+
+                    def post(mod, i, o):
+                        rec.depth -= 1
+
+                    handles.append(m.register_forward_pre_hook(pre))
+                    handles.append(m.register_forward_hook(post))
+                elif not _transparent_module(m) and not list(m.children()) and m is not model:
+                    handles.append(m.register_forward_hook(lambda mod, i, o, n=n: events.append(("other", n, n))))
         model.eval()
         with rec:
             _run(model, example_inputs)

@@ -23,7 +23,7 @@ import io
 import json
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Mapping, Sequence
+from typing import IO, Any, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -80,10 +80,12 @@ class PlanEntry:
 
     @property
     def bounds(self) -> tuple[float, float] | None:
+        """``(low, high)`` support of the planned spec (or of the last observed one), None without a spec."""
         spec = self.spec if self.spec is not None else (self.observed[-1] if self.observed else None)
         return spec.bounds if spec is not None else None
 
     def to_dict(self) -> dict[str, Any]:
+        """The entry as a JSON-ready dict (:meth:`from_dict` inverts it)."""
         d = {
             "name": self.name, "module": self.module, "module_type": self.module_type, "kind": self.kind,
             "shape": list(self.shape), "dtype": self.dtype, "role": self.role, "rule": self.rule,
@@ -102,6 +104,7 @@ class PlanEntry:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "PlanEntry":
+        """Rebuild an entry from :meth:`to_dict`'s output."""
         return cls(
             name=d["name"], module=d["module"], module_type=d["module_type"], kind=d["kind"],
             shape=tuple(d["shape"]), dtype=d["dtype"], role=d["role"], rule=d.get("rule"),
@@ -169,10 +172,12 @@ class Plan:
 
     @property
     def names(self) -> list[str]:
+        """Qualified tensor names of the entries, in plan order."""
         return [e.name for e in self.entries]
 
     # -- serialization --------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """The plan as a JSON-ready dict (:meth:`from_dict` inverts it)."""
         return {
             "version": 1, "policy": self.policy, "rules": list(self.rules),
             "entries": [e.to_dict() for e in self.entries], "unmatched": list(self.unmatched),
@@ -182,6 +187,7 @@ class Plan:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Plan":
+        """Rebuild a plan from :meth:`to_dict`'s output (raises ValueError without ``entries``)."""
         if not isinstance(d, Mapping) or "entries" not in d:
             raise ValueError("a plan dict needs an 'entries' list")
         return cls(
@@ -193,11 +199,13 @@ class Plan:
         )
 
     def to_json(self, **kw: Any) -> str:
+        """JSON text of :meth:`to_dict` (``kw`` go to ``json.dumps``; indent 2 by default)."""
         kw.setdefault("indent", 2)
         return json.dumps(self.to_dict(), **kw)
 
     @classmethod
     def from_json(cls, text: str) -> "Plan":
+        """Rebuild a plan from :meth:`to_json`'s output."""
         return cls.from_dict(json.loads(text))
 
     # -- display ---------------------------------------------------------------------
@@ -308,7 +316,7 @@ class Plan:
         return (f"Plan(policy={self.policy!r}, entries={len(self.entries)}, unmatched={len(self.unmatched)}, "
                 f"unused_rules={len(self.unused_rules)}, applied={self.applied})")
 
-    def print(self, file=None, width: int | None = None) -> None:
+    def print(self, file: IO[str] | None = None, width: int | None = None) -> None:
         """Print the table with rich (colours on a terminal)."""
         from rich.console import Console
 
@@ -662,7 +670,7 @@ def _check_seed(seed: Any) -> int:
 
 
 def apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: str = "keyed",
-               only: Iterable[str] | None = None) -> Plan:
+               only: Iterable[str] | None = None, restore_on_error: bool = True) -> Plan:
     """Write ``plan`` into ``model``; return the applied plan.
 
     Validates everything first (seed, engine, every entry's tensor exists with the
@@ -671,6 +679,12 @@ def apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: str = "keyed"
     routed through the keyed engine for ``engine="keyed"``), then spec entries in
     plan order. ``only``: apply just the entries with these names (aliases accepted);
     module code then leaves every other tensor as it was.
+
+    Module code is the model's own and may raise at run time, after validation. With
+    ``restore_on_error`` (default) the tensors it may write are copied first and put
+    back if it raises, so a failed call leaves the model as it was, at the cost of one
+    copy of those tensors; ``materialize`` turns it off (its fresh tensors hold
+    nothing to lose, and it returns a failed batch to meta itself).
     """
     from .sharding import check_no_dtensor, is_dtensor, zero_rows_
 
@@ -728,7 +742,6 @@ def apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: str = "keyed"
         (e.spec is not None and e.spec.random) or e.initializer == "module" for e in selected)
     if needs_keyed:
         try:
-            from . import keyed  # noqa: F401
             from .keyed import Key
         except ImportError as exc:
             raise ImportError(f"engine='keyed' needs torchinit.keyed: {exc}") from None
@@ -753,10 +766,24 @@ def apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: str = "keyed"
         steps.sort(key=lambda s: order.get(s, len(order)))
         allowed = {e.name for e in module_entries}
         outside = {n for n in tensors if by_name.get(n) is None or by_name[n].name not in allowed}
+        undo: list[tuple[Tensor, Tensor]] = []
+        if restore_on_error:
+            undo_ids: set[int] = set()
+            for n in allowed:
+                t = tensors.get(n)
+                if t is not None and id(t) not in undo_ids and not t.is_meta:
+                    undo.append((t, t.detach().clone()))
+                    undo_ids.add(id(t))
         if engine == "keyed":
             # the routing mode skips the code's writes to tensors outside these entries
-            with keyed_init_mode(model, seed, protect=outside) as mode:
-                run_module_init(model, steps, mode)
+            try:
+                with keyed_init_mode(model, seed, protect=outside) as mode:
+                    run_module_init(model, steps, mode)
+            except BaseException:
+                with torch.no_grad():
+                    for t, v in undo:
+                        t.copy_(v)
+                raise
             observed = {n: tuple(v) for n, v in mode.log.specs.items()}
         else:
             prefixes = [p for p, _ in steps]
@@ -770,6 +797,11 @@ def apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: str = "keyed"
                 seen_ids.add(id(t))
             try:
                 run_module_init(model, steps, None)
+            except BaseException:
+                with torch.no_grad():
+                    for t, v in undo:
+                        t.copy_(v)
+                raise
             finally:
                 with torch.no_grad():
                     for n, v in saved.items():

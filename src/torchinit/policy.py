@@ -344,6 +344,7 @@ class Rule:
 
     # -- serialization ------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """The rule as a dict (:meth:`from_dict` inverts it); fields at their defaults are left out."""
         d: dict[str, Any] = {}
         if self.name:
             d["name"] = self.name
@@ -366,6 +367,7 @@ class Rule:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Rule":
+        """Build a rule from a mapping of its fields (raises PolicyError naming an unknown or bad field)."""
         if not isinstance(d, Mapping):
             raise PolicyError(f"a rule must be a mapping, got {d!r}")
         unknown = [k for k in d if k not in _RULE_FIELDS]
@@ -384,6 +386,7 @@ class Rule:
         return cls(**kwargs)
 
     def label(self, index: int) -> str:
+        """Display label of the rule at position ``index``: ``#index name`` (or ``#index init``)."""
         return f"#{index} {self.name}" if self.name else f"#{index} {self.init}"
 
 
@@ -430,6 +433,7 @@ class Policy:
                       on_unmatched=self.on_unmatched, options=self.options)
 
     def to_dict(self) -> dict[str, Any]:
+        """The policy as a dict (:meth:`from_dict` inverts it)."""
         d: dict[str, Any] = {"name": self.name, "rules": [r.to_dict() for r in self.rules]}
         if self.on_unmatched != "keep":
             d["on_unmatched"] = self.on_unmatched
@@ -483,6 +487,7 @@ class Policy:
                    options=dict(options))
 
     def to_json(self) -> str:
+        """JSON text of :meth:`to_dict`."""
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod

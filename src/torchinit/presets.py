@@ -215,6 +215,7 @@ PRESETS: dict[str, Callable[..., Policy]] = {
 
 
 def preset_names() -> list[str]:
+    """The names of the presets, in registration order."""
     return list(PRESETS)
 
 
@@ -222,10 +223,12 @@ def get_preset(name: str, **options: Any) -> Policy:
     """The preset policy ``name`` built with ``options`` (see each factory)."""
     if not isinstance(name, str) or name not in PRESETS:
         raise PolicyError(f"unknown preset {name!r}{_suggest(str(name), PRESETS)}; presets: {', '.join(PRESETS)}")
-    try:
-        return PRESETS[name](**options)
-    except TypeError as exc:
-        import inspect
+    import inspect
 
-        allowed = ", ".join(inspect.signature(PRESETS[name]).parameters) or "none"
+    sig = inspect.signature(PRESETS[name])
+    try:  # check the options against the signature only: a TypeError raised inside the factory propagates
+        sig.bind(**options)
+    except TypeError as exc:
+        allowed = ", ".join(sig.parameters) or "none"
         raise PolicyError(f"preset {name!r}: bad options {sorted(options)} ({exc}); options: {allowed}") from None
+    return PRESETS[name](**options)

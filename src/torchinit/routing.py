@@ -120,8 +120,9 @@ class KeyedInitMode(TorchFunctionMode):
         super().__init__()
         #: names of model tensors the routed code must not change (its writes to them are skipped)
         self.protect = set(protect) if protect else set()
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        # the range of Key(seed): checked here, before the routed code runs and writes anything
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+            raise ValueError(f"seed must be a non-negative int below 2**64, got {seed!r}")
         self.model = model
         self.seed = seed
         self.scope = ""

@@ -85,10 +85,10 @@ def torch_fill_(tensor: Tensor, spec: Spec, generator: torch.Generator | None = 
             if tensor.numel() == 0 or tensor.is_meta:
                 return tensor
             out_c, in_c = tensor.shape[:2]
-            q = _orthogonal_matrix(out_c, in_c, tensor, generator)
+            q = _orthogonal_matrix(out_c, in_c, tensor, generator).mul_(spec.gain)  # before any write
             tensor.zero_()
             centre = tuple(s // 2 for s in tensor.shape[2:])
-            tensor[(slice(None), slice(None)) + centre] = q * spec.gain
+            tensor[(slice(None), slice(None)) + centre] = q
             return tensor
         if isinstance(spec, Sparse):
             if tensor.is_meta:

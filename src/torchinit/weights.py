@@ -129,6 +129,9 @@ def save_weights(
         json.dumps(info)
     except TypeError as exc:
         raise TypeError(f"save_weights: info must be JSON-serializable: {exc}") from None
+    reserved = sorted(set(info) & {"format", "torchinit_version", "weights", "plan"})
+    if reserved:  # they would overwrite the plan file's own fields (and make it unreadable)
+        raise ValueError(f"save_weights: info key(s) {reserved} are reserved by the plan file format")
     tensors = _state_for_file(model)  # validates before writing anything
     metadata = {"format": "pt", "torchinit_version": __version__}
     metadata.update({f"torchinit.{k}": (v if isinstance(v, str) else json.dumps(v)) for k, v in info.items()})
@@ -159,7 +162,8 @@ def load_weights(
 ) -> dict[str, Tensor]:
     """Read a safetensors file; with ``model``, also ``model.load_state_dict(state, strict=strict)``
     (``assign=True`` when the model is on the meta device; tied parameters stay tied).
-    Returns the state dict."""
+    Returns the state dict. Missing/unexpected keys (``strict``) and shape mismatches
+    raise ``ValueError`` before anything is copied into ``model``."""
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -167,6 +171,7 @@ def load_weights(
         raise FileNotFoundError(f"weights file not found: {str(path)}")
     state = load_file(str(path), device=str(device))
     if model is not None:
+        _check_loadable(model.state_dict(), state, strict, path)
         on_meta = any(t.is_meta for t in model.state_dict().values())
         if not on_meta:
             model.load_state_dict(state, strict=strict)
@@ -181,6 +186,25 @@ def load_weights(
                 for store, key, _ in locs[1:]:
                     store[key] = store0[key0]
     return state
+
+
+def _check_loadable(expected: dict[str, Tensor], state: dict[str, Tensor], strict: bool, path: Path) -> None:
+    """Refuse, before anything is copied, a state dict that ``load_state_dict`` would reject:
+    torch copies the matching entries first and raises afterwards, leaving the model half loaded."""
+    if strict:
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise ValueError(
+                f"load_weights: {str(path)!r} does not match the model (strict=True): "
+                f"missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''}, "
+                f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}"
+            )
+    for name, t in state.items():
+        e = expected.get(name)
+        if e is not None and tuple(e.shape) != tuple(t.shape):
+            raise ValueError(f"load_weights: {name!r} has shape {tuple(t.shape)} in {str(path)!r} but "
+                             f"{tuple(e.shape)} in the model")
 
 
 def load_plan_file(path: str | os.PathLike) -> dict[str, Any]:

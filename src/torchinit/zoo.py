@@ -372,13 +372,14 @@ def build(name: str, **kwargs: Any) -> nn.Module:
     """
     if name not in _BUILDERS:
         raise ValueError(f"unknown zoo model {name!r}; available: {', '.join(ZOO)}")
-    try:
-        return _BUILDERS[name](**kwargs)
-    except TypeError as exc:
-        import inspect
+    import inspect
 
-        params = [p for p in inspect.signature(_BUILDERS[name]).parameters]
-        raise TypeError(f"zoo {name!r}: {exc}; accepted keyword arguments: {', '.join(params)}") from None
+    sig = inspect.signature(_BUILDERS[name])
+    try:  # check the kwargs against the signature only: a TypeError raised while building propagates
+        sig.bind(**kwargs)
+    except TypeError as exc:
+        raise TypeError(f"zoo {name!r}: {exc}; accepted keyword arguments: {', '.join(sig.parameters)}") from None
+    return _BUILDERS[name](**kwargs)
 
 
 def example_inputs(name: str, model: nn.Module, batch: int = 8, *, generator: torch.Generator | None = None,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
+import inspect
 import json
 import os
 import sys
@@ -128,9 +129,15 @@ def load_model(spec: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
     kwargs = dict(kwargs or {})
     desc, factory = resolve_factory(spec)
     try:
-        model = factory(**kwargs)
-    except TypeError as exc:
-        raise TypeError(f"model {desc!r} rejected --kwargs {json.dumps(kwargs)}: {exc}") from None
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):  # some builtins and C types have no signature: just call them
+        sig = None
+    if sig is not None:
+        try:  # check the kwargs against the signature only: a TypeError raised inside the factory propagates
+            sig.bind(**kwargs)
+        except TypeError as exc:
+            raise TypeError(f"model {desc!r} rejected --kwargs {json.dumps(kwargs)}: {exc}") from None
+    model = factory(**kwargs)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model {desc!r}: factory returned {type(model).__name__}, expected a torch.nn.Module")
     return model

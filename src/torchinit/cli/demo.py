@@ -28,6 +28,7 @@ DEMO_MODELS = (
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``demo`` subcommand to ``subparsers``; returns its parser."""
     p = subparsers.add_parser(
         "demo",
         help="see why init matters: pytorch/xavier/kaiming/lsuv on a 30-layer ReLU MLP and a CNN",
@@ -53,6 +54,7 @@ def _summary(reports: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``torchinit demo`` with the parsed ``args``; returns the exit code."""
     # The demo's tensors are small: one thread avoids OpenMP overhead (and is many
     # times faster on a busy machine); results do not depend on it.
     with threads(1):

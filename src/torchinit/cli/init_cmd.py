@@ -18,6 +18,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``init`` subcommand to ``subparsers``; returns its parser."""
     p = subparsers.add_parser(
         "init",
         help="initialize a model and write its weights (safetensors) and plan (JSON)",
@@ -43,6 +44,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``torchinit init`` with the parsed ``args``; returns the exit code."""
     import torchinit
     from ..weights import save_weights
 

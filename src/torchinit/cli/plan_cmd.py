@@ -20,6 +20,7 @@ TRUST_NOTE = (
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``plan`` subcommand to ``subparsers``; returns its parser."""
     p = subparsers.add_parser(
         "plan",
         help="print the initialization plan of a model (allocates no weights)",
@@ -53,6 +54,7 @@ def build_meta(spec: str, kwargs_json: str | None) -> torch.nn.Module:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``torchinit plan`` with the parsed ``args``; returns the exit code."""
     import torchinit
 
     model = build_meta(args.model, args.kwargs)

@@ -11,6 +11,8 @@ docs/keyed-stream.md and versioned by :data:`STREAM_VERSION`.
 >>> torchinit.keyed.fill_(w, torchinit.specs.Normal(0, 0.02), torchinit.Key(0).child("fc.weight"))  # doctest: +SKIP
 """
 
+from typing import Sequence
+
 from ._constants import STREAM_VERSION
 from .backend import (
     get_backend,
@@ -41,7 +43,7 @@ __all__ = [
 ]
 
 
-def philox4x32(counter, key) -> tuple[int, int, int, int]:
+def philox4x32(counter: Sequence[int], key: Sequence[int]) -> tuple[int, int, int, int]:
     """One Philox4x32-10 block: ``counter`` 4 uint32 words, ``key`` 2 uint32 words (reference backend)."""
     import torch
 

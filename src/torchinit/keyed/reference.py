@@ -12,13 +12,15 @@ for bit (tests/test_keyed_backends.py).
 
 from __future__ import annotations
 
-import math
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import Tensor
 
 from . import _constants as K
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .engine import KernelParams
 
 __all__ = ["philox4x32", "reference_box", "box_indices"]
 
@@ -50,7 +52,8 @@ def philox4x32(c0: Tensor, c1: Tensor, c2: Tensor, c3: Tensor, k0: int, k1: int)
     return c0, c1, c2, c3
 
 
-def box_indices(global_shape: Sequence[int], offsets: Sequence[int], sizes: Sequence[int], device) -> Tensor:
+def box_indices(global_shape: Sequence[int], offsets: Sequence[int], sizes: Sequence[int],
+                device: torch.device | str) -> Tensor:
     """Global row-major indices (int64, flattened) of the box ``offsets + [0, sizes)``."""
     idx = torch.zeros((), dtype=torch.int64, device=device)
     stride = 1
@@ -252,8 +255,8 @@ def _transform(kp, w0: Tensor, w1: Tensor | None) -> Tensor:
     raise ValueError(f"unknown kernel kind {kp.kind}")
 
 
-def reference_box(kp, global_shape: Sequence[int], offsets: Sequence[int], sizes: Sequence[int],
-                  dtype: torch.dtype, device) -> Tensor:
+def reference_box(kp: "KernelParams", global_shape: Sequence[int], offsets: Sequence[int], sizes: Sequence[int],
+                  dtype: torch.dtype, device: torch.device | str) -> Tensor:
     """The box ``offsets + [0, sizes)`` of the stream described by kernel params ``kp``.
 
     Returns a contiguous tensor of shape ``sizes`` and dtype ``dtype`` (int64 holding
