@@ -774,38 +774,19 @@ def apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: str = "keyed"
                 if t is not None and id(t) not in undo_ids and not t.is_meta:
                     undo.append((t, t.detach().clone()))
                     undo_ids.add(id(t))
-        if engine == "keyed":
-            # the routing mode skips the code's writes to tensors outside these entries
-            try:
+        try:
+            if engine == "keyed":
+                # the routing mode skips the code's writes to tensors outside these entries
                 with keyed_init_mode(model, seed, protect=outside) as mode:
                     run_module_init(model, steps, mode)
-            except BaseException:
-                with torch.no_grad():
-                    for t, v in undo:
-                        t.copy_(v)
-                raise
-            observed = {n: tuple(v) for n, v in mode.log.specs.items()}
-        else:
-            prefixes = [p for p, _ in steps]
-            saved: dict[str, Tensor] = {}
-            seen_ids: set[int] = set()
-            for n in outside:
-                t = tensors[n]
-                if id(t) in seen_ids or t.is_meta or not any(p == "" or n.startswith(p + ".") for p in prefixes):
-                    continue
-                saved[n] = t.detach().clone()
-                seen_ids.add(id(t))
-            try:
-                run_module_init(model, steps, None)
-            except BaseException:
-                with torch.no_grad():
-                    for t, v in undo:
-                        t.copy_(v)
-                raise
-            finally:
-                with torch.no_grad():
-                    for n, v in saved.items():
-                        tensors[n].copy_(v)
+                observed = {n: tuple(v) for n, v in mode.log.specs.items()}
+            else:
+                _run_module_init_torch(model, steps, tensors, outside, run_module_init)
+        except BaseException:
+            with torch.no_grad():
+                for t, v in undo:
+                    t.copy_(v)
+            raise
     with torch.no_grad():
         for e in selected:
             if e.spec is None:
@@ -822,6 +803,27 @@ def apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: str = "keyed"
     if only is not None:
         applied.notes.append(f"applied only {len(selected)} of {len(plan.entries)} entries")
     return applied
+
+
+def _run_module_init_torch(model: nn.Module, steps: list[tuple[str, str]], tensors: dict[str, Tensor],
+                           outside: set[str], run_module_init: Any) -> None:
+    """Run module init code on torch's RNG, then put back every tensor outside the
+    selected entries that the code may have written (torch has no way to skip writes)."""
+    prefixes = [p for p, _ in steps]
+    saved: dict[str, Tensor] = {}
+    seen_ids: set[int] = set()
+    for n in outside:
+        t = tensors[n]
+        if id(t) in seen_ids or t.is_meta or not any(p == "" or n.startswith(p + ".") for p in prefixes):
+            continue
+        saved[n] = t.detach().clone()
+        seen_ids.add(id(t))
+    try:
+        run_module_init(model, steps, None)
+    finally:
+        with torch.no_grad():
+            for n, v in saved.items():
+                tensors[n].copy_(v)
 
 
 def _ctx_steps(model: nn.Module) -> list[tuple[str, str]]:
