@@ -69,12 +69,12 @@ __all__ = [
     "delta_orthogonal_",
 ]
 
-# --- keyed engine (issue 3) ---
+# Keyed engine: values as a pure function of (seed, name, element index).
 from . import keyed
 from .keyed import Key
 
 __all__ += ["Key", "keyed"]
-# --- model-level init (issue 4) ---
+# Model-level init: policies, plans, presets, routing of a model's own init code.
 from .policy import Policy, PolicyError, Rule, load_policy
 from .plan import Plan, PlanEntry, apply_plan, init_model, plan
 from .presets import PRESETS, get_preset
@@ -82,12 +82,12 @@ from .routing import keyed_init_mode
 
 __all__ += ["plan", "init_model", "apply_plan", "Plan", "PlanEntry", "Policy", "PolicyError", "Rule",
             "load_policy", "PRESETS", "get_preset", "keyed_init_mode"]
-# --- scale (issue 5) ---
+# Scale: meta-device materialization (sharded init lives in torchinit.sharding).
 from . import zoo
 from .materialize import materialize
 
 __all__ += ["materialize", "zoo"]
-# --- evidence (issue 6) ---
+# Evidence: diagnostics and data-dependent init.
 from .diagnostics import Report, diagnose
 from .lsuv import class_prior, data_init_, lsuv_, prior_bias_
 
