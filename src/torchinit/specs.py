@@ -83,17 +83,18 @@ def _norm_pdf(x: float) -> float:
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
-def _log_norm_cdf(x: float) -> float:
-    """log cdf(x) of N(0, 1), accurate far into the left tail."""
+def _log_ndtr(x: float) -> float:
+    """log Phi(x) for N(0, 1) in double, accurate far into the lower tail.
+
+    The keyed stream's truncated-normal constants come from this exact arithmetic
+    (docs/keyed-stream.md): change it only with a new STREAM_VERSION.
+    """
     if x > -30.0:
         return math.log(0.5 * math.erfc(-x / math.sqrt(2.0)))
-    # Mills ratio: cdf(x) = pdf(x) / |x| * (1 - 1/x^2 + 3/x^4 - 15/x^6 + ...), to 1e-15 for x <= -30
+    # Mills ratio: Phi(x) = pdf(x) / |x| * (1 - 1/x^2 + 3/x^4 - 15/x^6 + 105/x^8 - ...)
     x2 = x * x
-    series, term = 0.0, 1.0
-    for k in range(1, 7):
-        term *= -(2 * k - 1) / x2
-        series += term
-    return -0.5 * x2 - _LOG_SQRT_2PI - math.log(-x) + math.log1p(series)
+    series = 1.0 - 1.0 / x2 + 3.0 / x2**2 - 15.0 / x2**3 + 105.0 / x2**4
+    return -0.5 * x2 - math.log(-x) - 0.5 * math.log(2.0 * math.pi) + math.log(series)
 
 
 @dataclass(frozen=True)
@@ -279,7 +280,7 @@ class TruncatedNormal(Spec):
         flip = al + be > 0
         if flip:
             al, be = -be, -al
-        la, lb = _log_norm_cdf(al), _log_norm_cdf(be)
+        la, lb = _log_ndtr(al), _log_ndtr(be)
         d = -math.expm1(la - lb)
         if not d > 0.0:  # interval too narrow to resolve: effectively uniform on [a, b]
             return (self.a + self.b) / 2, (self.b - self.a) / math.sqrt(12.0)

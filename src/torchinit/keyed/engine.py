@@ -148,15 +148,6 @@ def _rep_floor(v: float, dtype: torch.dtype) -> float:
     return float(t)
 
 
-def _log_ndtr(x: float) -> float:
-    """log Phi(x) in double, accurate far into the lower tail."""
-    if x > -30.0:
-        return math.log(0.5 * math.erfc(-x / math.sqrt(2.0)))
-    x2 = x * x
-    series = 1.0 - 1.0 / x2 + 3.0 / x2**2 - 15.0 / x2**3 + 105.0 / x2**4
-    return -0.5 * x2 - math.log(-x) - 0.5 * math.log(2.0 * math.pi) + math.log(series)
-
-
 #: Tail mode caps log(Phi(beta)/Phi(alpha)) at this: mass below Phi(beta) e^-44 is ignored (< 1e-19).
 _TAIL_LOG_RATIO_CAP = 44.0
 #: Interval entirely below this lower-tail probability -> tail (log-space) mode.
@@ -173,7 +164,7 @@ def trunc_constants(mean: float, std: float, a: float, b: float) -> tuple[int, t
         sgn = -1.0
     pb = 0.5 * math.erfc(-beta / math.sqrt(2.0))
     if pb <= _TAIL_MODE_P:
-        la, lb = _log_ndtr(alpha), _log_ndtr(beta)
+        la, lb = S._log_ndtr(alpha), S._log_ndtr(beta)
         d = min(lb - la, _TAIL_LOG_RATIO_CAP)
         return 1, (mean, sgn * std, lb - d, math.expm1(d))
     ea, eb = math.erf(alpha / math.sqrt(2.0)), math.erf(beta / math.sqrt(2.0))
