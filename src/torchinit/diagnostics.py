@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .fans import module_fans
-from .gains import calculate_gain, second_moment_gain
+from .gains import auto_gain
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -155,20 +155,15 @@ def _nonlinearity(module: nn.Module) -> tuple[str, float | None]:
 
 
 def _expected_gain(name: str, param: float | None) -> float | None:
-    """Variance-preserving gain for a layer followed by nonlinearity ``name``
-    (None where the criterion is not sharp: tanh/sigmoid are judged by saturation)."""
-    if name == "relu":
-        return math.sqrt(2.0)
-    if name == "leaky_relu":
-        return float(calculate_gain("leaky_relu", 0.01 if param is None else param))
-    if name == "selu":
-        return 1.0  # LeCun normal is the self-normalizing init
-    try:
-        if name in ("gelu", "silu", "mish", "elu", "softplus", "hardswish"):
-            return second_moment_gain(name)
-    except ValueError:  # pragma: no cover
+    """The gain torchinit's presets give a layer followed by nonlinearity ``name``
+    (None where the criterion is not sharp: tanh/sigmoid are judged by saturation,
+    and activations with no defined gain are not judged)."""
+    if name in _SATURATING:
         return None
-    return None
+    try:
+        return float(auto_gain(name, param))
+    except ValueError:
+        return None
 
 
 # ----------------------------------------------------------------------------------

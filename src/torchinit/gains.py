@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["calculate_gain", "second_moment_gain", "TORCH_NONLINEARITIES"]
+__all__ = ["calculate_gain", "second_moment_gain", "auto_gain", "TORCH_NONLINEARITIES"]
 
 _LINEAR_FNS = (
     "linear",
@@ -100,3 +100,13 @@ def second_moment_gain(nonlinearity: str, param: float | None = None) -> float:
         known = sorted(set(TORCH_NONLINEARITIES) | set(_SECOND_MOMENT) | {"identity", "swish"})
         raise ValueError(f"Unsupported nonlinearity {nonlinearity!r}; known: {', '.join(known)}")
     return 1.0 / math.sqrt(_SECOND_MOMENT[name])
+
+
+def auto_gain(nonlinearity: str, param: float | None = None) -> float:
+    """The gain torchinit uses for a detected nonlinearity (presets with
+    ``nonlinearity="auto"``, and what ``diagnose`` expects a layer to have):
+    torch's values, second-moment gains for GELU/SiLU/Mish/..., and 1 for SELU
+    (LeCun init keeps SELU networks self-normalizing, Klambauer et al. 2017)."""
+    if nonlinearity == "selu":
+        return 1.0
+    return second_moment_gain(nonlinearity, param)

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .gains import second_moment_gain
+from .gains import auto_gain
 
 __all__ = [
     "Detection",
@@ -167,12 +167,6 @@ def _activation_of_call(name: str, args: tuple, kwargs: Mapping[str, Any]) -> tu
     return (act, None)
 
 
-def auto_gain(nonlinearity: str, param: float | None = None) -> float:
-    """The gain used for an AUTO-detected nonlinearity: torch's values, second-moment
-    gains for GELU/SiLU/Mish/..., and 1 for SELU (LeCun, Klambauer et al. 2017)."""
-    if nonlinearity == "selu":
-        return 1.0
-    return second_moment_gain(nonlinearity, param)
 
 
 _TRANSPARENT_FUNCS = {
