@@ -153,6 +153,32 @@ def test_backends_agree_on_large_fills_of_each_distribution(restore_backend, sam
 
 
 @native_only
+def test_direct_uniform_path_matches_reference(restore_backend, same_bits):
+    """The native kernel writes whole 32-element groups of uniform / raw-bits outputs
+    straight from the Philox registers (non-temporal stores from 16 MiB up), with a
+    folded scale and a clamp it skips when provably idle: rows that start mid-group,
+    outputs misaligned for 32-byte stores, bounds that do bind, a scale too small to
+    fold, large outputs."""
+    specs = [S.Uniform(-0.5, 2.0), S.Uniform(0.1, 0.3), S.Uniform(1.0, 2.0), S.Uniform(0.0, 1e-38),
+             S.Uniform(-3.0, -3.0), S.Uniform(-1e30, 1e30)]
+    boxes = [((4, 200), (1, 3), (3, 197)), ((70,), (5,), (64,)), ((3, 33), (0, 0), (3, 33)),
+             ((2**36, 3), (2**34 - 5, 0), (50, 3))]
+    for spec, dt, (g, o, sz) in itertools.product(specs, (torch.float32, torch.bfloat16), boxes):
+        got = {}
+        for backend in ("native", "reference"):
+            set_backend(backend)
+            got[backend] = sample(spec, KEY, g, offsets=o, sizes=sz, dtype=dt)
+        same_bits(got["native"], got["reference"])
+    # just over 16 MiB of float32: non-temporal stores, each row at a different alignment
+    for spec in (S.Uniform(-0.5, 2.0), S.Uniform(0.1, 0.3)):
+        got = {}
+        for backend in ("native", "reference"):
+            set_backend(backend)
+            got[backend] = sample(spec, KEY, (1025, 4100), offsets=(0, 1), sizes=(1025, 4099))
+        same_bits(got["native"], got["reference"])
+
+
+@native_only
 def test_orthogonal_and_sparse_identical_across_backends(restore_backend, same_bits):
     for spec, shape in [(S.Sparse(0.25, 0.5), (20, 30)), (S.Orthogonal(1.0), (12, 7))]:
         set_backend("native")
