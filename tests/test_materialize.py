@@ -185,3 +185,42 @@ def test_allocates_module_by_module_once(monkeypatch):
     names = [n for c in calls for n in c]
     assert sorted(names) == sorted(model.state_dict())  # each once (both names of the tied weight)
     _assert_same_state(model, _reference("gpt", "gpt2", 0, tie_weights=True))
+
+
+def test_large_tensors_are_prefaulted_and_still_equal_init_model(monkeypatch):
+    """Tensors from 1 MiB up have their pages faulted in (madvise, contents unchanged)
+    before the fill; the result is the same as init_model's."""
+    from torchinit.keyed import backend as B
+
+    if not B.native_available():
+        pytest.skip("native kernel not built")
+    seen = []
+    native = B.native_module()
+    monkeypatch.setattr(materialize_mod, "PREFAULT_MIN_BYTES", 4096)
+
+    class Spy:  # the native module, with populate calls recorded
+        def __getattr__(self, name):
+            return getattr(native, name)
+
+        def populate(self, ptr, nbytes, nthreads):
+            seen.append(nbytes)
+            return native.populate(ptr, nbytes, nthreads)
+
+    monkeypatch.setattr(B, "native_module", lambda: Spy())
+    model = _meta("gpt", n_embd=64, vocab_size=300)
+    torchinit.materialize(model, "cpu", "gpt2", seed=3, progress=False)
+    assert seen and max(seen) >= 300 * 64 * 4
+    _assert_same_state(model, _reference("gpt", "gpt2", 3, n_embd=64, vocab_size=300))
+
+
+def test_populate_leaves_memory_unchanged():
+    from torchinit.keyed import backend as B
+
+    if not B.native_available():
+        pytest.skip("native kernel not built")
+    t = torch.arange(3_000_000, dtype=torch.float32)
+    before = t.clone()
+    pop = B.native_module().populate
+    for off, n in [(0, t.numel() * 4), (3, t.numel() * 4 - 5), (100, 10), (0, 0)]:
+        assert pop(t.data_ptr() + off, n, 2) in (True, False)
+    assert torch.equal(t, before)

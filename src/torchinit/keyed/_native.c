@@ -1350,6 +1350,71 @@ static PyObject *py_philox(PyObject *self, PyObject *args) {
     return Py_BuildValue("(IIII)", x0, x1, x2, x3);
 }
 
+/* populate(ptr, nbytes, nthreads) -> bool: fault in, for writing, the whole pages inside
+   [ptr, ptr + nbytes) with MADV_POPULATE_WRITE (Linux 5.14+), split over threads. Contents
+   are unchanged. First-touch page faults are the largest cost of materializing a model in
+   fresh memory, and taken this way, before the fill, they cost about a third less than
+   when the fill's stores take them one page at a time (measured in a 2-vCPU VM). Returns
+   False (having done nothing) where the kernel does not support it. */
+#if defined(__linux__)
+#include <sys/mman.h>
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+typedef struct {
+    uintptr_t a, b;
+    int rc;
+} pop_t;
+
+static void *pop_main(void *arg) {
+    pop_t *p = (pop_t *)arg;
+    p->rc = p->b > p->a ? madvise((void *)p->a, p->b - p->a, MADV_POPULATE_WRITE) : 0;
+    return NULL;
+}
+#endif
+
+static PyObject *py_populate(PyObject *self, PyObject *args) {
+    (void)self;
+    unsigned long long ptr, nbytes;
+    int nthreads;
+    if (!PyArg_ParseTuple(args, "KKi", &ptr, &nbytes, &nthreads)) return NULL;
+#if defined(__linux__)
+    const uintptr_t page = 4096;
+    uintptr_t a = ((uintptr_t)ptr + page - 1) & ~(page - 1), b = ((uintptr_t)ptr + (uintptr_t)nbytes) & ~(page - 1);
+    if (b <= a) Py_RETURN_TRUE;
+    int T = nthreads < 1 ? 1 : nthreads > 64 ? 64 : nthreads;
+    uintptr_t pages = (b - a) / page;
+    if ((uintptr_t)T > pages) T = (int)pages;
+    pop_t pt[64];
+    pthread_t th[64];
+    int started[64];
+    for (int t = 0; t < T; t++) {
+        pt[t].a = a + pages * (uintptr_t)t / (uintptr_t)T * page;
+        pt[t].b = a + pages * (uintptr_t)(t + 1) / (uintptr_t)T * page;
+        pt[t].rc = 0;
+        started[t] = 0;
+    }
+    Py_BEGIN_ALLOW_THREADS;
+    for (int t = 1; t < T; t++) started[t] = pthread_create(&th[t], NULL, pop_main, &pt[t]) == 0;
+    pop_main(&pt[0]);
+    for (int t = 1; t < T; t++) {
+        if (started[t])
+            pthread_join(th[t], NULL);
+        else
+            pop_main(&pt[t]);
+    }
+    Py_END_ALLOW_THREADS;
+    for (int t = 0; t < T; t++)
+        if (pt[t].rc != 0) Py_RETURN_FALSE;
+    Py_RETURN_TRUE;
+#else
+    (void)ptr;
+    (void)nbytes;
+    (void)nthreads;
+    Py_RETURN_FALSE;
+#endif
+}
+
 /* has_avx2() -> bool: whether the AVX2 Philox path is used */
 static PyObject *py_has_avx2(PyObject *self, PyObject *args) {
     (void)self;
@@ -1361,6 +1426,7 @@ static PyMethodDef methods[] = {
     {"fill", py_fill, METH_VARARGS, "Fill a box of a keyed stream into raw memory (releases the GIL)."},
     {"philox", py_philox, METH_VARARGS, "One Philox4x32-10 block: philox(c0, c1, c2, c3, k0, k1)."},
     {"has_avx2", py_has_avx2, METH_NOARGS, "Whether the AVX2 Philox path is active."},
+    {"populate", py_populate, METH_VARARGS, "Fault in the whole pages of a memory range for writing (releases the GIL)."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "_native", "torchinit keyed engine native kernel", -1,
