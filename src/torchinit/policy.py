@@ -251,14 +251,20 @@ def _class_names(cls: type) -> tuple[str, ...]:
 def module_matches(module: nn.Module, patterns: Sequence[str | type]) -> str | None:
     """The first pattern ``module`` matches (an instance of a class, or a class name /
     glob found in its MRO; ``"nn.X"`` and ``"torch.nn.X"`` mean ``X``)."""
+    # the answer depends on the class alone: cached, as a large model asks it thousands of times
+    return _type_matches(type(module), tuple(patterns))
+
+
+@functools.lru_cache(maxsize=4096)
+def _type_matches(cls: type, patterns: tuple[str | type, ...]) -> str | None:
     names = None
     for p in patterns:
         if isinstance(p, type):
-            if isinstance(module, p):
+            if issubclass(cls, p):
                 return p.__name__
             continue
         if names is None:
-            names = _class_names(type(module))
+            names = _class_names(cls)
         q = p
         for prefix in ("torch.nn.", "nn."):
             if q.startswith(prefix) and "." not in q[len(prefix):]:
