@@ -173,9 +173,14 @@ def test_delta_orthogonal_conv_is_an_isometry():
     torch.testing.assert_close(F.conv2d(x, conv.weight, padding=1).norm(), 1.7 * x.norm(), rtol=1e-12, atol=0)
 
 
-def test_delta_orthogonal_low_precision_refused_like_orthogonal():
-    # QR has no fp16 kernel; the tensor is left untouched
-    w = torch.ones(4, 4, 3, dtype=torch.float16)
-    with pytest.raises(NotImplementedError, match="geqrf"):
-        torchinit.delta_orthogonal_(w)
-    assert (w == 1).all()
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_delta_orthogonal_low_precision_factors_in_float32(dtype):
+    # QR has no half-precision kernel: the matrix is drawn and factored in float32, rounded once
+    w = torchinit.delta_orthogonal_(torch.ones(6, 4, 3, dtype=dtype), 2.0, generator=_gen(3))
+    ref = torchinit.delta_orthogonal_(torch.ones(6, 4, 3), 2.0, generator=_gen(3))
+    assert w.dtype == dtype
+    assert torch.equal(w, ref.to(dtype))
+    q = w[:, :, 1].float()
+    torch.testing.assert_close(q.T @ q, 4 * torch.eye(4), rtol=0, atol=0.05)
+    with pytest.raises(NotImplementedError, match="geqrf"):  # the drop-in keeps torch's behaviour
+        torchinit.orthogonal_(torch.ones(4, 4, dtype=dtype))

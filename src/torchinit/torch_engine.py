@@ -85,7 +85,10 @@ def torch_fill_(tensor: Tensor, spec: Spec, generator: torch.Generator | None = 
             if tensor.numel() == 0 or tensor.is_meta:
                 return tensor
             out_c, in_c = tensor.shape[:2]
-            q = _orthogonal_matrix(out_c, in_c, tensor, generator).mul_(spec.gain)  # before any write
+            # LAPACK's QR has no float16/bfloat16 kernels: draw and factor in float32, then
+            # round once (torch.nn.init.orthogonal_ raises there; this extra need not)
+            like = tensor if tensor.dtype in (torch.float32, torch.float64) else tensor.new_empty(0, dtype=torch.float32)
+            q = _orthogonal_matrix(out_c, in_c, like, generator).mul_(spec.gain)  # before any write
             tensor.zero_()
             centre = tuple(s // 2 for s in tensor.shape[2:])
             tensor[(slice(None), slice(None)) + centre] = q
