@@ -169,6 +169,19 @@ def test_user_apply_function_under_keyed_mode_equals_the_policy(same_bits):
         same_bits(x.detach(), y.detach())
 
 
+def test_writes_to_meta_tensors_are_skipped_without_drawing():
+    """A meta tensor (allocated by materialize in a later batch) holds no data: routed init
+    calls and in-place writes on it return it untouched and draw nothing, so they use no
+    fallback stream (whose per-scope counters would otherwise shift)."""
+    net = nn.Linear(3, 3)
+    meta = torch.empty(4, 5, device="meta")
+    with torchinit.keyed_init_mode(net, seed=0) as mode:
+        assert nn.init.normal_(meta) is meta
+        assert nn.init.kaiming_uniform_(meta, a=1.0) is meta
+        assert meta.uniform_() is meta and meta.zero_() is meta and meta.bernoulli_(0.5) is meta
+    assert mode.log.fallback == {} and mode.log.specs == {}
+
+
 def test_init_functions_are_restored_after_the_context():
     originals = {n: getattr(nn.init, n) for n in ("trunc_normal_", "orthogonal_", "xavier_uniform_")}
     net = nn.Linear(3, 3)

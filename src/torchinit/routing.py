@@ -217,6 +217,8 @@ class KeyedInitMode(TorchFunctionMode):
         bound.apply_defaults()
         a = dict(bound.arguments)
         t = a["tensor"]
+        if isinstance(t, Tensor) and t.is_meta:
+            return t  # nothing to write (see _dispatch)
         target = self.attribute(t)
         scope = target.name if target is not None else (self.scope or "<model>")
 
@@ -246,6 +248,10 @@ class KeyedInitMode(TorchFunctionMode):
             self._busy = False
 
     def _dispatch(self, func, args, kwargs):
+        if args and isinstance(args[0], Tensor) and args[0].is_meta and _writes_first_arg(func):
+            # a write into a meta tensor (one that materialize allocates in a later batch) stores
+            # nothing; skipping it avoids torch's slow meta decompositions and the fallback RNG
+            return args[0]
         if self.protect and args and isinstance(args[0], Tensor) and _writes_first_arg(func):
             target = self.attribute(args[0])
             if target is not None and target.name in self.protect:
