@@ -174,6 +174,66 @@ def test_dead_units_from_negative_bias():
     assert rep.layer("1").dead < 0.1
 
 
+class FunctionalMLP(nn.Module):
+    """Activations called as functions in forward, one style per layer."""
+
+    def __init__(self, depth=6, width=64, slope=None):
+        super().__init__()
+        self.fcs = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
+        self.slope = slope
+
+    def forward(self, h):
+        styles = [lambda t: torch.nn.functional.relu(t), torch.relu, lambda t: t.relu()]
+        for i, fc in enumerate(self.fcs):
+            h = fc(h)
+            if i < len(self.fcs) - 1:
+                h = (torch.nn.functional.leaky_relu(h, self.slope) if self.slope is not None
+                     else styles[i % 3](h))
+        return h
+
+
+def test_functional_activations_are_recorded_and_judged():
+    model = init_(FunctionalMLP(), torchinit.kaiming_normal_, nonlinearity="relu")
+    with torch.no_grad():
+        model.fcs[2].bias.fill_(-100.0)
+    rep = diagnose(model, x())
+    acts = rep.activations()
+    assert [a.name for a in acts] == ["FunctionalMLP:relu", "FunctionalMLP:relu#2", "FunctionalMLP:relu#3",
+                                      "FunctionalMLP:relu#4", "FunctionalMLP:relu#5"]
+    assert {a.type for a in acts} == {"F.relu"} and {a.nonlinearity for a in acts} == {"relu"}
+    assert acts[2].dead == 1.0 and acts[0].dead < 0.1  # F.relu, torch.relu and x.relu() alike
+    (v,) = rep.by_kind("dead_units")
+    assert v.layer == "FunctionalMLP:relu#3"
+    # the layers before functional ReLUs are held to ReLU's gain
+    assert diagnose(init_(FunctionalMLP(), torchinit.xavier_normal_), x()).by_kind("wrong_nonlinearity")
+
+
+def test_functional_leaky_relu_slope_and_no_double_count():
+    model = FunctionalMLP(slope=0.2)
+    init_(model, torchinit.kaiming_normal_, a=0.2, nonlinearity="leaky_relu")
+    rep = diagnose(model, x())
+    assert rep.by_kind("wrong_nonlinearity") == []
+    assert rep.layer("fcs.0").next_act == "leaky_relu" and rep.layer("fcs.0").next_act_param == 0.2
+    init_(model, torchinit.kaiming_normal_, a=1.0, nonlinearity="leaky_relu")  # gain 1: factor 0.52
+    assert diagnose(model, x()).by_kind("wrong_nonlinearity")
+    # nn.ReLU calls F.relu inside its forward: recorded once, as the module
+    rep = diagnose(mlp(depth=3), x())
+    assert [(a.name, a.type) for a in rep.activations()] == [("1", "ReLU"), ("3", "ReLU")]
+
+
+def test_tanh_and_sigmoid_calls_are_not_taken_for_activation_layers():
+    class GeluTanh(nn.Module):  # tanh inside a formula (GPT-2's GELU approximation)
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(64, 64)
+
+        def forward(self, h):
+            h = self.fc(h)
+            return 0.5 * h * (1 + torch.tanh(0.79788456 * (h + 0.044715 * h**3))) * torch.sigmoid(h)
+
+    assert diagnose(GeluTanh(), x()).activations() == []
+
+
 def test_saturation_in_tanh_net():
     model = mlp(depth=4, act=nn.Tanh)
     init_(model, torchinit.normal_, std=5.0 / 8.0)  # std 5/sqrt(64): gain 5

@@ -9,7 +9,11 @@ backward pass needs); buffers that a forward pass in training mode updates
 fields are not touched.
 
 Per recorded layer (Linear/Conv/Embedding/attention, normalization and
-activation modules), over the batch (dim 0 is the batch):
+activation modules, and activations called functionally in a ``forward``:
+``F.relu``/``torch.relu``/``x.relu()``, ``F.leaky_relu``, ``F.gelu``, ``F.silu``,
+``F.elu``, ``F.selu``, ``F.mish``, ``F.hardswish``, ``F.softplus``, recorded as
+``"<module>:relu"`` and so on; ``F.tanh``/``F.sigmoid`` are not, as they are the
+same call as a ``tanh`` inside other formulas), over the batch (dim 0 is the batch):
 
 * output ``mean``, ``std``, ``max_abs`` and, per channel (dim 1 for conv-style
   outputs, the last dim otherwise), the average channel squared mean
@@ -116,6 +120,51 @@ _PRETTY = {
     "elu": "ELU", "selu": "SELU", "softplus": "Softplus", "hardswish": "Hardswish",
     "tanh": "Tanh", "sigmoid": "Sigmoid",
 }
+
+
+def _functional_activations() -> dict[Any, str]:
+    """The functions a ``forward`` calls as an activation, as a torch-function mode sees
+    them (``F.relu`` reaches the mode as itself, ``x.relu()`` as ``Tensor.relu``, ...)."""
+    table: dict[Any, str] = {}
+    for fn, name in [(F.relu, "relu"), (torch.relu, "relu"), (torch.Tensor.relu, "relu"),
+                     (torch.relu_, "relu"), (torch.Tensor.relu_, "relu"),
+                     (F.leaky_relu, "leaky_relu"), (F.gelu, "gelu"), (F.silu, "silu"), (F.elu, "elu"),
+                     (F.selu, "selu"), (F.mish, "mish"), (F.hardswish, "hardswish"), (F.softplus, "softplus")]:
+        table[fn] = name
+    return table
+
+
+_FUNCTIONAL = _functional_activations()
+
+
+def _functional_param(name: str, args: tuple, kwargs: Mapping[str, Any]) -> float | None:
+    if name == "leaky_relu":
+        slope = args[1] if len(args) > 1 else kwargs.get("negative_slope", 0.01)
+        return float(slope)
+    return None
+
+
+class _FunctionalActivations(torch.overrides.TorchFunctionMode):
+    """Records the activations a ``forward`` calls as functions (see the module
+    docstring), attributed to the innermost running module; calls made inside a
+    recorded activation module (``nn.ReLU`` calls ``F.relu``) are left to its hook."""
+
+    def __init__(self, rec: "_Recorder") -> None:
+        super().__init__()
+        self.rec = rec
+        self.busy = False
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        name = _FUNCTIONAL.get(func) if not self.busy else None
+        if name is not None and isinstance(out, Tensor):
+            self.busy = True  # the statistics below are torch calls too
+            try:
+                self.rec.functional(name, _functional_param(name, args, kwargs), args, out)
+            finally:
+                self.busy = False
+        return out
 
 
 def _kind(module: nn.Module) -> str | None:
@@ -500,16 +549,41 @@ class _Recorder:
         self.cdims: dict[int, int] = {}
         self.handles: list[Any] = []
         self.modules: dict[str, nn.Module] = {}
+        self.stack: list[tuple[str, str | None]] = []  # (name, kind) of the modules running forward
 
     def attach(self) -> None:
         for name, m in self.model.named_modules():
             kind = _kind(m)
+            label = name or type(m).__name__
+            self.handles.append(m.register_forward_pre_hook(self._push(label, kind)))
+            self.handles.append(m.register_forward_hook(self._pop, always_call=True))
             if kind is None:
                 continue
             if kind != "attention" and any(_kind(c) is not None for c in m.children()):
                 continue  # a container of recorded modules: record the leaves
-            self.modules[name or type(m).__name__] = m
-            self.handles.append(m.register_forward_hook(self._hook(name or type(m).__name__, m, kind)))
+            self.modules[label] = m
+            self.handles.append(m.register_forward_hook(self._hook(label, m, kind)))
+
+    def _push(self, label: str, kind: str | None):
+        def pre_hook(mod, args):
+            self.stack.append((label, kind))
+
+        return pre_hook
+
+    def _pop(self, mod, args, out):
+        if self.stack:
+            self.stack.pop()
+
+    def functional(self, nl: str, param: float | None, args: tuple, y: Tensor) -> None:
+        """Record an activation called as a function inside the running module's forward."""
+        scope, kind = self.stack[-1] if self.stack else ("(root)", None)
+        if kind == "activation" or not (y.is_floating_point() and y.numel()):
+            return
+        name = f"{scope}:{nl}"
+        n = self.calls.get(name, 0)
+        self.calls[name] = n + 1
+        x = args[0] if args and isinstance(args[0], Tensor) else None
+        self._record(name if n == 0 else f"{name}#{n + 1}", None, "activation", x, y, nl=(nl, param))
 
     def detach(self) -> None:
         for h in self.handles:
@@ -529,7 +603,7 @@ class _Recorder:
 
         return hook
 
-    def _cdim(self, mod: nn.Module, kind: str, y: Tensor) -> int:
+    def _cdim(self, mod: nn.Module | None, kind: str, y: Tensor) -> int:
         if y.dim() <= 2:
             return y.dim() - 1
         if isinstance(mod, (nn.modules.conv._ConvNd, nn.modules.batchnorm._NormBase, nn.GroupNorm,
@@ -540,7 +614,8 @@ class _Recorder:
         return y.dim() - 1
 
     @torch.no_grad()
-    def _record(self, name: str, mod: nn.Module, kind: str, x: Tensor | None, y: Tensor) -> None:
+    def _record(self, name: str, mod: nn.Module | None, kind: str, x: Tensor | None, y: Tensor,
+                nl: tuple[str, float | None] | None = None) -> None:
         yd = y.detach()
         yf = yd.float() if not yd.is_complex() else yd.abs().float()
         cdim = self._cdim(mod, kind, yf)
@@ -550,7 +625,7 @@ class _Recorder:
         cvar, cmean = torch.var_mean(flat, dim=0, correction=0)
         rec = LayerStats(
             name=name,
-            type=type(mod).__name__,
+            type=type(mod).__name__ if mod is not None else f"F.{nl[0] if nl else '?'}",
             kind=kind,
             shape=list(yf.shape),
             mean=float(mean),
@@ -561,7 +636,7 @@ class _Recorder:
             finite=finite,
         )
         if kind == "activation":
-            nl, prm = _nonlinearity(mod)
+            nl, prm = nl if nl is not None else _nonlinearity(mod)
             rec.nonlinearity = nl
             if nl in _RELU_FAMILY:
                 alive = (flat > 0).any(dim=0)
@@ -1013,7 +1088,7 @@ def diagnose(
     loss_kind = None
     try:
         rec.attach()  # inside try: hooks attached before a failure are removed in finally
-        with torch.set_grad_enabled(want_grad):
+        with torch.set_grad_enabled(want_grad), _FunctionalActivations(rec):
             out = _call(model, inputs)
         y = _first_tensor(out)
         if want_grad and y is not None and y.requires_grad:
