@@ -10,6 +10,7 @@ import torchinit
 from torchinit import zoo
 
 materialize_mod = importlib.import_module("torchinit.materialize")  # the module; torchinit.materialize is the function
+plan_mod = importlib.import_module("torchinit.plan")  # materialize applies each batch with plan_mod._apply_plan
 
 SMALL = {
     "mlp": dict(depth=4, width=16),
@@ -121,7 +122,7 @@ def test_validation_leaves_model_untouched():
 
 def test_failure_midway_puts_the_batch_back_on_meta(monkeypatch):
     model = _meta("mlp")
-    real_apply = torchinit.apply_plan
+    real_apply = plan_mod._apply_plan
     calls = []
 
     def failing(m, plan, *, seed, engine, only=None, **kw):
@@ -131,13 +132,13 @@ def test_failure_midway_puts_the_batch_back_on_meta(monkeypatch):
                 raise MemoryError("simulated")
         return real_apply(m, plan, seed=seed, engine=engine, only=only, **kw)
 
-    monkeypatch.setattr(torchinit, "apply_plan", failing)
+    monkeypatch.setattr(plan_mod, "_apply_plan", failing)
     monkeypatch.setattr(materialize_mod, "BATCH_ELEMENTS", 1)  # one module per batch
     with pytest.raises(MemoryError):
         torchinit.materialize(model, policy="kaiming", seed=4, progress=False)
     state = model.state_dict()
     assert not state["layers.0.weight"].is_meta and state["layers.2.weight"].is_meta
-    monkeypatch.setattr(torchinit, "apply_plan", real_apply)
+    monkeypatch.setattr(plan_mod, "_apply_plan", real_apply)
     torchinit.materialize(model, policy="kaiming", seed=4, progress=False)  # finishes the job
     _assert_same_state(model, _reference("mlp", "kaiming", 4))
 
@@ -148,6 +149,49 @@ def test_uncovered_meta_tensor_is_an_error_before_allocation():
     with pytest.raises(ValueError, match=r"no initializer in the plan for meta tensor\(s\) 'mask'"):
         torchinit.materialize(model, policy="kaiming", seed=0)
     assert all(t.is_meta for t in model.state_dict().values())
+
+
+class WithConstructorBuffer(nn.Module):
+    """A module whose buffer its constructor computes and its init code never writes
+    (like a rotary embedding's inv_freq)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.register_buffer("freq", torch.arange(4.0))
+
+    def reset_parameters(self):  # writes nothing: freq is the constructor's
+        pass
+
+
+def test_module_code_that_leaves_a_meta_tensor_unwritten_is_an_error(monkeypatch):
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(4, 4), WithConstructorBuffer())
+    monkeypatch.setattr(materialize_mod, "BATCH_ELEMENTS", 1)  # one module per batch
+    with pytest.raises(ValueError, match=r"ran for '1\.freq' but did not write them"):
+        torchinit.materialize(model, policy="module", seed=0, progress=False)
+    assert not model[0].weight.is_meta  # earlier batches are done
+    assert model[1].freq.is_meta and model[1].lin.weight.is_meta  # the failed batch is back on meta
+    model[1].freq = torch.arange(4.0)  # the user sets it, then finishes the job
+    torchinit.materialize(model, policy="module", seed=0, progress=False)
+    ref = nn.Sequential(nn.Linear(4, 4), WithConstructorBuffer())
+    torchinit.init_model(ref, "module", seed=0)
+    _assert_same_state(model, ref)
+
+
+def test_module_code_writes_through_data_assignment_count_as_written():
+    class DataAssign(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.empty(3, 3))
+
+        def reset_parameters(self):
+            self.w.data = torch.full((3, 3), 0.5)  # new storage, no torch call on the old one
+
+    with torch.device("meta"):
+        model = nn.Sequential(DataAssign())
+    torchinit.materialize(model, policy="module", seed=0, progress=False)
+    assert torch.equal(model[0].w.detach(), torch.full((3, 3), 0.5))
 
 
 def test_progress_bar_only_when_asked_and_slow(capsys, monkeypatch):
@@ -164,7 +208,8 @@ def test_allocates_module_by_module_once(monkeypatch):
     """Peak memory ~ model + one module: when a module is initialized, only the tensors
     initialized so far are allocated; every tensor is allocated exactly once."""
     model = _meta("gpt", tie_weights=True)
-    real_apply = torchinit.apply_plan
+    ref = _reference("gpt", "gpt2", 0, tie_weights=True)  # before the spy: init_model applies plans too
+    real_apply = plan_mod._apply_plan
     calls = []
 
     def spy(m, plan, *, seed, engine, only=None, **kw):
@@ -175,16 +220,16 @@ def test_allocates_module_by_module_once(monkeypatch):
         names = {n for e in plan.entries for n in (e.name, *e.aliases)}
         assert allocated == set().union(*calls, names)  # nothing allocated ahead of its initialization
         calls.append(names)
-        assert kw == {"restore_on_error": False}  # fresh tensors: no snapshot copy
+        assert kw["restore_on_error"] is False  # fresh tensors: no snapshot copy
         return real_apply(m, plan, seed=seed, engine=engine, only=only, **kw)
 
-    monkeypatch.setattr(torchinit, "apply_plan", spy)
+    monkeypatch.setattr(plan_mod, "_apply_plan", spy)
     monkeypatch.setattr(materialize_mod, "BATCH_ELEMENTS", 1)  # one module per call
     torchinit.materialize(model, policy="gpt2", seed=0, progress=False)
     assert len(calls) > 10
     names = [n for c in calls for n in c]
     assert sorted(names) == sorted(model.state_dict())  # each once (both names of the tied weight)
-    _assert_same_state(model, _reference("gpt", "gpt2", 0, tie_weights=True))
+    _assert_same_state(model, ref)
 
 
 def test_large_tensors_are_prefaulted_and_still_equal_init_model(monkeypatch):

@@ -226,7 +226,8 @@ def materialize(
             allocated tensor lives on another device than ``device``, or the plan
             gives some meta tensor no initializer (it would hold garbage).
     """
-    from . import apply_plan as _apply_plan, plan as _plan  # model-level API (issue 4)
+    from . import plan as _plan  # model-level API (issue 4)
+    from .plan import _apply_plan
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"materialize expects an nn.Module, got {type(model).__name__}")
@@ -261,7 +262,17 @@ def materialize(
         # given, so the total validation work stays linear in the model size
         wanted = {id(by_name[n]) for n in names if n in by_name}
         sub = dataclasses.replace(plan_obj, entries=[e for e in plan_obj.entries if id(e) in wanted])
-        done = _apply_plan(model, sub, seed=seed, engine="keyed", restore_on_error=False)
+        unwritten: list[str] = []
+        done = _apply_plan(model, sub, seed=seed, engine="keyed", restore_on_error=False, unwritten=unwritten)
+        if unwritten:
+            more = f" and {len(unwritten) - 5} more" if len(unwritten) > 5 else ""
+            raise ValueError(
+                f"materialize: the model's own init code (policy entry 'module') ran for "
+                f"{', '.join(map(repr, unwritten[:5]))}{more} but did not write them: values its constructor "
+                "computes (rotary-embedding inv_freq, causal masks) are not recomputed by init code, and "
+                "freshly allocated they would hold garbage. This batch was put back on meta, the earlier "
+                "ones are done: set these tensors on the model (allocated, with their values) and call "
+                "materialize again, which fills only what is still on meta; or give them a rule")
         applied.update({e.name: e for e in done.entries})
 
     bar = _Progress(total, progress)

@@ -686,6 +686,14 @@ def apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: str = "keyed"
     copy of those tensors; ``materialize`` turns it off (its fresh tensors hold
     nothing to lose, and it returns a failed batch to meta itself).
     """
+    return _apply_plan(model, plan, seed=seed, engine=engine, only=only, restore_on_error=restore_on_error)
+
+
+def _apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: str = "keyed",
+                only: Iterable[str] | None = None, restore_on_error: bool = True,
+                unwritten: list[str] | None = None) -> Plan:
+    """:func:`apply_plan`; with ``unwritten`` (a list), also appends the names of the
+    module-code entries whose tensors the code (keyed engine) left unwritten."""
     from .sharding import check_no_dtensor, is_dtensor, zero_rows_
 
     seed = _check_seed(seed)
@@ -777,9 +785,12 @@ def apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: str = "keyed"
         try:
             if engine == "keyed":
                 # the routing mode skips the code's writes to tensors outside these entries
+                before = {e.name: (tensors[e.name], _storage_ptr(tensors[e.name])) for e in module_entries}
                 with keyed_init_mode(model, seed, protect=outside) as mode:
                     run_module_init(model, steps, mode)
                 observed = {n: tuple(v) for n, v in mode.log.specs.items()}
+                if unwritten is not None:
+                    unwritten.extend(_unwritten(model, module_entries, before, mode.log.written))
             else:
                 _run_module_init_torch(model, steps, tensors, outside, run_module_init)
         except BaseException:
@@ -803,6 +814,33 @@ def apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: str = "keyed"
     if only is not None:
         applied.notes.append(f"applied only {len(selected)} of {len(plan.entries)} entries")
     return applied
+
+
+def _storage_ptr(t: Tensor) -> int | None:
+    try:
+        return t.untyped_storage().data_ptr()
+    except Exception:  # DTensor and other subclasses without a plain storage
+        return None
+
+
+def _unwritten(model: nn.Module, entries: list[PlanEntry], before: dict[str, tuple[Tensor, int | None]],
+               written: set[str]) -> list[str]:
+    """Module-code entries (plain tensors) the code neither wrote through torch calls nor
+    replaced (``p.data = ...`` moves the storage, ``module.buf = ...`` the object)."""
+    now: dict[str, Tensor] = {}
+    for n, t in list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False)):
+        if t is not None:
+            now[n] = t
+    out = []
+    for e in entries:
+        t0, ptr0 = before[e.name]
+        if ptr0 is None or e.name in written or any(a in written for a in e.aliases):
+            continue
+        t1 = now.get(e.name)
+        if t1 is not t0 or _storage_ptr(t1) != ptr0:
+            continue
+        out.append(e.name)
+    return out
 
 
 def _run_module_init_torch(model: nn.Module, steps: list[tuple[str, str]], tensors: dict[str, Tensor],

@@ -111,6 +111,8 @@ class RoutingLog:
     specs: dict[str, list[S.Spec]] = field(default_factory=dict)
     regions: dict[str, int] = field(default_factory=dict)
     fallback: dict[str, int] = field(default_factory=dict)
+    #: names of the model tensors the routed code wrote into (draws, fills, copies, in-place ops)
+    written: set[str] = field(default_factory=set)
 
 
 class KeyedInitMode(TorchFunctionMode):
@@ -193,6 +195,7 @@ class KeyedInitMode(TorchFunctionMode):
         from .keyed import fill_ as keyed_fill_
 
         key = self.key(target.name)
+        self.log.written.add(target.name)
         with torch.no_grad():
             if target.full:
                 spec = spec.checked()
@@ -229,6 +232,7 @@ class KeyedInitMode(TorchFunctionMode):
             return fallback()
         if target.name in self.protect:
             return t
+        self.log.written.add(target.name)
         try:
             spec = _spec_of_init(name, tuple(t.shape), a)
         except (TypeError, ValueError):
@@ -248,14 +252,17 @@ class KeyedInitMode(TorchFunctionMode):
             self._busy = False
 
     def _dispatch(self, func, args, kwargs):
-        if args and isinstance(args[0], Tensor) and args[0].is_meta and _writes_first_arg(func):
-            # a write into a meta tensor (one that materialize allocates in a later batch) stores
-            # nothing; skipping it avoids torch's slow meta decompositions and the fallback RNG
-            return args[0]
-        if self.protect and args and isinstance(args[0], Tensor) and _writes_first_arg(func):
-            target = self.attribute(args[0])
-            if target is not None and target.name in self.protect:
+        if args and isinstance(args[0], Tensor) and _writes_first_arg(func):
+            if args[0].is_meta:
+                # a write into a meta tensor (one that materialize allocates in a later batch)
+                # stores nothing; skipping it avoids torch's slow meta decompositions and the
+                # fallback RNG
                 return args[0]
+            target = self.attribute(args[0])
+            if target is not None:
+                if target.name in self.protect:
+                    return args[0]
+                self.log.written.add(target.name)
         if func is torch.Tensor.uniform_ or func is torch.Tensor.normal_:
             t = args[0]
             target = self.attribute(t)
