@@ -179,6 +179,32 @@ def test_module_code_that_leaves_a_meta_tensor_unwritten_is_an_error(monkeypatch
     _assert_same_state(model, ref)
 
 
+class RecomputedBuffer(nn.Module):
+    """A buffer no preset has a rule for, which the module's init code computes."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.register_buffer("freq", torch.empty(4))
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        self.lin.reset_parameters()
+        with torch.no_grad():
+            self.freq.copy_(torch.arange(4.0) ** 2)
+
+
+def test_buffers_without_a_rule_get_their_module_init_code():
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(4, 4), RecomputedBuffer())
+    plan = torchinit.materialize(model, "cpu", "kaiming", seed=0, progress=False)
+    assert torch.equal(model[1].freq, torch.arange(4.0) ** 2)
+    assert any("1.freq" in n and "own init code" in n for n in plan.notes)
+    ref = nn.Sequential(nn.Linear(4, 4), RecomputedBuffer())
+    torchinit.init_model(ref, "kaiming", seed=0)  # kaiming's rules, not the module's code, set the weights
+    _assert_same_state(model, ref)
+
+
 def test_module_code_writes_through_data_assignment_count_as_written():
     class DataAssign(nn.Module):
         def __init__(self):

@@ -42,6 +42,7 @@ filled from its global indices (see :mod:`torchinit.sharding`).
 from __future__ import annotations
 
 import dataclasses
+import glob
 import sys
 import time
 from typing import Any, Iterator
@@ -102,14 +103,41 @@ def _check_model(model: nn.Module, device: torch.device) -> int:
     return n_meta
 
 
-def _check_coverage(plan_obj: Any, meta_names: set[str]) -> None:
-    """Every meta tensor must get an initializer: an allocated tensor nobody fills holds garbage."""
+def _uncovered(plan_obj: Any, meta_names: set[str]) -> list[str]:
     covered: set[str] = set()
     for e in plan_obj.entries:
         if getattr(e, "spec", None) is not None or getattr(e, "initializer", None) == "module":
             covered.add(e.name)
             covered.update(getattr(e, "aliases", ()) or ())
-    missing = sorted(meta_names - covered)
+    return sorted(meta_names - covered)
+
+
+def _plan_with_buffer_code(model: nn.Module, policy: Any, plan_obj: Any, meta_names: set[str],
+                           example_inputs: Any) -> Any:
+    """Meta buffers the policy gives no rule (a rotary embedding's ``inv_freq``, ...) get
+    their module's own init code where it has some (a Hugging Face model's
+    ``_init_weights`` recomputes them in transformers 5; if the code leaves one unwritten,
+    the batch raises instead of keeping garbage). Returns the plan, re-made if needed."""
+    from . import plan as _plan
+    from .policy import Rule, load_policy
+
+    buffers = {n for n, _ in model.named_buffers()}
+    wanted = [n for n in _uncovered(plan_obj, meta_names) if n in buffers]
+    if not wanted:
+        return plan_obj
+    rule = Rule("module", qualnames=tuple(glob.escape(n) for n in wanted), role="buffer", priority=-1,
+                name="materialize: buffers without a rule, own init code")
+    new = _plan(model, load_policy(policy) + rule, example_inputs)
+    got = [n for n in wanted if n not in _uncovered(new, meta_names)]
+    if got:
+        new.notes.append(f"materialize: {len(got)} buffer(s) the policy has no rule for ({', '.join(got[:3])}"
+                         f"{', ...' if len(got) > 3 else ''}) are initialized by their module's own init code")
+    return new
+
+
+def _check_coverage(plan_obj: Any, meta_names: set[str]) -> None:
+    """Every meta tensor must get an initializer: an allocated tensor nobody fills holds garbage."""
+    missing = _uncovered(plan_obj, meta_names)
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise ValueError(
@@ -246,6 +274,8 @@ def materialize(
 
     is_plan = hasattr(policy, "entries") and hasattr(policy, "to_dict")
     plan_obj = policy if is_plan else _plan(model, policy, example_inputs)
+    if not is_plan:
+        plan_obj = _plan_with_buffer_code(model, policy, plan_obj, meta_names, example_inputs)
     _check_coverage(plan_obj, meta_names)
     # dry run: apply_plan validates every entry against the model (names, shapes, specs)
     # and writes nothing, so a bad plan fails before anything is allocated
