@@ -746,6 +746,15 @@ def _apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: str = "keyed
                 f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
         selected_names = {by_name[n].name for n in only}
     selected = [e for e in plan.entries if selected_names is None or e.name in selected_names]
+    if engine == "keyed":
+        code_entry = next((e for e in plan.entries if e.initializer == "module"), None)
+        sharded = next((n for n, t in tensors.items() if is_dtensor(t)), None) if code_entry else None
+        if sharded is not None:
+            raise ValueError(
+                f"plan entry {code_entry.name!r}: the 'module' initializer runs the model's own init code, which "
+                f"cannot be routed through the keyed engine on a model with sharded (DTensor) tensors (first: "
+                f"{sharded!r}); give these tensors spec rules (every preset but 'module' does for standard layers) "
+                "or initialize the model before sharding it")
     needs_keyed = engine == "keyed" and any(
         (e.spec is not None and e.spec.random) or e.initializer == "module" for e in selected)
     if needs_keyed:
