@@ -120,8 +120,9 @@ static inline double u52_to_d(uint64_t k) { return as_d(0x4330000000000000ull | 
    block 8G + b. So word j is lane (j >> 3) & 3 of block 8 (j >> 5) + (j & 7), and one
    8-wide SIMD register per lane stores contiguously (no transpose). The block number is
    the 64-bit counter (c0 = low word, c1 = high word); c2 = sub-stream; c3 = 0. */
-static inline void philox1(uint32_t k0, uint32_t k1, uint32_t c0, uint32_t c1, uint32_t c2, uint32_t out[4]) {
-    uint32_t x0 = c0, x1 = c1, x2 = c2, x3 = 0u, ka = k0, kb = k1;
+static inline void philox1(uint32_t k0, uint32_t k1, uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
+                            uint32_t out[4]) {
+    uint32_t x0 = c0, x1 = c1, x2 = c2, x3 = c3, ka = k0, kb = k1;
     for (int r = 0; r < 10; r++) {
         uint64_t p0 = (uint64_t)PM0 * (uint64_t)x0;
         uint64_t p1 = (uint64_t)PM1 * (uint64_t)x2;
@@ -145,7 +146,7 @@ static void philox_groups_scalar(uint32_t k0, uint32_t k1, uint64_t g0, int ng, 
         uint64_t blk = (g0 + (uint64_t)g) * 8u;
         for (int b = 0; b < 8; b++) {
             uint32_t o[4];
-            philox1(k0, k1, (uint32_t)blk + (uint32_t)b, (uint32_t)(blk >> 32), sub, o);
+            philox1(k0, k1, (uint32_t)blk + (uint32_t)b, (uint32_t)(blk >> 32), sub, 0u, o);
             for (int l = 0; l < 4; l++) w[32 * g + 8 * l + b] = o[l];
         }
     }
@@ -159,23 +160,11 @@ static void philox_groups_scalar(uint32_t k0, uint32_t k1, uint64_t g0, int ng, 
    independent half-states, which the default -O3 leaves grouped (measured here: 8% more
    words per second). */
 #define PHX_ATTR __attribute__((target("avx2"), optimize("schedule-insns", "sched-pressure")))
-PHX_ATTR static void philox_groups_avx2(uint32_t k0, uint32_t k1, uint64_t g0, int ng,
-                                                               uint32_t sub, uint32_t *restrict w) {
-    const __m256i M0 = _mm256_set1_epi32((int)PM0), M1 = _mm256_set1_epi32((int)PM1);
-    __m256i KA[10], KB[10];
-    uint32_t ka = k0, kb = k1;
-    for (int r = 0; r < 10; r++) {
-        KA[r] = _mm256_set1_epi32((int)ka);
-        KB[r] = _mm256_set1_epi32((int)kb);
-        ka += PW0;
-        kb += PW1;
-    }
-    const __m256i xs2 = _mm256_set1_epi32((int)sub);
-    /* split representation: even blocks (0,2,4,6) and odd blocks (1,3,5,7) of a group in
-       the low halves of 64-bit lanes; upper halves hold garbage that never reaches a low
-       half (vpmuludq reads low halves only), so no blends are needed inside the rounds. */
-    const __m256i iotaE = _mm256_setr_epi32(0, 0, 2, 0, 4, 0, 6, 0);
-    const __m256i iotaO = _mm256_setr_epi32(1, 0, 3, 0, 5, 0, 7, 0);
+
+/* Philox, 8 blocks wide: even blocks (0,2,4,6) and odd blocks (1,3,5,7) of a group in the
+   low halves of 64-bit lanes; upper halves hold garbage that never reaches a low half
+   (vpmuludq reads low halves only), so no blends are needed inside the rounds. The macros
+   below expect KA/KB (round keys), M0/M1, xs2 (sub-stream), iotaE/iotaO in scope. */
 #define PHX_INIT(S, blk)                                                                  \
     __m256i S##base = _mm256_set1_epi32((int)(uint32_t)(blk));                            \
     __m256i S##e0 = _mm256_add_epi32(S##base, iotaE), S##o0 = _mm256_add_epi32(S##base, iotaO); \
@@ -193,12 +182,6 @@ PHX_ATTR static void philox_groups_avx2(uint32_t k0, uint32_t k1, uint64_t g0, i
         x0 = y0_;                                                                         \
         x2 = y2_;                                                                         \
     } while (0)
-#define PHX_STORE(S, dst)                                                                 \
-    _mm256_storeu_si256((__m256i *)(dst), _mm256_blend_epi32(S##e0, _mm256_slli_epi64(S##o0, 32), 0xAA));      \
-    _mm256_storeu_si256((__m256i *)((dst) + 8), _mm256_blend_epi32(S##e1, _mm256_slli_epi64(S##o1, 32), 0xAA)); \
-    _mm256_storeu_si256((__m256i *)((dst) + 16), _mm256_blend_epi32(S##e2, _mm256_slli_epi64(S##o2, 32), 0xAA)); \
-    _mm256_storeu_si256((__m256i *)((dst) + 24), _mm256_blend_epi32(S##e3, _mm256_slli_epi64(S##o3, 32), 0xAA));
-
 /* The 10 rounds of two groups (four half-states a.e, a.o, b.e, b.o). On x86-64 the rounds
    are inline assembly that keeps 15 of the 16 state vectors and one scratch vector in the
    16 ymm registers and the 16th state vector (b.o's x3, only ever an xor operand) in
@@ -266,28 +249,9 @@ PHX_ATTR static void philox_groups_avx2(uint32_t k0, uint32_t k1, uint64_t g0, i
         }                                                                                   \
     } while (0)
 #endif
-    int g = 0;
-    for (; g + 2 <= ng; g += 2) {
-        uint64_t blk = (g0 + (uint64_t)g) * 8u;
-        PHX_INIT(a, blk)
-        PHX_INIT(b, blk + 8u)
-        PHX_ROUNDS2(KA, KB);
-        PHX_STORE(a, w + 32 * g)
-        PHX_STORE(b, w + 32 * g + 32)
-    }
-    for (; g < ng; g++) {
-        uint64_t blk = (g0 + (uint64_t)g) * 8u;
-        PHX_INIT(a, blk)
-#pragma GCC unroll 10
-        for (int r = 0; r < 10; r++) {
-            PHX_HALF(ae0, ae1, ae2, ae3, r);
-            PHX_HALF(ao0, ao1, ao2, ao3, r);
-        }
-        PHX_STORE(a, w + 32 * g)
-    }
-}
 
-/* Uniform and raw-bits outputs straight from the Philox registers, for whole groups:
+/* Uniform and raw-bits outputs straight from the Philox registers, for whole groups (the
+   raw-bits form is also where every other path gets its words, see gen_groups):
    element e takes word e (float32, bfloat16, uint32 outputs), so the 8 words of one lane
    register of a group are 8 consecutive elements. Per element the operations are those of
    process_seg_core's uniform loops (u = (w >> 8) * 2^-24, x = c0 + c1 u, clamp, round to
@@ -295,7 +259,7 @@ PHX_ATTR static void philox_groups_avx2(uint32_t k0, uint32_t k1, uint64_t g0, i
    and the copy to the output, which cost about a fifth of the time. */
 typedef struct {
     __m256 c0, c1s, lo, hi;
-    int clamp, dtype, nt;
+    int clamp;
 } uk_t;
 
 static inline __attribute__((always_inline, target("avx2"))) void ust(int nt, char *dst, __m256i v) {
@@ -320,35 +284,37 @@ static inline __attribute__((always_inline, target("avx2"))) __m256i bf16_bits8(
 }
 
 /* the 4 lane registers of one group (elements 0-7, 8-15, 16-23, 24-31 of it) to dst */
-static inline __attribute__((always_inline, target("avx2"))) void emit_group(const uk_t *U, char *dst, __m256i l0,
-                                                                             __m256i l1, __m256i l2, __m256i l3) {
-    if (U->dtype == DT_U32) {
-        ust(U->nt, dst, l0);
-        ust(U->nt, dst + 32, l1);
-        ust(U->nt, dst + 64, l2);
-        ust(U->nt, dst + 96, l3);
-    } else if (U->dtype == DT_F32) {
-        ust(U->nt, dst, unif_bits8(U, l0));
-        ust(U->nt, dst + 32, unif_bits8(U, l1));
-        ust(U->nt, dst + 64, unif_bits8(U, l2));
-        ust(U->nt, dst + 96, unif_bits8(U, l3));
+static inline __attribute__((always_inline, target("avx2"))) void emit_group(const uk_t *U, int dtype, int nt,
+                                                                             char *dst, __m256i l0, __m256i l1,
+                                                                             __m256i l2, __m256i l3) {
+    if (dtype == DT_U32) {
+        ust(nt, dst, l0);
+        ust(nt, dst + 32, l1);
+        ust(nt, dst + 64, l2);
+        ust(nt, dst + 96, l3);
+    } else if (dtype == DT_F32) {
+        ust(nt, dst, unif_bits8(U, l0));
+        ust(nt, dst + 32, unif_bits8(U, l1));
+        ust(nt, dst + 64, unif_bits8(U, l2));
+        ust(nt, dst + 96, unif_bits8(U, l3));
     } else { /* bfloat16: values <= 0xFFFF after rounding, so the unsigned saturating pack is exact */
         __m256i a = _mm256_packus_epi32(bf16_bits8(unif_bits8(U, l0)), bf16_bits8(unif_bits8(U, l1)));
         __m256i b = _mm256_packus_epi32(bf16_bits8(unif_bits8(U, l2)), bf16_bits8(unif_bits8(U, l3)));
-        ust(U->nt, dst, _mm256_permute4x64_epi64(a, 0xD8));
-        ust(U->nt, dst + 32, _mm256_permute4x64_epi64(b, 0xD8));
+        ust(nt, dst, _mm256_permute4x64_epi64(a, 0xD8));
+        ust(nt, dst + 32, _mm256_permute4x64_epi64(b, 0xD8));
     }
 }
 
 #define PHX_EMIT(S, dst)                                                                                  \
-    emit_group(U, dst, _mm256_blend_epi32(S##e0, _mm256_slli_epi64(S##o0, 32), 0xAA),                    \
+    emit_group(U, dtype, nt, dst, _mm256_blend_epi32(S##e0, _mm256_slli_epi64(S##o0, 32), 0xAA),                    \
                _mm256_blend_epi32(S##e1, _mm256_slli_epi64(S##o1, 32), 0xAA),                            \
                _mm256_blend_epi32(S##e2, _mm256_slli_epi64(S##o2, 32), 0xAA),                            \
                _mm256_blend_epi32(S##e3, _mm256_slli_epi64(S##o3, 32), 0xAA));
 
 /* groups [g0, g0 + ng) of the uniform (or bits) output to out (element 32 g0 first) */
 static inline __attribute__((always_inline)) PHX_ATTR void uniform_groups_body(const job_t *J, const uk_t *U,
-                                                                               uint64_t g0, int ng, char *out) {
+                                                                               int dtype, int nt, uint64_t g0,
+                                                                               int ng, char *out) {
     const __m256i M0 = _mm256_set1_epi32((int)PM0), M1 = _mm256_set1_epi32((int)PM1);
     __m256i KA[10], KB[10];
     uint32_t ka = J->k0, kb = J->k1;
@@ -361,7 +327,7 @@ static inline __attribute__((always_inline)) PHX_ATTR void uniform_groups_body(c
     const __m256i xs2 = _mm256_set1_epi32((int)J->sub);
     const __m256i iotaE = _mm256_setr_epi32(0, 0, 2, 0, 4, 0, 6, 0);
     const __m256i iotaO = _mm256_setr_epi32(1, 0, 3, 0, 5, 0, 7, 0);
-    const size_t gbytes = 32u * (size_t)(U->dtype == DT_BF16 ? 2 : 4);
+    const size_t gbytes = 32u * (size_t)(dtype == DT_BF16 ? 2 : 4);
     int g = 0;
     for (; g + 2 <= ng; g += 2) {
         uint64_t blk = (g0 + (uint64_t)g) * 8u;
@@ -386,10 +352,8 @@ static inline __attribute__((always_inline)) PHX_ATTR void uniform_groups_body(c
 /* one specialization per output type and store kind, so that the branches in emit_group
    fold away */
 #define UNIF_VARIANT(name, DT, NT)                                                                         \
-    PHX_ATTR static void name(const job_t *J, uk_t *U, uint64_t g0, int ng, char *out) {                  \
-        U->dtype = DT;                                                                                     \
-        U->nt = NT;                                                                                        \
-        uniform_groups_body(J, U, g0, ng, out);                                                            \
+    PHX_ATTR static void name(const job_t *J, const uk_t *U, uint64_t g0, int ng, char *out) {            \
+        uniform_groups_body(J, U, DT, NT, g0, ng, out);                                                    \
     }
 UNIF_VARIANT(unif_f32, DT_F32, 0)
 UNIF_VARIANT(unif_f32_nt, DT_F32, 1)
@@ -414,6 +378,14 @@ static int uniform_clamp_needed(const job_t *J) {
     float x0 = c0 + c1 * 0.0f, x1 = c0 + c1 * ((float)(int32_t)0xFFFFFF * 0x1p-24f);
     float mn = x0 < x1 ? x0 : x1, mx = x0 < x1 ? x1 : x0;
     return !(mn >= J->lof && mx <= J->hif);
+}
+
+/* raw words of groups [g0, g0 + ng) into w: the uint32 output of the direct path, with
+   plain stores (w is an L1 batch) */
+__attribute__((target("avx2"))) static void philox_words_avx2(const job_t *J, uint64_t g0, int ng, uint32_t *w) {
+    uk_t U;
+    memset(&U, 0, sizeof U); /* the uint32 output reads none of the value constants */
+    unif_u32(J, &U, g0, ng, (char *)w);
 }
 
 /* groups [g0, g0 + ng) of a direct_ok job into out */
@@ -442,7 +414,7 @@ static double g_nt_min_bytes = 16.0 * 1024 * 1024;
 static inline void gen_groups(const job_t *J, uint64_t g0, int ng, uint32_t *restrict w) {
 #ifdef HAVE_AVX2_PATH
     if (g_have_avx2) {
-        philox_groups_avx2(J->k0, J->k1, g0, ng, J->sub, w);
+        philox_words_avx2(J, g0, ng, w);
         return;
     }
 #endif
@@ -1392,18 +1364,10 @@ static PyObject *py_philox(PyObject *self, PyObject *args) {
     (void)self;
     unsigned int c[4], k[2];
     if (!PyArg_ParseTuple(args, "IIIIII", &c[0], &c[1], &c[2], &c[3], &k[0], &k[1])) return NULL;
-    uint32_t x0 = c[0], x1 = c[1], x2 = c[2], x3 = c[3], ka = k[0], kb = k[1];
-    for (int r = 0; r < 10; r++) {
-        uint64_t p0 = (uint64_t)PM0 * x0, p1 = (uint64_t)PM1 * x2;
-        uint32_t y0 = (uint32_t)(p1 >> 32) ^ x1 ^ ka, y2 = (uint32_t)(p0 >> 32) ^ x3 ^ kb;
-        x1 = (uint32_t)p1;
-        x3 = (uint32_t)p0;
-        x0 = y0;
-        x2 = y2;
-        ka += PW0;
-        kb += PW1;
-    }
-    return Py_BuildValue("(IIII)", x0, x1, x2, x3);
+    /* the block counter's fourth word c3 is 0 in the stream, but known-answer tests set it */
+    uint32_t o[4];
+    philox1(k[0], k[1], c[0], c[1], c[2], c[3], o);
+    return Py_BuildValue("(IIII)", o[0], o[1], o[2], o[3]);
 }
 
 /* populate(ptr, nbytes, nthreads) -> bool: fault in, for writing, the whole pages inside
