@@ -195,7 +195,6 @@ class KeyedInitMode(TorchFunctionMode):
         from .keyed import fill_ as keyed_fill_
 
         key = self.key(target.name)
-        self.log.written.add(target.name)
         with torch.no_grad():
             if target.full:
                 spec = spec.checked()
@@ -252,20 +251,23 @@ class KeyedInitMode(TorchFunctionMode):
             self._busy = False
 
     def _dispatch(self, func, args, kwargs):
+        name = getattr(func, "__name__", None)
+        if name in _SIGS and getattr(func, "__module__", "") in ("torch.nn.init", "transformers.initialization"):
+            return self.handle_init(name, _TORCH_INIT[name], args, kwargs)  # meta, protect, written: there
+        target = None
         if args and isinstance(args[0], Tensor) and _writes_first_arg(func):
             if args[0].is_meta:
                 # a write into a meta tensor (one that materialize allocates in a later batch)
                 # stores nothing; skipping it avoids torch's slow meta decompositions and the
                 # fallback RNG
                 return args[0]
-            target = self.attribute(args[0])
+            target = self.attribute(args[0])  # once: the sampling branches below reuse it
             if target is not None:
                 if target.name in self.protect:
                     return args[0]
                 self.log.written.add(target.name)
         if func is torch.Tensor.uniform_ or func is torch.Tensor.normal_:
             t = args[0]
-            target = self.attribute(t)
             scope = target.name if target is not None else (self.scope or "<model>")
 
             def fallback():
@@ -286,15 +288,11 @@ class KeyedInitMode(TorchFunctionMode):
             except (TypeError, ValueError):
                 return fallback()
             return self._fill(t, spec, target, fallback)
-        if func in _RANDOM_METHODS:
-            target = self.attribute(args[0]) if args else None
+        if func in _RANDOM_METHODS:  # all in-place: target is set above when args[0] is a Tensor
             scope = target.name if target is not None else (self.scope or "<model>")
             return self._run_fallback(scope, func, args, kwargs)
         if func in _RANDOM_FACTORIES:
             return self._run_fallback(self.scope or "<model>", func, args, kwargs)
-        name = getattr(func, "__name__", None)
-        if name in _SIGS and getattr(func, "__module__", "") in ("torch.nn.init", "transformers.initialization"):
-            return self.handle_init(name, _TORCH_INIT[name], args, kwargs)
         return func(*args, **kwargs)
 
 
