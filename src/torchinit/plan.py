@@ -794,7 +794,8 @@ def _apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: str = "keyed
         try:
             if engine == "keyed":
                 # the routing mode skips the code's writes to tensors outside these entries
-                before = {e.name: (tensors[e.name], _storage_ptr(tensors[e.name])) for e in module_entries}
+                before = ({e.name: (tensors[e.name], _storage_ptr(tensors[e.name])) for e in module_entries}
+                          if unwritten is not None else {})
                 with keyed_init_mode(model, seed, protect=outside) as mode:
                     run_module_init(model, steps, mode)
                 observed = {n: tuple(v) for n, v in mode.log.specs.items()}
@@ -836,16 +837,14 @@ def _unwritten(model: nn.Module, entries: list[PlanEntry], before: dict[str, tup
                written: set[str]) -> list[str]:
     """Module-code entries (plain tensors) the code neither wrote through torch calls nor
     replaced (``p.data = ...`` moves the storage, ``module.buf = ...`` the object)."""
-    now: dict[str, Tensor] = {}
-    for n, t in list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False)):
-        if t is not None:
-            now[n] = t
     out = []
     for e in entries:
         t0, ptr0 = before[e.name]
         if ptr0 is None or e.name in written or any(a in written for a in e.aliases):
             continue
-        t1 = now.get(e.name)
+        path, _, local = e.name.rpartition(".")
+        owner = model.get_submodule(path)
+        t1 = owner._parameters.get(local, owner._buffers.get(local))
         if t1 is not t0 or _storage_ptr(t1) != ptr0:
             continue
         out.append(e.name)
