@@ -128,7 +128,8 @@ def _plan_with_buffer_code(model: nn.Module, policy: Any, plan_obj: Any, meta_na
     rule = Rule("module", qualnames=tuple(glob.escape(n) for n in wanted), role="buffer", priority=-1,
                 name="materialize: buffers without a rule, own init code")
     new = _plan(model, load_policy(policy) + rule, example_inputs)
-    got = [n for n in wanted if n not in _uncovered(new, meta_names)]
+    still = set(_uncovered(new, meta_names))
+    got = [n for n in wanted if n not in still]
     if got:
         new.notes.append(f"materialize: {len(got)} buffer(s) the policy has no rule for ({', '.join(got[:3])}"
                          f"{', ...' if len(got) > 3 else ''}) are initialized by their module's own init code")
