@@ -265,7 +265,7 @@ def test_large_tensors_are_prefaulted_and_still_equal_init_model(monkeypatch):
 
     if not B.native_available():
         pytest.skip("native kernel not built")
-    seen = []
+    seen, huges = [], []
     native = B.native_module()
     monkeypatch.setattr(materialize_mod, "PREFAULT_MIN_BYTES", 4096)
 
@@ -273,14 +273,23 @@ def test_large_tensors_are_prefaulted_and_still_equal_init_model(monkeypatch):
         def __getattr__(self, name):
             return getattr(native, name)
 
-        def populate(self, ptr, nbytes, nthreads):
+        def populate(self, ptr, nbytes, nthreads, huge=0):
             seen.append(nbytes)
-            return native.populate(ptr, nbytes, nthreads)
+            huges.append(huge)
+            return native.populate(ptr, nbytes, nthreads, huge)
 
     monkeypatch.setattr(B, "native_module", lambda: Spy())
     model = _meta("gpt", n_embd=64, vocab_size=300)
     torchinit.materialize(model, "cpu", "gpt2", seed=3, progress=False)
     assert seen and max(seen) >= 300 * 64 * 4
+    assert set(huges) == {materialize_mod._thp_size()}
+    _assert_same_state(model, _reference("gpt", "gpt2", 3, n_embd=64, vocab_size=300))
+
+    huges.clear()
+    monkeypatch.setattr(materialize_mod, "HUGE_PAGES", False)
+    model = _meta("gpt", n_embd=64, vocab_size=300)
+    torchinit.materialize(model, "cpu", "gpt2", seed=3, progress=False)
+    assert huges and set(huges) == {0}
     _assert_same_state(model, _reference("gpt", "gpt2", 3, n_embd=64, vocab_size=300))
 
 
@@ -293,5 +302,38 @@ def test_populate_leaves_memory_unchanged():
     before = t.clone()
     pop = B.native_module().populate
     for off, n in [(0, t.numel() * 4), (3, t.numel() * 4 - 5), (100, 10), (0, 0)]:
-        assert pop(t.data_ptr() + off, n, 2) in (True, False)
+        for huge in (0, 1 << 21, 3):  # 3: not a power of two, ignored
+            for threads in (1, 2, 5):
+                assert pop(t.data_ptr() + off, n, threads, huge) in (True, False)
     assert torch.equal(t, before)
+
+
+def test_thp_size_reads_the_kernel_setting(monkeypatch, tmp_path):
+    import builtins
+
+    real_open = builtins.open
+    files = {"enabled": "always [madvise] never\n", "hpage_pmd_size": "2097152\n"}
+
+    def fake_open(path, *a, **k):
+        if str(path).startswith("/sys/kernel/mm/transparent_hugepage/"):
+            name = str(path).rsplit("/", 1)[1]
+            if name not in files:
+                raise FileNotFoundError(path)
+            target = tmp_path / name
+            target.write_text(files[name])
+            return real_open(target, *a, **k)
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    for enabled, size, expect in [("always [madvise] never", "2097152", 2097152),
+                                  ("[always] madvise never", "2097152", 2097152),
+                                  ("always madvise [never]", "2097152", 0),
+                                  ("[madvise] never", "garbage", 0)]:
+        files.update(enabled=enabled, hpage_pmd_size=size)
+        materialize_mod._thp_size.cache_clear()
+        assert materialize_mod._thp_size() == expect
+    del files["enabled"]
+    materialize_mod._thp_size.cache_clear()
+    assert materialize_mod._thp_size() == 0  # no THP support in the kernel
+    monkeypatch.undo()
+    materialize_mod._thp_size.cache_clear()

@@ -42,6 +42,7 @@ filled from its global indices (see :mod:`torchinit.sharding`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 import sys
 import time
@@ -203,21 +204,41 @@ def _new_like(t: Tensor, device: torch.device) -> Tensor:
 
 #: Plain CPU tensors at least this large have their pages faulted in before the fill.
 PREFAULT_MIN_BYTES = 1 << 20
+#: Whether those tensors are advised to use transparent huge pages (where the kernel offers
+#: them: /sys/kernel/mm/transparent_hugepage/enabled is "always" or "madvise"). Only the
+#: huge-page-aligned interior of each tensor is advised, so no memory is added.
+HUGE_PAGES = True
+
+
+@functools.lru_cache(maxsize=None)
+def _thp_size() -> int:
+    """The transparent huge page size in bytes, or 0 where the kernel has them off."""
+    base = "/sys/kernel/mm/transparent_hugepage/"
+    try:
+        with open(base + "enabled") as fh:
+            if "[never]" in fh.read():
+                return 0
+        with open(base + "hpage_pmd_size") as fh:
+            return int(fh.read())
+    except (OSError, ValueError):
+        return 0
 
 
 def _prefault(t: Tensor) -> None:
     """Fault in the pages of a fresh CPU tensor, on the keyed engine's threads, before it is
     filled. First-touch faults are most of the cost of materializing into fresh memory; taken
     in one madvise(MADV_POPULATE_WRITE) per thread they cost about a third less than when the
-    fill's stores take them page by page (docs/performance.md). Contents are unchanged, and
-    where the kernel or the native extension lacks it nothing happens."""
+    fill's stores take them page by page, and as transparent huge pages (``HUGE_PAGES``) less
+    again (docs/performance.md). Contents are unchanged, and where the kernel or the native
+    extension lacks it nothing happens."""
     from .keyed import backend as B
 
     if t.device.type != "cpu" or type(t.data) is not torch.Tensor or not B.native_available():
         return
     nbytes = t.untyped_storage().nbytes()
     if nbytes >= PREFAULT_MIN_BYTES:
-        B.native_module().populate(t.untyped_storage().data_ptr(), nbytes, B.get_num_threads())
+        huge = _thp_size() if HUGE_PAGES else 0
+        B.native_module().populate(t.untyped_storage().data_ptr(), nbytes, B.get_num_threads(), huge)
 
 
 def materialize(
