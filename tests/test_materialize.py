@@ -286,9 +286,8 @@ def test_large_tensors_are_prefaulted_and_still_equal_init_model(monkeypatch):
     _assert_same_state(model, _reference("gpt", "gpt2", 3, n_embd=64, vocab_size=300))
 
     huges.clear()
-    monkeypatch.setattr(materialize_mod, "HUGE_PAGES", False)
     model = _meta("gpt", n_embd=64, vocab_size=300)
-    torchinit.materialize(model, "cpu", "gpt2", seed=3, progress=False)
+    torchinit.materialize(model, "cpu", "gpt2", seed=3, progress=False, huge_pages=False)
     assert huges and set(huges) == {0}
     _assert_same_state(model, _reference("gpt", "gpt2", 3, n_embd=64, vocab_size=300))
 
@@ -306,6 +305,13 @@ def test_populate_leaves_memory_unchanged():
             for threads in (1, 2, 5):
                 assert pop(t.data_ptr() + off, n, threads, huge) in (True, False)
     assert torch.equal(t, before)
+
+
+def test_huge_pages_must_be_a_bool():
+    model = _meta("mlp")
+    with pytest.raises(TypeError, match=r"materialize: huge_pages must be True or False, got 'no'"):
+        torchinit.materialize(model, "cpu", "gpt2", seed=0, huge_pages="no")
+    assert all(p.is_meta for p in model.parameters())
 
 
 def test_thp_size_reads_the_kernel_setting(monkeypatch, tmp_path):

@@ -204,10 +204,6 @@ def _new_like(t: Tensor, device: torch.device) -> Tensor:
 
 #: Plain CPU tensors at least this large have their pages faulted in before the fill.
 PREFAULT_MIN_BYTES = 1 << 20
-#: Whether those tensors are advised to use transparent huge pages (where the kernel offers
-#: them: /sys/kernel/mm/transparent_hugepage/enabled is "always" or "madvise"). Only the
-#: huge-page-aligned interior of each tensor is advised, so no memory is added.
-HUGE_PAGES = True
 
 
 @functools.lru_cache(maxsize=None)
@@ -224,20 +220,21 @@ def _thp_size() -> int:
         return 0
 
 
-def _prefault(t: Tensor) -> None:
+def _prefault(t: Tensor, huge_pages: bool) -> None:
     """Fault in the pages of a fresh CPU tensor, on the keyed engine's threads, before it is
     filled. First-touch faults are most of the cost of materializing into fresh memory; taken
     in one madvise(MADV_POPULATE_WRITE) per thread they cost about a third less than when the
-    fill's stores take them page by page, and as transparent huge pages (``HUGE_PAGES``) less
-    again (docs/performance.md). Contents are unchanged, and where the kernel or the native
-    extension lacks it nothing happens."""
+    fill's stores take them page by page, and as transparent huge pages (``huge_pages``: the
+    huge-page-aligned interior of the tensor advised MADV_HUGEPAGE, so no memory is added)
+    less again where the host already backs the memory (docs/performance.md). Contents are
+    unchanged, and where the kernel or the native extension lacks it nothing happens."""
     from .keyed import backend as B
 
     if t.device.type != "cpu" or type(t.data) is not torch.Tensor or not B.native_available():
         return
     nbytes = t.untyped_storage().nbytes()
     if nbytes >= PREFAULT_MIN_BYTES:
-        huge = _thp_size() if HUGE_PAGES else 0
+        huge = _thp_size() if huge_pages else 0
         B.native_module().populate(t.untyped_storage().data_ptr(), nbytes, B.get_num_threads(), huge)
 
 
@@ -249,6 +246,7 @@ def materialize(
     seed: int,
     progress: bool | None = None,
     example_inputs: Any = None,
+    huge_pages: bool = True,
 ) -> Any:
     """Allocate the meta tensors of ``model`` on ``device`` and initialize them with
     ``policy`` and the keyed engine, in module order; returns the applied ``Plan``.
@@ -266,6 +264,12 @@ def materialize(
             than ~2 s and stderr is a terminal; ``True``: also when not a terminal
             (still only after ~2 s); ``False``: never.
         example_inputs: passed to ``torchinit.plan`` (policies that trace the model).
+        huge_pages: on CPU, back each tensor of 1 MiB or more with transparent huge pages
+            where the kernel offers them (``madvise`` of the tensor's huge-page-aligned
+            interior: no memory is added). Faster first-touch faults and fewer TLB misses
+            later; ``False`` on a machine whose memory is so fragmented that the kernel's
+            compaction for huge pages stalls (see ``/sys/kernel/mm/transparent_hugepage/``).
+            Values never depend on it.
 
     Peak memory: the final size of the allocated tensors plus the keyed engine's
     working memory for one tensor. dtypes are those of the meta tensors (convert
@@ -283,6 +287,8 @@ def materialize(
         raise TypeError(f"materialize expects an nn.Module, got {type(model).__name__}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"materialize: seed must be an int, got {seed!r}")
+    if not isinstance(huge_pages, bool):
+        raise TypeError(f"materialize: huge_pages must be True or False, got {huge_pages!r}")
     device = torch.device(device)
     if device.type == "meta":
         raise ValueError("materialize: device='meta' allocates nothing; pass a real device such as 'cpu' or 'cuda'")
@@ -340,7 +346,7 @@ def materialize(
                         if t is None or not t.is_meta:
                             continue
                         new = _new_like(t, device)
-                        _prefault(new)
+                        _prefault(new, huge_pages)
                         for loc_store, loc_key, qname in locations[id(t)]:  # keeps tied tensors tied
                             pending.append((loc_store, loc_key, t))
                             loc_store[loc_key] = new
