@@ -156,7 +156,9 @@ def test_materialize_in_small_batches_keeps_init_code_that_writes_outside_its_mo
                     module.weight.normal_(0.0, 0.1)
                     module.bias.zero_()
 
-    monkeypatch.setattr(importlib.import_module("torchinit.materialize"), "BATCH_ELEMENTS", 1)
+    mat = importlib.import_module("torchinit.materialize")
+    monkeypatch.setattr(mat, "BATCH_ELEMENTS", 1)  # one module per batch
+    monkeypatch.setattr(mat, "MAX_WHOLE_MODEL_PASSES", 1000)
     with torch.device("meta"):
         model = Toy(ToyConfig())
     torchinit.materialize(model, "cpu", "module", seed=3, progress=False)
@@ -165,3 +167,25 @@ def test_materialize_in_small_batches_keeps_init_code_that_writes_outside_its_mo
     for (n, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
         assert torch.equal(p.detach(), q.detach()), n
     assert 0.4 < float(model.b.weight.detach().std()) < 0.6  # a's init won, as in one full run
+
+
+def test_materialize_bounds_the_whole_model_init_passes(monkeypatch):
+    """With "module" on a Hugging Face model each batch runs _init_weights over the whole
+    model; tiny batches are merged so that there are at most MAX_WHOLE_MODEL_PASSES of them,
+    and the result is still init_model's, bitwise."""
+    import importlib
+
+    mat = importlib.import_module("torchinit.materialize")
+    routing = importlib.import_module("torchinit.routing")
+    passes = []
+    real = routing._run_hf
+    monkeypatch.setattr(routing, "_run_hf", lambda *a: (passes.append(1), real(*a))[1])
+    monkeypatch.setattr(mat, "BATCH_ELEMENTS", 1)
+    monkeypatch.setattr(mat, "MAX_WHOLE_MODEL_PASSES", 4)
+    model = _on_meta(_llama)
+    torchinit.materialize(model, "cpu", "module", seed=5, progress=False)
+    assert 2 <= len(passes) <= 4 + 1  # the last, partial batch may add one
+    ref = _llama()
+    torchinit.init_model(ref, "module", seed=5)
+    for (n, p), (_, q) in zip(model.state_dict().items(), ref.state_dict().items()):
+        assert torch.equal(p, q), n

@@ -12,7 +12,10 @@ final model size.
 then walks the modules in order, allocating each module's own meta parameters
 and buffers on ``device`` (same sizes, strides and dtype); as soon as
 :data:`BATCH_ELEMENTS` elements (64 M) are pending, it initializes them with
-one ``apply_plan`` call on just their plan entries (keyed engine) and goes on.
+one ``apply_plan`` call on just their plan entries (keyed engine) and goes on
+(with the ``"module"`` initializer on a Hugging Face model, whose init code runs over
+the whole model in every batch, batches grow to keep at most
+:data:`MAX_WHOLE_MODEL_PASSES` of them).
 If that fails midway (out of memory, an interrupt), the unfilled batch is put
 back on meta: the model then holds initialized tensors and meta tensors only,
 and calling ``materialize`` again finishes the job.
@@ -59,6 +62,11 @@ PROGRESS_AFTER_S = 2.0
 #: with one ``apply_plan`` call (allocated-but-unfilled memory is at most this batch, and it
 #: is part of the final model anyway: it does not raise the peak).
 BATCH_ELEMENTS = 1 << 26
+#: With the ``"module"`` initializer on a Hugging Face model, each batch runs the model's
+#: ``_init_weights`` over every module (init code may write outside its own module, so the
+#: pass cannot be narrowed to the batch): batches then grow so that there are at most this
+#: many passes, keeping the Python work near linear in the model size.
+MAX_WHOLE_MODEL_PASSES = 16
 
 
 def meta_tensors(model: nn.Module) -> Iterator[tuple[str, str, Tensor]]:
@@ -333,6 +341,10 @@ def materialize(
                 "materialize again, which fills only what is still on meta; or give them a rule")
         applied.update({e.name: e for e in done.entries})
 
+    # init code that runs over the whole model in every batch: fewer, larger batches
+    whole_model = any(meth == "_init_weights" for e in plan_obj.entries if e.initializer == "module"
+                      for _, meth in (getattr(e, "code", None) or ()))
+    limit = max(BATCH_ELEMENTS, -(-total // MAX_WHOLE_MODEL_PASSES)) if whole_model else BATCH_ELEMENTS
     bar = _Progress(total, progress)
     pending: list[tuple[dict, str, Tensor]] = []  # (store, key, meta tensor) of the unfilled batch
     try:
@@ -353,7 +365,7 @@ def materialize(
                             batch.add(qname)
                         n_batch += t.numel()
                         last = mname
-                if batch and n_batch >= BATCH_ELEMENTS:
+                if batch and n_batch >= limit:
                     run_batch(batch)
                     pending.clear()
                     bar.advance(n_batch, last or "(root)")
