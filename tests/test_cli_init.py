@@ -59,6 +59,24 @@ def test_init_is_deterministic_and_meta_equals_no_meta(tmp_path):
     assert not torch.equal(ta["features.0.weight"], td["features.0.weight"])
 
 
+def test_init_huge_pages_flag_reaches_materialize_and_never_changes_values(tmp_path, monkeypatch):
+    import torchinit
+
+    seen = []
+    real = torchinit.materialize
+    monkeypatch.setattr(torchinit, "materialize", lambda *a, **k: (seen.append(k["huge_pages"]), real(*a, **k))[1])
+    outs = []
+    for flag in ("--huge-pages", "--no-huge-pages", None):
+        d = tmp_path / str(len(outs))
+        d.mkdir()
+        outs.append(d / "w.safetensors")
+        argv = ["init", "mlp", "--kwargs", '{"depth": 2, "width": 1024}', "--policy", "kaiming", "-q",
+                "--seed", "4", "--out", str(outs[-1])]
+        assert main(argv + ([flag] if flag else [])) == 0
+    assert seen == [True, False, True]  # on by default; 4 MiB weights: the huge-page path runs
+    assert outs[0].read_bytes() == outs[1].read_bytes() == outs[2].read_bytes()
+
+
 def test_init_dtype_and_tied_gpt(tmp_path):
     out = tmp_path / "g.safetensors"
     kw = {"n_layer": 1, "n_embd": 16, "n_head": 2, "vocab_size": 20, "block_size": 4, "tie_weights": True}

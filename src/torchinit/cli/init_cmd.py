@@ -38,6 +38,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="build on the meta device and materialize tensor by tensor (default; peak memory ~ the "
                    "model size); --no-meta builds normally (runs the constructors' own init) then re-initializes: "
                    "same result, for factories that cannot run on meta")
+    p.add_argument("--huge-pages", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --meta on CPU, put tensors of 1 MiB or more on transparent huge pages where the "
+                   "kernel offers them (default; faster page faults, no memory added); --no-huge-pages for a "
+                   "machine whose fragmented memory makes the kernel's compaction stall. Values never depend on it")
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing on success")
     p.set_defaults(func=run)
     return p
@@ -58,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         if args.dtype:
             model.to(DTYPES[args.dtype])  # free on meta
         plan = torchinit.materialize(model, args.device, args.policy, seed=args.seed,
-                                     progress=None if not args.quiet else False)
+                                     progress=None if not args.quiet else False, huge_pages=args.huge_pages)
     else:
         with torch.device(args.device):
             model = load_model(args.model, kwargs)
