@@ -124,3 +124,17 @@ def test_auto_on_a_non_layer_parameter_defaults_to_linear():
     e = torchinit.plan(P(), [torchinit.Rule("kaiming_normal", {"nonlinearity": "auto"}, params="table")])["table"]
     assert e.nonlinearity == "linear" and e.nonlinearity_source == "default: not a Linear/Conv layer"
     assert e.std == pytest.approx(1 / math.sqrt(4))
+
+
+@pytest.mark.parametrize("act, expect", [
+    (nn.ReLU(), ("relu", None)), (nn.ReLU6(), ("relu", None)), (nn.Tanh(), ("tanh", None)),
+    (nn.Sigmoid(), ("sigmoid", None)), (nn.SELU(), ("selu", None)), (nn.SiLU(), ("silu", None)),
+    (nn.Mish(), ("mish", None)), (nn.ELU(), ("elu", None)), (nn.Softplus(), ("softplus", None)),
+    (nn.Hardswish(), ("hardswish", None)), (nn.LeakyReLU(0.3), ("leaky_relu", 0.3)),
+    (nn.PReLU(init=0.1), ("leaky_relu", pytest.approx(0.1))), (nn.GELU(), ("gelu", None)),
+    (nn.GELU(approximate="tanh"), ("gelu_tanh", None)), (nn.Linear(2, 2), None), (nn.Identity(), None),
+])
+def test_activation_of_module_names_every_torch_activation(act, expect):
+    from torchinit.nonlinearity import activation_of_module
+
+    assert activation_of_module(act) == expect

@@ -115,32 +115,24 @@ _ACT_BY_NAME = {
 }
 
 
+#: Activation modules without a parameter that matters, and the nonlinearity each is.
+_PLAIN_ACTIVATIONS = (
+    ((nn.ReLU, nn.ReLU6), "relu"), (nn.Tanh, "tanh"), (nn.Sigmoid, "sigmoid"), (nn.SELU, "selu"),
+    (nn.SiLU, "silu"), (nn.Mish, "mish"), (nn.ELU, "elu"), (nn.Softplus, "softplus"), (nn.Hardswish, "hardswish"),
+)
+
+
 def activation_of_module(m: nn.Module) -> tuple[str, float | None] | None:
     """``(nonlinearity, param)`` for an activation module, None for anything else."""
-    if isinstance(m, (nn.ReLU, nn.ReLU6)):
-        return ("relu", None)
+    for cls, act in _PLAIN_ACTIVATIONS:
+        if isinstance(m, cls):
+            return (act, None)
     if isinstance(m, nn.LeakyReLU):
         return ("leaky_relu", float(m.negative_slope))
     if isinstance(m, nn.PReLU):
         return ("leaky_relu", float(m.init) if hasattr(m, "init") else float(m.weight.detach().mean()))
-    if isinstance(m, nn.Tanh):
-        return ("tanh", None)
-    if isinstance(m, nn.Sigmoid):
-        return ("sigmoid", None)
-    if isinstance(m, nn.SELU):
-        return ("selu", None)
     if isinstance(m, nn.GELU):
         return ("gelu_tanh" if m.approximate == "tanh" else "gelu", None)
-    if isinstance(m, nn.SiLU):
-        return ("silu", None)
-    if isinstance(m, nn.Mish):
-        return ("mish", None)
-    if isinstance(m, nn.ELU):
-        return ("elu", None)
-    if isinstance(m, nn.Softplus):
-        return ("softplus", None)
-    if isinstance(m, nn.Hardswish):
-        return ("hardswish", None)
     name = type(m).__name__.lower()
     if list(m.parameters(recurse=False)):
         return None
