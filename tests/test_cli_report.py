@@ -123,3 +123,10 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert len(mlp["kaiming"].signal()) == 30
     assert mlp["xavier"].by_kind("vanishing") and mlp["pytorch"].by_kind("vanishing")
     assert mlp["kaiming"].verdicts == []
+
+
+def test_input_shape_the_model_rejects_is_a_user_error(tmp_path, capsys):
+    assert main(["report", "mlp", "--kwargs", SMALL_MLP, "--input-shape", "8,3", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "torchinit report: error: mlp failed on a random batch of shape 8,3" in err
+    assert "--input-shape B,D" in err and "Traceback" not in err

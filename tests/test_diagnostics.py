@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -268,6 +269,17 @@ def test_symmetry_zero_hidden_weight_is_an_error_zero_head_is_info():
     assert rep.param("2.weight").zero and rep.param("2.weight").constant
 
 
+def test_model_that_is_one_layer_names_its_params_like_its_record():
+    head = nn.Linear(64, 4)
+    with torch.no_grad():
+        head.weight.zero_()
+    rep = diagnose(head, x())
+    assert [r.name for r in rep.layers] == ["Linear"]
+    assert rep.param("weight").module == "Linear"
+    (v,) = rep.by_kind("symmetry")
+    assert v.severity == "info"  # the model's only layer is its output layer
+
+
 def test_constant_nonzero_weight_and_duplicate_rows():
     model = init_(mlp(depth=4), torchinit.kaiming_normal_, nonlinearity="relu")
     with torch.no_grad():
@@ -412,6 +424,32 @@ def test_conv_channels_are_dim_one():
     assert rep.layer("1").dead == pytest.approx(2 / 5)
 
 
+def test_conv_channels_through_pooling_before_the_activation():
+    # conv -> max-pool -> ReLU (the PyTorch MNIST example's F.relu(F.max_pool2d(conv(x), 2)))
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 5, 3, padding=1)
+            self.pool = nn.MaxPool2d(2)
+            self.act = nn.ReLU()
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.act(self.pool(y)), torch.relu(nn.functional.max_pool2d(y, 2))
+
+    net = Net()
+    with torch.no_grad():
+        net.conv.bias.copy_(torch.tensor([-100.0, 0, 0, 0, -100.0]))
+    inputs = torch.randn(8, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    rep = diagnose(net, inputs)
+    assert rep.layer("act").dead == pytest.approx(2 / 5)
+    assert rep.layer("Net:relu").dead == pytest.approx(2 / 5)
+    assert rep.by_kind("dead_units") == []
+    with torch.no_grad():
+        y = torch.relu(nn.functional.max_pool2d(net.conv(inputs), 2))
+    assert rep.layer("act").chan_var == pytest.approx(float(y.var(dim=(0, 2, 3), correction=0).mean()), rel=1e-4)
+
+
 def test_report_round_trip_and_text():
     model = init_(mlp(depth=6), torchinit.xavier_normal_)
     rep = diagnose(model, x(), label="xavier")
@@ -445,3 +483,179 @@ def test_custom_thresholds():
     assert diagnose(model, x()).by_kind("vanishing") == []  # 6 layers: x0.18, not yet
     (v,) = diagnose(model, x(), thresholds=Thresholds(vanish=0.3)).by_kind("vanishing")
     assert v.threshold == 0.3
+
+
+# -- frozen layers, parametrized weights, channel tracking, threshold ranges --------
+
+
+def test_frozen_layers_get_the_same_gradient_statistics():
+    torch.manual_seed(0)
+    model = init_(mlp(depth=4, width=32, act=lambda: nn.ReLU(inplace=True)), torchinit.kaiming_normal_,
+                  nonlinearity="relu")
+    inp = x(d=32)
+    ref = [(r.name, r.grad_std) for r in diagnose(model, inp).layers]
+    assert all(g is not None for _, g in ref)
+    for frozen in (model[:3], model):  # the bottom layers, then every layer
+        for p in frozen.parameters():
+            p.requires_grad_(False)
+        flags = [p.requires_grad for p in model.parameters()]
+        rep = diagnose(model, inp)
+        got = [(r.name, r.grad_std) for r in rep.layers]
+        assert [n for n, _ in got] == [n for n, _ in ref]
+        for (n, g), (_, want) in zip(got, ref):
+            assert g == pytest.approx(want, rel=1e-5), n
+        assert rep.meta["grad_note"] is None
+        assert [p.requires_grad for p in model.parameters()] == flags  # left as the user set them
+        assert all(p.grad is None for p in model.parameters())
+        assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_frozen_embedding_with_integer_input_gets_gradient_statistics():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(50, 16), nn.Linear(16, 16), nn.GELU(), nn.Linear(16, 4))
+    model.requires_grad_(False)
+    tokens = torch.randint(0, 50, (32, 6), generator=torch.Generator().manual_seed(0))
+    rep = diagnose(model, tokens)
+    assert all(r.grad_std is not None and r.grad_std > 0 for r in rep.layers), [r.grad_std for r in rep.layers]
+    assert all(p.grad is None and not p.requires_grad for p in model.parameters())
+
+
+def test_frozen_model_with_in_place_ops_on_saved_outputs_is_still_diagnosed():
+    # written to run without a graph: the backward pass through it fails; the forward
+    # statistics are kept and the note says why the gradients are missing
+    class InPlace(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.act, self.b = nn.Linear(8, 8), nn.Sigmoid(), nn.Linear(8, 2)
+
+        def forward(self, inp):
+            h = self.act(self.a(inp))
+            h.mul_(2)  # modifies Sigmoid's saved output
+            return self.b(h)
+
+    model = InPlace().requires_grad_(False)
+    rep = diagnose(model, x(d=8))
+    assert [r.name for r in rep.layers] == ["a", "act", "b"]
+    assert all(r.grad_std is None for r in rep.layers)
+    assert "backward pass through frozen layers failed (one of the variables needed" in rep.meta["grad_note"]
+
+
+def test_report_says_why_gradient_statistics_are_absent():
+    model = mlp(depth=2, width=8)
+    rep = diagnose(model, x(d=8), backward=False)
+    assert all(r.grad_std is None for r in rep.layers)
+    assert rep.meta["grad_note"] == "backward=False: gradient statistics were not measured"
+    assert "note: backward=False" in str(rep)
+
+    class NoGrad(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = mlp(depth=2, width=8)
+
+        def forward(self, inp):
+            with torch.no_grad():  # e.g. a frozen feature extractor: respected, not overridden
+                return self.net(inp)
+
+    rep = diagnose(NoGrad(), x(d=8))
+    assert all(r.grad_std is None for r in rep.layers)
+    assert "does not depend differentiably on any recorded layer" in rep.meta["grad_note"]
+    assert "note: gradient statistics were not measured" in str(rep)
+
+
+def test_parametrized_weights_are_judged_by_their_effective_weight():
+    from torch.nn.utils import parametrizations
+
+    torch.manual_seed(0)
+    model = mlp(depth=4, width=32)
+    init_(model, torchinit.xavier_normal_)  # gain 1 between ReLUs: wrong_nonlinearity
+    for i in (0, 2):
+        model[i] = parametrizations.weight_norm(model[i])
+    model[4] = parametrizations.spectral_norm(model[4])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rep = diagnose(model, x(d=32))
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # spectral_norm's u, v untouched
+    for i in (0, 2, 4):
+        ps = rep.param(f"{i}.weight")
+        w = getattr(model[i].eval(), "weight").detach()  # eval: no power iteration
+        assert ps.shape == list(w.shape) and ps.std == pytest.approx(float(w.std(correction=0)), rel=1e-5)
+        assert ps.gain == pytest.approx(float((w.pow(2).mean() * w.shape[1]).sqrt()), rel=1e-5)
+        assert ps.original_of is None
+    assert rep.param("2.weight").expected_gain == pytest.approx(math.sqrt(2))
+    assert rep.param("0.parametrizations.weight.original0").original_of == "0.weight"
+    assert rep.param("4.parametrizations.weight.original").original_of == "4.weight"
+    assert rep.by_kind("wrong_nonlinearity")  # found through the effective weights
+
+
+def test_weight_norm_magnitudes_are_not_taken_for_symmetry():
+    from torch.nn.utils import parametrizations
+
+    torch.manual_seed(0)
+    model = mlp(depth=4, width=32)
+    init_(model, torchinit.orthogonal_, gain=math.sqrt(2))
+    model[2] = parametrizations.weight_norm(model[2])
+    with torch.no_grad():  # unit-norm directions, one magnitude for every row: a healthy layer
+        model[2].parametrizations.weight.original0.fill_(math.sqrt(2))
+    rep = diagnose(model, x(d=32))
+    assert rep.param("2.parametrizations.weight.original0").constant
+    assert rep.by_kind("symmetry") == [], [str(v) for v in rep.verdicts]
+    # a constant effective weight still is a symmetry error
+    with torch.no_grad():
+        model[2].parametrizations.weight.original1.fill_(1.0)
+    (v,) = [v for v in diagnose(model, x(d=32)).by_kind("symmetry") if v.severity == "error"]
+    assert v.layer == "2.weight"
+
+
+def test_conv_channels_through_pixel_shuffle():
+    # the channel count changes between the conv and the activation: still dim 1
+    model = nn.Sequential(nn.Conv2d(3, 20, 3, padding=1), nn.PixelShuffle(2), nn.ReLU())
+    with torch.no_grad():
+        model[0].bias.copy_(torch.tensor([-100.0] * 4 + [0.0] * 16))  # PixelShuffle channel 0 of 5
+    inp = torch.randn(8, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    rep = diagnose(model, inp)
+    assert rep.layer("2").shape == [8, 5, 12, 12]
+    assert rep.layer("2").dead == pytest.approx(1 / 5)
+    with torch.no_grad():
+        y = model(inp)
+    assert rep.layer("2").chan_var == pytest.approx(float(y.var(dim=(0, 2, 3), correction=0).mean()), rel=1e-4)
+
+
+def test_channels_last_permute_still_uses_the_last_dim():
+    class ChannelsLast(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 5, 3, padding=1)
+            self.act = nn.ReLU()
+
+        def forward(self, inp):
+            return self.act(self.conv(inp).permute(0, 2, 3, 1))
+
+    net = ChannelsLast()
+    with torch.no_grad():
+        net.conv.bias.copy_(torch.tensor([-100.0, 0, 0, 0, -100.0]))
+    rep = diagnose(net, torch.randn(8, 3, 6, 6, generator=torch.Generator().manual_seed(0)))
+    assert rep.layer("act").dead == pytest.approx(2 / 5)
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("vanish", 1.0, "vanish is a std ratio below which signals vanish and must be in (0, 1), got 1.0"),
+    ("grad_vanish", 2.0, "grad_vanish is a gradient-std ratio below which gradients vanish and must be in (0, 1)"),
+    ("collapse", 1.5, "collapse is a cosine similarity and must be in (0, 1), got 1.5"),
+    ("dead", 1.2, "dead is a fraction of units and must be in (0, 1), got 1.2"),
+    ("saturated", 1.0, "saturated is a fraction of outputs and must be in (0, 1), got 1.0"),
+    ("gain_factor", 1.5, "gain_factor is the lower end of the variance-factor band [gain_factor, 1/gain_factor] "
+                         "and must be in (0, 1), got 1.5"),
+    ("collapse_input", 1.01, "collapse_input is a cosine similarity and must be in (0, 1], got 1.01"),
+    ("dead_error", 2, "dead_error is a fraction of units and must be in (0, 1], got 2"),
+    ("explode", 0.5, "explode is a std ratio above which signals explode and must be > 1, got 0.5"),
+    ("grad_explode", 1, "grad_explode is a gradient-std ratio above which gradients explode and must be > 1, got 1"),
+    ("collapse_start", 0.995, "collapse_start must be <= collapse (0.99), got 0.995"),
+    ("dead_error", 0.4, "dead_error must be >= dead (0.5), got 0.4"),
+])
+def test_thresholds_out_of_range(field, value, expected):
+    with pytest.raises(ValueError, match=re.escape(f"Thresholds: {expected}")):
+        Thresholds(**{field: value})
+
+
+def test_thresholds_at_the_edges_of_their_ranges():
+    Thresholds(dead_error=1.0, collapse_input=1.0, collapse_start=0.99, explode=1.5, gain_factor=0.99)

@@ -223,3 +223,50 @@ def test_data_init_rule_runs_in_forward_order_on_fresh_passes():
     assert 0.4 < seen[1][1] < 1.0
     with pytest.raises(TypeError, match="rule must be callable"):
         data_init_(model, x, None)
+
+
+def test_layer_not_called_by_forward_is_left_unchanged():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(16, 8)
+            self.unused = nn.Linear(8, 8)
+
+        def forward(self, x):
+            return self.a(x)
+
+    torch.manual_seed(0)
+    model = M()
+    before = [p.clone() for p in model.unused.parameters()]
+    rep = lsuv_(model, batch(), seed=0)
+    assert rep.layers[1].skipped == "not called by forward"
+    assert all(torch.equal(p, q) for p, q in zip(before, model.unused.parameters()))  # no orthogonal pre-init
+    assert abs(output_stds(model, batch())["a"] - 1) < 0.1
+
+
+def test_parametrized_weight_is_a_clear_error():
+    from torch.nn.utils import parametrizations
+
+    torch.manual_seed(0)
+    model = mlp(depth=2)
+    model[0] = parametrizations.weight_norm(model[0])
+    before = [p.clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=r"lsuv_: the weight of module '0' \(ParametrizedLinear\) is computed"):
+        lsuv_(model, batch())
+    assert all(torch.equal(p, q) for p, q in zip(before, model.parameters()))
+    rep = lsuv_(model, batch(), modules=["2", "4"])  # the other layers still work
+    assert rep.converged
+
+
+def test_batch_of_one_is_our_error_and_no_torch_warning(recwarn):
+    # one sample into a one-output layer: std of a single value; torch would first warn
+    # "degrees of freedom is <= 0"
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 1))
+    before = [p.clone() for p in model.parameters()]
+    msg = (r"lsuv_: output of layer '2' has shape \(1, 1\): 1 value\(s\), too few to measure a std; "
+           r"pass a batch with more samples \(inputs has batch size 1\)")
+    with pytest.raises(ValueError, match=msg):
+        lsuv_(model, batch(n=1))
+    assert recwarn.list == [], [str(w.message) for w in recwarn.list]
+    assert all(torch.equal(p, q) for p, q in zip(before, model.parameters()))  # restored

@@ -113,3 +113,28 @@ def test_save_comparison_one_json_per_scheme(tmp_path, reports):
     assert [ax.get_title() for ax in fig.axes] == ["xavier", "kaiming"]  # one panel per scheme
     with pytest.raises(ValueError, match="reports is empty"):
         save_comparison({}, tmp_path)
+
+
+def test_training_curves_empty_is_a_clear_error_and_hidden_labels_do_not_warn(recwarn):
+    with pytest.raises(ValueError, match=r"training_curves: curves is empty"):
+        training_curves({})
+    fig = training_curves({"_hidden": [3, 2, 1]})  # matplotlib hides "_" labels: no legend
+    assert fig.axes[0].get_legend() is None
+    fig = signal_propagation({"_hidden": [{"std": 1.0, "sq_mean": 0.1}]})
+    assert fig.axes[0].get_legend() is None
+    assert recwarn.list == [], [str(w.message) for w in recwarn.list]
+
+
+def test_save_comparison_names_differing_in_punctuation_or_case_get_their_own_json(tmp_path, reports):
+    named = {"run.1": reports["xavier"], "run 1": reports["kaiming"], "RUN_1": reports["xavier"],
+             "other": reports["kaiming"]}
+    save_comparison(named, tmp_path / "a")
+    files = sorted(p.name for p in (tmp_path / "a").glob("report_*.json"))
+    assert len(files) == 4 and "report_other.json" in files  # no name clashes: kept as is
+    labels = sorted(json.loads((tmp_path / "a" / f).read_text())["meta"]["label"] for f in files)
+    assert labels == ["kaiming", "kaiming", "xavier", "xavier"]
+    # the file of each name does not depend on the order of the others
+    save_comparison(dict(reversed(list(named.items()))), tmp_path / "b")
+    assert sorted(p.name for p in (tmp_path / "b").glob("report_*.json")) == files
+    for f in files:
+        assert (tmp_path / "a" / f).read_text() == (tmp_path / "b" / f).read_text()

@@ -16,7 +16,8 @@ activation modules, and activations called functionally in a ``forward``:
 same call as a ``tanh`` inside other formulas), over the batch (dim 0 is the batch):
 
 * output ``mean``, ``std``, ``max_abs`` and, per channel (dim 1 for conv-style
-  outputs, the last dim otherwise), the average channel squared mean
+  outputs, also after ops that change the channel count such as ``PixelShuffle``;
+  the last dim otherwise), the average channel squared mean
   ``sq_mean = mean_c(E[x_c]^2)`` and variance ``chan_var = mean_c(Var[x_c])``
   (Brock et al. 2021's signal-propagation quantities);
 * ``dead``: the fraction of units (features/channels) of a ReLU-family module
@@ -27,7 +28,8 @@ same call as a ``tanh`` inside other formulas), over the batch (dim 0 is the bat
 * ``cosine``: the mean pairwise cosine similarity of the samples' flattened
   outputs, on at most ``max_cosine_samples`` samples (correlation collapse, which
   a std-only check misses);
-* ``grad_std``: the std of the loss gradient with respect to the layer output;
+* ``grad_std``: the std of the loss gradient with respect to the layer output
+  (measured for frozen layers too; ``meta['grad_note']`` says why when it is absent);
 * a 50-bin histogram of the output values over ``mean +- 4 std`` (``[0, 1]`` for
   sigmoid, ``[-1, 1]`` for tanh, from 0 for ReLU; outliers counted in the edge
   bins), for Glorot-style plots.
@@ -36,7 +38,9 @@ Per parameter: std and mean, the std the plan promised (``plan`` entries'
 ``.spec.std``), the measured gain ``sqrt(mean(w^2) * fan_in)`` of weight
 matrices, all-zero/constant tensors, duplicate rows (units that compute the same
 function) and tensors identical to another parameter (e.g. the deep-copied
-layers of ``nn.TransformerEncoder``).
+layers of ``nn.TransformerEncoder``). For a parametrized weight (``weight_norm``,
+``spectral_norm``) these are measured on the weight the layer computes with
+(``module.weight``); see :class:`ParamStats`.
 
 Verdicts (:class:`Verdict`) use the thresholds of :class:`Thresholds` (documented
 there) and name the layer where each problem starts and a concrete fix.
@@ -161,7 +165,7 @@ class _FunctionalActivations(torch.overrides.TorchFunctionMode):
         if name is not None and isinstance(out, Tensor):
             self.busy = True  # the statistics below are torch calls too
             try:
-                self.rec.functional(name, _functional_param(name, args, kwargs), args, out)
+                out = self.rec.functional(name, _functional_param(name, args, kwargs), args, out)
             finally:
                 self.busy = False
         return out
@@ -255,6 +259,12 @@ class Thresholds:
     * ``std_sigmas=5, std_floor=0.05``: *mismatch* when a parameter's std differs
       from the std its plan promised by more than ``std_floor + std_sigmas /
       sqrt(2 n)`` relative (n elements).
+
+    Every value must be positive and finite; the fractions and cosines ``vanish``,
+    ``grad_vanish``, ``collapse``, ``dead``, ``saturated`` and ``gain_factor`` must be
+    below 1 (``collapse_input`` and ``dead_error`` at most 1), ``explode`` and
+    ``grad_explode`` above 1, ``collapse_start <= collapse`` and ``dead <= dead_error``;
+    anything else raises ``ValueError`` naming the field.
     """
 
     vanish: float = 0.1
@@ -276,6 +286,31 @@ class Thresholds:
             v = getattr(self, f.name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
                 raise ValueError(f"Thresholds: {f.name} must be a positive finite number, got {v!r}")
+        # a value outside its range silently disables its verdict (a fraction > 1 is never
+        # exceeded) or turns it into noise (a factor band [g, 1/g] with g > 1 is empty)
+        for name, what in (("vanish", "a std ratio below which signals vanish"),
+                           ("grad_vanish", "a gradient-std ratio below which gradients vanish"),
+                           ("collapse", "a cosine similarity"), ("dead", "a fraction of units"),
+                           ("saturated", "a fraction of outputs"),
+                           ("gain_factor", "the lower end of the variance-factor band [gain_factor, 1/gain_factor]")):
+            v = getattr(self, name)
+            if not v < 1:
+                raise ValueError(f"Thresholds: {name} is {what} and must be in (0, 1), got {v!r}")
+        for name, what in (("collapse_input", "a cosine similarity"), ("dead_error", "a fraction of units")):
+            v = getattr(self, name)
+            if not v <= 1:
+                raise ValueError(f"Thresholds: {name} is {what} and must be in (0, 1], got {v!r}")
+        for name, what in (("explode", "a std ratio above which signals explode"),
+                           ("grad_explode", "a gradient-std ratio above which gradients explode")):
+            v = getattr(self, name)
+            if not v > 1:
+                raise ValueError(f"Thresholds: {name} is {what} and must be > 1, got {v!r}")
+        if self.collapse_start > self.collapse:
+            # the collapse verdict starts at the first layer above collapse_start: one must exist
+            raise ValueError(f"Thresholds: collapse_start must be <= collapse ({self.collapse!r}), "
+                             f"got {self.collapse_start!r}")
+        if self.dead_error < self.dead:
+            raise ValueError(f"Thresholds: dead_error must be >= dead ({self.dead!r}), got {self.dead_error!r}")
 
 
 @dataclass
@@ -307,7 +342,13 @@ class LayerStats:
 
 @dataclass
 class ParamStats:
-    """Statistics of one parameter tensor."""
+    """Statistics of one parameter tensor.
+
+    A parametrized tensor (``weight_norm``, ``spectral_norm``) is reported as the tensor
+    the layer computes with (``module.weight``, named ``"<module>.weight"``): gain and
+    symmetry checks apply to it. The parameters it is computed from
+    (``<module>.parametrizations.weight.original*``) are listed with ``original_of``
+    set and are not judged."""
 
     name: str
     module: str
@@ -321,6 +362,9 @@ class ParamStats:
     promised_std: float | None = None
     gain: float | None = None  #: sqrt(mean(w^2) * fan_in), weight matrices only
     expected_gain: float | None = None  #: gain of the activation that follows, when sharp
+    #: for a parameter a parametrization computes a tensor from (weight_norm's ``g``/``v``,
+    #: spectral_norm's raw weight): the name of that tensor, whose own entry is judged instead
+    original_of: str | None = None
 
 
 @dataclass
@@ -487,6 +531,8 @@ class Report:
             console.print(f"  [{style.get(v.severity, '')}]{v.severity}[/] {v.kind} (starts at {v.layer}): "
                           f"{v.message}", highlight=False)
             console.print(f"      fix: {v.fix}", highlight=False)
+        if self.meta.get("grad_note"):  # why the grad std column is empty
+            console.print(f"  note: {self.meta['grad_note']}", highlight=False)
 
     def __str__(self) -> str:
         from rich.console import Console
@@ -550,6 +596,7 @@ class _Recorder:
         self.handles: list[Any] = []
         self.modules: dict[str, nn.Module] = {}
         self.stack: list[tuple[str, str | None]] = []  # (name, kind) of the modules running forward
+        self.leaves: list[Tensor] = []  # gradient entry points made for frozen layers (see _grad_entry)
 
     def attach(self) -> None:
         for name, m in self.model.named_modules():
@@ -574,16 +621,36 @@ class _Recorder:
         if self.stack:
             self.stack.pop()
 
-    def functional(self, nl: str, param: float | None, args: tuple, y: Tensor) -> None:
-        """Record an activation called as a function inside the running module's forward."""
+    def functional(self, nl: str, param: float | None, args: tuple, y: Tensor) -> Tensor:
+        """Record an activation called as a function inside the running module's forward;
+        returns the tensor the call should return (see :meth:`_grad_entry`)."""
         scope, kind = self.stack[-1] if self.stack else ("(root)", None)
         if kind == "activation" or not (y.is_floating_point() and y.numel()):
-            return
+            return y
         name = f"{scope}:{nl}"
         n = self.calls.get(name, 0)
         self.calls[name] = n + 1
         x = args[0] if args and isinstance(args[0], Tensor) else None
-        self._record(name if n == 0 else f"{name}#{n + 1}", None, "activation", x, y, nl=(nl, param))
+        # an in-place call (x.relu_()) returns its input, which the caller keeps using
+        y2 = y if any(a is y for a in args) else self._grad_entry(y)
+        self._record(name if n == 0 else f"{name}#{n + 1}", None, "activation", x, y2, nl=(nl, param))
+        return y2
+
+    def _grad_entry(self, y: Tensor) -> Tensor:
+        """``y``, or, when gradients are measured and ``y`` does not require grad (every
+        layer up to here is frozen, or the input is integer), an equal tensor that does.
+
+        The gradient w.r.t. a layer output needs no parameter gradient, only a graph:
+        starting one at the first frozen output lets the backward pass reach every
+        recorded layer without touching any parameter's ``requires_grad`` or ``.grad``.
+        The copy is not a leaf, so in-place ops that follow (``ReLU(inplace=True)``) work.
+        """
+        if not (self.grads and torch.is_grad_enabled() and not y.requires_grad
+                and (y.is_floating_point() or y.is_complex())):
+            return y  # grad mode off inside the model (torch.no_grad() blocks) is respected
+        leaf = y.detach().requires_grad_(True)
+        self.leaves.append(leaf)
+        return leaf.clone()
 
     def detach(self) -> None:
         for h in self.handles:
@@ -594,12 +661,23 @@ class _Recorder:
         def hook(mod, args, out):
             y = _first_tensor(out)
             if y is None or not (y.is_floating_point() or y.is_complex()) or y.numel() == 0:
-                return
+                return None
             n = self.calls.get(name, 0)
             self.calls[name] = n + 1
             rec_name = name if n == 0 else f"{name}#{n + 1}"
             x = _first_tensor(args)
+            new_out = None
+            if isinstance(out, Tensor) or (isinstance(out, tuple) and any(o is y for o in out)):
+                y2 = self._grad_entry(y)
+                if y2 is not y:
+                    if isinstance(out, Tensor):
+                        new_out = y2
+                    else:  # (output, attention weights) and the like
+                        items = [y2 if o is y else o for o in out]
+                        new_out = type(out)(*items) if hasattr(out, "_fields") else tuple(items)
+                    y = y2
             self._record(rec_name, mod, kind, x, y)
+            return new_out  # None keeps the module's output
 
         return hook
 
@@ -609,8 +687,17 @@ class _Recorder:
         if isinstance(mod, (nn.modules.conv._ConvNd, nn.modules.batchnorm._NormBase, nn.GroupNorm,
                             nn.LocalResponseNorm)):
             return 1
-        if kind == "activation" and self.last is not None and self.last.shape == list(y.shape):
-            return self.cdims.get(id(self.last), y.dim() - 1)
+        if kind == "activation" and self.last is not None and len(self.last.shape) == y.dim():
+            # the channels of the layer before, also through shape changes that keep them
+            # (conv -> max-pool -> ReLU)
+            c = self.cdims.get(id(self.last))
+            if c is not None and self.last.shape[c] == y.shape[c]:
+                return c
+            # conv-style (N, C, ...) channels stay at dim 1 through rank-keeping ops that
+            # change their number (PixelShuffle, channel concatenation); a permute to
+            # channels-last (N, ..., C) keeps the per-sample sizes, so it is told apart
+            if c == 1 and sorted(self.last.shape[1:]) != sorted(y.shape[1:]):
+                return 1
         return y.dim() - 1
 
     @torch.no_grad()
@@ -740,6 +827,24 @@ def _duplicate_rows(w2: Tensor) -> int:
 
 def _param_stats(model: nn.Module, plan: Any, records: list[LayerStats],
                  modules: Mapping[str, nn.Module]) -> list[ParamStats]:
+    from torch.nn.utils import parametrize
+
+    # parametrized tensors are read (module.weight, also by module_fans) in eval mode:
+    # in training mode spectral_norm's power iteration would update its buffers; this
+    # is the weight the model's stored state defines
+    modes = [(m, m.training) for pl in model.modules() if isinstance(pl, parametrize.ParametrizationList)
+             for m in pl.modules()]
+    try:
+        for m, _ in modes:
+            m.training = False
+        return _param_stats_impl(model, plan, records, parametrize.is_parametrized)
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _param_stats_impl(model: nn.Module, plan: Any, records: list[LayerStats],
+                      is_parametrized: Callable[[nn.Module], bool]) -> list[ParamStats]:
     specs: dict[str, Any] = {}
     if plan is not None:
         for e in getattr(plan, "entries", plan):
@@ -751,42 +856,73 @@ def _param_stats(model: nn.Module, plan: Any, records: list[LayerStats],
     out: list[ParamStats] = []
     seen: dict[int, str] = {}
     prints: dict[tuple, str] = {}
+    computed: dict[str, Tensor] = {}  # effective tensors of parametrizations, by name
+    originals: dict[int, str] = {}  # id(ParametrizationList) -> name of the tensor it computes
+
+    def tensor_stats(qname: str, label: str, pname: str, mod: nn.Module, t: Tensor) -> ParamStats | None:
+        if t.is_meta or not t.is_floating_point() or t.numel() == 0:
+            return None
+        with torch.no_grad():
+            pf = t.detach().float()
+            var, mean = torch.var_mean(pf, correction=0)
+            first = pf.reshape(-1)[0]
+            constant = bool((pf == first).all())
+        ps = ParamStats(name=qname, module=label, shape=list(t.shape), mean=float(mean),
+                        std=float(var.sqrt()), constant=constant, zero=constant and float(first) == 0.0)
+        if qname in specs:
+            ps.promised_std = _promised_std(specs[qname], t.shape)
+        if id(mod) in originals:
+            # weight_norm's g or spectral_norm's raw weight: its rows need not differ nor
+            # be random; the tensor the layer uses is judged instead
+            ps.original_of = originals[id(mod)]
+            return ps
+        if t.dim() >= 2 and not constant:
+            with torch.no_grad():
+                ps.duplicate_rows = _duplicate_rows(pf.reshape(t.shape[0], -1))
+                fp = _fingerprint(pf)
+            if fp in prints:
+                other = computed.get(prints[fp])
+                if other is None:
+                    other = model.get_parameter(prints[fp])
+                if torch.equal(pf, other.detach().float()):
+                    ps.identical_to = prints[fp]
+            prints.setdefault(fp, qname)
+        if pname == "weight" and t.dim() >= 2 and _kind(mod) == "linear":
+            try:
+                fan_in = module_fans(mod).fan_in
+            except (ValueError, TypeError):
+                fan_in = 0
+            if fan_in:
+                ps.gain = float(torch.sqrt((pf * pf).mean() * fan_in))
+            rec = linear_by_module.get(label)
+            if rec is not None and rec.next_act:
+                ps.expected_gain = _expected_gain(rec.next_act, rec.next_act_param)
+        return ps
+
     for mname, mod in model.named_modules():
+        label = mname or type(mod).__name__  # the name the recorder gives the module
+        if is_parametrized(mod):
+            # weight_norm / spectral_norm: the layer computes with module.<tensor>, built
+            # from parametrizations.<tensor>.original*; its stats (gain included) are
+            # those of that effective tensor, named like the plain parameter
+            for tname, plist in mod.parametrizations.items():
+                qname = f"{mname}.{tname}" if mname else tname
+                originals[id(plist)] = qname
+                with torch.no_grad():
+                    eff = getattr(mod, tname)
+                if isinstance(eff, Tensor):
+                    computed[qname] = eff
+                    ps = tensor_stats(qname, label, tname, mod, eff)
+                    if ps is not None:
+                        out.append(ps)
         for pname, p in mod.named_parameters(recurse=False):
             qname = f"{mname}.{pname}" if mname else pname
             if id(p) in seen:
                 continue
             seen[id(p)] = qname
-            if p.is_meta or not p.is_floating_point() or p.numel() == 0:
-                continue
-            with torch.no_grad():
-                pf = p.detach().float()
-                var, mean = torch.var_mean(pf, correction=0)
-                first = pf.reshape(-1)[0]
-                constant = bool((pf == first).all())
-            ps = ParamStats(name=qname, module=mname, shape=list(p.shape), mean=float(mean),
-                            std=float(var.sqrt()), constant=constant, zero=constant and float(first) == 0.0)
-            if qname in specs:
-                ps.promised_std = _promised_std(specs[qname], p.shape)
-            if p.dim() >= 2 and not constant:
-                with torch.no_grad():
-                    ps.duplicate_rows = _duplicate_rows(pf.reshape(p.shape[0], -1))
-                    fp = _fingerprint(pf)
-                if fp in prints and torch.equal(pf, model.get_parameter(prints[fp]).detach().float()):
-                    ps.identical_to = prints[fp]
-                else:
-                    prints.setdefault(fp, qname)
-            if pname == "weight" and p.dim() >= 2 and _kind(mod) == "linear":
-                try:
-                    fan_in = module_fans(mod).fan_in
-                except (ValueError, TypeError):
-                    fan_in = 0
-                if fan_in:
-                    ps.gain = float(torch.sqrt((pf * pf).mean() * fan_in))
-                rec = linear_by_module.get(mname)
-                if rec is not None and rec.next_act:
-                    ps.expected_gain = _expected_gain(rec.next_act, rec.next_act_param)
-            out.append(ps)
+            ps = tensor_stats(qname, label, pname, mod, p)
+            if ps is not None:
+                out.append(ps)
     return out
 
 
@@ -916,7 +1052,7 @@ def _verdicts(report_layers: list[LayerStats], params: list[ParamStats], input_s
     lin_order = [r.name for r in report_layers if r.kind == "linear" and "#" not in r.name]
     head = lin_order[-1] if lin_order else None
     for p in params:
-        if len(p.shape) < 2:
+        if len(p.shape) < 2 or p.original_of is not None:
             continue
         if p.constant:
             promised = p.promised_std is not None and p.promised_std == 0
@@ -1050,7 +1186,11 @@ def diagnose(
         plan: a :class:`torchinit.Plan` (or a list of its entries): each entry's
             ``.spec.std`` is the std the parameter was promised.
         backward: run the backward pass (gradient statistics). False keeps memory
-            at one layer's activations.
+            at one layer's activations. Gradients w.r.t. layer outputs are measured
+            for frozen layers too (``requires_grad=False`` parameters, integer inputs):
+            the first such output is replaced by an equal copy that requires grad, so
+            no parameter's ``requires_grad`` or ``.grad`` changes. When no gradient
+            could be measured, ``meta['grad_note']`` says why (printed with the report).
         thresholds: verdict thresholds (:class:`Thresholds`).
         max_cosine_samples: samples used for the pairwise cosine similarity
             (cost ``O(k^2 d)`` per layer).
@@ -1083,15 +1223,18 @@ def diagnose(
                 input_cos = float((gm.sum() - gm.diagonal().sum()) / (m * (m - 1)))
     buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
     params = [p for p in model.parameters() if p.requires_grad]
-    want_grad = backward and (bool(params) or (x0 is not None and x0.requires_grad))
-    rec = _Recorder(model, max_cosine_samples, want_grad)
+    # frozen layers need no parameter gradient: the recorder starts the graph at the first
+    # output that does not require grad (_Recorder._grad_entry)
+    rec = _Recorder(model, max_cosine_samples, backward)
     loss_kind = None
+    grad_note = None if backward else "backward=False: gradient statistics were not measured"
     try:
         rec.attach()  # inside try: hooks attached before a failure are removed in finally
-        with torch.set_grad_enabled(want_grad), _FunctionalActivations(rec):
+        with torch.set_grad_enabled(backward), _FunctionalActivations(rec):
             out = _call(model, inputs)
         y = _first_tensor(out)
-        if want_grad and y is not None and y.requires_grad:
+        wrt = params + rec.leaves + ([x0] if x0 is not None and x0.requires_grad else [])
+        if backward and y is not None and y.requires_grad and wrt:
             loss, loss_kind = _loss(y, target, loss_fn)
             if loss is None:
                 g = torch.Generator().manual_seed(0)
@@ -1099,16 +1242,35 @@ def diagnose(
                 roots, grads = [y], [cot]
             else:
                 roots, grads = [loss], [None]
-            wrt = params if params else [x0]
-            torch.autograd.grad(roots, wrt, grad_outputs=grads, allow_unused=True)
+            # autograd.grad, not .backward(): nothing is accumulated into any .grad
+            try:
+                torch.autograd.grad(roots, wrt, grad_outputs=grads, allow_unused=True)
+            except RuntimeError as e:
+                if not rec.leaves:
+                    raise
+                # the graph through frozen layers is ours: a model written for them to run
+                # without one (in-place ops on saved tensors) must still be diagnosed
+                for r in rec.records:
+                    r.grad_std = None
+                why = str(e).split(" Hint:")[0]
+                grad_note = ("gradient statistics were not measured: the backward pass through frozen layers "
+                             f"failed ({why})")
+        elif backward:
+            floating = y is not None and (y.is_floating_point() or y.is_complex())
+            grad_note = "gradient statistics were not measured: the model output " + (
+                "does not depend differentiably on any recorded layer (computed under torch.no_grad() or detached)"
+                if floating else "is not a floating-point tensor")
         del out
     finally:
         rec.detach()
+        rec.leaves.clear()
         with torch.no_grad():
             for n, b in model.named_buffers():
                 if n in buffers:
                     b.copy_(buffers[n])
     pstats = _param_stats(model, plan, rec.records, rec.modules)
+    if grad_note is None and backward and not any(r.grad_std is not None for r in rec.records) and rec.records:
+        grad_note = "gradient statistics were not measured: no recorded layer output reaches the model output"
     verdicts = _verdicts(rec.records, pstats, input_std, input_cos, th)
     meta = {
         "label": label or type(model).__name__,
@@ -1117,6 +1279,7 @@ def diagnose(
         "input_std": input_std,
         "input_cosine": input_cos,
         "loss": loss_kind,
+        "grad_note": grad_note,
         "thresholds": asdict(th),
     }
     return Report(layers=rec.records, params=pstats, verdicts=verdicts, meta=meta)
@@ -1157,6 +1320,8 @@ def comparison_html(reports: Mapping[str, Report], images: Mapping[str, Path], t
                 for v in rep.verdicts) + "</ul>")
         else:
             parts.append("<p class='ok'>no problem found</p>")
+        if rep.meta.get("grad_note"):
+            parts.append(f"<p><i>note:</i> {html.escape(str(rep.meta['grad_note']))}</p>")
         parts.append("<h3>layers</h3>")
         parts.append(_html_table(
             ["#", "layer", "type", "mean", "std", "max|x|", "dead", "sat", "cos", "grad std"],
@@ -1170,15 +1335,39 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in name) or "model"
 
 
+def _file_stems(names: Sequence[str]) -> dict[str, str]:
+    """``{name: slug}``, unique even on case-insensitive file systems: names whose slugs
+    collide ("a.b" and "a b", "ReLU" and "relu") get an 8-hex-digit hash of the exact name
+    appended, so each name maps to the same file whatever the other names' order."""
+    import hashlib
+
+    slugs = {n: _slug(n) for n in names}
+    count: dict[str, int] = {}
+    for sl in slugs.values():
+        count[sl.casefold()] = count.get(sl.casefold(), 0) + 1
+    stems = {n: sl if count[sl.casefold()] == 1 else f"{sl}_{hashlib.sha1(n.encode()).hexdigest()[:8]}"
+             for n, sl in slugs.items()}
+    if len({st.casefold() for st in stems.values()}) < len(stems):  # a name that looks like a hashed one
+        raise ValueError(f"save_comparison: report names {list(names)!r} map to clashing file names "
+                         f"{list(stems.values())!r}; rename the reports")
+    return stems
+
+
 def save_comparison(reports: Mapping[str, Report], directory: str | Path, *, title: str = "torchinit report",
                     theory: Mapping[str, float] | None = None) -> Path:
     """Write the signal-propagation plot of all ``reports`` on one figure
     (``signal.png``), their histograms side by side (``histograms.png``),
-    ``report[_NAME].json`` and a self-contained ``report.html``; returns the HTML path."""
+    ``report[_NAME].json`` and a self-contained ``report.html``; returns the HTML path.
+
+    ``NAME`` is the report's name with characters other than letters, digits, ``-`` and
+    ``_`` replaced by ``_``; names that would then share a file (``"a.b"`` and ``"a b"``,
+    or differ only in case) get ``_`` and 8 hex digits of a hash of the exact name
+    appended, so no report overwrites another."""
     from .plots import activation_histograms, signal_propagation
 
     if not reports:
         raise ValueError("save_comparison: reports is empty")
+    stems = _file_stems(list(reports))  # before writing anything
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     images: dict[str, Path] = {}
@@ -1190,7 +1379,7 @@ def save_comparison(reports: Mapping[str, Report], directory: str | Path, *, tit
     activation_histograms(dict(reports), hp, title="histograms by depth" if not single else None)
     images["histograms of layer outputs by depth (Glorot & Bengio style)"] = hp
     for name, rep in reports.items():
-        suffix = "" if single else f"_{_slug(name)}"
+        suffix = "" if single else f"_{stems[name]}"
         (d / f"report{suffix}.json").write_text(rep.to_json())
     out = d / "report.html"
     out.write_text(comparison_html(reports, images, title), encoding="utf-8")

@@ -5,7 +5,7 @@ the paper describes:
 
 1. orthogonal pre-initialization of every selected weight (the keyed engine when
    ``seed`` is given, so the result is a pure function of ``(seed, name, inputs)``),
-   biases set to zero;
+   biases set to zero (a selected layer that the batch does not reach is left as it was);
 2. in FORWARD order, for every selected layer, the first one included: forward
    the batch, measure the std of the layer's output (its pre-activation) and divide
    the weight by it, until ``|std - 1| < tol`` or ``max_iter`` rescalings;
@@ -194,6 +194,11 @@ class LSUVReport:
         return c.export_text()
 
 
+def _batch_size(inputs: Any) -> str:
+    x = _first_tensor(inputs)
+    return f"batch size {x.shape[0]}" if x is not None and x.dim() else "no batched tensor"
+
+
 def _check_common(model: Any, fn: str) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"{fn}: model must be an nn.Module, got {type(model).__name__}")
@@ -233,7 +238,8 @@ def lsuv_(
             >= 2-D ``weight``, embeddings excluded); or names / module objects; or a
             predicate ``(name, module) -> bool``. Each must have a floating-point
             ``weight`` (any module the user selects: its output std is what is
-            rescaled).
+            rescaled). A selected layer that the forward pass on ``inputs`` does not
+            call is left unchanged and reported as skipped.
         orthogonal: orthogonal pre-init (gain 1) of the selected weights with >= 2 dims.
         zero_bias: set the selected layers' biases to 0 first.
         center: after a layer's weight has converged, subtract the mean of its
@@ -244,7 +250,10 @@ def lsuv_(
 
     Raises:
         ValueError: bad ``tol``/``max_iter``/``modules``, a selected module without a
-            weight, or a layer whose output std is 0 or not finite (model restored).
+            weight or whose weight is computed by a parametrization (weight_norm,
+            spectral_norm), a layer whose output has fewer than 2 values (a batch of one
+            sample into a layer with one output), or whose output std is 0 or not finite
+            (model restored).
     """
     fn = "lsuv_"
     _check_common(model, fn)
@@ -259,6 +268,10 @@ def lsuv_(
         w = getattr(m, "weight", None)
         if not isinstance(w, Tensor) or not (w.is_floating_point() or w.is_complex()) or w.numel() == 0:
             raise ValueError(f"{fn}: module {name!r} ({type(m).__name__}) has no floating-point weight to rescale")
+        if m._parameters.get("weight") is not w and m._buffers.get("weight") is not w:
+            raise ValueError(f"{fn}: the weight of module {name!r} ({type(m).__name__}) is computed (a "
+                             f"parametrization such as weight_norm or spectral_norm): rescaling it would have no "
+                             f"effect; remove the parametrization first or leave the layer out (`modules=`)")
     if not chosen:
         raise ValueError(f"{fn}: no layer selected (the model has no Linear/Conv layer, or `modules` matched none)")
     key = None
@@ -285,6 +298,12 @@ def lsuv_(
         for name, m in chosen:
             if name not in order:
                 report.layers.append(LSUVLayer(name, type(m).__name__, skipped="not called by forward"))
+        # a layer the batch does not reach is left as it was (pre-init undone)
+        called = {id(p) for n in order for p in by_name[n].parameters()}
+        with torch.no_grad():
+            for p, v in tx.saved:
+                if id(p) not in called:
+                    p.copy_(v)
         ordered = []
         for name in order:
             m = by_name[name]
@@ -292,12 +311,18 @@ def lsuv_(
             ordered.append(layer)
             for it in range(max_iter + 1):
                 _, y = _capture(model, inputs, m)
+                if y.numel() < 2:
+                    # checked before std(), which would warn about degrees of freedom first
+                    raise ValueError(f"{fn}: output of layer {name!r} has shape {tuple(y.shape)}: "
+                                     f"{y.numel()} value(s), too few to measure a std; pass a batch with more "
+                                     f"samples (inputs has {_batch_size(inputs)})")
                 std = float(y.detach().float().std())
                 if layer.initial_std is None:
                     layer.initial_std = std
                 if not math.isfinite(std) or std == 0.0:
                     raise ValueError(f"{fn}: output of layer {name!r} has std {std} on this batch: cannot rescale "
-                                     f"(dead input, or a batch with one sample?)")
+                                     f"(0: a dead input, e.g. all-zero samples; not finite: NaN or inf in the "
+                                     f"batch or weights)")
                 layer.final_std = std
                 if abs(std - 1.0) < tol:
                     layer.converged = True

@@ -92,7 +92,8 @@ def signal_propagation(
     ax2.set_ylabel("mean over channels of (channel mean)^2")
     ax1.grid(True, which="major", alpha=0.3)
     ax2.grid(True, which="major", alpha=0.3)
-    ax1.legend(fontsize=8)
+    if ax1.get_legend_handles_labels()[1]:  # all names hidden ("_x"): no legend, no warning
+        ax1.legend(fontsize=8)
     fig.suptitle(title)
     if path is not None:
         save_figure(fig, path)
@@ -167,7 +168,14 @@ def training_curves(
     title: str = "training",
     logy: bool = False,
 ) -> "Figure":
-    """Simple line plot of named curves (used by the paper reproductions)."""
+    """Simple line plot of named curves (used by the paper reproductions).
+
+    ``curves`` maps a legend label to its values (x = 0, 1, ...); it must not be empty
+    (``ValueError``, as for :func:`signal_propagation`: an empty figure is almost always
+    a bug upstream). Labels starting with ``_`` are hidden from the legend (matplotlib's
+    rule); no legend is drawn when no label is shown."""
+    if not curves:
+        raise ValueError("training_curves: curves is empty; pass {label: [value per step, ...]}")
     fig = _figure(6, 3.6)
     ax = fig.subplots()
     for i, (name, ys) in enumerate(curves.items()):
@@ -178,7 +186,8 @@ def training_curves(
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[1]:  # else matplotlib warns "No artists with labels"
+        ax.legend(fontsize=8)
     if path is not None:
         save_figure(fig, path)
     return fig

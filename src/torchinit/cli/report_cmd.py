@@ -146,13 +146,21 @@ def diagnose_schemes(model_spec: str, schemes: Sequence[str], *, kwargs: Mapping
                      backward: bool = True) -> dict[str, Any]:
     """``{scheme: Report}``: each scheme on a fresh copy of the model, all on the same batch."""
     import torchinit
+    from .. import zoo
 
     reports: dict[str, Any] = {}
     inputs = None
     for scheme in schemes:
-        model, inputs, plan = build_and_init(model_spec, kwargs or {}, scheme, seed=seed, inputs=inputs,
-                                             batch=batch, input_shape=input_shape)
-        reports[scheme] = torchinit.diagnose(model, inputs, plan=plan, backward=backward, label=scheme)
+        try:
+            model, inputs, plan = build_and_init(model_spec, kwargs or {}, scheme, seed=seed, inputs=inputs,
+                                                 batch=batch, input_shape=input_shape)
+            reports[scheme] = torchinit.diagnose(model, inputs, plan=plan, backward=backward, label=scheme)
+        except RuntimeError as exc:
+            if input_shape is None and model_spec in zoo.ZOO:
+                raise  # the zoo's own example input: not a user error
+            shape = ",".join(map(str, input_shape)) if input_shape is not None else "inferred from its first layer"
+            raise ValueError(f"{model_spec} failed on a random batch of shape {shape}: {exc} (pass an "
+                             f"--input-shape B,D,... that the model accepts)") from exc
     return reports
 
 
