@@ -165,3 +165,36 @@ def test_meta_device_skips_only_meta_random_fills():
         torch.nn.init.normal_(cpu)  # a real tensor is still filled
     assert all(t.is_meta for t in m.state_dict().values())
     assert cpu.std() > 0.5
+
+
+def test_unusable_out_device_or_model_file_are_one_line_errors_before_any_work(tmp_path, capsys, monkeypatch):
+    calls = []
+    monkeypatch.setattr(torchinit, "materialize", lambda *a, **k: calls.append(a))  # must not be reached
+    (tmp_path / "taken.safetensors").mkdir()  # the weights name is a directory
+    (tmp_path / "p.plan.json").mkdir()  # the plan name is a directory
+    (tmp_path / "file").write_text("")
+    bad_out = {"taken.safetensors": "is a directory", "p.safetensors": "p.plan.json' is a directory",
+               "file/w.safetensors": "is not a directory"}
+    for out, msg in bad_out.items():
+        assert main(["init", "mlp", "--seed", "0", "--out", str(tmp_path / out)]) == 2, out
+        err = capsys.readouterr().err
+        assert msg in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert main(["init", "mlp", "--seed", "0", "--device", "nodevice", "--out", str(tmp_path / "w.safetensors")]) == 2
+    assert "--device 'nodevice' cannot be used" in capsys.readouterr().err
+    (tmp_path / "broken.py").write_text("def build(:\n")
+    assert main(["plan", f"{tmp_path / 'broken.py'}:build"]) == 2
+    assert "broken.py is not valid Python: invalid syntax (line 1)" in capsys.readouterr().err
+    assert not calls and not (tmp_path / "w.safetensors").exists()
+
+
+def test_save_weights_reports_write_failures_as_oserror(tmp_path, monkeypatch):
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def failing_save_file(*a, **k):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", failing_save_file)
+    with pytest.raises(OSError, match=r"cannot write .*m\.safetensors.*No space left"):
+        save_weights(zoo.build("mlp", depth=2, width=4), tmp_path / "m.safetensors")
+    assert not os.listdir(tmp_path)

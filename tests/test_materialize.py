@@ -343,3 +343,20 @@ def test_thp_size_reads_the_kernel_setting(monkeypatch, tmp_path):
     assert materialize_mod._thp_size() == 0  # no THP support in the kernel
     monkeypatch.undo()
     materialize_mod._thp_size.cache_clear()
+
+
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors is a no-op")
+@pytest.mark.parametrize("policy", ["module", "pytorch", "kaiming"])
+def test_zero_element_tensors_need_no_initializer(policy):
+    def build():
+        m = nn.Sequential(nn.Linear(0, 4), nn.Linear(4, 0), nn.Embedding(0, 3))
+        m.register_buffer("nothing", torch.empty(0))  # no rule matches it: nothing to fill either
+        return m
+
+    with torch.device("meta"):
+        model = build()
+    torchinit.materialize(model, "cpu", policy, seed=0, progress=False)  # module code writes no element of them
+    assert not any(t.is_meta for t in model.state_dict().values())
+    ref = build()
+    torchinit.init_model(ref, policy, seed=0)
+    _assert_same_state(model, ref)

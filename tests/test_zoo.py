@@ -88,3 +88,19 @@ def test_errors_name_the_problem():
         zoo.build("gpt", n_embd=10, n_head=4)
     with pytest.raises(ValueError, match=r"depth must be an integer >= 1, got 0"):
         zoo.build("mlp", depth=0)
+
+
+@pytest.mark.parametrize("name,kwargs,msg", [
+    ("resnet", {"widths": []}, r"widths must be a non-empty list of integers >= 1, got \[\]"),
+    ("resnet", {"widths": [0, 4]}, r"widths must be a non-empty list of integers >= 1"),
+    ("cnn", {"channels": [-1]}, r"channels must be a list of integers >= 1"),
+    ("cnn", {"channels": 8}, r"channels must be a list of integers >= 1, got 8"),
+    ("cnn", {"num_classes": -2}, r"num_classes must be an integer >= 1, got -2"),
+    ("mlp", {"in_features": -3}, r"in_features must be an integer >= 1, got -3"),
+    ("mlp", {"out_features": 0}, r"out_features must be an integer >= 1, got 0"),
+    ("gpt", {"mlp_ratio": -1}, r"mlp_ratio must be a positive number"),
+])
+def test_bad_sizes_are_value_errors_not_torch_errors(name, kwargs, msg):
+    # the CLI turns ValueError into a one-line message; torch's RuntimeError would be a traceback
+    with pytest.raises(ValueError, match=msg):
+        zoo.build(name, **kwargs)

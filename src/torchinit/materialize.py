@@ -302,6 +302,7 @@ def materialize(
         raise ValueError("materialize: device='meta' allocates nothing; pass a real device such as 'cpu' or 'cuda'")
     total = _check_model(model, device)
     meta_names = {name for name, _, _ in meta_tensors(model)}
+    empty = {name for name, _, t in meta_tensors(model) if t.numel() == 0}  # nothing to initialize
     if not meta_names:
         raise ValueError(
             "materialize: the model has no tensors on the meta device (nothing to allocate); "
@@ -312,7 +313,7 @@ def materialize(
     plan_obj = policy if is_plan else _plan(model, policy, example_inputs)
     if not is_plan:
         plan_obj = _plan_with_buffer_code(model, policy, plan_obj, meta_names, example_inputs)
-    _check_coverage(plan_obj, meta_names)
+    _check_coverage(plan_obj, meta_names - empty)
     # dry run: apply_plan validates every entry against the model (names, shapes, specs)
     # and writes nothing, so a bad plan fails before anything is allocated
     base = _apply_plan(model, plan_obj, seed=seed, engine="keyed", only=())
@@ -330,6 +331,8 @@ def materialize(
         sub = dataclasses.replace(plan_obj, entries=[e for e in plan_obj.entries if id(e) in wanted])
         unwritten: list[str] = []
         done = _apply_plan(model, sub, seed=seed, engine="keyed", restore_on_error=False, unwritten=unwritten)
+        # a zero-element tensor has no values to leave uninitialized (nor can code write any)
+        unwritten = [n for n in unwritten if n not in empty]
         if unwritten:
             more = f" and {len(unwritten) - 5} more" if len(unwritten) > 5 else ""
             raise ValueError(

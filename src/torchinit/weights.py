@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["save_weights", "load_weights", "load_plan_file", "plan_path"]
+__all__ = ["save_weights", "load_weights", "load_plan_file", "plan_path", "check_destination"]
 
 PLAN_FORMAT = "torchinit-plan"
 
@@ -37,6 +37,26 @@ def plan_path(weights_path: str | os.PathLike) -> Path:
     p = Path(weights_path)
     stem = p.name[: -len(".safetensors")] if p.name.endswith(".safetensors") else p.name
     return p.with_name(stem + ".plan.json")
+
+
+def check_destination(path: str | os.PathLike, *, plan: bool = True) -> Path:
+    """Raise ``OSError`` (naming the path) unless ``path`` and, with ``plan``, its plan
+    JSON (:func:`plan_path`) can be written: the directory exists, is a directory and is
+    writable, and neither file name is taken by a directory. Returns ``Path(path)``.
+    ``save_weights`` checks this before writing anything; the command line checks it
+    before building the model, so a bad ``--out`` fails before the work."""
+    path = Path(path)
+    parent = path.parent
+    if not parent.exists():
+        raise FileNotFoundError(f"save_weights: directory {str(parent)!r} does not exist")
+    if not parent.is_dir():
+        raise NotADirectoryError(f"save_weights: {str(parent)!r} is not a directory")
+    for p in (path, plan_path(path)) if plan else (path,):
+        if p.is_dir():
+            raise IsADirectoryError(f"save_weights: {str(p)!r} is a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"save_weights: directory {str(parent)!r} is not writable")
+    return path
 
 
 def _state_for_file(model: nn.Module) -> dict[str, Tensor]:
@@ -117,13 +137,12 @@ def save_weights(
     ``info`` (JSON-serializable: model spec, policy, seed, ...) goes into the plan
     JSON and, as strings, into the safetensors metadata.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     from . import __version__
 
-    path = Path(path)
-    if path.parent and not path.parent.exists():
-        raise FileNotFoundError(f"save_weights: directory {str(path.parent)!r} does not exist")
+    path = check_destination(path, plan=plan is not None)
     info = dict(info or {})
     try:
         json.dumps(info)
@@ -144,7 +163,10 @@ def save_weights(
         doc = {"format": PLAN_FORMAT, "torchinit_version": __version__, "weights": path.name, **info, "plan": plan_dict}
         text = json.dumps(doc, indent=1, sort_keys=False, default=str)
     def _write(tmp: Path) -> None:
-        save_file(tensors, str(tmp), metadata=metadata)
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except SafetensorError as exc:  # I/O errors (disk full, read-only file system, ...)
+            raise OSError(f"save_weights: cannot write {str(path)!r}: {exc}") from None
         _canonical_header_(tmp)
 
     _atomic_write(path, _write)

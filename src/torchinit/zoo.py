@@ -62,6 +62,9 @@ class MLP(nn.Module):
         super().__init__()
         _check_int("depth", depth, 1)
         _check_int("width", width, 1)
+        if in_features is not None:
+            _check_int("in_features", in_features, 1)
+        _check_int("out_features", out_features, 1)
         acts: dict[str, Callable[[], nn.Module]] = {
             "relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid,
             "silu": nn.SiLU, "selu": nn.SELU, "leaky_relu": nn.LeakyReLU,
@@ -99,6 +102,9 @@ class CNN(nn.Module):
         image_size: int = 32,
     ) -> None:
         super().__init__()
+        for name, v in (("in_channels", in_channels), ("num_classes", num_classes), ("image_size", image_size)):
+            _check_int(name, v, 1)
+        _check_ints("channels", channels)
         self.in_channels = int(in_channels)
         self.image_size = int(image_size)
         blocks: list[nn.Module] = []
@@ -160,6 +166,9 @@ class ResNet(nn.Module):
     ) -> None:
         super().__init__()
         _check_int("blocks", blocks, 1)
+        for name, v in (("in_channels", in_channels), ("num_classes", num_classes), ("image_size", image_size)):
+            _check_int(name, v, 1)
+        _check_ints("widths", widths, nonempty=True)
         self.in_channels = int(in_channels)
         self.image_size = int(image_size)
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
@@ -296,7 +305,9 @@ class GPT(nn.Module):
             _check_int(name, v, 1)
         self.vocab_size, self.block_size, self.n_layer = vocab_size, block_size, n_layer
         self.n_embd, self.style = n_embd, style
-        hidden = int(round(mlp_ratio * n_embd))
+        hidden = int(round(mlp_ratio * n_embd)) if isinstance(mlp_ratio, (int, float)) else 0
+        if isinstance(mlp_ratio, bool) or hidden < 1:
+            raise ValueError(f"zoo 'gpt': mlp_ratio must be a positive number (hidden size >= 1), got {mlp_ratio!r}")
         blocks = nn.ModuleList(Block(n_embd, n_head, hidden, bias, style) for _ in range(n_layer))
         if style == "gpt2":
             self.transformer = nn.ModuleDict(dict(
@@ -361,6 +372,13 @@ ZOO: list[str] = list(_BUILDERS)
 def _check_int(name: str, value: Any, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"zoo: {name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_ints(name: str, values: Any, minimum: int = 1, nonempty: bool = False) -> None:
+    if (not isinstance(values, (list, tuple)) or (nonempty and not values)
+            or any(isinstance(v, bool) or not isinstance(v, int) or v < minimum for v in values)):
+        raise ValueError(f"zoo: {name} must be a {'non-empty ' if nonempty else ''}list of integers >= {minimum}, "
+                         f"got {values!r}")
 
 
 def build(name: str, **kwargs: Any) -> nn.Module:

@@ -38,8 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, ImportError) as exc:
-        # User errors: one clear line, no traceback.
+    except (ValueError, TypeError, OSError, ImportError) as exc:
+        # User errors (OSError: files, e.g. an unwritable --out): one clear line, no traceback.
         print(f"torchinit {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

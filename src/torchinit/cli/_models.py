@@ -100,6 +100,9 @@ def resolve_factory(spec: str) -> tuple[str, Callable[..., Any]]:
         sys.modules[mod_name] = module  # dataclasses and pickling need the module registered
         try:
             loader_spec.loader.exec_module(module)
+        except SyntaxError as exc:  # not Python: say where, without a traceback of the loader
+            sys.modules.pop(mod_name, None)
+            raise ImportError(f"model {spec!r}: {target} is not valid Python: {exc.msg} (line {exc.lineno})") from None
         except BaseException:
             sys.modules.pop(mod_name, None)
             raise

@@ -47,14 +47,24 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
+def _check_device(device: str) -> None:
+    """Raise ``ValueError`` unless ``--device`` names a device this torch can allocate on."""
+    try:
+        torch.empty(0, device=torch.device(device))
+    except (RuntimeError, AssertionError) as exc:  # unknown type; CUDA not compiled in / no such ordinal
+        raise ValueError(f"--device {device!r} cannot be used: {str(exc).strip().splitlines()[0]}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``torchinit init`` with the parsed ``args``; returns the exit code."""
     import torchinit
-    from ..weights import save_weights
+    from ..weights import check_destination, save_weights
 
     if not args.out.endswith(".safetensors"):
         raise ValueError(f"--out must end with .safetensors, got {args.out!r}")
     kwargs = parse_kwargs(args.kwargs)
+    check_destination(args.out)  # before the work, not after it
+    _check_device(args.device)
     t0 = time.perf_counter()
     if args.meta:
         with meta_device():
