@@ -49,6 +49,8 @@ PARITY = [
     ("trunc_negative_std_int", "trunc_normal_", lambda: _t(3, 4, dtype=I64), {"std": -1.0}),
     ("sparse_above_1_bad_std", "sparse_", lambda: _t(3, 4), {"sparsity": 1.5, "std": -1.0}),
     ("sparse_above_1_int", "sparse_", lambda: _t(3, 4, dtype=I64), {"sparsity": 1.5}),
+    # sparsity * rows overflows to inf: torch's OverflowError from math.ceil, not our range error
+    ("sparse_overflowing_sparsity", "sparse_", lambda: _t(3, 4), {"sparsity": 1e308}),
     ("trunc_int", "trunc_normal_", lambda: _t(3, 4, dtype=I64), {}),
     ("trunc_complex", "trunc_normal_", lambda: _t(3, 4, dtype=C64), {}),
     ("constant_str", "constant_", lambda: _t(3, 4), {"val": "x"}),
@@ -60,6 +62,9 @@ PARITY = [
     ("dirac_groups_not_dividing", "dirac_", lambda: _t(5, 4, 3), {"groups": 2}),
     ("dirac_groups_0", "dirac_", lambda: _t(4, 4, 3), {"groups": 0}),
     ("dirac_groups_float", "dirac_", lambda: _t(4, 4, 3), {"groups": 1.5}),
+    # a float dividing dim 0: torch zeroes the tensor, then range(groups) raises; ours raises first
+    ("dirac_groups_float_dividing", "dirac_", lambda: _t(6, 4, 3), {"groups": 2.0}),
+    ("dirac_groups_negative_float", "dirac_", lambda: _t(6, 4, 3), {"groups": -1.0}),
     ("dirac_groups_meta", "dirac_", lambda: _t(5, 4, 3, device="meta"), {"groups": 2}),
     ("xavier_1d", "xavier_uniform_", lambda: _t(4), {}),
     ("xavier_0d", "xavier_normal_", lambda: torch.tensor(1.0), {}),
@@ -218,6 +223,12 @@ EXTRA = [
      r"trunc_normal_std_units_: need lower < upper \(standard units\), got lower=2.0, upper=1.0"),
     ("std_units_nan_mean", torchinit.trunc_normal_std_units_, lambda: _t(4, 3), {"mean": NAN}, ValueError,
      r"TruncatedNormal: mean must be finite, got nan"),
+    ("std_units_str_mean", torchinit.trunc_normal_std_units_, lambda: _t(4, 3), {"mean": "0"}, TypeError,
+     r"trunc_normal_std_units_: mean must be a real number, got '0'"),
+    ("std_units_none_std", torchinit.trunc_normal_std_units_, lambda: _t(4, 3), {"std": None}, TypeError,
+     r"trunc_normal_std_units_: std must be a real number, got None"),
+    ("std_units_infinite_lower", torchinit.trunc_normal_std_units_, lambda: _t(4, 3), {"lower": -INF}, ValueError,
+     r"trunc_normal_std_units_: lower must be a finite number, got -inf"),
     ("std_units_int", torchinit.trunc_normal_std_units_, lambda: _t(4, 3, dtype=I64), {}, TypeError,
      r"trunc_normal_std_units_: expected a real floating-point tensor, got dtype torch.int64"),
     ("delta_2d", torchinit.delta_orthogonal_, lambda: _t(4, 3), {}, ValueError,
@@ -230,6 +241,13 @@ EXTRA = [
      r"delta_orthogonal_: expected a real floating-point tensor, got dtype torch.int64"),
     ("delta_complex", torchinit.delta_orthogonal_, lambda: _t(4, 4, 3, dtype=C64), {}, TypeError,
      r"expected a real floating-point tensor, got dtype torch.complex64"),
+    # with key= the keyed engine's spec check would name the spec's fields (low, high, std)
+    ("keyed_xavier_negative_gain", torchinit.xavier_uniform_, lambda: _t(4, 3), {"gain": -1.0, "key": torchinit.Key(0)},
+     ValueError, r"xavier_uniform_: gain must be finite and >= 0, got gain=-1.0"),
+    ("keyed_xavier_normal_nan_gain", torchinit.xavier_normal_, lambda: _t(4, 3), {"gain": NAN, "key": torchinit.Key(0)},
+     ValueError, r"xavier_normal_: gain must be finite and >= 0, got gain=nan"),
+    ("keyed_kaiming_nan_a", torchinit.kaiming_normal_, lambda: _t(4, 3), {"a": NAN, "key": torchinit.Key(0)},
+     ValueError, r"kaiming_normal_: a must not be nan, got a=nan"),
     ("delta_gain_nan", torchinit.delta_orthogonal_, lambda: _t(4, 4, 3), {"gain": NAN}, ValueError,
      r"DeltaOrthogonal: gain must be finite, got nan"),
 ]
@@ -249,6 +267,26 @@ def test_fill_refuses_generator_and_key_together(same_bits):
     before = t.clone()
     with pytest.raises(ValueError, match=r"pass either generator= \(torch engine\) or key= \(keyed engine\), not both"):
         torchinit.fill_(t, specs.Normal(0, 1), generator=torch.Generator(), key=object())
+    same_bits(t, before)
+
+
+@pytest.mark.parametrize("spec, shape, match", [
+    (specs.Dirac(), (4, 4), r"Only tensors with 3, 4, or 5 dimensions are supported"),
+    (specs.Dirac(2), (5, 4, 3), r"dim 0 must be divisible by groups"),
+    (specs.DeltaOrthogonal(), (4, 3), r"needs a 3-, 4- or 5-D conv weight"),
+    (specs.DeltaOrthogonal(), (2, 4, 3, 3), r"needs out_channels >= in_channels"),
+    (specs.Eye(), (3, 4, 5), r"Only tensors with 2 dimensions are supported"),
+    (specs.Sparse(0.5), (3, 4, 5), r"Only tensors with 2 dimensions are supported"),
+])
+@pytest.mark.parametrize("engine", ["torch", "keyed"])
+def test_fill_checks_the_shape_in_both_engines(spec, shape, match, engine, same_bits):
+    # the torch engine used to write an identity into a 2-D tensor for Dirac and a
+    # non-orthogonal centre for DeltaOrthogonal with out < in
+    t = _t(*shape)
+    before = t.clone()
+    key = torchinit.Key(0) if engine == "keyed" else None
+    with pytest.raises(ValueError, match=match):
+        torchinit.fill_(t, spec, key=key)
     same_bits(t, before)
 
 

@@ -155,10 +155,22 @@ def test_module_fans_linear_and_others():
     ({"in_axis": 0}, r"in_axis and out_axis must be given together"),
     ({"out_axis": 1}, r"in_axis and out_axis must be given together"),
     ({"in_axis": 1, "out_axis": -2}, r"in_axis and out_axis must differ, both are 1"),
+    # out of range: used to wrap around silently (5 % 3 == 2)
+    ({"in_axis": 5, "out_axis": 0}, r"in_axis must be an int in \[-3, 3\) for shape \(6, 2, 3\), got 5"),
+    ({"in_axis": 0, "out_axis": -4}, r"out_axis must be an int in \[-3, 3\) for shape \(6, 2, 3\), got -4"),
+    ({"in_axis": 1.0, "out_axis": 0}, r"in_axis must be an int in \[-3, 3\) for shape \(6, 2, 3\), got 1.0"),
 ])
 def test_compute_fans_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         compute_fans((6, 2, 3), **kwargs)
+
+
+@pytest.mark.parametrize("shape", [(3.5, 4), (-3, 4), (2, "4"), 5])
+def test_bad_shapes_are_refused(shape):
+    # int(3.5) used to truncate silently; a negative dimension gave a negative fan
+    for fn in (torch_fans, compute_fans):
+        with pytest.raises(ValueError, match=r"shape must be a sequence of non-negative ints"):
+            fn(shape)
 
 
 def test_fans_select():

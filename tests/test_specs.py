@@ -341,6 +341,11 @@ def test_dict_uses_public_names():
     ({"kind": "constant", "value": "one"}, TypeError, r"Constant: value must be a real number, got 'one'"),
     ({"kind": "constant", "value": True}, TypeError, r"Constant: value must be a real number, got True"),
     ({"kind": "orthogonal", "gain": float("inf")}, ValueError, r"Orthogonal: gain must be finite, got inf"),
+    # a negative groups made both engines write all zeros; 0 and 2.0 failed mid-write
+    ({"kind": "dirac", "groups": -2}, ValueError, r"Dirac: groups must be a positive int, got -2"),
+    ({"kind": "dirac", "groups": 0}, ValueError, r"Dirac: groups must be a positive int, got 0"),
+    ({"kind": "dirac", "groups": 2.0}, ValueError, r"Dirac: groups must be a positive int, got 2.0"),
+    ({"kind": "dirac", "groups": True}, ValueError, r"Dirac: groups must be a positive int, got True"),
 ])
 def test_bad_dicts(d, exc, match):
     with pytest.raises(exc, match=match):

@@ -18,6 +18,7 @@ one for a module's weight.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -68,7 +69,13 @@ class Fans:
 
 
 def _shape(x: torch.Tensor | Sequence[int]) -> tuple[int, ...]:
-    return tuple(int(s) for s in (x.shape if isinstance(x, torch.Tensor) else x))
+    try:  # int(3.5) would silently truncate a bad dimension
+        shape = tuple(operator.index(s) for s in (x.shape if isinstance(x, torch.Tensor) else x))
+    except TypeError:
+        shape = None
+    if shape is None or any(s < 0 for s in shape):
+        raise ValueError(f"shape must be a sequence of non-negative ints, got {x!r}")
+    return shape
 
 
 def torch_fans(shape: torch.Tensor | Sequence[int]) -> Fans:
@@ -125,6 +132,10 @@ def compute_fans(
         if in_axis is None or out_axis is None:
             raise ValueError("in_axis and out_axis must be given together")
         nd = len(shape)
+        for name, ax in (("in_axis", in_axis), ("out_axis", out_axis)):
+            # an out-of-range axis would silently wrap around (JAX raises an IndexError)
+            if isinstance(ax, bool) or not isinstance(ax, int) or not -nd <= ax < nd:
+                raise ValueError(f"{name} must be an int in [-{nd}, {nd}) for shape {shape}, got {ax!r}")
         ia, oa = in_axis % nd, out_axis % nd
         if ia == oa:
             raise ValueError(f"in_axis and out_axis must differ, both are {in_axis} for shape {shape}")

@@ -13,6 +13,7 @@ gain, then hands it to an engine:
 from __future__ import annotations
 
 import math
+import operator
 import warnings
 from typing import TYPE_CHECKING
 
@@ -60,8 +61,12 @@ def fill_(
     generator: torch.Generator | None = None,
     key: "Key | None" = None,
 ) -> Tensor:
-    """Fill ``tensor`` in place with ``spec`` using the torch engine or, with ``key``, the keyed engine."""
+    """Fill ``tensor`` in place with ``spec`` using the torch engine or, with ``key``, the keyed engine.
+
+    Both engines refuse a shape the spec cannot fill (``spec.check_shape``) before writing.
+    """
     if key is None:
+        spec.check_shape(tuple(tensor.shape))
         return torch_fill_(tensor, spec, generator)
     if generator is not None:
         raise ValueError("pass either generator= (torch engine) or key= (keyed engine), not both")
@@ -77,6 +82,18 @@ def _require_float(tensor: Tensor, fn: str) -> None:
     # and imaginary parts (uniform/normal double it; truncation fails in torch's `<`).
     if not tensor.is_floating_point():
         raise TypeError(f"{fn}: expected a real floating-point tensor, got dtype {tensor.dtype}")
+
+
+def _check_keyed_scale(fn: str, name: str, value: object, key: "Key | None") -> None:
+    """With ``key=``, refuse a non-finite or negative ``gain`` / nan ``a`` under the drop-in's
+    own argument name (the keyed engine would refuse the spec built from it, naming the
+    spec's fields: "Uniform: low must be <= high"). The torch engine keeps torch's errors."""
+    if key is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return  # other types: the spec check / calculate_gain raises
+    if name == "a" and math.isnan(value):
+        raise ValueError(f"{fn}: a must not be nan, got a={value}")
+    if name == "gain" and not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{fn}: gain must be finite and >= 0, got gain={value}")
 
 
 # ---------------------------------------------------------------------------
@@ -184,9 +201,12 @@ def trunc_normal_std_units_(
     from :func:`trunc_normal_` on purpose, so the two cannot be confused.
     """
     _require_float(tensor, "trunc_normal_std_units_")
+    for name, v in (("mean", mean), ("std", std)):  # before the bounds arithmetic uses them
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise TypeError(f"trunc_normal_std_units_: {name} must be a real number, got {v!r}")
     for name, v in (("lower", lower), ("upper", upper)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
-            raise ValueError(f"trunc_normal_std_units_: {name} must be a number, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"trunc_normal_std_units_: {name} must be a finite number, got {v!r}")
     if not lower < upper:
         raise ValueError(f"trunc_normal_std_units_: need lower < upper (standard units), got lower={lower}, upper={upper}")
     spec = S.TruncatedNormal(mean, std, mean + lower * std, mean + upper * std)
@@ -220,12 +240,19 @@ def eye_(tensor: Tensor) -> Tensor:
 
 def dirac_(tensor: Tensor, groups: int = 1) -> Tensor:
     """Dirac delta (3/4/5-D): preserves the input channels of a conv, per group.
-    Drop-in for ``torch.nn.init.dirac_``."""
-    spec = S.Dirac(groups)
+
+    Zeros except ``w[g * out/groups + d, d, *centre] = 1`` for each group ``g`` and
+    ``d < min(out/groups, in)``, ``centre = size(2:) // 2``. Drop-in for ``torch.nn.init.dirac_``.
+    """
+    spec = S.Dirac._unchecked(groups=groups)  # torch's own errors (groups=0: ZeroDivisionError)
     if tensor.ndimension() not in (3, 4, 5):
         raise ValueError("Only tensors with 3, 4, or 5 dimensions are supported")
     spec.check_shape(tuple(tensor.shape))
-    if isinstance(groups, int) and groups < 0:
+    if tensor.is_meta and not isinstance(groups, int):
+        return tensor  # torch returns before using groups as a count
+    # A non-integer (2.0): torch zeroes the tensor, then raises this TypeError from
+    # range(groups); raise it before writing.
+    if operator.index(groups) < 0:
         # torch accepts a negative divisor of dim 0 and writes all zeros: refuse it.
         raise ValueError(f"dirac_: groups must be a positive int, got groups={groups}")
     return torch_fill_(tensor, spec)
@@ -242,6 +269,7 @@ def xavier_uniform_(
 
     Drop-in for ``torch.nn.init.xavier_uniform_`` (torch's fan convention).
     """
+    _check_keyed_scale("xavier_uniform_", "gain", gain, key)
     return fill_(tensor, S.xavier(tensor.shape, gain, "uniform", check=False), generator=generator, key=key)
 
 
@@ -256,6 +284,7 @@ def xavier_normal_(
 
     Drop-in for ``torch.nn.init.xavier_normal_``.
     """
+    _check_keyed_scale("xavier_normal_", "gain", gain, key)
     return fill_(tensor, S.xavier(tensor.shape, gain, "normal", check=False), generator=generator, key=key)
 
 
@@ -263,6 +292,7 @@ def _kaiming(tensor, a, mode, nonlinearity, generator, key, distribution):
     if 0 in tensor.shape:
         warnings.warn("Initializing zero-element tensors is a no-op", stacklevel=3)
         return tensor
+    _check_keyed_scale(f"kaiming_{distribution}_", "a", a, key)
     spec = S.kaiming(tensor.shape, a, mode, nonlinearity, distribution, check=False)
     return fill_(tensor, spec, generator=generator, key=key)
 
@@ -315,7 +345,8 @@ def orthogonal_(
     key: "Key | None" = None,
 ) -> Tensor:
     """(Semi-)orthogonal matrix of the tensor flattened to (size(0), -1), times ``gain``
-    (Saxe et al. 2013). Drop-in for ``torch.nn.init.orthogonal_``."""
+    (Saxe et al. 2013): Haar distributed, each element with std gain / sqrt(max(rows, cols)).
+    Drop-in for ``torch.nn.init.orthogonal_``."""
     if tensor.ndimension() < 2:
         raise ValueError("Only tensors with 2 or more dimensions are supported")
     return fill_(tensor, S.Orthogonal._unchecked(gain=gain), generator=generator, key=key)
@@ -339,10 +370,12 @@ def sparse_(
     if tensor.ndimension() != 2:
         raise ValueError("Only tensors with 2 dimensions are supported")
     # A finite real sparsity outside [0, 1] is accepted by torch and zeroes every
-    # entry (> 1) or all but a few (< 0): refuse it. Other bad values (nan, inf,
-    # str) are left to torch's own errors, for parity; True counts as 1, as in torch.
+    # entry (> 1) or all but a few (< 0): refuse it. Other bad values (nan, inf, so
+    # large that sparsity * rows overflows, str) are left to torch's own errors, for
+    # parity; True counts as 1, as in torch.
     s = float(sparsity) if isinstance(sparsity, Tensor) and sparsity.numel() == 1 else sparsity
-    if isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) and not 0.0 <= s <= 1.0:
+    if (isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s * tensor.shape[0])
+            and not 0.0 <= s <= 1.0):  # s * rows = inf: torch's math.ceil raises OverflowError
         try:  # torch's normal_(0, std) comes first and rejects a bad std / dtype: keep its error
             if not tensor.is_meta:
                 tensor.new_empty(1).normal_(0, std, generator=torch.Generator(device=tensor.device))
@@ -414,6 +447,8 @@ def lecun_normal_(
     key: "Key | None" = None,
 ) -> Tensor:
     r"""LeCun normal (JAX semantics): truncated normal with variance exactly ``1/fan_in``.
+
+    N(0, s^2) truncated to [-2 s, 2 s], s = 1 / (sqrt(fan_in) * 0.87962566103423978).
 
     The right choice for SELU self-normalizing networks (Klambauer et al. 2017).
     """

@@ -370,6 +370,11 @@ class Dirac(Spec):
     kind: ClassVar[str] = "dirac"
     groups: int = 1
 
+    def __post_init__(self):
+        # a negative divisor of dim 0 would write all zeros; 0 or 2.0 fail mid-write
+        if isinstance(self.groups, bool) or not isinstance(self.groups, int) or self.groups < 1:
+            raise ValueError(f"Dirac: groups must be a positive int, got {self.groups!r}")
+
     def check_shape(self, shape: Sequence[int]) -> None:
         if len(shape) not in (3, 4, 5):
             raise ValueError("Only tensors with 3, 4, or 5 dimensions are supported")
