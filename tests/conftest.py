@@ -20,7 +20,7 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
     """The raw bits of ``t`` as an integer tensor (NaN-aware, -0.0 != 0.0)."""
     t = t.detach()
     if t.is_complex():
-        t = torch.view_as_real(t)
+        t = torch.view_as_real(t.resolve_conj())  # a conjugated view: the values it reads as
     if t.dtype == torch.bool:
         return t.contiguous()
     return t.contiguous().view(_INT_OF_SIZE[t.element_size()])

@@ -163,6 +163,18 @@ def test_integer_and_complex_tensors_like_torch(name, dtype, same_bits):
         check_parity(name, lambda: torch.zeros(shapes[0], dtype=dtype), kw, same_bits=same_bits)
 
 
+@pytest.mark.parametrize("make", [
+    lambda: torch.zeros(3, 8, dtype=torch.complex64)[:, ::2],
+    lambda: torch.zeros(4, 3, dtype=torch.complex128).t(),
+    lambda: torch.zeros(3, 4, dtype=torch.complex64).conj(),
+    lambda: torch.zeros(1, 4, dtype=torch.complex64).expand(3, 4),
+], ids=["sliced", "transposed", "conj", "expanded"])
+def test_complex_trunc_normal_views_like_torch(make, same_bits):
+    # torch draws into the tensor then fails; ours fails the same way on a scratch tensor of
+    # the same strides and conjugate bit: same error, same generator and global RNG state
+    check_parity("trunc_normal_", make, {}, same_bits=same_bits)
+
+
 # ---------------------------------------------------------------------------
 # calculate_gain
 # ---------------------------------------------------------------------------
@@ -355,6 +367,31 @@ def test_same_signature_as_torch(name):
     assert [p.default for p in ours_params] == [p.default for p in theirs_params]
     extra = [p for p in ours.parameters.values() if p.name == "key"]
     assert all(p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is None for p in extra)
+
+
+DEPRECATED = [n for n in tinit.__all__ if not n.endswith("_") and n != "calculate_gain"]
+
+
+def test_every_public_torch_name_is_exported():
+    assert DEPRECATED  # torch 2.13 still has the underscore-less names
+    assert set(tinit.__all__) <= set(torchinit.__all__)
+
+
+@pytest.mark.parametrize("name", DEPRECATED)
+def test_deprecated_names_warn_then_act_like_the_underscore_function(name, same_bits):
+    # torch.nn.init.xavier_uniform is xavier_uniform_ after a FutureWarning: so is ours
+    shape = (4, 3, 3, 3) if name == "dirac" else (6, 5)
+    kw = {"val": 0.5} if name == "constant" else {"sparsity": 0.5} if name == "sparse" else {}
+    results = []
+    for mod, fn in ((tinit, getattr(tinit, name)), (torchinit, getattr(torchinit, name))):
+        t = torch.empty(shape)
+        torch.manual_seed(3)
+        with pytest.warns(FutureWarning, match=rf"`[\w.]+\.{name}` is now deprecated in favor of `[\w.]+\.{name}_`"):
+            out = fn(t, **kw)
+        assert out is t
+        results.append(t)
+    same_bits(results[1], results[0])
+    assert getattr(torchinit, name).__name__ == name
 
 
 def test_torch_function_dispatch_like_torch():

@@ -7,6 +7,7 @@ The public API is what this module exports.
 from .fans import Fans, compute_fans, module_fans, torch_fans
 from .gains import calculate_gain, second_moment_gain
 from .initializers import (
+    constant,
     constant_,
     delta_orthogonal_,
     dirac_,
@@ -27,6 +28,18 @@ from .initializers import (
     xavier_normal_,
     xavier_uniform_,
     zeros_,
+)
+from .initializers import (  # torch.nn.init's deprecated names: FutureWarning, then the call
+    dirac,
+    eye,
+    kaiming_normal,
+    kaiming_uniform,
+    normal,
+    orthogonal,
+    sparse,
+    uniform,
+    xavier_normal,
+    xavier_uniform,
 )
 from . import specs
 from .specs import spec_from_dict
@@ -67,6 +80,18 @@ __all__ = [
     "lecun_uniform_",
     "lecun_normal_",
     "delta_orthogonal_",
+    # torch.nn.init's deprecated names without the underscore (FutureWarning)
+    "uniform",
+    "normal",
+    "constant",
+    "eye",
+    "dirac",
+    "xavier_uniform",
+    "xavier_normal",
+    "kaiming_uniform",
+    "kaiming_normal",
+    "orthogonal",
+    "sparse",
 ]
 
 # Keyed engine: values as a pure function of (seed, name, element index).

@@ -12,10 +12,11 @@ gain, then hands it to an engine:
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 import warnings
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import Tensor
@@ -51,6 +52,18 @@ __all__ = [
     "lecun_normal_",
     "delta_orthogonal_",
     "fill_",
+    # torch.nn.init's deprecated names (FutureWarning)
+    "uniform",
+    "normal",
+    "constant",
+    "eye",
+    "dirac",
+    "xavier_uniform",
+    "xavier_normal",
+    "kaiming_uniform",
+    "kaiming_normal",
+    "orthogonal",
+    "sparse",
 ]
 
 
@@ -474,3 +487,34 @@ def delta_orthogonal_(
     spec = S.DeltaOrthogonal(gain)
     spec.check_shape(tuple(tensor.shape))
     return fill_(tensor, spec, generator=generator, key=key)
+
+
+def _deprecated_alias(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """``torch.nn.init``'s deprecated names without the trailing underscore (``xavier_uniform``
+    for ``xavier_uniform_``): the same call, after the same ``FutureWarning``, so old code
+    that imports them from ``torch.nn.init`` also runs against torchinit."""
+    new_name = fn.__name__
+    old_name = new_name[:-1]
+
+    @functools.wraps(fn)
+    def alias(*args, **kwargs):
+        warnings.warn(f"`torchinit.{old_name}` is now deprecated in favor of `torchinit.{new_name}`.",
+                      FutureWarning, stacklevel=2)
+        return fn(*args, **kwargs)
+
+    alias.__name__ = alias.__qualname__ = old_name
+    alias.__doc__ = f"Deprecated alias of :func:`{new_name}` (as in ``torch.nn.init``): warns, then calls it."
+    return alias
+
+
+uniform = _deprecated_alias(uniform_)
+normal = _deprecated_alias(normal_)
+constant = _deprecated_alias(constant_)
+eye = _deprecated_alias(eye_)
+dirac = _deprecated_alias(dirac_)
+xavier_uniform = _deprecated_alias(xavier_uniform_)
+xavier_normal = _deprecated_alias(xavier_normal_)
+kaiming_uniform = _deprecated_alias(kaiming_uniform_)
+kaiming_normal = _deprecated_alias(kaiming_normal_)
+orthogonal = _deprecated_alias(orthogonal_)
+sparse = _deprecated_alias(sparse_)

@@ -57,10 +57,15 @@ def torch_fill_(tensor: Tensor, spec: Spec, generator: torch.Generator | None = 
 
             if tensor.is_complex():
                 # torch writes normals, then fails comparing complex numbers: raise the
-                # same error from a scratch copy so the tensor is left untouched.
-                scratch = _no_grad_trunc_normal_(
-                    tensor.clone(), spec.mean_, spec.std_, spec.a, spec.b, generator=generator
-                )
+                # same error from a scratch tensor so the tensor is left untouched. The
+                # scratch has the tensor's strides and conjugate bit, so torch draws and
+                # fails exactly as on the tensor (same RNG use, same error for expanded
+                # or conjugated views).
+                scratch = torch.empty_strided(tensor.size(), tensor.stride(), dtype=tensor.dtype,
+                                              device=tensor.device)
+                if tensor.is_conj():
+                    scratch = scratch.conj()
+                scratch = _no_grad_trunc_normal_(scratch, spec.mean_, spec.std_, spec.a, spec.b, generator=generator)
                 return tensor.copy_(scratch)
             return _no_grad_trunc_normal_(tensor, spec.mean_, spec.std_, spec.a, spec.b, generator=generator)
         if isinstance(spec, Constant):
