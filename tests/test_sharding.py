@@ -218,6 +218,26 @@ def _worker(rank, world, init_method, refs, result_dir):
         except ValueError as exc:
             if "Partial" not in str(exc) or "'p'" not in str(exc):
                 failures.append(f"Partial error message: {exc}")
+
+        # 6. drop-ins without key= on DTensors: eye_ / dirac_ (no randomness) give the
+        # single-process tensor from global indices (torch's own eye_ replaces the local shard
+        # by a full-size matrix, its dirac_ writes zeros only); orthogonal_ / sparse_ refuse,
+        # pointing to key=, and leave the shard as it was
+        for fn, shape, kw in (("eye_", (5, 4), {}), ("dirac_", (6, 2, 3), {"groups": 3})):
+            ref = getattr(torch.nn.init, fn)(torch.empty(shape), **kw)
+            for pl in ([Shard(0)], [Shard(1)]):
+                dt = distribute_tensor(torch.full(shape, float("nan")), mesh1, pl, src_data_rank=None)
+                getattr(torchinit, fn)(dt, **kw)
+                if not torch.equal(dt.full_tensor(), ref):
+                    failures.append(f"torchinit.{fn} on a DTensor {pl}: differs from single-process")
+        for fn, kw in (("orthogonal_", {}), ("sparse_", {"sparsity": 0.5})):
+            dt = distribute_tensor(torch.full((6, 4), 7.0), mesh1, [Shard(0)], src_data_rank=None)
+            try:
+                getattr(torchinit, fn)(dt, **kw)
+                failures.append(f"torchinit.{fn} without key= accepted a DTensor")
+            except TypeError as exc:
+                if "key=" not in str(exc) or not bool((dt.to_local() == 7.0).all()):
+                    failures.append(f"torchinit.{fn} on a DTensor: {exc} / shard changed")
         dist.barrier()
         if rank == 0 and os.environ.get("TORCHINIT_TEST_TIMING"):
             print(f"world {world}: raw DTensors {t1 - t0:.1f} s, models {time.perf_counter() - t1:.1f} s")

@@ -9,6 +9,12 @@ Known torch traps kept for parity (documented in docs/initializers.md):
 * ``trunc_normal_`` in torch 2.13 uses rejection sampling whose RNG consumption
   depends on the data; older releases used an erfinv transform. We call the
   installed torch's own routine so the parity holds for any version.
+
+Not kept: on a sharded DTensor, torch's ``eye_`` replaces the local shard by a
+full-size matrix and ``dirac_`` writes zeros only; both are filled here from the
+shard's global indices (no randomness involved, so this is the one right answer).
+``orthogonal_`` / ``sparse_`` without ``key=`` raise: torch either fails mid-way or
+gives each rank an unrelated matrix, whose gathered whole is not orthogonal.
 """
 
 from __future__ import annotations
@@ -47,6 +53,11 @@ def _orthogonal_matrix(rows: int, cols: int, like: Tensor, generator) -> Tensor:
 
 def torch_fill_(tensor: Tensor, spec: Spec, generator: torch.Generator | None = None) -> Tensor:
     """Fill ``tensor`` in place with ``spec`` using torch's RNG; returns ``tensor``."""
+    from .sharding import is_dtensor
+
+    # element-wise draws and constants on a DTensor: torch's own DTensor ops, as in torch
+    if is_dtensor(tensor) and not isinstance(spec, Constant) and (not spec.random or spec.needs_whole_tensor):
+        return _dtensor_fill_(tensor, spec)
     with torch.no_grad():
         if isinstance(spec, Uniform):
             return tensor.uniform_(spec.low, spec.high, generator=generator)
@@ -112,6 +123,20 @@ def torch_fill_(tensor: Tensor, spec: Spec, generator: torch.Generator | None = 
                 tensor[zero_indices, col_idx] = 0
             return tensor
     raise TypeError(f"the torch engine cannot fill spec {spec!r}")
+
+
+def _dtensor_fill_(tensor: Tensor, spec: Spec) -> Tensor:
+    """``spec`` on a sharded DTensor, where torch's own calls go wrong (module docstring)."""
+    if not spec.random:  # eye / dirac: a function of the global index alone
+        from .keyed import Key
+        from .sharding import shard_fill_
+
+        return shard_fill_(tensor, spec.checked(), Key(0))
+    # random and needing the whole tensor (orthogonal, delta-orthogonal, sparse)
+    raise TypeError(
+        f"{type(spec).__name__} init of a DTensor (shape {tuple(tensor.shape)}) needs the whole tensor, and "
+        f"torch's per-rank generator would give each shard an unrelated part; pass key=torchinit.Key(seed, name) "
+        f"(keyed engine: every rank computes the same whole tensor and keeps its shard)")
 
 
 def _dirac_(tensor: Tensor, groups: int) -> Tensor:
