@@ -160,17 +160,18 @@ def test_any_selected_module_with_a_weight():
     assert float(model[1].weight.detach().std()) < 1e-6  # a 1-D weight is rescaled, not orthogonalized
 
 
+class _WithUnused(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(16, 8)
+        self.unused = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.a(x)
+
+
 def test_unused_module_is_reported_as_skipped():
-    class M(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a = nn.Linear(16, 8)
-            self.unused = nn.Linear(8, 8)
-
-        def forward(self, x):
-            return self.a(x)
-
-    rep = lsuv_(M(), batch())
+    rep = lsuv_(_WithUnused(), batch())
     assert [(l.name, l.skipped) for l in rep.layers] == [("a", None), ("unused", "not called by forward")]
     assert rep.converged
 
@@ -226,17 +227,8 @@ def test_data_init_rule_runs_in_forward_order_on_fresh_passes():
 
 
 def test_layer_not_called_by_forward_is_left_unchanged():
-    class M(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a = nn.Linear(16, 8)
-            self.unused = nn.Linear(8, 8)
-
-        def forward(self, x):
-            return self.a(x)
-
     torch.manual_seed(0)
-    model = M()
+    model = _WithUnused()
     before = [p.clone() for p in model.unused.parameters()]
     rep = lsuv_(model, batch(), seed=0)
     assert rep.layers[1].skipped == "not called by forward"

@@ -29,6 +29,7 @@ from .initializers import (
     xavier_uniform_,
     zeros_,
 )
+from .initializers import _DEPRECATED_NAMES
 from .initializers import (  # torch.nn.init's deprecated names: FutureWarning, then the call
     dirac,
     eye,
@@ -81,17 +82,7 @@ __all__ = [
     "lecun_normal_",
     "delta_orthogonal_",
     # torch.nn.init's deprecated names without the underscore (FutureWarning)
-    "uniform",
-    "normal",
-    "constant",
-    "eye",
-    "dirac",
-    "xavier_uniform",
-    "xavier_normal",
-    "kaiming_uniform",
-    "kaiming_normal",
-    "orthogonal",
-    "sparse",
+    *_DEPRECATED_NAMES,
 ]
 
 # Keyed engine: values as a pure function of (seed, name, element index).

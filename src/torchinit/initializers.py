@@ -52,19 +52,11 @@ __all__ = [
     "lecun_normal_",
     "delta_orthogonal_",
     "fill_",
-    # torch.nn.init's deprecated names (FutureWarning)
-    "uniform",
-    "normal",
-    "constant",
-    "eye",
-    "dirac",
-    "xavier_uniform",
-    "xavier_normal",
-    "kaiming_uniform",
-    "kaiming_normal",
-    "orthogonal",
-    "sparse",
 ]
+#: torch.nn.init's deprecated names without the trailing underscore (defined at the end)
+_DEPRECATED_NAMES = ("uniform", "normal", "constant", "eye", "dirac", "xavier_uniform", "xavier_normal",
+                     "kaiming_uniform", "kaiming_normal", "orthogonal", "sparse")
+__all__ += _DEPRECATED_NAMES
 
 
 def fill_(
