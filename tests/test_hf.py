@@ -189,3 +189,26 @@ def test_materialize_bounds_the_whole_model_init_passes(monkeypatch):
     torchinit.init_model(ref, "module", seed=5)
     for (n, p), (_, q) in zip(model.state_dict().items(), ref.state_dict().items()):
         assert torch.equal(p, q), n
+
+
+def _bert(seed: int = 0):
+    cfg = transformers.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=64, max_position_embeddings=32, pad_token_id=0)
+    torch.manual_seed(seed)
+    return transformers.BertForMaskedLM(cfg)
+
+
+@pytest.mark.parametrize("engine", ["keyed", "torch"])
+def test_module_preset_keeps_the_padding_row_of_a_tied_embedding(engine):
+    """BERT ties its MLM decoder Linear to the word embeddings (padding_idx 0). Hugging Face
+    initializes the tie target before tying (and skips it when loading), so the padding row
+    is zero; rerunning _init_weights on the tied model must not let the decoder redraw it."""
+    ref, m = _bert(0), _bert(0)
+    emb = m.bert.embeddings.word_embeddings
+    assert m.cls.predictions.decoder.weight is emb.weight
+    assert torch.all(ref.bert.embeddings.word_embeddings.weight[0] == 0)
+    p = torchinit.init_model(m, "module", seed=4, engine=engine)
+    assert torch.all(emb.weight[0] == 0)
+    assert float(emb.weight[1:].detach().std()) == pytest.approx(0.02, rel=0.1)
+    if engine == "keyed":
+        assert p["bert.embeddings.word_embeddings.weight"].aliases == ("cls.predictions.decoder.weight",)

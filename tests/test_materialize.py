@@ -360,3 +360,48 @@ def test_zero_element_tensors_need_no_initializer(policy):
     ref = build()
     torchinit.init_model(ref, policy, seed=0)
     _assert_same_state(model, ref)
+
+
+_TORCH_LAYERS = {
+    "mha": lambda: nn.MultiheadAttention(8, 2, add_bias_kv=True),
+    "encoder": lambda: nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, batch_first=True), 2,
+                                             enable_nested_tensor=False),
+    "decoder": lambda: nn.TransformerDecoder(nn.TransformerDecoderLayer(8, 2, 16, batch_first=True), 1),
+    "transformer": lambda: nn.Transformer(8, 2, 1, 1, 16, batch_first=True),
+    "prelu": lambda: nn.Sequential(nn.Linear(4, 4), nn.PReLU(4, init=0.3)),
+}
+
+
+@pytest.mark.parametrize("policy", ["module", "pytorch"])
+@pytest.mark.parametrize("name", sorted(_TORCH_LAYERS))
+def test_module_code_passing_the_tensor_by_keyword_materializes(name, policy):
+    """torch.nn.init.constant_ reaches the routing mode as constant_(tensor=..., val=...) with no
+    positional argument (MultiheadAttention's in_proj_bias / out_proj.bias, PReLU's weight):
+    the write must be seen, else materialize calls the tensor unwritten."""
+    with torch.device("meta"):
+        model = _TORCH_LAYERS[name]()
+    torchinit.materialize(model, "cpu", policy, seed=0, progress=False)
+    ref = _TORCH_LAYERS[name]()
+    torchinit.init_model(ref, policy, seed=0)
+    _assert_same_state(model, ref)
+
+
+def test_module_code_keyword_writes_leave_allocated_tensors_alone():
+    """Partly meta: only in_proj_weight (and the Linear) are on meta. MultiheadAttention's
+    _reset_parameters also writes constant_(in_proj_bias, 0.) and constant_(out_proj.bias, 0.),
+    which reach the routing by keyword: those writes to allocated tensors must be skipped."""
+    with torch.device("meta"):
+        model = nn.Sequential(nn.MultiheadAttention(8, 2), nn.Linear(8, 3))
+    torch.manual_seed(0)
+    model[0].in_proj_bias = nn.Parameter(torch.randn(24))
+    model[0].out_proj = nn.Linear(8, 8)
+    before = {k: v.clone() for k, v in model.state_dict().items() if not v.is_meta}
+    assert sorted(before) == ["0.in_proj_bias", "0.out_proj.bias", "0.out_proj.weight"]
+    torchinit.materialize(model, "cpu", "module", seed=0, progress=False)
+    after = model.state_dict()
+    for k, v in before.items():
+        assert torch.equal(_bits(after[k]), _bits(v)), k
+    ref = nn.Sequential(nn.MultiheadAttention(8, 2), nn.Linear(8, 3))
+    torchinit.init_model(ref, "module", seed=0)
+    for k in ("0.in_proj_weight", "1.weight", "1.bias"):
+        assert torch.equal(_bits(after[k]), _bits(ref.state_dict()[k])), k

@@ -64,6 +64,44 @@ def test_fx_follows_functional_activations_and_residual_adds():
     assert notes == ["nonlinearity: detected by torch.fx symbolic tracing"]
 
 
+class _MyLinear(nn.Linear):
+    """A Linear subclass defined outside torch.nn (LoRA-style wrappers, Hugging Face's Conv1D)."""
+
+
+class _Swish(nn.Module):
+    def forward(self, x):
+        return x * torch.sigmoid(x)
+
+
+class _NewGELUActivation(nn.Module):  # Hugging Face's GPT-2 activation
+    def forward(self, x):
+        return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+class _MyLayerNorm(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, x):
+        return self.weight * (x - x.mean(-1, keepdim=True)) / x.std(-1, keepdim=True)
+
+
+def test_fx_keeps_custom_layers_and_activations_as_calls():
+    """fx traces through modules defined outside torch.nn: a Linear subclass's call was
+    lost ("not called") and a custom Swish / NewGELU was read from its inner sigmoid / tanh."""
+    net = nn.Sequential(_MyLinear(8, 8), nn.ReLU(), nn.Linear(8, 8), _Swish(), nn.Linear(8, 8),
+                        _NewGELUActivation(), nn.Linear(8, 8), _MyLayerNorm(8), nn.Tanh(), nn.Linear(8, 2))
+    det, notes = detect_nonlinearities(net)
+    assert notes == ["nonlinearity: detected by torch.fx symbolic tracing"]
+    assert (det["0"].nonlinearity, det["0"].via) == ("relu", "1 (ReLU)")
+    assert det["2"].nonlinearity == "silu" and det["4"].nonlinearity == "gelu_tanh"
+    assert det["6"].nonlinearity == "tanh"  # through the custom LayerNorm
+    p = torchinit.plan(net, "kaiming")
+    assert p["0.weight"].gain == pytest.approx(math.sqrt(2))
+    assert p["2.weight"].gain == pytest.approx(second_moment_gain("silu"))
+
+
 class Untraceable(nn.Module):
     """Data-dependent control flow: torch.fx cannot trace it."""
 
@@ -138,3 +176,46 @@ def test_activation_of_module_names_every_torch_activation(act, expect):
     from torchinit.nonlinearity import activation_of_module
 
     assert activation_of_module(act) == expect
+
+
+class _HookedBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+        self.act = nn.GELU()
+        self.calls = 0
+
+    def forward(self, x):
+        return x + self.act(self.fc(x))
+
+
+def test_fx_detection_runs_no_module_hooks_and_changes_no_state():
+    """fx traces a non-leaf module through Module.__call__, with its hooks: FSDP2's pre-forward
+    hook lazily initializes a fully_shard-ed block as a root there, and a user's hook runs on
+    proxies. Detection calls the class's forward alone: no module, global or user hook runs."""
+    net = nn.Sequential(_HookedBlock(), _HookedBlock(), nn.Linear(6, 2))
+    calls = []
+
+    def pre(mod, args):
+        calls.append("pre")
+        mod.calls += 1  # state a hook may change
+        if isinstance(args[0], torch.fx.Proxy):
+            raise RuntimeError("a hook ran on fx proxies")
+
+    def post(mod, args, out):
+        calls.append("post")
+
+    for blk in net[:2]:
+        blk.register_forward_pre_hook(pre)
+        blk.register_forward_hook(post)
+    handle = nn.modules.module.register_module_forward_pre_hook(lambda mod, args: calls.append("global"))
+    try:
+        det, notes = detect_nonlinearities(net)
+    finally:
+        handle.remove()
+    assert calls == [] and [blk.calls for blk in net[:2]] == [0, 0]
+    assert notes == ["nonlinearity: detected by torch.fx symbolic tracing"]
+    assert det["0.fc"].nonlinearity == "gelu" and det["0.fc"].via == "0.act (GELU)"
+    assert det["1.fc"].nonlinearity == "gelu" and det["2"].nonlinearity == "linear"
+    y = net(torch.randn(2, 6))  # the hooks still work on a real call
+    assert y.shape == (2, 2) and calls.count("pre") == 2 and calls.count("post") == 2

@@ -179,6 +179,30 @@ def test_precedence_later_rule_wins_and_priority_beats_order():
     assert "#1 second layer > #0, #2" in text and "precedence" in text
 
 
+def test_tied_parameter_falls_back_to_its_other_names_when_the_first_matches_nothing():
+    """Hugging Face BERT registers its MLM bias on the head first, then ties the decoder
+    Linear's bias to it: no preset names the head's own parameter, so every preset left it
+    unmatched although it is a Linear bias under its second name."""
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bias = nn.Parameter(torch.full((10,), 3.0))
+            self.decoder = nn.Linear(6, 10)
+            self.decoder.bias = self.bias
+
+    m = nn.ModuleDict({"emb": nn.Embedding(10, 6, padding_idx=0), "head": Head()})
+    m["head"].decoder.weight = m["emb"].weight
+    p = torchinit.plan(m, "gpt2")
+    assert p.unmatched == []
+    e = p["head.bias"]
+    assert e.aliases == ("head.decoder.bias",) and e.spec == S.Constant(0.0)
+    assert e.rule.endswith("layer bias") and e.matched_as == "Linear (as 'head.decoder.bias')"
+    w = p["emb.weight"]  # the first name matches: the embedding rule, padding row and all
+    assert w.rule.endswith("embedding") and w.zero_rows == (0,) and w.matched_as == "Embedding"
+    torchinit.apply_plan(m, p, seed=0)
+    assert torch.all(m["head"].bias == 0)
+
+
 def test_roles_and_module_relative_params():
     mha = nn.MultiheadAttention(8, 2, add_bias_kv=True)
     model = nn.Sequential(mha, nn.LayerNorm(8))
@@ -294,6 +318,20 @@ def test_kaiming_plan_fields_and_grouped_transposed_fans():
 # ---------------------------------------------------------------------------------
 # serialization and printing
 # ---------------------------------------------------------------------------------
+
+def test_named_leaky_relu_without_a_slope_uses_torch_default_gain():
+    """xavier / orthogonal have no ``a`` argument: ``nonlinearity: leaky_relu`` must mean
+    torch's ``calculate_gain("leaky_relu")`` (slope 0.01), as ``xavier_normal_(w,
+    gain=calculate_gain("leaky_relu"))`` does, not slope 0 (ReLU's sqrt(2))."""
+    lin = nn.Linear(6, 4)
+    torch_gain = nn.init.calculate_gain("leaky_relu")
+    for init in ("xavier_normal", "xavier_uniform", "orthogonal"):
+        e = torchinit.plan(lin, [Rule(init, {"nonlinearity": "leaky_relu"}, params="weight")])["weight"]
+        assert e.gain == torch_gain, init
+    # kaiming's own default stays torch's a=0
+    e = torchinit.plan(lin, [Rule("kaiming_normal", {"nonlinearity": "leaky_relu"}, params="weight")])["weight"]
+    assert e.gain == pytest.approx(math.sqrt(2)) and e.spec.std == pytest.approx(math.sqrt(2) / math.sqrt(6))
+
 
 def test_plan_round_trips_through_json_and_applies_identically(same_bits, restore_rng):
     net = MyNet()

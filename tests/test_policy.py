@@ -113,6 +113,20 @@ def test_yaml_and_json_files(tmp_path):
         load_policy(broken)
 
 
+def test_yaml_reads_exponent_floats_as_numbers(tmp_path):
+    """PyYAML (YAML 1.1) reads ``1e-3`` as the string '1e-3'; a policy must read it as YAML 1.2
+    and JSON do, as a number."""
+    y = tmp_path / "sci.yaml"
+    y.write_text("rules:\n"
+                 "  - {init: normal, role: weight, args: {std: 2e-2}}\n"
+                 "  - {init: constant, role: bias, args: {val: 1.0e-3}}\n"
+                 "  - {init: uniform, role: scale, args: {a: -5E-1, b: .5e0}}\n")
+    pol = load_policy(y)
+    assert pol.rules[0].args == {"std": 0.02} and pol.rules[1].args == {"val": 0.001}
+    assert pol.rules[2].args == {"a": -0.5, "b": 0.5}
+    assert Policy.from_yaml("- {init: zeros, name: 1e3x}\n").rules[0].name == "1e3x"  # not a number: a string
+
+
 def test_load_policy_accepts_every_form():
     p = torchinit.get_preset("xavier")
     assert load_policy(p) is p

@@ -95,7 +95,9 @@ def test_pytorch_preset_keyed_distributions_ks():
     assert _ks(m["mha"].in_proj_weight, stats.uniform(-x, 2 * x).cdf) > 1e-3
     assert torch.all(m["mha"].in_proj_bias == 0) and torch.all(m["mha"].out_proj.bias == 0)
     bk = torch.cat([m["mha"].bias_k.flatten(), m["mha"].bias_v.flatten()])
-    assert _ks(bk, stats.norm(0, math.sqrt(2 / (1 + 48))).cdf) > 1e-3  # xavier_normal on (1, 1, 48)
+    # xavier_normal on (1, 1, 48): torch's fans are fan_in = fan_out = 1 * 48
+    assert p["mha.bias_k"].spec == S.Normal(0.0, math.sqrt(2 / (48 + 48)))
+    assert _ks(bk, stats.norm(0, math.sqrt(2 / (48 + 48))).cdf) > 1e-3
     lo = 1 / math.sqrt(40)
     lstm = torch.cat([t.flatten() for t in m["lstm"].parameters()])
     assert _ks(lstm, stats.uniform(-lo, 2 * lo).cdf) > 1e-3
@@ -154,3 +156,43 @@ def test_presets_are_serializable():
         again = torchinit.load_policy(pol.to_dict())
         assert again.to_dict() == pol.to_dict()
     assert np.isclose(get_preset("pytorch").rules[1].args["a"], math.sqrt(5))
+
+
+class _TitanBlock(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.attention = nn.ModuleDict({n: nn.Linear(d, d, bias=False) for n in ("wq", "wk", "wv", "wo")})
+        self.feed_forward = nn.ModuleDict({"w1": nn.Linear(d, 2 * d, bias=False), "w2": nn.Linear(2 * d, d, bias=False),
+                                           "w3": nn.Linear(d, 2 * d, bias=False)})
+        self.attention_norm, self.ffn_norm = nn.RMSNorm(d), nn.RMSNorm(d)
+
+
+def test_llama_preset_on_torchtitan_layout_layers_in_a_module_dict():
+    """torchtitan keeps its blocks in ``nn.ModuleDict`` keyed by str(layer_id): the depth
+    scaling must use that id (and n_layer its length), not silently take layer 0."""
+    model = nn.Module()
+    model.tok_embeddings = nn.Embedding(50, 16)
+    model.layers = nn.ModuleDict({str(i): _TitanBlock(16) for i in range(4)})
+    model.norm, model.output = nn.RMSNorm(16), nn.Linear(16, 50, bias=False)
+    p = torchinit.plan(model, "llama")
+    for i in range(4):
+        for name in ("attention.wo", "feed_forward.w2", "feed_forward.w3"):
+            e = p[f"layers.{i}.{name}.weight"]
+            assert e.spec.std_ == pytest.approx(0.02 / math.sqrt(2 * (i + 1))) and e.args["layer"] == i, name
+        assert p[f"layers.{i}.attention.wq.weight"].spec.std_ == 0.02
+    total = torchinit.plan(model, get_preset("llama", depth_init=False))
+    assert total["layers.0.attention.wo.weight"].spec.std_ == pytest.approx(0.02 / math.sqrt(2 * 4))
+    assert any("n_layer = 4" in n for n in total.notes)
+
+
+def test_glob_options_given_as_one_string_are_one_glob():
+    """``residual="*.proj.weight"`` (as a YAML ``options`` value gives it) was split into its
+    characters, and the glob "*" among them scaled every weight of the model."""
+    net = nn.ModuleDict({"fc": nn.Linear(8, 8), "blocks": nn.ModuleList([nn.ModuleDict({"proj": nn.Linear(8, 8)})])})
+    p = torchinit.plan(net, torchinit.load_policy({"preset": "gpt2", "options": {"residual": "*.proj.weight"}}))
+    assert p["fc.weight"].spec == S.Normal(0.0, 0.02)
+    assert p["blocks.0.proj.weight"].spec == S.Normal(0.0, 0.02 / math.sqrt(2))
+    q = torchinit.plan(net, get_preset("llama", output="fc.weight", residual="*.proj.weight"))
+    assert q["fc.weight"].rule.endswith("output head") and q["blocks.0.proj.weight"].rule.endswith("output projection")
+    with pytest.raises(PolicyError, match="option 'residual' must be a glob or a list of globs"):
+        get_preset("gpt2", residual=[])

@@ -229,3 +229,100 @@ def test_module_code_leaves_kept_and_excluded_tensors_alone(same_bits):
     for k in ("0.bias", "1.weight", "1.bias"):
         same_bits(after2[k], before2[k])
     same_bits(after2["0.weight"], _state(net)["0.weight"])
+
+
+from torch.nn.init import kaiming_uniform_ as _early_kaiming_uniform_  # noqa: E402  (taken before any mode)
+from torch.nn.init import normal_ as _early_normal_  # noqa: E402
+
+
+class KeywordInit(nn.Module):
+    """Init code that hands the tensor over by keyword, through references taken before the
+    routing patched torch.nn.init, and with keyword bounds."""
+
+    def __init__(self):
+        super().__init__()
+        for n in "abcdefgh":
+            self.register_parameter(n, nn.Parameter(torch.empty(5, 4)))
+        self.z = nn.Parameter(torch.empty(5))
+        with torch.no_grad():
+            self.reset_parameters()
+
+    def reset_parameters(self):
+        nn.init.normal_(tensor=self.a, mean=0.5, std=2.0)
+        self.b.data.uniform_(-0.3, 0.7)
+        torch.nn.init.trunc_normal_(tensor=self.c)
+        _early_normal_(tensor=self.d, std=0.02)
+        _early_normal_(self.e, 1.0, 3.0)
+        self.f.uniform_(**{"from": -1.0, "to": 1.0})
+        _early_kaiming_uniform_(tensor=self.g, a=5 ** 0.5)
+        torch.nn.init.xavier_normal_(tensor=self.h, gain=2.0)
+        torch.nn.init.constant_(tensor=self.z, val=0.25)
+
+
+KEYWORD_SPECS = {
+    "a": S.Normal(0.5, 2.0), "b": S.Uniform(-0.3, 0.7), "c": S.TruncatedNormal(0.0, 1.0, -2.0, 2.0),
+    "d": S.Normal(0.0, 0.02), "e": S.Normal(1.0, 3.0), "f": S.Uniform(-1.0, 1.0),
+    "g": S.kaiming((5, 4), a=5 ** 0.5), "h": S.xavier((5, 4), 2.0, "normal"),
+}
+
+
+def test_keyword_form_init_calls_are_keyed(same_bits, restore_rng):
+    """Every form of the same call takes the keyed values, whatever torch's global RNG."""
+    for global_seed in (1, 2):
+        m = nn.Sequential(KeywordInit())
+        torch.manual_seed(global_seed)
+        p = torchinit.init_model(m, "module", seed=7)
+        for n, spec in KEYWORD_SPECS.items():
+            same_bits(getattr(m[0], n).detach(), keyed.sample(spec, Key(7).child(f"0.{n}"), (5, 4)))
+            assert p[f"0.{n}"].observed[-1] == spec
+        same_bits(m[0].z.detach(), torch.full((5,), 0.25))
+    with torch.device("meta"):
+        meta = nn.Sequential(KeywordInit())
+    torchinit.materialize(meta, "cpu", "module", seed=7, progress=False)
+    for k, v in meta.state_dict().items():
+        same_bits(v, m.state_dict()[k])
+
+
+def _writes(net):
+    """The same kind of write, in every form init code may use, into ``net``'s tensors."""
+    import torch.nn.functional as F
+
+    w, b = net.weight, net.bias
+    return {
+        "constant_(tensor=)": lambda: nn.init.constant_(tensor=w, val=0.0),
+        "zeros_(tensor=)": lambda: nn.init.zeros_(tensor=w),
+        "eye_(tensor=)": lambda: nn.init.eye_(tensor=w),  # torch.eye(..., out=tensor)
+        "dirac_(tensor=)": lambda: nn.init.dirac_(tensor=w.view(3, 4, 1)),
+        "normal_(tensor=)": lambda: nn.init.normal_(tensor=w, mean=0, std=1),
+        "early normal_(tensor=)": lambda: _early_normal_(tensor=w),
+        "trunc_normal_(tensor=)": lambda: nn.init.trunc_normal_(tensor=w),
+        "orthogonal_(tensor=)": lambda: nn.init.orthogonal_(tensor=w),
+        "torch.fill_(input=)": lambda: torch.fill_(input=w, value=3.0),
+        "torch.zero_(input=)": lambda: torch.zero_(input=w),
+        "randn(out=)": lambda: torch.randn(3, 4, out=w.data),
+        "add(out=)": lambda: torch.add(b, 1, out=b.data),
+        "relu(inplace=True)": lambda: F.relu(w.data, inplace=True),
+        "dropout(x, p, True, True)": lambda: F.dropout(w.data, 0.5, True, True),
+        "*=": lambda: w.data.__imul__(0),
+        "setitem": lambda: w.data.__setitem__(0, 5.0),
+        ".data =": lambda: setattr(w, "data", torch.zeros(3, 4)),
+        "bernoulli_": lambda: w.data.bernoulli_(0.5),
+        "_foreach_mul_": lambda: torch._foreach_mul_([w.data, b.data], 0.0),
+    }
+
+
+def test_every_form_of_a_write_is_recorded_and_skipped_when_protected():
+    net = nn.Linear(4, 3)
+    with torch.no_grad():
+        net.weight.fill_(-1.0)
+        net.bias.fill_(-2.0)
+    before = _state(net)
+    for label in _writes(net):
+        with torchinit.keyed_init_mode(net, seed=0, protect={"weight", "bias"}):
+            _writes(net)[label]()
+        for k, v in _state(net).items():
+            assert torch.equal(v, before[k]), (label, k)
+        free = copy.deepcopy(net)
+        with torchinit.keyed_init_mode(free, seed=0) as mode:
+            _writes(free)[label]()
+        assert mode.log.written & {"weight", "bias"}, label

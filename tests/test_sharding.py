@@ -270,3 +270,97 @@ def test_sharded_init_equals_single_process(world, refs, tmp_path):
     report = {r: (tmp_path / f"rank{r}.txt").read_text() for r in range(world)}
     bad = {r: txt for r, txt in report.items() if txt}
     assert not bad, "\n".join(f"rank {r}:\n{txt}" for r, txt in bad.items())
+
+
+class _Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        return x + self.act(self.fc(x))
+
+
+# name -> (builder, blocks to fully_shard before the root, example input)
+_FSDP_DETECT_MODELS = {
+    "gpt": (lambda: zoo.build("gpt", **GPT_KW), lambda m: list(m.transformer.h),
+            lambda: torch.randint(0, GPT_KW["vocab_size"], (2, GPT_KW["block_size"]))),
+    "mlp": (lambda: zoo.build("mlp", **MLP_KW), lambda m: [m.layers], lambda: torch.randn(3, MLP_KW["in_features"])),
+    "cnn": (lambda: zoo.build("cnn", channels=(4, 8), image_size=8), lambda m: [m.features],
+            lambda: torch.randn(2, 3, 8, 8)),
+    "residual": (lambda: nn.Sequential(_Residual(), _Residual(), nn.Linear(6, 2)), lambda m: list(m)[:2],
+                 lambda: torch.randn(3, 6)),
+}
+_DETECT_PRESETS = ("kaiming", "xavier", "lecun", "orthogonal")
+
+
+def _detection_signature(p):
+    return [(e.name, e.nonlinearity, e.nonlinearity_source, e.gain, e.spec) for e in p.entries]
+
+
+def _detect_worker(rank, world, init_method, result_dir):
+    failures: list[str] = []
+    try:
+        torch.set_num_threads(1)
+        dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world)
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh("cpu", (world,))
+        for name, (build, blocks, example) in _FSDP_DETECT_MODELS.items():
+            for i, preset in enumerate(_DETECT_PRESETS):
+                meta = i % 2 == 1  # init_model and materialize, alternately
+                ref = _detection_signature(torchinit.plan(build(), preset))
+                if meta:
+                    with torch.device("meta"):
+                        m = build()
+                else:
+                    m = build()
+                for blk in blocks(m):
+                    fully_shard(blk, mesh=mesh)
+                fully_shard(m, mesh=mesh)
+                calls: list[str] = []  # a user's hook must not run during detection either
+                blocks(m)[0].register_forward_pre_hook(lambda mod, args: calls.append("pre"))
+                blocks(m)[0].register_forward_hook(lambda mod, args, out: calls.append("post"))
+                label = f"{name}/{preset}/{'materialize' if meta else 'init_model'}"
+                if meta:
+                    p = torchinit.materialize(m, "cpu", preset, seed=SEED, progress=False)
+                else:
+                    p = torchinit.init_model(m, preset, seed=SEED)
+                if calls:
+                    failures.append(f"{label}: module hooks ran during init: {calls}")
+                got = _detection_signature(p)
+                if got != ref:
+                    diff = [(a, b) for a, b in zip(got, ref) if a != b][:2]
+                    failures.append(f"{label}: plan differs from the unsharded model's: {diff} {p.notes[:1]}")
+                try:  # FSDP's lazy init happens here, with the real root
+                    m(example()).float().sum().backward()
+                except Exception as exc:
+                    failures.append(f"{label}: forward+backward after init: {type(exc).__name__}: {exc}")
+    except Exception:
+        failures.append(traceback.format_exc())
+    finally:
+        with open(os.path.join(result_dir, f"rank{rank}.txt"), "w") as fh:
+            fh.write("\n".join(failures))
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def test_nonlinearity_detection_on_fsdp_models_runs_no_hooks(tmp_path):
+    """fx detection traces non-leaf modules without Module.__call__: FSDP2's pre-forward hook
+    would lazily initialize a fully_shard-ed block as its own root (the model's first forward
+    then raised "FSDP state has already been lazily initialized"). Detection on the sharded
+    model equals the unsharded model's, and the model trains afterwards."""
+    import multiprocessing
+
+    import torch.multiprocessing as mp
+
+    world = 2
+    multiprocessing.set_forkserver_preload(["torch", "torch.distributed.fsdp", "torch.distributed.tensor", "torchinit"])
+    init_method = f"file://{tmp_path / 'pg_init'}"
+    mp.start_processes(_detect_worker, args=(world, init_method, str(tmp_path)), nprocs=world, join=True,
+                       start_method="forkserver")
+    report = {r: (tmp_path / f"rank{r}.txt").read_text() for r in range(world)}
+    bad = {r: txt for r, txt in report.items() if txt}
+    assert not bad, "\n".join(f"rank {r}:\n{txt}" for r, txt in bad.items())

@@ -8,7 +8,9 @@ The gain of He / Glorot init must match the activation that FOLLOWS the layer
    through "transparent" operations (norms, dropout, pooling, padding, reshapes,
    ``view``/``permute``/``flatten``, indexing, residual ``+``, gating ``*``) to the
    first activation (module or function). Another layer, the output or any other
-   operation first means "linear".
+   operation first means "linear". Modules traced through run their class's ``forward``
+   without ``Module.__call__``: no forward hook or pre-hook runs (FSDP2's, a user's), so
+   detection on a ``fully_shard``-ed model changes none of its state.
 2. **forward hooks** on ``example_inputs`` (when tracing fails, e.g. data-dependent
    control flow): the execution order of layers, activation modules and activation
    *functions* (``F.relu`` etc., seen with a ``TorchFunctionMode``); the first
@@ -182,10 +184,32 @@ _TRANSPARENT_METHODS = {
 def _fx_detect(model: nn.Module, layers: dict[str, nn.Module]) -> dict[str, Detection]:
     import torch.fx as fx
 
-    gm = fx.symbolic_trace(model)
-    modules = dict(gm.named_modules())
+    class _Tracer(fx.Tracer):
+        # fx keeps only torch.nn's own modules as calls; a layer, activation or norm class
+        # defined elsewhere (a Linear subclass, Hugging Face's Conv1D or NewGELUActivation,
+        # a custom Swish) would be traced through, its call lost and its inner ops
+        # (sigmoid, tanh, pow ...) taken for the activation
+        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+            return (super().is_leaf_module(m, qualname) or is_weight_layer(m)
+                    or activation_of_module(m) is not None or _transparent_module(m))
+
+        # fx runs a non-leaf module through Module.__call__, i.e. with its forward hooks and
+        # pre-hooks (and the global ones): FSDP2's would lazily initialize a fully_shard-ed block
+        # as if it were the root (the model's first real forward then fails) and unshard /
+        # reshard its parameters, and a user's hook may have side effects. Detection runs the
+        # class's forward alone, as fx does for the root: no hook runs, no module state changes.
+        def call_module(self, m: nn.Module, forward, args, kwargs):
+            own = m.__dict__.get("forward")
+            if type(m).forward is nn.Module.forward and callable(own):
+                fwd = own  # a module whose only forward is set on the instance
+            else:
+                fwd = type(m).forward.__get__(m)  # not an instance override: accelerate's wrappers move weights
+            return super().call_module(m, fwd, args, kwargs)
+
+    graph = _Tracer().trace(model)
+    modules = dict(model.named_modules())
     found: dict[str, list[tuple[str, float | None, str]]] = {}
-    for node in gm.graph.nodes:
+    for node in graph.nodes:
         if node.op != "call_module" or node.target not in layers:
             continue
         results = found.setdefault(node.target, [])

@@ -338,6 +338,14 @@ def _role(kind: str, local: str, t: Tensor) -> str:
     return "weight" if t.dim() >= 2 else "scale"
 
 
+def _is_layer_list(m: nn.Module | None) -> bool:
+    """A stack of layers: an ``nn.ModuleList``, or an ``nn.ModuleDict`` keyed by layer id
+    (``"0"``, ``"1"``, ...: torchtitan's ``self.layers[str(layer_id)]``)."""
+    if isinstance(m, nn.ModuleList):
+        return True
+    return isinstance(m, nn.ModuleDict) and len(m) > 0 and all(k.isdigit() for k in m.keys())
+
+
 class _Context:
     def __init__(self, model: nn.Module, example_inputs: Any):
         self.model = model
@@ -365,19 +373,21 @@ class _Context:
                     self.notes.append(f"n_layer = {v} (from model.config.{attr})")
                     break
             else:
-                lists = [(n, len(m)) for n, m in self.modules.items() if isinstance(m, nn.ModuleList) and len(m)]
+                lists = [(n, len(m), type(m).__name__) for n, m in self.modules.items()
+                         if _is_layer_list(m) and len(m)]
                 if not lists:
                     raise PolicyError("depth='total' needs n_layer: the model has no config.n_layer and no "
-                                      "nn.ModuleList of layers; pass args n_layer", field="args")
-                n, v = max(lists, key=lambda x: x[1])
+                                      "nn.ModuleList (or ModuleDict keyed 0, 1, ...) of layers; pass args n_layer",
+                                      field="args")
+                n, v, kind = max(lists, key=lambda x: x[1])
                 self._n_layer = v
-                self.notes.append(f"n_layer = {v} (length of the longest ModuleList, {n!r})")
+                self.notes.append(f"n_layer = {v} (length of the longest {kind}, {n!r})")
         return self._n_layer
 
     def layer_index(self, module_path: str) -> int | None:
         parts = module_path.split(".") if module_path else []
         for i, comp in enumerate(parts):
-            if comp.isdigit() and isinstance(self.modules.get(".".join(parts[:i])), nn.ModuleList):
+            if comp.isdigit() and _is_layer_list(self.modules.get(".".join(parts[:i]))):
                 return int(comp)
         return None
 
@@ -418,8 +428,10 @@ def _fans(args: Mapping[str, Any], mod: nn.Module, local: str, shape: tuple[int,
 
 
 def _nonlinearity(ctx: _Context, args: Mapping[str, Any], mod_path: str, mod: nn.Module,
-                  a: float = 0.0) -> tuple[str | None, float | None, float | None, str | None]:
-    """(nonlinearity, param, gain, source) for a rule's nonlinearity argument."""
+                  a: float | None = None) -> tuple[str | None, float | None, float | None, str | None]:
+    """(nonlinearity, param, gain, source) for a rule's nonlinearity argument. ``a``: the
+    leaky_relu slope (kaiming's argument); None, for initializers without one, is torch's
+    ``calculate_gain`` default (0.01)."""
     nl = args.get("nonlinearity")
     if nl is None:
         return None, None, None, None
@@ -569,6 +581,12 @@ def _tensors_in_order(model: nn.Module):
                 yield (f"{mpath}.{local}" if mpath else local), mpath, mod, local, t, kind
 
 
+def _owner(ctx: _Context, name: str) -> tuple[str, str, nn.Module, str]:
+    """(name, module path, module, local name) of a qualified tensor name."""
+    path, _, local = name.rpartition(".")
+    return name, path, ctx.modules[path], local
+
+
 def plan(model: nn.Module, policy: Policy | str | Mapping | Sequence = "kaiming", example_inputs: Any = None) -> Plan:
     """Decide, without writing anything, what every tensor of ``model`` gets under ``policy``.
 
@@ -602,41 +620,50 @@ def plan(model: nn.Module, policy: Policy | str | Mapping | Sequence = "kaiming"
         if isinstance(t, nn.parameter.UninitializedTensorMixin):
             raise ValueError(f"{q!r} is an uninitialized (lazy) {kind} of {type(mod).__name__}: run one forward "
                              "pass with a dummy batch before planning its init")
-        parts = mpath.split(".") if mpath else []
-        chain = [("", model)] + [(".".join(parts[:i + 1]), ctx.modules[".".join(parts[:i + 1])])
-                                 for i in range(len(parts))]
-        role = _role(kind, local, t)
-        hits = []
-        for i, rule in enumerate(pol.rules):
-            how = rule.match(q, role, chain)
-            if how is None:
-                continue
-            if rule.init == "module" and not ctx.code_for(mpath):
-                continue
-            hits.append((rule.priority, i, how))
-            matched_count[i] += 1
+        # a tied tensor is matched under its first name; only when no rule matches that name are
+        # its other names tried (BERT's MLM bias is first the head's own parameter, which no
+        # preset names, then the decoder Linear's bias)
+        canonical = (q, mpath, mod, local)
+        for cq, cpath, cmod, clocal in [canonical] + [_owner(ctx, a) for a in aliases.get(id(t), ())]:
+            parts = cpath.split(".") if cpath else []
+            chain = [("", model)] + [(".".join(parts[:i + 1]), ctx.modules[".".join(parts[:i + 1])])
+                                     for i in range(len(parts))]
+            role = _role(kind, clocal, t)
+            hits = []
+            for i, rule in enumerate(pol.rules):
+                how = rule.match(cq, role, chain)
+                if how is None:
+                    continue
+                if rule.init == "module" and not ctx.code_for(cpath):
+                    continue
+                hits.append((rule.priority, i, how))
+                matched_count[i] += 1
+            if hits:
+                break
         if not hits:
             if kind == "parameter" or (local in _RESETTABLE_BUFFERS and isinstance(mod, nn.modules.batchnorm._NormBase)):
                 unmatched.append(q)
             continue
         hits.sort()
         _, win, how = hits[-1]
+        if cq != q:
+            how = f"{how} (as {cq!r})"
         won_count[win] += 1
         rule = pol.rules[win]
         try:
-            res = _resolve(ctx, rule, q, mpath, mod, local, t)
+            res = _resolve(ctx, rule, cq, cpath, cmod, clocal, t)
         except (PolicyError, ValueError, TypeError) as exc:
             fld = getattr(exc, "field", None)
             raise PolicyError(
                 f"policy {pol.name!r}: rule {win}" + (f" ({rule.name!r})" if rule.name else "")
-                + f" [{rule.init}] on {q!r} (shape {tuple(t.shape)}, {type(mod).__name__})"
+                + f" [{rule.init}] on {cq!r} (shape {tuple(t.shape)}, {type(cmod).__name__})"
                 + (f": field {fld!r}" if fld else "") + f": {exc}",
                 rule=win, name=rule.name, field=fld) from None
         zero_rows: tuple[int, ...] = ()
         spec = res["spec"]
-        if (spec is not None and spec.random and local == "weight" and isinstance(mod, (nn.Embedding, nn.EmbeddingBag))
-                and getattr(mod, "padding_idx", None) is not None):
-            zero_rows = (int(mod.padding_idx),)
+        if (spec is not None and spec.random and clocal == "weight" and isinstance(cmod, (nn.Embedding, nn.EmbeddingBag))
+                and getattr(cmod, "padding_idx", None) is not None):
+            zero_rows = (int(cmod.padding_idx),)
         entries.append(PlanEntry(
             name=q, module=mpath, module_type=type(mod).__name__, kind=kind, shape=tuple(t.shape),
             dtype=str(t.dtype).replace("torch.", ""), role=role, rule=labels[win], rule_index=win,

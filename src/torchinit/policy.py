@@ -506,12 +506,31 @@ class Policy:
             with open(text_or_path, encoding="utf-8") as f:
                 text = f.read()
         try:
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_yaml_loader())
         except yaml.YAMLError as exc:
             raise PolicyError(f"policy: invalid YAML: {exc}") from None
         if isinstance(data, list):  # a bare list of rules
             data = {"rules": data}
         return cls.from_dict(data)
+
+
+@functools.lru_cache(maxsize=1)
+def _yaml_loader() -> type:
+    """PyYAML's safe loader, reading ``1e-3`` and ``2.0e5`` as floats: PyYAML follows YAML
+    1.1, whose floats need a dot and a signed exponent, so ``std: 1e-3`` was the string
+    ``'1e-3'`` (YAML 1.2 and JSON read a number)."""
+    import re
+
+    import yaml
+
+    class _Loader(yaml.SafeLoader):
+        pass
+
+    _Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^(?:[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?|[-+]?\.[0-9_]+)[eE][-+]?[0-9]+$"),
+        list("-+0123456789."))
+    return _Loader
 
 
 def load_policy(obj: "Policy | str | os.PathLike | Mapping | Sequence", **options: Any) -> Policy:

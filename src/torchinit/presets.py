@@ -38,6 +38,16 @@ RESIDUAL_PROJECTIONS = (
 )
 
 
+def _globs(preset: str, option: str, value: Any) -> tuple[str, ...]:
+    """A glob option as a tuple: one string is one glob (``tuple("*.proj.weight")`` would be
+    its characters, and the glob ``"*"`` among them matches every tensor)."""
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) and v for v in value):
+        raise PolicyError(f"preset {preset!r}: option {option!r} must be a glob or a list of globs, got {value!r}")
+    return tuple(value)
+
+
 def _norm_rules() -> list[Rule]:
     return [
         Rule("ones", modules=_NORMS, params="weight", name="norm weight"),
@@ -168,7 +178,8 @@ def gpt2_preset(std: float = 0.02, n_layer: int | None = None,
         Rule("zeros", modules="MultiheadAttention", params=("in_proj_bias", "out_proj.bias", "bias_k", "bias_v"),
              name="mha biases"),
         *_rnn_rules(),
-        Rule("normal", depth, qualnames=tuple(residual), role="weight", name="residual projection"),
+        Rule("normal", depth, qualnames=_globs("gpt2", "residual", residual), role="weight",
+             name="residual projection"),
     ]
     return Policy(tuple(rules), name="gpt2", options={"std": std, "n_layer": n_layer})
 
@@ -194,9 +205,10 @@ def llama_preset(std: float = 0.02, depth_init: bool = True, cutoff: float | Non
         Rule("zeros", modules="MultiheadAttention", params=("in_proj_bias", "out_proj.bias", "bias_k", "bias_v"),
              name="mha biases"),
         *_rnn_rules(),
-        Rule("trunc_normal", deep, qualnames=tuple(residual), role="weight", name="output projection"),
-        Rule("trunc_normal", {"std": "1/sqrt(fan_in)", "cutoff": 3.0}, qualnames=tuple(output), role="weight",
-             name="output head"),
+        Rule("trunc_normal", deep, qualnames=_globs("llama", "residual", residual), role="weight",
+             name="output projection"),
+        Rule("trunc_normal", {"std": "1/sqrt(fan_in)", "cutoff": 3.0}, qualnames=_globs("llama", "output", output),
+             role="weight", name="output head"),
     ]
     return Policy(tuple(rules), name="llama", options={"std": std, "depth_init": depth_init, "cutoff": cutoff})
 

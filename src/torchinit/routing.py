@@ -18,6 +18,13 @@ in a parameter or buffer of the model comes from the keyed engine with the key
   its storage (``untyped_storage().data_ptr()``), so ``p.data``, ``p.detach()``
   and ``p[3:5]`` are all attributed to ``p``.
 
+Every write into a model tensor is recorded (``RoutingLog.written``) and, for the names in
+``protect``, skipped, whatever form the call takes: in-place methods and functions
+(``p.fill_(0)``, ``p[0] = 1``, ``torch.fill_(input=p, value=0)``), ``torch.nn.init``
+functions given the tensor by keyword (``constant_(tensor=p, val=0)``, which torch hands
+the mode with no positional argument), ``inplace=True`` functionals, ``out=p`` and
+``p.data = x``.
+
 A write to the WHOLE tensor fills it exactly as ``torchinit.fill_(p, spec,
 key=Key(seed).child(name))`` would: the model's own init and a policy with the
 same spec give bitwise the same values. A write to a rectangular box of it (basic
@@ -252,28 +259,36 @@ class KeyedInitMode(TorchFunctionMode):
 
     def _dispatch(self, func, args, kwargs):
         name = getattr(func, "__name__", None)
-        if name in _SIGS and getattr(func, "__module__", "") in ("torch.nn.init", "transformers.initialization"):
+        if name in _SIGS and (getattr(func, "__torchinit_routed__", False)
+                              or getattr(func, "__module__", "") in ("torch.nn.init", "transformers.initialization")):
+            # torch.nn.init's own functions hand the mode the function they find under their name
+            # in torch.nn.init at call time, which is our wrapper while the mode is on (a call
+            # through a reference taken before it was patched ends up here)
             return self.handle_init(name, _TORCH_INIT[name], args, kwargs)  # meta, protect, written: there
+        dest = _destination(func, args, kwargs)
         target = None
-        if args and isinstance(args[0], Tensor) and _writes_first_arg(func):
-            if args[0].is_meta:
+        if dest is not None:
+            tensors, skipped = dest
+            if not _is_data_setter(func) and any(t.is_meta for t in tensors):
                 # a write into a meta tensor (one that materialize allocates in a later batch)
                 # stores nothing; skipping it avoids torch's slow meta decompositions and the
                 # fallback RNG
-                return args[0]
-            target = self.attribute(args[0])  # once: the sampling branches below reuse it
-            if target is not None:
-                if target.name in self.protect:
-                    return args[0]
-                self.log.written.add(target.name)
+                return skipped
+            attributed = [self.attribute(t) for t in tensors]
+            found = [f for f in attributed if f is not None]
+            if any(f.name in self.protect for f in found):
+                return skipped
+            for f in found:
+                self.log.written.add(f.name)
+            target = attributed[0]  # once: the sampling branches below reuse it
         if func is torch.Tensor.uniform_ or func is torch.Tensor.normal_:
-            t = args[0]
+            t = dest[0][0] if dest is not None else (args[0] if args else None)
             scope = target.name if target is not None else (self.scope or "<model>")
 
             def fallback():
                 return self._run_fallback(scope, func, args, kwargs)
 
-            if target is None:
+            if target is None or not isinstance(t, Tensor):
                 return fallback()
             rest = list(args[1:])
             try:
@@ -288,17 +303,94 @@ class KeyedInitMode(TorchFunctionMode):
             except (TypeError, ValueError):
                 return fallback()
             return self._fill(t, spec, target, fallback)
-        if func in _RANDOM_METHODS:  # all in-place: target is set above when args[0] is a Tensor
+        if func in _RANDOM_METHODS or func in _RANDOM_FACTORIES:
+            # an in-place method's target (or a factory's out=) names the scope when it is the model's
             scope = target.name if target is not None else (self.scope or "<model>")
             return self._run_fallback(scope, func, args, kwargs)
-        if func in _RANDOM_FACTORIES:
-            return self._run_fallback(self.scope or "<model>", func, args, kwargs)
         return func(*args, **kwargs)
 
 
-def _writes_first_arg(func) -> bool:
-    name = getattr(func, "__name__", "")
-    return name == "__setitem__" or (name.endswith("_") and not name.startswith("__"))
+#: in-place by name (trailing underscore) but no write to the tensor's values
+_NOT_WRITES = frozenset({"requires_grad_", "share_memory_"})
+#: keyword names under which a function takes the tensor it writes in place: torch.nn.init's
+#: ``tensor``, torch's functions ``input`` (``torch.fill_(input=w, value=0)``); tensor methods
+#: (``self``) take it positionally only
+_TENSOR_KEYWORDS = ("tensor", "input", "self")
+_SIGNATURES: dict[Any, inspect.Signature | None] = {}
+
+
+def _signature(func) -> inspect.Signature | None:
+    try:
+        return _SIGNATURES[func]
+    except KeyError:
+        pass
+    except TypeError:  # unhashable
+        return None
+    try:
+        sig = inspect.signature(func)
+    except (TypeError, ValueError):  # builtins without a text signature
+        sig = None
+    _SIGNATURES[func] = sig
+    return sig
+
+
+def _is_data_setter(func) -> bool:
+    """``t.data = x`` (replaces the tensor's values; seen as ``data.__set__``)."""
+    return getattr(func, "__name__", None) == "__set__" and getattr(func, "__self__", None) is _DATA_DESCRIPTOR
+
+
+_DATA_DESCRIPTOR = torch._C.TensorBase.__dict__.get("data")
+
+
+def _destination(func, args: tuple, kwargs: dict) -> tuple[list[Tensor], Any] | None:
+    """The tensors a call writes into, and what to return when the write is skipped; None
+    when it writes none. Covers in-place functions and methods (``name_``, ``__setitem__``,
+    ``inplace=True``) whatever the form their tensor is passed in (``w.fill_(0)``,
+    ``torch.fill_(input=w, value=0)``, ``torch.nn.init.constant_(tensor=w, val=0)``, which
+    torch hands the mode with no positional argument at all), ``torch._foreach_*_`` lists,
+    ``out=`` and ``t.data = x``."""
+    name = getattr(func, "__name__", None) or ""
+    if _is_data_setter(func):
+        return ([args[0]], None) if args and isinstance(args[0], Tensor) else None
+    inplace = name == "__setitem__" or (name.endswith("_") and not name.startswith("__") and name not in _NOT_WRITES)
+    sig = None
+    if not inplace and "inplace" in kwargs:
+        inplace = kwargs["inplace"] is True
+    elif not inplace and getattr(func, "__module__", "") == "torch.nn.functional":
+        sig = _signature(func)  # F.relu(x, True), F.dropout(x, 0.5, True, True)
+        if sig is not None and "inplace" in sig.parameters:
+            try:
+                inplace = sig.bind(*args, **kwargs).arguments.get("inplace") is True
+            except TypeError:
+                inplace = False
+    tensors: list[Tensor] = []
+    skipped: Any = None
+    if inplace:
+        t = args[0] if args else None
+        if t is None:
+            sig = sig or _signature(func)
+            first = next(iter(sig.parameters), None) if sig is not None else None
+            for k in ((first,) if first else ()) + _TENSOR_KEYWORDS:
+                if k in kwargs:
+                    t = kwargs[k]
+                    break
+        if isinstance(t, Tensor):
+            tensors.append(t)
+            skipped = t
+        elif isinstance(t, (list, tuple)) and name.startswith("_foreach_"):  # torch._foreach_mul_([w, b], 0.5)
+            tensors.extend(x for x in t if isinstance(x, Tensor))  # these return None
+    out = kwargs.get("out")
+    if isinstance(out, Tensor):
+        outs = [out]
+    elif isinstance(out, (tuple, list)):  # torch.max(x, 0, out=(values, indices))
+        outs = [o for o in out if isinstance(o, Tensor)]
+    else:
+        outs = []
+    if outs:
+        tensors.extend(outs)
+        if skipped is None:
+            skipped = out
+    return (tensors, skipped) if tensors else None
 
 
 def _box_of(t: Tensor, base: Tensor) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
@@ -442,21 +534,76 @@ def module_init_steps(model: nn.Module) -> list[tuple[str, str]]:
     return steps
 
 
+def _tied_targets(hf: nn.Module) -> dict[int, list[Tensor]]:
+    """Tensors that Hugging Face ties to another one (``lm_head.weight`` to the input
+    embedding, BERT's decoder to the word embeddings), by id of the module holding them
+    under the tied (target) name; only those really shared with another name."""
+    keys = getattr(hf, "all_tied_weights_keys", None)  # transformers 5: {target: source}, config-aware
+    if not isinstance(keys, dict):
+        keys = getattr(hf, "_tied_weights_keys", None)  # transformers 4: a list of target names (or a dict)
+    if not isinstance(keys, (dict, list, tuple)):
+        return {}
+    count: dict[int, int] = {}
+    for _, t in hf.named_parameters(remove_duplicate=False):
+        count[id(t)] = count.get(id(t), 0) + 1
+
+    def find(name: Any) -> tuple[nn.Module | None, Tensor | None]:
+        if not isinstance(name, str):
+            return None, None
+        path, _, local = name.rpartition(".")
+        try:
+            owner = hf.get_submodule(path)
+        except AttributeError:  # a pattern, or a module this configuration does not build
+            return None, None
+        return owner, owner._parameters.get(local)
+
+    out: dict[int, list[Tensor]] = {}
+    for target in keys:
+        owner, t = find(target)
+        if t is None or count.get(id(t), 0) < 2:
+            continue
+        if isinstance(keys, dict) and find(keys[target])[1] is not t:
+            continue  # not tied to its source in this configuration
+        out.setdefault(id(owner), []).append(t)
+    return out
+
+
 def _run_hf(hf: nn.Module, prefix: str, mode: KeyedInitMode | None) -> None:
     names = {id(m): (f"{prefix}.{n}" if prefix and n else (n or prefix)) for n, m in hf.named_modules()}
     saved_mod = [(m, m.__dict__.get("_is_hf_initialized", None)) for m in hf.modules()]
     saved_t = [(t, getattr(t, "_is_hf_initialized", None)) for t in list(hf.parameters()) + list(hf.buffers())]
+    # At construction Hugging Face initializes tied targets on their own and then ties them to
+    # their source (and from_pretrained marks them initialized): a rerun on the tied model must
+    # not let the target's module overwrite the source's init (BERT's decoder Linear would
+    # redraw the word embeddings' zeroed padding row).
+    tied = _tied_targets(hf)
     orig = hf._init_weights
+    patched = mode is not None or bool(tied)
     try:
         for m, _ in saved_mod:
             m.__dict__.pop("_is_hf_initialized", None)
         for t, v in saved_t:
             if v is not None:
                 t._is_hf_initialized = False
-        if mode is not None:
+        if patched:
             def scoped(module, _orig=orig):
+                targets = tied.get(id(module), ())
+                if mode is None:  # torch's RNG: draw as construction does, then put the tied tensor back
+                    saved = [(t, t.detach().clone()) for t in targets if not t.is_meta]
+                    try:
+                        return _orig(module)
+                    finally:
+                        with torch.no_grad():
+                            for t, v in saved:
+                                t.copy_(v)
                 mode.scope = names.get(id(module), prefix)
-                return _orig(module)
+                found = (mode.attribute(t) for t in targets)
+                skip = {f.name for f in found if f is not None} - mode.protect
+                mode.protect |= skip
+                try:
+                    return _orig(module)
+                finally:
+                    mode.protect -= skip
 
             hf._init_weights = scoped
         init_all = getattr(hf, "initialize_weights", None)
@@ -466,7 +613,7 @@ def _run_hf(hf: nn.Module, prefix: str, mode: KeyedInitMode | None) -> None:
             else:  # older transformers
                 hf.apply(hf._initialize_weights)
     finally:
-        if mode is not None:
+        if patched:
             hf.__dict__.pop("_init_weights", None)
         for m, v in saved_mod:
             if v is None:
