@@ -198,3 +198,22 @@ def test_save_weights_reports_write_failures_as_oserror(tmp_path, monkeypatch):
     with pytest.raises(OSError, match=r"cannot write .*m\.safetensors.*No space left"):
         save_weights(zoo.build("mlp", depth=2, width=4), tmp_path / "m.safetensors")
     assert not os.listdir(tmp_path)
+
+
+def test_console_script_imports_models_like_python_does(tmp_path):
+    # `torchinit init pkg.models:make` from the project folder, and a model file importing a
+    # module beside it, work as they would under `python -m` / `python file.py` (the console
+    # script's sys.path has neither folder)
+    pkg = tmp_path / "proj" / "mypkg"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "blocks.py").write_text("import torch\ndef block(n):\n    return torch.nn.Linear(n, n)\n")
+    (pkg / "models.py").write_text("from mypkg.blocks import block\ndef make(n=4):\n    return block(n)\n")
+    (pkg / "net.py").write_text("from blocks import block\ndef make(n=4):\n    return block(n)\n")
+    exe = os.path.join(os.path.dirname(sys.executable), "torchinit")
+    env = {**os.environ, "PYTHONPATH": ""}
+    for model, cwd in (("mypkg.models:make", pkg.parent), (f"{pkg / 'net.py'}:make", tmp_path)):
+        r = subprocess.run([exe, "plan", model, "--policy", "kaiming"], cwd=cwd, env=env,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, (model, r.stderr)
+        assert "weight" in r.stdout

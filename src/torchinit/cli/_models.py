@@ -74,6 +74,13 @@ def parse_kwargs(text: str | None) -> dict[str, Any]:
     return value
 
 
+def _import_from(folder: str) -> None:
+    """Put ``folder`` first on ``sys.path`` (once), as Python does for the script's folder or,
+    under ``python -m``, the current one; the ``torchinit`` console script gets neither."""
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+
+
 def resolve_factory(spec: str) -> tuple[str, Callable[..., Any]]:
     """Return ``(description, callable)`` for a MODEL spec (see module docstring)."""
     if not isinstance(spec, str) or not spec:
@@ -92,6 +99,7 @@ def resolve_factory(spec: str) -> tuple[str, Callable[..., Any]]:
         path = os.path.abspath(target)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"model file not found: {target}")
+        _import_from(os.path.dirname(path))  # as `python file.py`: modules beside it import
         mod_name = f"_torchinit_user_model_{abs(hash(path))}"
         loader_spec = importlib.util.spec_from_file_location(mod_name, path)
         if loader_spec is None or loader_spec.loader is None:
@@ -107,6 +115,7 @@ def resolve_factory(spec: str) -> tuple[str, Callable[..., Any]]:
             sys.modules.pop(mod_name, None)
             raise
     else:
+        _import_from(os.getcwd())  # as `python -m`: packages in the current folder import
         try:
             module = importlib.import_module(target)
         except ModuleNotFoundError as exc:
