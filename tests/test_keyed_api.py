@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import types
+import os
 import warnings
 
 import pytest
@@ -56,7 +57,7 @@ def test_non_float_tensors_raise_a_type_error_naming_the_dtype_before_writing(dt
     with pytest.raises(TypeError, match=f"dtype {dtype}"):
         torchinit.kaiming_uniform_(t, key=Key(0))
     assert torch.equal(t, before)
-    with pytest.raises(TypeError, match=f"has dtype {dtype}"):
+    with pytest.raises(TypeError, match=f"^keyed engine: dtype {dtype}; key= fills floating-point"):
         sample(S.Normal(0, 1), Key(0), (3,), dtype=dtype)
 
 
@@ -174,3 +175,135 @@ def test_float8_is_refused_before_writing():
     with pytest.raises(TypeError, match=r"dtype torch.float8_e4m3fn; key= fills floating-point tensors only"):
         torchinit.normal_(t, key=torchinit.Key(0))
     assert (t.float() == 0).all()
+
+
+def test_global_shapes_with_more_than_int64_elements_are_refused():
+    out = torch.zeros(2, 3)
+    for gshape, off in [((2**32, 2**32), (2**32 - 2, 0)), ((2**62, 2, 3), (0, 0, 0)), ((2**63, 3), (0, 0))]:
+        with pytest.raises(ValueError, match=r"global_shape .* elements, more than 2\*\*63 - 1"):
+            fill_region_(out if len(gshape) == 2 else out[None], S.Normal(0, 1), Key(0), gshape, off)
+        with pytest.raises(ValueError, match=r"more than 2\*\*63 - 1"):
+            sample(S.Normal(0, 1), Key(0), gshape, offsets=off, sizes=(1,) * len(gshape))
+    assert bool((out == 0).all())
+    assert sample(S.Normal(0, 1), Key(0), (2**63 - 1,), offsets=(2**63 - 4,), sizes=(3,)).shape == (3,)
+
+
+def test_offsets_and_shapes_must_be_ints():
+    import numpy as np
+
+    with pytest.raises(TypeError, match=r"offsets must be a sequence of ints, got \(1.0, 0\)"):
+        fill_region_(torch.zeros(2, 2), S.Normal(0, 1), Key(0), (4, 4), (1.0, 0))
+    with pytest.raises(TypeError, match="global_shape must be a sequence of ints"):
+        sample(S.Normal(0, 1), Key(0), (4.0,))
+    assert sample(S.Normal(0, 1), Key(0), (np.int64(4), torch.tensor(2))).shape == (4, 2)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda z: z[:4].view(1, 4).expand(3, 4), lambda z: z.as_strided((4, 2), (0, 1)),
+     lambda z: z.as_strided((3, 3), (1, 1)), lambda z: z.as_strided((2, 3), (2, 1))],
+    ids=["expand", "zero_stride", "as_strided_overlap", "as_strided_partial"],
+)
+@pytest.mark.parametrize("spec", [S.Normal(0, 1), S.Uniform(-1, 1), S.Constant(2.0), S.Eye(), S.Sparse(0.5, 1.0)], ids=repr)
+def test_overlapping_memory_is_refused_before_writing(make, spec, restore_settings):
+    for backend in ["reference"] + (["native"] if B.native_available() else []):
+        set_backend(backend)
+        z = torch.zeros(16)
+        with pytest.raises(ValueError, match=r"out \(shape .*\) has overlapping memory"):
+            fill_(make(z), spec, Key(0))
+        assert bool((z == 0).all())
+
+
+def test_exotic_non_overlapping_layouts_are_filled(same_bits):
+    z = torch.zeros(8)
+    t = z.as_strided((3, 2), (2, 3))  # offsets 0 3 2 5 4 7: interleaved, but all distinct
+    fill_(t, S.Normal(0, 1), Key(0))
+    same_bits(t.contiguous(), sample(S.Normal(0, 1), Key(0), (3, 2)))
+    assert z[1] == 0 and z[6] == 0
+
+
+def test_inference_tensors_are_filled_only_in_inference_mode(restore_settings, same_bits):
+    for backend in ["reference"] + (["native"] if B.native_available() else []):
+        set_backend(backend)
+        for spec in (S.Normal(0, 1), S.Constant(3.0)):
+            with torch.inference_mode():
+                t = torch.zeros(3, 4)
+            with pytest.raises(RuntimeError, match=r"out is an inference tensor .* only inside torch.inference_mode"):
+                fill_(t, spec, Key(0))
+            assert bool((t == 0).all())  # refused before writing, on every backend
+            with torch.inference_mode():
+                fill_(t, spec, Key(0))
+            same_bits(t.clone(), sample(spec, Key(0), (3, 4)))
+
+
+@pytest.fixture
+def restore_settings():
+    b, t, c = B.get_backend(), B._num_threads, B.get_chunk_size()
+    yield
+    set_backend(b)
+    set_num_threads(t)
+    set_chunk_size(c)
+
+
+@pytest.mark.skipif(not B.native_available(), reason="native kernel not built")
+def test_huge_chunk_sizes_and_thread_counts_still_fill(restore_settings, same_bits):
+    set_backend("native")
+    ref = sample(S.Normal(0, 1), Key(0), (100, 7))
+    for chunk in (2**62, 2**63 - 1):  # (total + chunk - 1) overflowed int64: nothing was written
+        for threads in (1, 3, 2**31 - 1):
+            set_chunk_size(chunk)
+            set_num_threads(threads)
+            t = torch.full((100, 7), 7.0)
+            fill_(t, S.Normal(0, 1), Key(0))
+            same_bits(t, ref)
+    # beyond the kernel's C types: refused by the setters, not by every later fill
+    with pytest.raises(ValueError, match=r"set_chunk_size: n must be a positive int, got 9223372036854775808 \(at most"):
+        set_chunk_size(2**63)
+    with pytest.raises(ValueError, match=r"set_num_threads: n must be a positive int or None, got 2147483648 \(at most"):
+        set_num_threads(2**31)
+
+
+@pytest.mark.parametrize(
+    "spec,dtype",
+    [(S.Uniform(-3e38, 3e38), torch.float32), (S.Uniform(-3e38, 3e38), torch.bfloat16),
+     (S.Uniform(-1.7e308, 1.7e308), torch.float64), (S.Normal(0, 1e39), torch.float16),
+     (S.TruncatedNormal(0, 1e39, -1e39, 1e39), torch.float32)],
+    ids=str,
+)
+def test_constants_that_overflow_the_compute_precision_raise(spec, dtype, restore_settings):
+    """Uniform(-3e38, 3e38) in float32 has high - low = inf: every value would be high (or nan)."""
+    for backend in ["reference"] + (["native"] if B.native_available() else []):
+        set_backend(backend)
+        t = torch.zeros(50, dtype=dtype)
+        with pytest.raises(ValueError, match=r"cannot be filled into .* are not finite in float(32|64)"):
+            fill_(t, spec, Key(0))
+        assert bool((t == 0).all())
+    wide = sample(S.Uniform(-3e38, 3e38), Key(0), (1000,), dtype=torch.float64)  # fine in float64
+    assert wide.min() < -1e38 and wide.max() > 1e38
+
+
+def test_key_refuses_bool_and_non_integer_tensors_with_its_own_message():
+    for seed in (torch.tensor(True), torch.tensor(3.0), torch.tensor([1, 2])):
+        with pytest.raises(TypeError, match=r"Key: seed must be an int in \[0, 2\*\*64\), got Tensor"):
+            Key(seed)
+
+
+def test_unbuilt_extension_warning_says_so_and_points_at_user_code(tmp_path):
+    # an install where pip could not compile the kernel: the package without the .so
+    import shutil
+    import subprocess
+
+    pkg = tmp_path / "torchinit"
+    shutil.copytree(os.path.dirname(torchinit.__file__), pkg,
+                    ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
+    script = tmp_path / "user_code.py"
+    script.write_text("import torch, torchinit\n"
+                      "torchinit.keyed.fill_(torch.empty(8), torchinit.specs.Normal(0, 1), torchinit.Key(0))\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    env.pop("TORCHINIT_BACKEND", None)
+    r = subprocess.run([sys.executable, "-W", "always", str(script)], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("RuntimeWarning") == 1
+    assert "user_code.py:2: RuntimeWarning" in r.stderr  # the user's line, not torchinit's
+    assert "C extension was not built when torchinit was installed" in r.stderr

@@ -198,3 +198,73 @@ def test_orthogonal_and_sparse_identical_across_backends(restore_backend, same_b
         set_backend("reference")
         b = sample(spec, KEY, shape)
         same_bits(a, b)
+
+
+@pytest.mark.parametrize("backend", ["reference"] + (["native"] if B.native_available() else []))
+def test_float64_words_beyond_int64_in_sparse_boxes(backend, restore_backend, same_bits):
+    """float64 element i uses words 2i and 2i + 1, which pass 2**63 for i >= 2**62: a box of
+    narrow columns of a huge tensor (indices far apart) gets them from the definition."""
+    from torchinit.keyed import philox4x32
+
+    set_backend(backend)
+    k0, k1 = KEY.philox_key
+
+    def word(j):  # docs/keyed-stream.md, section 3
+        block = 8 * (j >> 5) + (j & 7)
+        return philox4x32([block & 0xFFFFFFFF, block >> 32, 0, 0], [k0, k1])[(j >> 3) & 3]
+
+    gshape, off = (4, 2**61 - 1), (0, 5)
+    got = sample(S.Uniform(0, 1), KEY, gshape, offsets=off, sizes=(4, 2), dtype=torch.float64)
+    want = torch.tensor([[((word(2 * i) << 20) | (word(2 * i + 1) >> 12)) * 2.0**-52
+                          for i in (r * gshape[1] + c for c in (5, 6))] for r in range(4)], dtype=torch.float64)
+    same_bits(got, want)
+    for spec in (S.Normal(0, 1), S.TruncatedNormal(0, 1, -2, 2)):  # each row alone: dense indices
+        rows = [sample(spec, KEY, gshape, offsets=(r, 5), sizes=(1, 2), dtype=torch.float64) for r in range(4)]
+        same_bits(sample(spec, KEY, gshape, offsets=off, sizes=(4, 2), dtype=torch.float64), torch.cat(rows))
+
+
+def test_neg_bit_views_get_the_logical_values(restore_backend, same_bits):
+    for backend in ["reference"] + (["native"] if B.native_available() else []):
+        set_backend(backend)
+        t = torch._neg_view(torch.zeros(5, 7))
+        assert t.is_neg() and t.is_contiguous()
+        fill_(t, S.Uniform(0.5, 1.0), KEY)
+        same_bits(t.resolve_neg(), sample(S.Uniform(0.5, 1.0), KEY, (5, 7)))
+
+
+@native_only
+def test_native_fill_from_a_thread_with_a_small_stack():
+    """A kernel batch takes about 170 KiB of stack: from a Python thread started after
+    threading.stack_size(128 KiB) the kernel hands the work to its own threads (it used to
+    overflow the caller's stack and crash)."""
+    import subprocess
+    import sys
+
+    code = """
+import threading, torch
+from torchinit import specs as S
+from torchinit.keyed import Key, fill_, set_backend, set_num_threads
+set_backend("native")
+threading.stack_size(128 * 1024)
+out = []
+def work():
+    for threads in (1, 2):
+        set_num_threads(threads)
+        for dt in (torch.float32, torch.float64, torch.bfloat16):
+            for spec in (S.Normal(0, 1), S.TruncatedNormal(-3, 1, -0.5, 0.5), S.Uniform(-1, 1)):
+                t = torch.empty(5000, dtype=dt)
+                fill_(t, spec, Key(3, "stack"))
+                out.append(float(t.double().sum()))
+th = threading.Thread(target=work)
+th.start()
+th.join()
+print(repr(out))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    want = []
+    for _ in (1, 2):
+        for dt in (torch.float32, torch.float64, torch.bfloat16):
+            for spec in (S.Normal(0, 1), S.TruncatedNormal(-3, 1, -0.5, 0.5), S.Uniform(-1, 1)):
+                want.append(float(sample(spec, Key(3, "stack"), (5000,), dtype=dt).double().sum()))
+    assert eval(proc.stdout.strip()) == want

@@ -1238,6 +1238,38 @@ static void *thread_main(void *arg) {
     return NULL;
 }
 
+/* least stack of the kernel's worker threads (where the default is smaller), and the least
+   free stack of the calling thread for it to do a share itself (a batch needs about 170 KiB) */
+#define KERNEL_STACK ((size_t)4 << 20)
+#define KERNEL_STACK_NEED ((size_t)512 << 10)
+
+/* bytes of stack left below this frame in the calling thread (SIZE_MAX if unknown). The
+   stack's low end is looked up once per thread (for the main thread glibc reads
+   /proc/self/maps to find it) and cached. */
+static _Thread_local uintptr_t t_stack_lo;
+static _Thread_local int t_stack_known; /* 0: not yet looked up, 1: known, -1: unknown */
+
+static size_t stack_left(void) {
+    char here;
+    if (t_stack_known == 0) {
+        t_stack_known = -1;
+#if defined(__linux__)
+        pthread_attr_t a;
+        void *lo = NULL;
+        size_t size = 0;
+        if (pthread_getattr_np(pthread_self(), &a) == 0) {
+            if (pthread_attr_getstack(&a, &lo, &size) == 0 && lo != NULL && (uintptr_t)&here > (uintptr_t)lo) {
+                t_stack_lo = (uintptr_t)lo;
+                t_stack_known = 1;
+            }
+            pthread_attr_destroy(&a);
+        }
+#endif
+    }
+    if (t_stack_known != 1 || (uintptr_t)&here < t_stack_lo) return (size_t)-1;
+    return (size_t)((uintptr_t)&here - t_stack_lo); /* the stack grows down */
+}
+
 static int seq_to_i64(PyObject *seq, int64_t *dst, int maxn, const char *what) {
     PyObject *fast = PySequence_Fast(seq, what);
     if (!fast) return -1;
@@ -1325,28 +1357,46 @@ static PyObject *py_fill(PyObject *self, PyObject *args) {
     J.big = (double)total * J.esize >= g_nt_min_bytes;
     J.nt = J.big && (kind == K_UNIFORM || dtype == DT_U32);
 
-    int64_t nchunks = (total + chunk - 1) / chunk;
+    int64_t nchunks = total / chunk + (total % chunk != 0); /* no int64 overflow for any chunk */
     int T = nthreads;
     if (T > nchunks) T = (int)nchunks;
     if (T > 256) T = 256;
+    /* A batch takes about 170 KiB of stack (SEG-sized scratch arrays). The worker threads get
+       KERNEL_STACK explicitly (the default is 128 KiB on some libcs); the calling thread does
+       its share itself only if its own stack has room (a Python thread started after
+       threading.stack_size(128 * 1024) has not), else a worker does it. */
+    int self_share = stack_left() >= KERNEL_STACK_NEED; /* 1: this thread does share 0 */
     Py_BEGIN_ALLOW_THREADS;
-    if (T <= 1) {
+    if (T <= 1 && self_share) {
         run_chunks(&J, 0, nchunks);
         fence();
     } else {
+        if (T < 1) T = 1;
         pthread_t th[256];
         targ_t ta[256];
         int started[256];
+        pthread_attr_t attr;
+        size_t dflt = 0;
+        int have_attr = pthread_attr_init(&attr) == 0;
+        if (have_attr && (pthread_attr_getstacksize(&attr, &dflt) != 0 || dflt >= KERNEL_STACK ||
+                          pthread_attr_setstacksize(&attr, KERNEL_STACK) != 0)) {
+            pthread_attr_destroy(&attr); /* the default stack is large enough (or cannot be set) */
+            have_attr = 0;
+        }
         for (int t = 0; t < T; t++) {
             ta[t].J = &J;
             ta[t].c0 = nchunks * t / T;
             ta[t].c1 = nchunks * (t + 1) / T;
             started[t] = 0;
         }
-        for (int t = 1; t < T; t++) started[t] = pthread_create(&th[t], NULL, thread_main, &ta[t]) == 0;
-        run_chunks(&J, ta[0].c0, ta[0].c1);
-        fence();
-        for (int t = 1; t < T; t++) {
+        for (int t = self_share; t < T; t++)
+            started[t] = pthread_create(&th[t], have_attr ? &attr : NULL, thread_main, &ta[t]) == 0;
+        if (have_attr) pthread_attr_destroy(&attr);
+        if (self_share) {
+            run_chunks(&J, ta[0].c0, ta[0].c1);
+            fence();
+        }
+        for (int t = self_share; t < T; t++) {
             if (started[t])
                 pthread_join(th[t], NULL);
             else {

@@ -33,7 +33,17 @@ try:  # pragma: no cover - depends on the build
         raise ImportError(f"native kernel has stream version {getattr(_native_mod, 'STREAM_VERSION', None)}, need 1")
     _native = _native_mod
 except Exception as exc:  # ImportError, or a broken build
-    _native_error = f"{type(exc).__name__}: {exc}"
+    from importlib.machinery import EXTENSION_SUFFIXES as _SUFFIXES
+
+    _here = os.path.dirname(__file__)
+    if isinstance(exc, ImportError) and not any(os.path.exists(os.path.join(_here, "_native" + sfx))
+                                                 for sfx in _SUFFIXES):
+        # the usual case: pip could not compile it (no C compiler) and installed without it
+        _native_error = ("the C extension was not built when torchinit was installed, probably for lack of a "
+                         "C compiler; to get it, install gcc and reinstall torchinit with "
+                         "`pip install --force-reinstall --no-deps --no-cache-dir ...`")
+    else:
+        _native_error = f"{type(exc).__name__}: {exc}"
 
 _warned = False
 _backend: str | None = None
@@ -46,7 +56,18 @@ def _warn_once(msg: str) -> None:
     global _warned
     if not _warned:
         _warned = True
-        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+        warnings.warn(msg, RuntimeWarning, stacklevel=_caller_level())
+
+
+def _caller_level() -> int:
+    """``stacklevel`` of the first frame outside torchinit, so the warning names user code."""
+    import sys
+
+    pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frame, level = sys._getframe(2), 2  # 1: _warn_once's caller's frame is level 2 from warn()
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(pkg + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def native_available() -> bool:
@@ -91,8 +112,8 @@ def set_backend(name: str) -> None:
 def set_num_threads(n: int | None) -> None:
     """Threads used by the native kernel (``None``: follow ``torch.get_num_threads()``)."""
     global _num_threads
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise ValueError(f"set_num_threads: n must be a positive int or None, got {n!r}")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 1 <= n < 2**31):
+        raise ValueError(f"set_num_threads: n must be a positive int or None, got {n!r} (at most 2**31 - 1)")
     _num_threads = n
 
 
@@ -104,8 +125,8 @@ def get_num_threads() -> int:
 def set_chunk_size(n: int) -> None:
     """Elements per work chunk (a tuning knob; values never depend on it)."""
     global _chunk
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"set_chunk_size: n must be a positive int, got {n!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n < 2**63:
+        raise ValueError(f"set_chunk_size: n must be a positive int, got {n!r} (at most 2**63 - 1)")
     _chunk = n
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 import struct
 from dataclasses import dataclass
 from typing import Sequence
@@ -89,21 +90,27 @@ def _check_dtype(dtype: torch.dtype, what: str = "tensor") -> None:
     # float8 and other exotic floats are refused: the stream's bound clamping and
     # rounding rules (docs/keyed-stream.md, section 6) are defined for these four only.
     if dtype not in _KEYED_DTYPES:
+        subject = f"dtype {dtype}" if what == "dtype" else f"{what} has dtype {dtype}"
         raise TypeError(
-            f"keyed engine: {what} has dtype {dtype}; key= fills floating-point tensors only "
+            f"keyed engine: {subject}; key= fills floating-point tensors only "
             "(float16, bfloat16, float32, float64)"
         )
 
 
 def _norm_shape(name: str, v) -> tuple[int, ...]:
     try:
-        out = tuple(int(x) for x in v)
+        items = tuple(v)
+        # operator.index: ints and integer scalars (numpy, 0-d torch) only, never 2.0
+        out = tuple(operator.index(x) for x in items)
     except TypeError:
         raise TypeError(f"{name} must be a sequence of ints, got {v!r}") from None
-    for x, orig in zip(out, v):
-        if isinstance(orig, bool) or x != orig:
+    for orig in items:
+        if isinstance(orig, bool):
             raise TypeError(f"{name} must be a sequence of ints, got {v!r}")
     return out
+
+
+_MAX_NUMEL = 2**63 - 1
 
 
 def _check_box(global_shape, offsets, sizes) -> None:
@@ -118,6 +125,50 @@ def _check_box(global_shape, offsets, sizes) -> None:
                 f"box outside the global shape in dim {d}: offset {o} + size {s} > {g} "
                 f"(global_shape {tuple(global_shape)}, offsets {tuple(offsets)}, sizes {tuple(sizes)})"
             )
+    if math.prod(global_shape) > _MAX_NUMEL:
+        # element indices (and the kernels' strides) are int64
+        raise ValueError(
+            f"global_shape {tuple(global_shape)} has {math.prod(global_shape)} elements, "
+            f"more than 2**63 - 1"
+        )
+
+
+#: tensors with an unusual layout up to this many elements get the exact overlap test
+_EXACT_OVERLAP_MAX = 1 << 24
+
+
+def _has_internal_overlap(t: Tensor) -> bool:
+    """Whether two elements of ``t`` share a memory location (expand(), as_strided())."""
+    if t.is_contiguous() or t.numel() <= 1:
+        return False
+    dims = sorted((st, sz) for st, sz in zip(t.stride(), t.shape) if sz > 1)
+    reach = 0  # largest offset the smaller-stride dims reach
+    for st, sz in dims:
+        if st <= reach:
+            break
+        reach += st * (sz - 1)
+    else:
+        return False  # each stride exceeds everything below it: offsets are unique
+    if t.numel() > _EXACT_OVERLAP_MAX:
+        return True  # cannot cheaply prove otherwise: refuse rather than risk garbage
+    offs = torch.zeros((), dtype=torch.int64)
+    for st, sz in dims:
+        offs = (offs.unsqueeze(-1) + torch.arange(sz, dtype=torch.int64) * st).reshape(-1)
+    return int(torch.unique(offs).numel()) != int(offs.numel())
+
+
+def _check_writable(out: Tensor) -> None:
+    if out.is_inference() and not torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            "out is an inference tensor (created under torch.inference_mode()); in-place fills "
+            "of it are allowed only inside torch.inference_mode(): fill it there, or clone() it first"
+        )
+    if _has_internal_overlap(out):
+        raise ValueError(
+            f"out (shape {tuple(out.shape)}, strides {tuple(out.stride())}) has overlapping memory: "
+            "several elements share one memory location (expand(), as_strided() with zero or "
+            "small strides), so they cannot hold different values; fill a clone() instead"
+        )
 
 
 # ----------------------------------------------------------------------------------
@@ -205,6 +256,14 @@ def _spec_constants(spec: S.Spec, dtype: torch.dtype):
         raise TypeError(f"kernel_params: {type(spec).__name__} is not an elementwise spec")
     # "+ 0.0" turns -0.0 into +0.0: equal specs (0.0 == -0.0) must give identical bits
     c = tuple(rnd(float(v)) + 0.0 for v in c)
+    if not all(math.isfinite(v) for v in c):
+        # e.g. Uniform(-3e38, 3e38): high - low overflows float32, and c0 + inf * u is +-inf or nan
+        names = {K.KIND_UNIFORM: "(low, high - low)", K.KIND_NORMAL: "(mean, std)"}.get(kind, "(mean, std)")
+        raise ValueError(
+            f"{spec!r} cannot be filled into {dtype}: its constants {names} = "
+            f"{tuple(c[:2])} are not finite in {'float64' if wide else 'float32'}, the compute "
+            f"precision; narrow the parameters{'' if wide else ' or use a float64 tensor'}"
+        )
     return kind, mode, clamp, c, lo + 0.0, hi + 0.0
 
 
@@ -227,9 +286,14 @@ def _collapse(gshape, offsets, sizes):
 
 def _native_fill_(out: Tensor, kp: KernelParams, dt_code: int, gshape, offsets, sizes) -> None:
     g, o, s = _collapse(gshape, offsets, sizes)
+    total = max(1, math.prod(s))
+    # values never depend on these; clamped (the kernel uses at most 256 threads and one
+    # chunk of the whole box at most) so that no chunk/thread arithmetic can overflow
+    chunk = min(B.get_chunk_size(), total)
+    threads = min(B.get_num_threads(), 256)
     B.native_module().fill(
         out.data_ptr(), dt_code, kp.kind, kp.mode, int(kp.clamp), kp.k0, kp.k1, kp.sub,
-        kp.c, kp.lo, kp.hi, g, o, s, B.get_num_threads(), B.get_chunk_size(),
+        kp.c, kp.lo, kp.hi, g, o, s, threads, chunk,
     )
 
 
@@ -239,9 +303,10 @@ def _use_native(device: torch.device) -> bool:
 
 def _elementwise_region_(out: Tensor, spec: S.Spec, key: Key, gshape, offsets) -> Tensor:
     sizes = tuple(out.shape)
-    compute = out.dtype if out.dtype in _DT_CODE else torch.float32
+    compute = out.dtype  # one of _KEYED_DTYPES, each a kernel output type (checked by fill_region_)
     kp = kernel_params(spec, key, compute)
-    direct = compute == out.dtype and out.is_contiguous()
+    # a neg-bit view (torch._neg_view) reads its memory negated: write it through copy_
+    direct = out.is_contiguous() and not out.is_neg()
     if _use_native(out.device):
         target = out if direct else torch.empty(sizes, dtype=compute)
         _native_fill_(target, kp, _DT_CODE[compute], gshape, offsets, sizes)
@@ -264,7 +329,8 @@ def raw_words(key: Key, sub: int, global_shape: Sequence[int], offsets: Sequence
               device: torch.device | str = "cpu") -> Tensor:
     """Raw 32-bit stream words (int64 tensor of the box shape) of sub-stream ``sub``.
 
-    Word of element i is lane ``i & 3`` of Philox block ``i >> 2`` (the float32 layout).
+    Word of element i is word ``W[i]`` of docs/keyed-stream.md section 3 (the float32
+    layout: lane ``(i >> 3) & 3`` of Philox block ``8 (i >> 5) + (i & 7)``).
     """
     k0, k1 = key.philox_key
     kp = KernelParams(K.KIND_BITS, 0, False, k0, k1, sub, (0.0, 0.0, 0.0, 0.0), 0.0, 0.0)
@@ -379,6 +445,7 @@ def fill_region_(out: Tensor, spec: S.Spec, key: Key, global_shape: Sequence[int
         )
     _check_box(gshape, offs, tuple(out.shape))
     spec.check_shape(gshape)
+    _check_writable(out)
     with torch.no_grad():
         if out.numel() == 0 or out.is_meta:
             return out

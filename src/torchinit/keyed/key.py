@@ -35,11 +35,17 @@ class Key:
 
     def __init__(self, seed: int, path: str = "") -> None:
         if isinstance(seed, bool) or not isinstance(seed, int):
-            # accept numpy / torch integer scalars that know __index__
+            # accept numpy / torch integer scalars that know __index__ (not booleans:
+            # torch.tensor(True) has __index__ too)
             index = getattr(seed, "__index__", None)
-            if isinstance(seed, bool) or index is None or isinstance(seed, float):
-                raise TypeError(f"Key: seed must be an int in [0, 2**64), got {type(seed).__name__} {seed!r}")
-            seed = index()
+            is_bool = "bool" in str(getattr(seed, "dtype", ""))
+            bad = f"Key: seed must be an int in [0, 2**64), got {type(seed).__name__} {seed!r}"
+            if isinstance(seed, bool) or index is None or isinstance(seed, float) or is_bool:
+                raise TypeError(bad)
+            try:
+                seed = index()
+            except TypeError:  # e.g. a float or multi-element tensor
+                raise TypeError(bad) from None
         if not 0 <= seed < _MAX_SEED:
             raise ValueError(f"Key: seed must be in [0, 2**64), got {seed}")
         if not isinstance(path, str):

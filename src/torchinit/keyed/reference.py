@@ -66,10 +66,12 @@ def box_indices(global_shape: Sequence[int], offsets: Sequence[int], sizes: Sequ
     return idx.reshape(-1)
 
 
-def _word_values(j: Tensor, k0: int, k1: int, sub: int) -> Tensor:
-    """Stream word j: lane (j >> 3) & 3 of Philox block 8 (j >> 5) + (j & 7) (groups of 32 words)."""
-    block = ((j >> 5) << 3) | (j & 7)
-    lane = (j >> 3) & 3
+def _word_values(group: Tensor, within: Tensor, k0: int, k1: int, sub: int) -> Tensor:
+    """Stream word j = 32 group + within (0 <= within < 32): lane (j >> 3) & 3 of Philox
+    block 8 (j >> 5) + (j & 7). The word index is passed split so that it may exceed int64
+    (float64 elements i >= 2**62 use words 2i, 2i + 1 >= 2**63)."""
+    block = (group << 3) | (within & 7)
+    lane = within >> 3
     c0 = block & _MASK32
     c1 = block >> 32
     c2 = torch.full_like(block, sub)
@@ -109,9 +111,10 @@ def _words(idx: Tensor, wide: bool, k0: int, k1: int, sub: int) -> tuple[Tensor,
                 rel = 2 * (idx - lo)
                 return words[rel], words[rel + 1]
             return words[idx - lo], None
-    if wide:
-        return _word_values(2 * idx, k0, k1, sub), _word_values(2 * idx + 1, k0, k1, sub)
-    return _word_values(idx, k0, k1, sub), None
+    if wide:  # words 2i and 2i + 1: group i >> 4, within 2 (i & 15) (+ 1), never formed as 2i
+        group, within = idx >> 4, (idx & 15) << 1
+        return _word_values(group, within, k0, k1, sub), _word_values(group, within + 1, k0, k1, sub)
+    return _word_values(idx >> 5, idx & 31, k0, k1, sub), None
 
 
 def _f32(x: float) -> float:
