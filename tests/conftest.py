@@ -63,3 +63,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(prev)
+
+
+@pytest.fixture
+def restore_backend():
+    """Put the keyed engine's backend, thread count and chunk size back after the test."""
+    from torchinit.keyed import backend as B
+
+    b, t, c = B.get_backend(), B._num_threads, B.get_chunk_size()
+    yield
+    B.set_backend(b)
+    B.set_num_threads(t)
+    B.set_chunk_size(c)

@@ -205,7 +205,7 @@ def test_offsets_and_shapes_must_be_ints():
     ids=["expand", "zero_stride", "as_strided_overlap", "as_strided_partial"],
 )
 @pytest.mark.parametrize("spec", [S.Normal(0, 1), S.Uniform(-1, 1), S.Constant(2.0), S.Eye(), S.Sparse(0.5, 1.0)], ids=repr)
-def test_overlapping_memory_is_refused_before_writing(make, spec, restore_settings):
+def test_overlapping_memory_is_refused_before_writing(make, spec, restore_backend):
     for backend in ["reference"] + (["native"] if B.native_available() else []):
         set_backend(backend)
         z = torch.zeros(16)
@@ -222,7 +222,7 @@ def test_exotic_non_overlapping_layouts_are_filled(same_bits):
     assert z[1] == 0 and z[6] == 0
 
 
-def test_inference_tensors_are_filled_only_in_inference_mode(restore_settings, same_bits):
+def test_inference_tensors_are_filled_only_in_inference_mode(restore_backend, same_bits):
     for backend in ["reference"] + (["native"] if B.native_available() else []):
         set_backend(backend)
         for spec in (S.Normal(0, 1), S.Constant(3.0)):
@@ -236,17 +236,8 @@ def test_inference_tensors_are_filled_only_in_inference_mode(restore_settings, s
             same_bits(t.clone(), sample(spec, Key(0), (3, 4)))
 
 
-@pytest.fixture
-def restore_settings():
-    b, t, c = B.get_backend(), B._num_threads, B.get_chunk_size()
-    yield
-    set_backend(b)
-    set_num_threads(t)
-    set_chunk_size(c)
-
-
 @pytest.mark.skipif(not B.native_available(), reason="native kernel not built")
-def test_huge_chunk_sizes_and_thread_counts_still_fill(restore_settings, same_bits):
+def test_huge_chunk_sizes_and_thread_counts_still_fill(restore_backend, same_bits):
     set_backend("native")
     ref = sample(S.Normal(0, 1), Key(0), (100, 7))
     for chunk in (2**62, 2**63 - 1):  # (total + chunk - 1) overflowed int64: nothing was written
@@ -270,7 +261,7 @@ def test_huge_chunk_sizes_and_thread_counts_still_fill(restore_settings, same_bi
      (S.TruncatedNormal(0, 1e39, -1e39, 1e39), torch.float32)],
     ids=str,
 )
-def test_constants_that_overflow_the_compute_precision_raise(spec, dtype, restore_settings):
+def test_constants_that_overflow_the_compute_precision_raise(spec, dtype, restore_backend):
     """Uniform(-3e38, 3e38) in float32 has high - low = inf: every value would be high (or nan)."""
     for backend in ["reference"] + (["native"] if B.native_available() else []):
         set_backend(backend)

@@ -25,15 +25,6 @@ DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 KEY = Key(11, "inv")
 
 
-@pytest.fixture
-def restore_backend():
-    b, t, c = B.get_backend(), B._num_threads, B.get_chunk_size()
-    yield
-    set_backend(b)
-    set_num_threads(t)
-    set_chunk_size(c)
-
-
 @native_only
 @pytest.mark.parametrize("spec", ELEMENTWISE, ids=repr)
 def test_threads_and_chunk_sizes_do_not_change_values(spec, restore_backend, same_bits):

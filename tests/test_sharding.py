@@ -5,6 +5,7 @@ computed in THIS (the parent) process."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import traceback
@@ -112,9 +113,24 @@ def _check_model(label, model, refs, failures):
             failures.append(f"{label}: {k} differs from single-process init")
 
 
+@contextlib.contextmanager
+def _rank_report(rank: int, result_dir: str, failures: list[str]):
+    """Run a rank's checks: an exception becomes a failure; the failures go to
+    ``rank{rank}.txt`` (empty: all passed) and the process group is destroyed."""
+    try:
+        yield
+    except Exception:
+        failures.append(traceback.format_exc())
+    finally:
+        with open(os.path.join(result_dir, f"rank{rank}.txt"), "w") as fh:
+            fh.write("\n".join(failures))
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def _worker(rank, world, init_method, refs, result_dir):
     failures: list[str] = []
-    try:
+    with _rank_report(rank, result_dir, failures):
         torch.set_num_threads(1)
         dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world)
         from torch.distributed.device_mesh import init_device_mesh
@@ -241,13 +257,6 @@ def _worker(rank, world, init_method, refs, result_dir):
         dist.barrier()
         if rank == 0 and os.environ.get("TORCHINIT_TEST_TIMING"):
             print(f"world {world}: raw DTensors {t1 - t0:.1f} s, models {time.perf_counter() - t1:.1f} s")
-    except Exception:
-        failures.append(traceback.format_exc())
-    finally:
-        with open(os.path.join(result_dir, f"rank{rank}.txt"), "w") as fh:
-            fh.write("\n".join(failures))
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
@@ -301,7 +310,7 @@ def _detection_signature(p):
 
 def _detect_worker(rank, world, init_method, result_dir):
     failures: list[str] = []
-    try:
+    with _rank_report(rank, result_dir, failures):
         torch.set_num_threads(1)
         dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world)
         from torch.distributed.device_mesh import init_device_mesh
@@ -338,13 +347,6 @@ def _detect_worker(rank, world, init_method, result_dir):
                     m(example()).float().sum().backward()
                 except Exception as exc:
                     failures.append(f"{label}: forward+backward after init: {type(exc).__name__}: {exc}")
-    except Exception:
-        failures.append(traceback.format_exc())
-    finally:
-        with open(os.path.join(result_dir, f"rank{rank}.txt"), "w") as fh:
-            fh.write("\n".join(failures))
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def test_nonlinearity_detection_on_fsdp_models_runs_no_hooks(tmp_path):
