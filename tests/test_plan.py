@@ -495,3 +495,17 @@ def test_module_code_that_raises_leaves_the_model_untouched(engine):
         torchinit.init_model(model, "module", seed=0, engine=engine)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_a_name_glob_drawing_random_buffers_is_noted():
+    # qualnames globs select buffers too (documented); a random draw into BatchNorm's running
+    # statistics is almost never meant, so the plan says so (and says nothing when role or
+    # params names the tensors)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    p = torchinit.plan(net, {"rules": [{"qualnames": "1.running_*", "init": "normal"}]})
+    noted = [n for n in p.notes if "draws random values into buffer" in n]
+    assert {n.split("buffer ")[1].split(" ")[0] for n in noted} == {"'1.running_mean'", "'1.running_var'"}
+    assert "role: buffer" in noted[0]
+    for rule in ({"qualnames": "1.running_*", "init": "normal", "role": "buffer"},
+                 {"qualnames": "1.*", "init": "zeros"}):
+        assert not any("draws random values" in n for n in torchinit.plan(net, {"rules": [rule]}).notes)

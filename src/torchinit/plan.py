@@ -661,6 +661,12 @@ def plan(model: nn.Module, policy: Policy | str | Mapping | Sequence = "kaiming"
                 rule=win, name=rule.name, field=fld) from None
         zero_rows: tuple[int, ...] = ()
         spec = res["spec"]
+        if kind == "buffer" and spec is not None and spec.random and rule.role is None and rule.params is None:
+            # a name glob also selects buffers: drawing running statistics at random (a negative
+            # running_var) is rarely meant; role "buffer" or params says it is
+            ctx.notes.append(f"rule {labels[win]} draws random values into buffer {q!r} (its qualnames glob "
+                             f"selects buffers too; give it a role (weight, bias, scale) to leave buffers out, or role: buffer "
+                             f"to say this is meant)")
         if (spec is not None and spec.random and clocal == "weight" and isinstance(cmod, (nn.Embedding, nn.EmbeddingBag))
                 and getattr(cmod, "padding_idx", None) is not None):
             zero_rows = (int(cmod.padding_idx),)
