@@ -290,6 +290,7 @@ def materialize(
     """
     from . import plan as _plan  # model-level API (issue 4)
     from .plan import _apply_plan
+    from .routing import HF_INIT_STEP
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"materialize expects an nn.Module, got {type(model).__name__}")
@@ -301,8 +302,9 @@ def materialize(
     if device.type == "meta":
         raise ValueError("materialize: device='meta' allocates nothing; pass a real device such as 'cpu' or 'cuda'")
     total = _check_model(model, device)
-    meta_names = {name for name, _, _ in meta_tensors(model)}
-    empty = {name for name, _, t in meta_tensors(model) if t.numel() == 0}  # nothing to initialize
+    metas = list(meta_tensors(model))
+    meta_names = {name for name, _, _ in metas}
+    empty = {name for name, _, t in metas if t.numel() == 0}  # nothing to initialize
     if not meta_names:
         raise ValueError(
             "materialize: the model has no tensors on the meta device (nothing to allocate); "
@@ -345,7 +347,7 @@ def materialize(
         applied.update({e.name: e for e in done.entries})
 
     # init code that runs over the whole model in every batch: fewer, larger batches
-    whole_model = any(meth == "_init_weights" for e in plan_obj.entries if e.initializer == "module"
+    whole_model = any(meth == HF_INIT_STEP for e in plan_obj.entries if e.initializer == "module"
                       for _, meth in (getattr(e, "code", None) or ()))
     limit = max(BATCH_ELEMENTS, -(-total // MAX_WHOLE_MODEL_PASSES)) if whole_model else BATCH_ELEMENTS
     bar = _Progress(total, progress)

@@ -727,6 +727,7 @@ def _apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: str = "keyed
                 unwritten: list[str] | None = None) -> Plan:
     """:func:`apply_plan`; with ``unwritten`` (a list), also appends the names of the
     module-code entries whose tensors the code (keyed engine) left unwritten."""
+    from .routing import HF_INIT_STEP
     from .sharding import check_no_dtensor, is_dtensor, zero_rows_
 
     seed = _check_seed(seed)
@@ -765,7 +766,7 @@ def _apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: str = "keyed
                 raise ValueError(f"plan entry {e.name!r}: zero row {r} out of range for shape {tuple(t.shape)}")
         for path, meth in e.code:
             m = modules.get(path)
-            if m is None or (meth != "_init_weights" and not callable(getattr(m, meth, None))):
+            if m is None or (meth != HF_INIT_STEP and not callable(getattr(m, meth, None))):
                 raise ValueError(f"plan entry {e.name!r}: module {path!r} has no init method {meth!r}")
         by_name[e.name] = e
         for a in e.aliases:

@@ -508,6 +508,11 @@ def reset_method(module: nn.Module) -> str | None:
     return None
 
 
+#: The method name of the step that runs a Hugging Face model's ``_init_weights`` over all
+#: its modules (through :func:`_run_hf`, not a plain method call).
+HF_INIT_STEP = "_init_weights"
+
+
 def module_init_steps(model: nn.Module) -> list[tuple[str, str]]:
     """The init code ``"module"`` runs, in order: ``(module path, method)``.
 
@@ -530,7 +535,7 @@ def module_init_steps(model: nn.Module) -> list[tuple[str, str]]:
 
     visit("", model, set())
     for path, _ in find_hf_models(model):
-        steps.append((path, "_init_weights"))
+        steps.append((path, HF_INIT_STEP))
     return steps
 
 
@@ -633,7 +638,7 @@ def run_module_init(model: nn.Module, steps: list[tuple[str, str]], mode: KeyedI
         m = modules[path]
         if mode is not None:
             mode.scope = path
-        if meth == "_init_weights":
+        if meth == HF_INIT_STEP:
             _run_hf(m, path, mode)
         else:
             with torch.no_grad():

@@ -258,7 +258,7 @@ def _spec_constants(spec: S.Spec, dtype: torch.dtype):
     c = tuple(rnd(float(v)) + 0.0 for v in c)
     if not all(math.isfinite(v) for v in c):
         # e.g. Uniform(-3e38, 3e38): high - low overflows float32, and c0 + inf * u is +-inf or nan
-        names = {K.KIND_UNIFORM: "(low, high - low)", K.KIND_NORMAL: "(mean, std)"}.get(kind, "(mean, std)")
+        names = "(low, high - low)" if kind == K.KIND_UNIFORM else "(mean, std)"
         raise ValueError(
             f"{spec!r} cannot be filled into {dtype}: its constants {names} = "
             f"{tuple(c[:2])} are not finite in {'float64' if wide else 'float32'}, the compute "
