@@ -20,6 +20,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
+import _host  # noqa: E402  (benchmarks/ is the script's directory, first on sys.path)
 import torchinit  # noqa: E402
 from torchinit import specs as S  # noqa: E402
 from torchinit.keyed import Key, fill_, get_backend, set_num_threads  # noqa: E402
@@ -50,6 +51,7 @@ def main(argv=None) -> int:
     print(f"# keyed engine benchmark: n={n:.3g}, best of {args.repeat}, backend={get_backend()}, "
           f"avx2={B.native_module().has_avx2() if B.native_available() else None}, "
           f"torch {torch.__version__}, torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}")
+    checks = [_host.report("before")]
     t32 = torch.empty(n)
     base = {
         "fill_": n / best(lambda: t32.fill_(1.0), args.repeat) / 1e6,
@@ -88,6 +90,8 @@ def main(argv=None) -> int:
         th = threads[-1]
         print(f"bfloat16 / float32 elements/s ({th} threads): " + ", ".join(
             f"{k} {results[(k, torch.bfloat16, th)] / results[(k, torch.float32, th)]:.2f}x" for k in specs))
+    checks.append(_host.report("after"))
+    print(_host.verdict(checks))
     return 0
 
 

@@ -1,0 +1,64 @@
+"""The state of the shared host, printed beside every benchmark's figures.
+
+This machine is a VM whose two vCPUs share their physical cores with other tenants: at
+times the second vCPU gets much less than a whole core, and every two-thread figure
+(torch's and ours) drops with it, without any change of code. A quick check before and
+after a benchmark says whether its figures are usable: a fixed compute-bound workload
+(an in-cache float32 matmul) timed on one and on two threads. On an idle host two
+threads run it 1.9-2.0x as fast as one; below ``MIN_SCALING`` the host was contended.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+#: two-thread speed-up of the check below which figures are marked as taken on a contended host
+MIN_SCALING = 1.8
+
+
+def _best_rate(fn, repeat: int = 5) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return 1.0 / best
+
+
+def cpu_scaling() -> float:
+    """Two-thread over one-thread throughput of an in-cache matmul (about a second)."""
+    import torch
+
+    a = torch.randn(512, 512)
+
+    def work() -> None:
+        for _ in range(20):
+            a @ a
+
+    prev = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _best_rate(work)
+        torch.set_num_threads(2)
+        two = _best_rate(work)
+    finally:
+        torch.set_num_threads(prev)
+    return two / one
+
+
+def report(when: str) -> float:
+    """Print one line on the host's state (``when``: "before" / "after") and return the scaling."""
+    s = cpu_scaling()
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    verdict = "idle" if s >= MIN_SCALING else "CONTENDED: two-thread figures are not comparable"
+    print(f"# host {when}: load average {load}; 2-thread CPU check {s:.2f}x one thread ({verdict})", flush=True)
+    return s
+
+
+def verdict(scalings: list[float]) -> str:
+    """A closing line for a run whose checks gave ``scalings``."""
+    if min(scalings) >= MIN_SCALING:
+        return f"# host: idle before and after (2-thread check >= {MIN_SCALING}x): figures usable"
+    return (f"# host: CONTENDED during this run (2-thread check {min(scalings):.2f}x < {MIN_SCALING}x): "
+            "rerun on an idle host before comparing these figures with targets or other runs")
