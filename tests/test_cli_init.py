@@ -217,3 +217,49 @@ def test_console_script_imports_models_like_python_does(tmp_path):
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, (model, r.stderr)
         assert "weight" in r.stdout
+
+
+def test_factory_that_raises_is_a_one_line_error_naming_model_and_line(tmp_path, capsys):
+    f = tmp_path / "net.py"
+    f.write_text("import torch\n"
+                 "def build(n=4):\n"
+                 "    if n % 2:\n"
+                 "        raise ValueError('n must be even')\n"
+                 "    return torch.nn.Linear(n, n)\n"
+                 "def scaled(n=4):\n"
+                 "    s = torch.ones(1).sum().item()  # needs data: fails on meta\n"
+                 "    return torch.nn.Linear(n, int(s) * n)\n")
+    assert main(["plan", f"{f}:build", "--kwargs", '{"n": 3}']) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"model '{f}:build' raised ValueError with --kwargs {{\"n\": 3}} at {f}:4: n must be even" in err
+    assert "--no-meta" not in err  # not a meta problem
+    out = tmp_path / "w.safetensors"
+    assert main(["init", f"{f}:scaled", "--seed", "0", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"raised RuntimeError at {f}:7" in err and "pass --no-meta" in err, err
+    assert not out.exists()
+    assert main(["plan", f"{f}:scaled", "--no-meta"]) == 0  # plan, like init, can build normally
+    assert "(built with --no-meta)" in capsys.readouterr().out
+    assert main(["init", f"{f}:scaled", "--seed", "0", "--out", str(out), "--no-meta", "-q"]) == 0
+
+
+def test_load_weights_warns_about_meta_buffers_the_file_cannot_hold(tmp_path):
+    class Rotary(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4)
+            self.register_buffer("inv_freq", torch.arange(4.0), persistent=False)
+
+        def reset_parameters(self):  # recomputes the buffer, as Hugging Face's rotary init code does
+            with torch.no_grad():
+                self.inv_freq.copy_(torch.arange(4.0))
+
+    path, _ = save_weights(Rotary(), tmp_path / "r.safetensors")
+    with torch.device("meta"):
+        m = Rotary()
+    with pytest.warns(UserWarning, match=r"'inv_freq' not in .* still on the meta device .*torchinit.materialize"):
+        load_weights(path, m)
+    assert not m.lin.weight.is_meta and m.inv_freq.is_meta
+    torchinit.materialize(m, "cpu", {"rules": []}, seed=0)  # the fix the warning gives
+    assert torch.equal(m.inv_freq, torch.arange(4.0))

@@ -405,3 +405,11 @@ def test_module_code_keyword_writes_leave_allocated_tensors_alone():
     torchinit.init_model(ref, "module", seed=0)
     for k in ("0.in_proj_weight", "1.weight", "1.bias"):
         assert torch.equal(_bits(after[k]), _bits(ref.state_dict()[k])), k
+
+
+def test_uncovered_meta_tensors_error_names_rules_that_matched_nothing():
+    model = _meta("mlp")
+    with pytest.raises(ValueError, match=r"no initializer in the plan for meta tensor\(s\) .*"
+                                         r"rules that matched nothing: #0 typo"):
+        torchinit.materialize(model, "cpu", [{"name": "typo", "modules": "Linaer", "init": "zeros"}], seed=0)
+    assert all(t.is_meta for t in model.state_dict().values())

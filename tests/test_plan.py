@@ -509,3 +509,19 @@ def test_a_name_glob_drawing_random_buffers_is_noted():
     for rule in ({"qualnames": "1.running_*", "init": "normal", "role": "buffer"},
                  {"qualnames": "1.*", "init": "zeros"}):
         assert not any("draws random values" in n for n in torchinit.plan(net, {"rules": [rule]}).notes)
+
+
+def test_init_model_on_meta_tensors_is_an_error_not_a_silent_no_op():
+    with torch.device("meta"):
+        net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match=r"plan entries '0.weight', '0.bias', '2.weight' and 1 more are on the "
+                                         r"meta device .*torchinit.materialize\(model, device, policy, seed=...\)"):
+        torchinit.init_model(net, "kaiming", seed=0)
+    net[0] = nn.Linear(4, 4)  # partly allocated: nothing is written either
+    before = net[0].weight.detach().clone()
+    with pytest.raises(ValueError, match=r"'2.weight', '2.bias' are on the meta device"):
+        torchinit.init_model(net, "kaiming", seed=0)
+    assert torch.equal(net[0].weight, before)
+    p = torchinit.plan(net, "kaiming")
+    torchinit.apply_plan(net, p, seed=0, only=["0.weight"])  # the allocated tensors alone are fine
+    assert not torch.equal(net[0].weight, before)

@@ -4,6 +4,7 @@ loading, composition, serialization."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -158,3 +159,28 @@ def test_rule_matching_by_class_glob_and_subclass():
     assert p["0.weight"].rule == "#0 lin"  # subclass matches
     assert p["1.weight"].rule == "#1 conv" and p["2.weight"].rule == "#1 conv"
     assert p["2.bias"].rule == "#2 t" and "1.bias" in p.unmatched
+
+
+def test_policy_file_errors_name_the_file_and_preset_option(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text('rules:\n  - qualnames: "fc.bias\n    init: zeros\n')
+    with pytest.raises(PolicyError, match=rf"policy file {re.escape(str(broken))}: invalid YAML: ") as info:
+        load_policy(broken)
+    assert "<unicode string>" not in str(info.value)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(PolicyError, match=rf"policy file {re.escape(str(empty))}: a policy must be a mapping .*got an empty document"):
+        load_policy(empty)
+    rule = tmp_path / "rule.yaml"
+    rule.write_text("rules:\n  - {name: head, modules: Linear, init: normal, args: {std: -1}}\n")
+    with pytest.raises(PolicyError, match=rf"policy file {re.escape(str(rule))}: policy 'custom': rule 0 \('head'\): field 'args'") as info:
+        load_policy(rule)
+    assert (info.value.rule, info.value.rule_name, info.value.field) == (0, "head", "args")
+    opts = tmp_path / "opts.json"
+    opts.write_text(json.dumps({"preset": "kaiming", "options": {"mode": "fan_ot"}}))
+    with pytest.raises(PolicyError, match=rf"policy file {re.escape(str(opts))}: preset 'kaiming' with options mode='fan_ot': "
+                                          r".*mode must be one of fan_in, fan_out, got 'fan_ot'") as info:
+        load_policy(opts)
+    assert info.value.field == "options"
+    with pytest.raises(PolicyError, match=r"^preset 'gpt2' with options std=-1: .*std must be > 0"):
+        torchinit.get_preset("gpt2", std=-1)

@@ -150,10 +150,13 @@ def _check_coverage(plan_obj: Any, meta_names: set[str]) -> None:
     missing = _uncovered(plan_obj, meta_names)
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        unused = list(getattr(plan_obj, "unused_rules", None) or ())
+        # a rule that matched nothing is the usual cause (a typo such as modules: Linaer)
+        hint = f"; rules that matched nothing: {', '.join(unused)}" if unused else ""
         raise ValueError(
             f"materialize: no initializer in the plan for meta tensor(s) {', '.join(map(repr, missing[:5]))}{more} "
-            f"(unmatched or 'keep' under policy {getattr(plan_obj, 'policy', '?')!r}); allocating them would leave "
-            f"uninitialized memory. Add a rule for them, or allocate and set them before calling materialize"
+            f"(unmatched or 'keep' under policy {getattr(plan_obj, 'policy', '?')!r}{hint}); allocating them would "
+            f"leave uninitialized memory. Add a rule for them, or allocate and set them before calling materialize"
         )
 
 

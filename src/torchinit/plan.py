@@ -780,6 +780,13 @@ def _apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: str = "keyed
                 f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
         selected_names = {by_name[n].name for n in only}
     selected = [e for e in plan.entries if selected_names is None or e.name in selected_names]
+    on_meta = [e.name for e in selected if e.initializer != "keep" and tensors[e.name].is_meta]
+    if on_meta:  # a write into a meta tensor stores nothing: the call would silently do nothing
+        more = f" and {len(on_meta) - 3} more" if len(on_meta) > 3 else ""
+        raise ValueError(
+            f"plan entries {', '.join(map(repr, on_meta[:3]))}{more} are on the meta device (no storage: "
+            "nothing would be written); allocate and initialize them with "
+            "torchinit.materialize(model, device, policy, seed=...)")
     if engine == "keyed":
         code_entry = next((e for e in plan.entries if e.initializer == "module"), None)
         sharded = next((n for n, t in tensors.items() if is_dtensor(t)), None) if code_entry else None

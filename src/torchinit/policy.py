@@ -452,7 +452,9 @@ class Policy:
         With ``preset``, the preset's rules come first and ``rules`` override them.
         """
         if not isinstance(d, Mapping):
-            raise PolicyError(f"a policy must be a mapping, got {type(d).__name__}")
+            got = "an empty document" if d is None else type(d).__name__
+            raise PolicyError(f"a policy must be a mapping (fields: preset, options, rules, name, on_unmatched) "
+                              f"or a list of rules, got {got}")
         allowed = ("name", "preset", "options", "rules", "on_unmatched")
         unknown = [k for k in d if k not in allowed]
         if unknown:
@@ -502,13 +504,16 @@ class Policy:
         import yaml
 
         text = str(text_or_path)
+        where = "policy"
         if isinstance(text_or_path, os.PathLike) or (("\n" not in text) and os.path.exists(text)):
+            where = f"policy file {os.fspath(text_or_path)}"  # name the file, as for JSON
             with open(text_or_path, encoding="utf-8") as f:
                 text = f.read()
         try:
             data = yaml.load(text, Loader=_yaml_loader())
         except yaml.YAMLError as exc:
-            raise PolicyError(f"policy: invalid YAML: {exc}") from None
+            msg = str(exc).replace('in "<unicode string>", ', "")  # PyYAML's name for the text we passed
+            raise PolicyError(f"{where}: invalid YAML: {msg}") from None
         if isinstance(data, list):  # a bare list of rules
             data = {"rules": data}
         return cls.from_dict(data)
@@ -547,14 +552,20 @@ def load_policy(obj: "Policy | str | os.PathLike | Mapping | Sequence", **option
         path = os.fspath(obj)
         if not os.path.exists(path):
             raise FileNotFoundError(f"policy file not found: {path}")
-        if path.endswith(".json"):
-            with open(path, encoding="utf-8") as f:
-                try:
-                    data = json.load(f)
-                except json.JSONDecodeError as exc:
-                    raise PolicyError(f"policy file {path}: invalid JSON: {exc}") from None
-            return Policy.from_dict({"rules": data} if isinstance(data, list) else data)
-        return Policy.from_yaml(path)
+        try:
+            if path.endswith(".json"):
+                with open(path, encoding="utf-8") as f:
+                    try:
+                        data = json.load(f)
+                    except json.JSONDecodeError as exc:
+                        raise PolicyError(f"policy file {path}: invalid JSON: {exc}") from None
+                return Policy.from_dict({"rules": data} if isinstance(data, list) else data)
+            return Policy.from_yaml(path)
+        except PolicyError as exc:  # say which file the rule or field at fault is in
+            if str(exc).startswith(f"policy file {path}"):
+                raise
+            raise PolicyError(f"policy file {path}: {exc}", rule=exc.rule, name=exc.rule_name,
+                              field=exc.field) from None
     if isinstance(obj, str):
         from .presets import get_preset
 

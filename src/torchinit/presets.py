@@ -243,4 +243,8 @@ def get_preset(name: str, **options: Any) -> Policy:
     except TypeError as exc:
         allowed = ", ".join(sig.parameters) or "none"
         raise PolicyError(f"preset {name!r}: bad options {sorted(options)} ({exc}); options: {allowed}") from None
-    return PRESETS[name](**options)
+    try:
+        return PRESETS[name](**options)
+    except PolicyError as exc:  # a bad option value fails in one of the preset's rules: name the option
+        given = ", ".join(f"{k}={v!r}" for k, v in options.items())
+        raise PolicyError(f"preset {name!r} with options {given}: {exc}", field="options") from None

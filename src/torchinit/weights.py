@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -185,7 +186,8 @@ def load_weights(
     """Read a safetensors file; with ``model``, also ``model.load_state_dict(state, strict=strict)``
     (``assign=True`` when the model is on the meta device; tied parameters stay tied).
     Returns the state dict. Missing/unexpected keys (``strict``) and shape mismatches
-    raise ``ValueError`` before anything is copied into ``model``."""
+    raise ``ValueError`` before anything is copied into ``model``. Tensors of a meta model
+    that the file cannot hold (non-persistent buffers) stay on meta, with a ``UserWarning``."""
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -207,6 +209,17 @@ def load_weights(
                 store0, key0, _ = locs[0]
                 for store, key, _ in locs[1:]:
                     store[key] = store0[key0]
+            # non-persistent buffers (rotary inv_freq, position ids) are not in any state dict file:
+            # say so now rather than at the first forward ("Cannot copy out of meta tensor")
+            left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+            if left:
+                more = f" and {len(left) - 3} more" if len(left) > 3 else ""
+                warnings.warn(
+                    f"load_weights: {', '.join(map(repr, left[:3]))}{more} not in {str(path)!r} are still on "
+                    "the meta device (non-persistent buffers are not saved); compute them before running the "
+                    "model: torchinit.materialize(model, device, {'rules': []}, seed=0) runs their modules' own "
+                    "init code where there is some (Hugging Face rotary embeddings, position ids), else set them "
+                    "on the model", stacklevel=2)
     return state
 
 

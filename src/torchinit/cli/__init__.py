@@ -36,10 +36,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from ._models import ModelBuildError
+
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, OSError, ImportError) as exc:
-        # User errors (OSError: files, e.g. an unwritable --out): one clear line, no traceback.
+    except (ValueError, TypeError, OSError, ImportError, ModelBuildError) as exc:
+        # User errors (OSError: files, e.g. an unwritable --out; ModelBuildError: the model's
+        # factory raised, named with its file and line): one clear line, no traceback.
         print(f"torchinit {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -27,7 +27,12 @@ from torch.overrides import TorchFunctionMode
 
 from .. import zoo
 
-__all__ = ["load_model", "resolve_factory", "parse_kwargs", "meta_device"]
+__all__ = ["load_model", "resolve_factory", "parse_kwargs", "meta_device", "ModelBuildError"]
+
+
+class ModelBuildError(RuntimeError):
+    """MODEL's factory raised while building the model (its code or its ``--kwargs`` are at
+    fault); the command line prints the message, the original exception is its ``__cause__``."""
 
 
 class _SkipRandomOnMeta(TorchFunctionMode):
@@ -149,7 +154,33 @@ def load_model(spec: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
             sig.bind(**kwargs)
         except TypeError as exc:
             raise TypeError(f"model {desc!r} rejected --kwargs {json.dumps(kwargs)}: {exc}") from None
-    model = factory(**kwargs)
+    try:
+        model = factory(**kwargs)
+    except Exception as exc:  # the user's code: say which model, where, and (on meta) what to try
+        at = _user_frame(exc.__traceback__)
+        with_kw = f" with --kwargs {json.dumps(kwargs)}" if kwargs else ""
+        hint = ""
+        if torch.get_default_device().type == "meta" and "meta" in str(exc).lower():
+            hint = ("; the model was built on the meta device (no data), which this factory's code does not "
+                    "support (.item(), numpy, data-dependent code): pass --no-meta")
+        raise ModelBuildError(f"model {desc!r} raised {type(exc).__name__}{with_kw}"
+                              f"{f' at {at}' if at else ''}: {exc}{hint}") from exc
     if not isinstance(model, nn.Module):
         raise TypeError(f"model {desc!r}: factory returned {type(model).__name__}, expected a torch.nn.Module")
     return model
+
+
+def _user_frame(tb: Any) -> str:
+    """``file:line`` of the deepest traceback frame outside the standard library, installed
+    packages and torchinit (the user's own code), or ``""``."""
+    import sysconfig
+    import traceback
+
+    paths = sysconfig.get_paths()
+    skip = [os.path.abspath(paths[k]) + os.sep for k in ("stdlib", "purelib", "platlib")]
+    skip.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep)  # torchinit
+    where = ""
+    for fs in traceback.extract_tb(tb):
+        if not os.path.abspath(fs.filename).startswith(tuple(skip)):
+            where = f"{fs.filename}:{fs.lineno}"
+    return where

@@ -4,6 +4,7 @@ allocating any weight (the model is built on the meta device)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from typing import Any
@@ -30,6 +31,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     add_model_args(p)
     p.add_argument("--json", action="store_true", help="print the plan as JSON (Plan.to_dict()) instead of a table")
+    p.add_argument("--meta", action=argparse.BooleanOptionalAction, default=True,
+                   help="build on the meta device (default: nothing allocated); --no-meta builds the model "
+                   "normally, for factories that cannot run on meta")
     p.add_argument("--width", type=int, default=None,
                    help="table width in characters (default: the terminal's, 200 when not a terminal)")
     p.set_defaults(func=run)
@@ -46,10 +50,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help='keyword arguments for the model factory as a JSON object, e.g. \'{"depth": 10}\'')
 
 
-def build_meta(spec: str, kwargs_json: str | None) -> torch.nn.Module:
-    """Build MODEL on the meta device (no storage)."""
+def build_meta(spec: str, kwargs_json: str | None, meta: bool = True) -> torch.nn.Module:
+    """Build MODEL on the meta device (no storage); with ``meta=False``, normally (on the CPU)."""
     kwargs = parse_kwargs(kwargs_json)
-    with meta_device():
+    with meta_device() if meta else contextlib.nullcontext():
         return load_model(spec, kwargs)
 
 
@@ -57,14 +61,15 @@ def run(args: argparse.Namespace) -> int:
     """Run ``torchinit plan`` with the parsed ``args``; returns the exit code."""
     import torchinit
 
-    model = build_meta(args.model, args.kwargs)
+    model = build_meta(args.model, args.kwargs, args.meta)
     plan = torchinit.plan(model, args.policy)
     if args.json:
         json.dump(plan.to_dict(), sys.stdout, indent=1, default=str)
         sys.stdout.write("\n")
     else:
         n = sum(p.numel() for p in model.parameters())
-        print(f"# {args.model}: {n:,} parameters, policy {args.policy!r} (built on meta: nothing allocated)")
+        built = "built on meta: nothing allocated" if args.meta else "built with --no-meta"
+        print(f"# {args.model}: {n:,} parameters, policy {args.policy!r} ({built})")
         width = args.width or (None if sys.stdout.isatty() else 200)
         plan.print(file=sys.stdout, width=width)
     return 0
