@@ -342,13 +342,12 @@ def test_orthogonal_promise():
 
 
 def test_real_plan_from_init_model():
-    if not hasattr(torchinit, "init_model"):
-        pytest.skip("model-level init (issue 4) not in this build")
     model = mlp(depth=4)
     plan = torchinit.init_model(model, "kaiming", seed=0, engine="torch")
     rep = diagnose(model, x(), plan=plan)
     assert rep.by_kind("mismatch") == []
-    assert rep.param("0.weight").promised_std is not None
+    # the kaiming preset's promise for a ReLU-followed Linear(64, 64): sqrt(2 / fan_in)
+    assert rep.param("0.weight").promised_std == pytest.approx(math.sqrt(2 / 64), rel=1e-12)
     with torch.no_grad():
         model[2].weight.mul_(3.0)
     assert [v.layer for v in diagnose(model, x(), plan=plan).by_kind("mismatch")] == ["2.weight"]

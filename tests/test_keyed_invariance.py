@@ -63,9 +63,14 @@ def test_any_region_equals_the_slice_of_the_full_fill(spec, restore_backend, sam
                 same_bits(out, full[sl].contiguous())
 
 
-@pytest.mark.parametrize("spec", [ELEMENTWISE[1], S.Sparse(0.3, 1.0), S.Orthogonal(1.5), S.Eye(), S.Constant(0.25)],
-                         ids=repr)
-def test_contiguous_noncontiguous_and_channels_last_get_the_same_values(spec, same_bits):
+BACKENDS = ["reference"] + (["native"] if B.native_available() else [])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("spec", [ELEMENTWISE[1], ELEMENTWISE[0], ELEMENTWISE[3], S.Sparse(0.3, 1.0), S.Orthogonal(1.5),
+                                  S.Eye(), S.Constant(0.25)], ids=repr)
+def test_contiguous_noncontiguous_and_channels_last_get_the_same_values(spec, backend, restore_backend, same_bits):
+    set_backend(backend)
     shape = (6, 10) if not isinstance(spec, S.Orthogonal) else (8, 5)
     base = torch.empty(shape)
     fill_(base, spec, KEY)
@@ -79,13 +84,23 @@ def test_contiguous_noncontiguous_and_channels_last_get_the_same_values(spec, sa
     assert bool((big[:, 1::2] == 0).all())  # nothing written outside the view
 
 
-def test_channels_last(same_bits):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_channels_last(backend, restore_backend, same_bits):
+    set_backend("reference")  # the reference of every backend's layouts: a contiguous reference fill
     spec = S.TruncatedNormal(0, 0.02, -0.04, 0.04)
-    ref = sample(spec, KEY, (4, 3, 5, 5))
-    w = torch.empty(4, 3, 5, 5).to(memory_format=torch.channels_last)
-    fill_(w, spec, KEY)
-    assert w.is_contiguous(memory_format=torch.channels_last)
-    same_bits(w.contiguous(), ref)
+    for dt in DTYPES:
+        ref = sample(spec, KEY, (4, 3, 5, 5), dtype=dt)
+        set_backend(backend)
+        w = torch.empty(4, 3, 5, 5, dtype=dt).to(memory_format=torch.channels_last)
+        fill_(w, spec, KEY)
+        assert w.is_contiguous(memory_format=torch.channels_last)
+        same_bits(w.contiguous(), ref)
+        # a strided view into a larger buffer: each backend writes the view only
+        big = torch.zeros(4, 3, 5, 10, dtype=dt)
+        fill_(big[..., 1::2], spec, KEY)
+        same_bits(big[..., 1::2].contiguous(), ref)
+        assert bool((big[..., ::2] == 0).all())
+        set_backend("reference")
 
 
 def test_regions_of_sparse_and_orthogonal_equal_slices(same_bits):

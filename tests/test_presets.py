@@ -48,7 +48,10 @@ def test_every_preset_covers_standard_models_and_matches_its_plan(preset):
             std = e.std
             if std is None or std == 0 or t.numel() < 500 or e.zero_rows:
                 continue
-            assert float(t.detach().std()) == pytest.approx(std, rel=0.15), (preset, mname, e.name)
+            # 5 standard errors of a sample std (about 1 / sqrt(2 n) relative): a 10% error in a
+            # preset's formula fails every large tensor it touches (seed 0: deterministic)
+            tol = 5 / math.sqrt(2 * t.numel())
+            assert float(t.detach().std()) == pytest.approx(std, rel=tol), (preset, mname, e.name)
 
 
 def _torch_reference_model():
