@@ -658,3 +658,68 @@ def test_thresholds_out_of_range(field, value, expected):
 
 def test_thresholds_at_the_edges_of_their_ranges():
     Thresholds(dead_error=1.0, collapse_input=1.0, collapse_start=0.99, explode=1.5, gain_factor=0.99)
+
+
+# -- residual branches -------------------------------------------------------------
+
+
+class _ResMLP(nn.Module):
+    """``x = x + fc2(drop(relu(fc1(x))))`` per block (``residual=False``: ``x = fc2(...)``),
+    fc2 scaled by ``branch_scale`` like GPT-2's output projections."""
+
+    def __init__(self, depth=6, width=64, branch_scale=0.05, residual=True, p=0.0):
+        super().__init__()
+        self.fc1 = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
+        self.fc2 = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
+        self.drop = nn.Dropout(p)
+        self.residual = residual
+        init_(self, torchinit.kaiming_normal_, nonlinearity="relu")
+        with torch.no_grad():
+            for m in self.fc2:
+                m.weight.mul_(branch_scale)
+
+    def forward(self, x):
+        for f1, f2 in zip(self.fc1, self.fc2):
+            h = self.drop(f2(torch.relu(f1(x))))
+            x = x + h if self.residual else h
+        return x
+
+
+def test_small_residual_branch_outputs_are_not_vanishing():
+    # GPT-2-style small projections at the end of residual branches: the stream keeps
+    # the signal, so no vanishing; the same layers chained without the sums do vanish
+    for p in (0.0, 0.1):  # through dropout too (a new tensor in training mode)
+        rep = diagnose(_ResMLP(p=p).train(), x())
+        ends = {r.name.split("#")[0] for r in rep.signal() if r.residual}
+        assert ends == {f"fc2.{i}" for i in range(6)}
+        assert not any(r.residual for r in rep.signal() if r.name.startswith("fc1"))
+        assert not rep.by_kind("vanishing") and not rep.by_kind("vanishing_gradients")
+    plain = diagnose(_ResMLP(residual=False), x())
+    assert not any(r.residual for r in plain.signal())
+    (v,) = plain.by_kind("vanishing")
+    assert v.layer == "fc2.0"
+
+
+def test_sum_with_a_smaller_tensor_or_of_two_layers_is_not_a_residual_branch():
+    class TwoBranch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(64, 64), nn.Linear(64, 64), nn.Linear(64, 64)
+
+        def forward(self, x):
+            h = self.c(self.a(x) + self.b(x))  # two layers' outputs: neither ends a branch
+            return h + 0.044715 * h ** 3  # a formula on c's own output (a tanh-GELU's inner sum)
+
+    rep = diagnose(TwoBranch(), x())
+    assert not any(r.residual for r in rep.signal())
+
+
+def test_gpt_with_gpt2_preset_is_healthy():
+    from torchinit import zoo
+
+    model = zoo.build("gpt", n_layer=4, n_embd=64, n_head=4, vocab_size=128, block_size=32)
+    torchinit.init_model(model, "gpt2", seed=0)
+    rep = diagnose(model, torch.randint(0, 128, (8, 32), generator=torch.Generator().manual_seed(0)))
+    assert {r.name for r in rep.signal() if r.residual} == {
+        f"transformer.h.{i}.{m}.c_proj" for i in range(4) for m in ("attn", "mlp")}
+    assert not [v for v in rep.verdicts if v.severity in ("warning", "error")], rep.verdicts

@@ -53,6 +53,7 @@ import html
 import io
 import json
 import math
+import weakref
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
@@ -139,6 +140,12 @@ def _functional_activations() -> dict[Any, str]:
 
 
 _FUNCTIONAL = _functional_activations()
+#: a sum whose one operand is a weight layer's output ends a residual branch (``x + proj(h)``)
+_ADDS = frozenset({torch.add, torch.Tensor.add, torch.Tensor.add_, torch.Tensor.__add__, torch.Tensor.__radd__,
+                   torch.Tensor.__iadd__})
+#: scale-preserving calls between a branch's last layer and its sum (GPT-2's resid_dropout)
+_PASS_THROUGH = frozenset({F.dropout, F.alpha_dropout, F.feature_alpha_dropout, F.dropout1d, F.dropout2d,
+                           F.dropout3d})
 
 
 def _functional_param(name: str, args: tuple, kwargs: Mapping[str, Any]) -> float | None:
@@ -161,6 +168,12 @@ class _FunctionalActivations(torch.overrides.TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
+        if not self.busy and isinstance(out, Tensor):
+            if func in _ADDS and len(args) + len(kwargs) >= 2:
+                other = args[1] if len(args) > 1 else kwargs.get("other")
+                self.rec.summed(args[0], other)
+            elif func in _PASS_THROUGH and args:
+                self.rec.alias(args[0], out)
         name = _FUNCTIONAL.get(func) if not self.busy else None
         if name is not None and isinstance(out, Tensor):
             self.busy = True  # the statistics below are torch calls too
@@ -229,7 +242,10 @@ class Thresholds:
     """Thresholds of the verdicts (all documented defaults; pass your own to :func:`diagnose`).
 
     Let ``s_k`` be the output std of the k-th weight layer (Linear/Conv/...) in
-    forward order, ``s_0`` the std of the model input.
+    forward order, ``s_0`` the std of the model input. Layers that end a residual
+    branch (their output, through dropout, is added to a tensor that is not a weight
+    layer's output: ``x + proj(h)``) are not counted in ``s_k``: their output is small by
+    design (GPT-2's ``0.02/sqrt(2 n_layer)`` projections) and the stream carries the signal.
 
     * ``vanish=0.1``: *vanishing* when some ``s_k / s_1 < vanish``. The verdict
       starts at the first layer of the run of shrinking layers (``s_j < s_{j-1}``)
@@ -237,7 +253,9 @@ class Thresholds:
     * ``explode=10``: *exploding* when some ``s_k / s_1 > explode`` (same start rule).
     * ``grad_vanish=0.01`` / ``grad_explode=100``: gradient std at the output of the
       first weight layer over that of the last weight layer whose output has the same
-      per-sample shape (groups of >= 3 layers; the most extreme group is judged).
+      per-sample shape (groups of >= 3 layers; the most extreme group is judged). In a
+      residual network (>= 3 layers ending a branch) only those layers count: the
+      gradient at their output is the residual stream's.
     * ``collapse=0.99``: *collapse* when the mean pairwise cosine similarity of
       samples at a weight layer (other than the last) exceeds ``collapse`` while the input's is below
       ``collapse_input=0.9``; starts at the first layer above ``collapse_start=0.9``.
@@ -336,6 +354,9 @@ class LayerStats:
     next_act: str | None = None  #: weight layers: activation that follows
     next_act_param: float | None = None  #: its parameter (LeakyReLU slope)
     prev_act: str | None = None  #: weight layers: activation that precedes
+    #: weight layers: the output is added to a tensor that is not a weight layer's output
+    #: (``x + proj(h)``, through dropout): the end of a residual branch
+    residual: bool = False
     hist: list[int] = field(default_factory=list)
     hist_range: list[float] = field(default_factory=list)
 
@@ -597,6 +618,44 @@ class _Recorder:
         self.modules: dict[str, nn.Module] = {}
         self.stack: list[tuple[str, str | None]] = []  # (name, kind) of the modules running forward
         self.leaves: list[Tensor] = []  # gradient entry points made for frozen layers (see _grad_entry)
+        # weight-layer outputs of this forward, by id, with a weak reference (an id can be reused
+        # once a tensor is freed, and no activation is kept alive by the diagnostics)
+        self.outputs: dict[int, tuple[weakref.ref, LayerStats]] = {}
+
+    def _owner(self, t: Any) -> "LayerStats | None":
+        """The weight layer whose output ``t`` is (through dropout), or None."""
+        if not isinstance(t, Tensor):
+            return None
+        hit = self.outputs.get(id(t))
+        return hit[1] if hit is not None and hit[0]() is t else None
+
+    def _track(self, y: Tensor, rec: LayerStats) -> None:
+        try:
+            self.outputs[id(y)] = (weakref.ref(y), rec)
+        except TypeError:  # pragma: no cover - tensor subclasses without weak references
+            pass
+
+    def alias(self, x: Any, y: Tensor) -> None:
+        """``y`` is ``x`` through a scale-preserving call (dropout): it belongs to x's layer."""
+        rec = self._owner(x)
+        if rec is not None:
+            self._track(y, rec)
+
+    @torch.no_grad()
+    def summed(self, a: Any, b: Any) -> None:
+        """``a + b`` ran. A weight layer's output added to a tensor that is not one and is
+        at least as large (the residual stream) ends a residual branch: the layer's small
+        output is by design and the sum carries the signal. Added to something smaller
+        (``h + 0.044715 * h**3`` inside a GELU formula, a bias) the layer's output is the
+        signal, and stays on its path."""
+        ra, rb = self._owner(a), self._owner(b)
+        if (ra is None) == (rb is None):
+            return
+        rec, stream = (ra, b) if ra is not None else (rb, a)
+        if not (isinstance(stream, Tensor) and stream.is_floating_point() and stream.numel() > 1):
+            return
+        if float(stream.detach().float().std(correction=0)) >= rec.std:
+            rec.residual = True
 
     def attach(self) -> None:
         for name, m in self.model.named_modules():
@@ -677,6 +736,8 @@ class _Recorder:
                         new_out = type(out)(*items) if hasattr(out, "_fields") else tuple(items)
                     y = y2
             self._record(rec_name, mod, kind, x, y)
+            if kind == "linear":
+                self._track(y, self.records[-1])
             return new_out  # None keeps the module's output
 
         return hook
@@ -954,36 +1015,45 @@ def _verdicts(report_layers: list[LayerStats], params: list[ParamStats], input_s
                            "check the init scale of this layer and the ones before it (and the input data).",
                            None, None))
     sig = [r for r in report_layers if r.kind == "linear" and r.finite]
-    if len(sig) >= 2 and sig[0].std > 0:
-        s1 = sig[0].std
-        stds = [input_std if input_std else s1] + [r.std for r in sig]
-        ratios = [r.std / s1 for r in sig]
-        lo = min(range(len(sig)), key=lambda i: ratios[i])
-        hi = max(range(len(sig)), key=lambda i: ratios[i])
+    # the signal's path: residual branches end in a layer whose output is small by design
+    # (GPT-2's 0.02/sqrt(2 n_layer) projections, zero-initialized branches) and is added to
+    # the stream, so those layers do not count as the signal vanishing
+    path = [r for r in sig if not r.residual]
+    if len(path) >= 2 and path[0].std > 0:
+        s1 = path[0].std
+        stds = [input_std if input_std else s1] + [r.std for r in path]
+        ratios = [r.std / s1 for r in path]
+        lo = min(range(len(path)), key=lambda i: ratios[i])
+        hi = max(range(len(path)), key=lambda i: ratios[i])
         first_lo = next((i for i, q in enumerate(ratios) if q < th.vanish), None)
         first_hi = next((i for i, q in enumerate(ratios) if q > th.explode), None)
         if first_lo is not None:
-            start = min(_start_of_run(stds, first_lo + 1, True), len(sig) - 1)
+            start = min(_start_of_run(stds, first_lo + 1, True), len(path) - 1)
             per = (ratios[lo]) ** (1.0 / max(lo, 1))
             out.append(Verdict(
-                "vanishing", "error" if ratios[lo] < th.vanish ** 3 else "warning", sig[start].name,
-                f"activation std shrinks from {s1:.3g} at {sig[0].name} to {sig[lo].std:.3g} at {sig[lo].name} "
-                f"(x{ratios[lo]:.2g}, std x{per:.2f} per layer); it falls below {th.vanish:g}x at {sig[first_lo].name}.",
+                "vanishing", "error" if ratios[lo] < th.vanish ** 3 else "warning", path[start].name,
+                f"activation std shrinks from {s1:.3g} at {path[0].name} to {path[lo].std:.3g} at {path[lo].name} "
+                f"(x{ratios[lo]:.2g}, std x{per:.2f} per layer); it falls below {th.vanish:g}x at "
+                f"{path[first_lo].name}.",
                 _FIX_VANISH, ratios[lo], th.vanish))
         if first_hi is not None:
-            start = min(_start_of_run(stds, first_hi + 1, False), len(sig) - 1)
+            start = min(_start_of_run(stds, first_hi + 1, False), len(path) - 1)
             per = (ratios[hi]) ** (1.0 / max(hi, 1))
             out.append(Verdict(
-                "exploding", "error" if ratios[hi] > th.explode ** 3 else "warning", sig[start].name,
-                f"activation std grows from {s1:.3g} at {sig[0].name} to {sig[hi].std:.3g} at {sig[hi].name} "
-                f"(x{ratios[hi]:.3g}, std x{per:.2f} per layer); it exceeds {th.explode:g}x at {sig[first_hi].name}.",
+                "exploding", "error" if ratios[hi] > th.explode ** 3 else "warning", path[start].name,
+                f"activation std grows from {s1:.3g} at {path[0].name} to {path[hi].std:.3g} at {path[hi].name} "
+                f"(x{ratios[hi]:.3g}, std x{per:.2f} per layer); it exceeds {th.explode:g}x at {path[first_hi].name}.",
                 "scale weights by gain/sqrt(fan_in) for the nonlinearity that follows (torchinit.init_model(model, "
                 "'kaiming') or 'xavier' for tanh), or torchinit.lsuv_(model, batch)", ratios[hi], th.explode))
         # gradients: compared between layers whose outputs have the same per-sample shape
         # (per-element gradients of differently sized outputs, e.g. before and after a
-        # global pooling, are not comparable)
+        # global pooling, are not comparable); in a residual network only between layers that
+        # end a branch: the gradient at their output is the stream's, while inside a branch it
+        # depends on the layer's role (queries and keys get small gradients at init, through a
+        # near-uniform softmax)
+        ends = [r for r in sig if r.residual]
         groups: dict[tuple, list[LayerStats]] = {}
-        for r in sig:
+        for r in ends if len(ends) >= 3 else sig:
             if r.grad_std is not None and r.grad_std > 0:
                 groups.setdefault(tuple(r.shape[1:]), []).append(r)
         best = None
