@@ -93,6 +93,26 @@ def test_kaiming_on_gpt2_detects_gelu_with_hooks_and_uses_x_at_w_fans():
     assert any("torch.fx tracing failed" in n for n in p.notes)
 
 
+@pytest.mark.parametrize("on_meta", [False, True], ids=["cpu", "meta"])
+def test_kaiming_on_hf_llama_without_inputs_uses_its_dummy_inputs(on_meta):
+    # registration order (gate, up, down, act_fn) would give SiLU to down_proj, not gate_proj
+    if on_meta:
+        with torch.device("meta"):
+            m = _llama()
+    else:
+        m = _llama()
+    before = _state(m) if not on_meta else None
+    p = torchinit.plan(m, "kaiming")
+    assert any("dummy_inputs" in n for n in p.notes), p.notes
+    det = {n: p[f"model.layers.0.mlp.{n}.weight"] for n in ("gate_proj", "up_proj", "down_proj")}
+    assert det["gate_proj"].nonlinearity == "silu" and det["gate_proj"].nonlinearity_source.startswith("hooks:")
+    assert det["up_proj"].nonlinearity == "linear" and det["down_proj"].nonlinearity == "linear"
+    assert p["model.layers.0.self_attn.o_proj.weight"].nonlinearity == "linear"
+    if before is not None:  # the forward wrote nothing
+        assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+        assert m.training
+
+
 def test_llama_preset_on_hf_llama_scales_by_layer_index():
     m = _llama()
     p = torchinit.plan(m, "llama")

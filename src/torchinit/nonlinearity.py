@@ -16,6 +16,7 @@ The gain of He / Glorot init must match the activation that FOLLOWS the layer
    *functions* (``F.relu`` etc., seen with a ``TorchFunctionMode``); the first
    activation executed after a layer and before the next layer is its activation.
    The model runs in eval mode under ``no_grad``; its training flags are restored.
+   Without ``example_inputs``, a Hugging Face model's ``dummy_inputs`` serve.
 3. **registration order** (no trace, no inputs): the module after the layer in
    ``model.modules()`` order. A heuristic: the plan says so.
 
@@ -347,6 +348,20 @@ def _order_detect(model: nn.Module, layers: dict[str, nn.Module]) -> dict[str, D
     return _scan_events(events, layers, "order")
 
 
+def _dummy_inputs(model: nn.Module) -> Any:
+    """A Hugging Face model's ``dummy_inputs`` (a dict of small tensors), moved to the
+    device of its parameters (meta included), or None."""
+    try:
+        dummy = model.dummy_inputs if hasattr(type(model), "dummy_inputs") else None
+    except Exception:  # a property that needs something the model lacks
+        return None
+    if not isinstance(dummy, Mapping) or not dummy or not all(isinstance(v, torch.Tensor) for v in dummy.values()):
+        return None
+    p = next(model.parameters(), None)
+    dev = p.device if p is not None else torch.device("cpu")
+    return {k: v.to(dev) for k, v in dummy.items()}
+
+
 def detect_nonlinearities(
     model: nn.Module, example_inputs: Any = None
 ) -> tuple[dict[str, Detection], list[str]]:
@@ -374,6 +389,18 @@ def detect_nonlinearities(
             det.setdefault(n, Detection("linear", None, "hooks", "layer not executed"))
         notes.append("nonlinearity: detected from execution order on example_inputs (forward hooks)")
         return det, notes
+    dummy = _dummy_inputs(model)
+    if dummy is not None:  # Hugging Face models carry a small input made for tracing
+        try:
+            det = _hook_detect(model, layers, dummy)
+        except Exception as exc:  # e.g. data-dependent code on the meta device
+            notes.append(f"nonlinearity: a forward on the model's dummy_inputs failed ({type(exc).__name__})")
+        else:
+            for n in layers:
+                det.setdefault(n, Detection("linear", None, "hooks", "layer not executed"))
+            notes.append("nonlinearity: detected from execution order on the model's dummy_inputs "
+                         "(Hugging Face; forward hooks, no gradients)")
+            return det, notes
     notes.append("nonlinearity: no example_inputs, fell back to module registration order (heuristic; "
                  "pass example_inputs for execution order)")
     det = _order_detect(model, layers)
