@@ -263,3 +263,32 @@ def test_load_weights_warns_about_meta_buffers_the_file_cannot_hold(tmp_path):
     assert not m.lin.weight.is_meta and m.inv_freq.is_meta
     torchinit.materialize(m, "cpu", {"rules": []}, seed=0)  # the fix the warning gives
     assert torch.equal(m.inv_freq, torch.arange(4.0))
+
+
+def test_no_meta_keeps_seeded_constructor_values_for_tensors_the_policy_leaves_alone(tmp_path, capsys):
+    f = tmp_path / "net.py"
+    f.write_text("import torch\n"
+                 "class Net(torch.nn.Module):\n"
+                 "    def __init__(self):\n"
+                 "        super().__init__()\n"
+                 "        self.fc = torch.nn.Linear(4, 4)\n"
+                 "        self.scale = torch.nn.Parameter(torch.randn(4))  # no rule of the kaiming preset\n"
+                 "def build():\n"
+                 "    return Net()\n")
+    a, b, c, m = (tmp_path / f"{x}.safetensors" for x in "abcm")
+    common = ["init", f"{f}:build", "--policy", "kaiming", "--no-meta"]
+    assert main(common + ["--seed", "3", "--out", str(a)]) == 0
+    out = capsys.readouterr().out
+    assert "for 1 tensor(s) the policy leaves alone: scale (--meta would refuse them)" in out, out
+    assert "torch.manual_seed(3)" in out
+    torch.manual_seed(123)  # the process's RNG state does not leak into the file
+    assert main(common + ["--seed", "3", "--out", str(b), "-q"]) == 0
+    assert main(common + ["--seed", "4", "--out", str(c), "-q"]) == 0
+    ta, tb, tc = load_file(str(a)), load_file(str(b)), load_file(str(c))
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)
+    torch.manual_seed(3)
+    assert torch.equal(ta["scale"], load_model(f"{f}:build").scale.detach())
+    assert not torch.equal(ta["scale"], tc["scale"])
+    assert load_plan_file(plan_path(a))["constructor_values"] == ["scale"]  # recorded with the plan
+    assert main(["init", f"{f}:build", "--policy", "kaiming", "--seed", "3", "--out", str(m)]) == 2  # --meta
+    assert "no initializer in the plan for meta tensor(s) 'scale'" in capsys.readouterr().err

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from ..materialize import _uncovered
 from ._models import load_model, meta_device, parse_kwargs
 from .plan_cmd import TRUST_NOTE, add_model_args
 
@@ -36,8 +37,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="device to allocate on (default: cpu)")
     p.add_argument("--meta", action=argparse.BooleanOptionalAction, default=True,
                    help="build on the meta device and materialize tensor by tensor (default; peak memory ~ the "
-                   "model size); --no-meta builds normally (runs the constructors' own init) then re-initializes: "
-                   "same result, for factories that cannot run on meta")
+                   "model size); --no-meta builds normally (runs the constructors' own init) then re-initializes, for "
+                   "factories that cannot run on meta: the same result where the policy covers every tensor; "
+                   "tensors it leaves alone keep the constructors' values, built after torch.manual_seed(SEED), "
+                   "which --meta refuses")
     p.add_argument("--huge-pages", action=argparse.BooleanOptionalAction, default=True,
                    help="with --meta on CPU, put tensors of 1 MiB or more on transparent huge pages where the "
                    "kernel offers them (default; faster page faults, no memory added); --no-huge-pages for a "
@@ -73,15 +76,23 @@ def run(args: argparse.Namespace) -> int:
             model.to(DTYPES[args.dtype])  # free on meta
         plan = torchinit.materialize(model, args.device, args.policy, seed=args.seed,
                                      progress=None if not args.quiet else False, huge_pages=args.huge_pages)
+        kept: list[str] = []
     else:
-        with torch.device(args.device):
+        # tensors the policy leaves alone keep the constructors' values: seeded, so that the
+        # file still follows from (MODEL, --kwargs, --policy, --seed)
+        with torch.random.fork_rng(devices=[]), torch.device(args.device):
+            torch.manual_seed(args.seed)
             model = load_model(args.model, kwargs)
         if args.dtype:
             model.to(DTYPES[args.dtype])
         plan = torchinit.init_model(model, args.policy, seed=args.seed, engine="keyed")
+        names = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
+        kept = _uncovered(plan, names)
     t_init = time.perf_counter() - t0
     info = {"model": args.model, "kwargs": kwargs, "policy": args.policy, "seed": args.seed,
             "engine": "keyed", "dtype": args.dtype, "meta": bool(args.meta)}
+    if kept:
+        info["constructor_values"] = kept
     wpath, ppath = save_weights(model, args.out, plan=plan, info=info)
     if not args.quiet:
         n = sum(p.numel() for p in model.parameters())
@@ -89,6 +100,10 @@ def run(args: argparse.Namespace) -> int:
         size = sum(t.numel() * t.element_size() for t in unique.values())
         print(f"initialized {args.model} ({n:,} parameters, {size / 2**20:.1f} MiB) with policy "
               f"{args.policy!r}, seed {args.seed} in {t_init:.2f} s")
+        if kept:
+            more = f" and {len(kept) - 5} more" if len(kept) > 5 else ""
+            print(f"kept the constructors' values (built after torch.manual_seed({args.seed})) for {len(kept)} "
+                  f"tensor(s) the policy leaves alone: {', '.join(kept[:5])}{more} (--meta would refuse them)")
         print(f"wrote {wpath} and {ppath}")
         print(f"kwargs: {json.dumps(kwargs)}")
     return 0
