@@ -219,3 +219,44 @@ def test_fx_detection_runs_no_module_hooks_and_changes_no_state():
     assert det["1.fc"].nonlinearity == "gelu" and det["2"].nonlinearity == "linear"
     y = net(torch.randn(2, 6))  # the hooks still work on a real call
     assert y.shape == (2, 2) and calls.count("pre") == 2 and calls.count("post") == 2
+
+
+class _LinearReLU(nn.Linear):
+    def forward(self, x):
+        return F.relu(super().forward(x))  # the layer's own activation
+
+
+class _FuncLinear(nn.Module):
+    """Applies its weight with F.linear (not a layer module) and then a ReLU."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(n, n))
+
+    def forward(self, x):
+        return F.relu(F.linear(x, self.w))
+
+
+class _InnerActNet(nn.Module):
+    def __init__(self, dynamic):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(8, 8), _LinearReLU(8, 8), nn.Linear(8, 8)
+        self.e, self.f = _FuncLinear(8), nn.Linear(8, 8)
+        self.dynamic = dynamic
+
+    def forward(self, x):
+        if self.dynamic and x.sum() > 1e9:  # data-dependent: fx cannot trace it
+            x = -x
+        return self.f(self.e(self.c(self.b(self.a(x)))))
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["fx", "hooks"])
+def test_activation_inside_a_layers_own_forward_follows_that_layer(dynamic):
+    det, notes = detect_nonlinearities(_InnerActNet(dynamic), torch.randn(4, 8))
+    source = "hooks" if dynamic else "fx"
+    assert notes[-1].startswith("nonlinearity: detected " + ("from execution order" if dynamic else "by torch.fx"))
+    assert det["b"].nonlinearity == "relu" and det["b"].via == "F.relu in b's forward"
+    assert det["a"].nonlinearity == "linear"  # followed by b's own linear map
+    # c feeds a weight applied with F.linear, not the ReLU after it
+    assert det["c"].nonlinearity == "linear" and det["c"].source == source
+    assert det["f"].nonlinearity == "linear"

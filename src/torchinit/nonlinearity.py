@@ -20,6 +20,9 @@ The gain of He / Glorot init must match the activation that FOLLOWS the layer
 3. **registration order** (no trace, no inputs): the module after the layer in
    ``model.modules()`` order. A heuristic: the plan says so.
 
+A layer class of one's own whose ``forward`` ends in an activation (a ``Linear`` subclass
+returning ``F.relu(...)``) is followed by that activation, in 1 and 2.
+
 Mapping: ReLU/ReLU6 -> relu; LeakyReLU -> leaky_relu with its slope; PReLU ->
 leaky_relu with its initial slope; Tanh, Sigmoid, SELU, GELU (approximate="tanh"
 -> gelu_tanh), SiLU, Mish, ELU, Softplus, Hardswish by name (custom classes whose
@@ -37,11 +40,13 @@ for ReLU, applied to the activation's own second moment (see docs/policies.md).
 from __future__ import annotations
 
 import operator
+import weakref
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
 from .gains import auto_gain
@@ -182,6 +187,29 @@ _TRANSPARENT_METHODS = {
 }
 
 
+def _own_activation(tracer_cls: Any, m: nn.Module) -> tuple[str, float | None, str] | None:
+    """The activation a custom weight layer applies last in its own ``forward``
+    (``return F.relu(F.linear(x, self.weight))``), or None. torch.nn's layers apply none."""
+    if type(m).__module__.startswith("torch."):
+        return None
+    try:
+        graph = tracer_cls().trace(m)
+    except Exception:  # not traceable alone: what follows the layer decides
+        return None
+    res = next((n.args[0] for n in graph.nodes if n.op == "output"), None)
+    if not hasattr(res, "op"):
+        return None
+    if res.op == "call_module":
+        sub = dict(m.named_modules()).get(res.target)
+        act = activation_of_module(sub) if sub is not None else None
+        return None if act is None else (act[0], act[1], f"{res.target} ({type(sub).__name__})")
+    if res.op in ("call_function", "call_method"):
+        fname = res.target if res.op == "call_method" else getattr(res.target, "__name__", str(res.target))
+        act = _activation_of_call(fname, tuple(res.args), res.kwargs)
+        return None if act is None else (act[0], act[1], f"{'F.' if res.op == 'call_function' else '.'}{fname}")
+    return None
+
+
 def _fx_detect(model: nn.Module, layers: dict[str, nn.Module]) -> dict[str, Detection]:
     import torch.fx as fx
 
@@ -247,6 +275,10 @@ def _fx_detect(model: nn.Module, layers: dict[str, nn.Module]) -> dict[str, Dete
                 results.append(("linear", None, "output"))
     out = {}
     for name, res in found.items():
+        own = _own_activation(_Tracer, modules[name])
+        if own is not None:  # the layer's forward ends in it: it follows this layer whatever comes next
+            out[name] = Detection(own[0], own[1], "fx", f"{own[2]} in {name}'s forward")
+            continue
         acts = [r for r in res if r[0] != "linear"]
         if acts:
             first = acts[0]
@@ -260,20 +292,50 @@ def _fx_detect(model: nn.Module, layers: dict[str, nn.Module]) -> dict[str, Dete
     return out
 
 
+_LINEAR_MAPS = frozenset({
+    F.linear, F.bilinear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d,
+    F.conv_transpose3d, torch.matmul, torch.mm, torch.bmm, torch.addmm, torch.baddbmm, torch.einsum,
+    torch.Tensor.matmul, torch.Tensor.__matmul__, torch.Tensor.__rmatmul__, torch.Tensor.mm, torch.Tensor.bmm,
+})
+
+
 class _ActivationRecorder(TorchFunctionMode):
     def __init__(self, events: list):
         super().__init__()
         self.events = events
         self.depth = 0  # > 0 while inside an activation module
+        self.in_layer = 0  # > 0 while inside a weight layer's own forward
+        self.last: tuple[int, Any] | None = None  # (event index, weakref to output) of such a call
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        out = func(*args, **kwargs)
         if self.depth == 0:
             name = getattr(func, "__name__", "")
             act = _activation_of_call(name, tuple(args), kwargs)
             if act is not None:
                 self.events.append(("act", act, f"F.{name}"))
-        return func(*args, **kwargs)
+                if self.in_layer and isinstance(out, torch.Tensor):
+                    self.last = (len(self.events) - 1, weakref.ref(out))
+            elif not self.in_layer and func in _LINEAR_MAPS:
+                # a weight applied outside any layer module (F.linear(x, self.w), x @ w): the
+                # layer before feeds a linear map, not an activation that comes later
+                self.events.append(("other", name, f"F.{name}"))
+        return out
+
+    def layer_done(self, name: str, out: Any) -> None:
+        """A weight layer's forward returned ``out``. If that is the output of an activation
+        its own forward applied (``relu(linear(x))`` in a custom layer), the activation
+        follows this layer, not the one before: the event moves after the layer's."""
+        self.in_layer -= 1
+        last, self.last = self.last, None
+        if last is not None and isinstance(out, torch.Tensor) and last[1]() is out:
+            _, act, desc = self.events[last[0]]
+            self.events[last[0]] = ("inner", act, desc)
+            self.events.append(("layer", name, name))
+            self.events.append(("act", act, f"{desc} in {name}'s forward"))
+        else:
+            self.events.append(("layer", name, name))
 
 
 def _run(model: nn.Module, example_inputs: Any) -> None:
@@ -291,7 +353,12 @@ def _hook_detect(model: nn.Module, layers: dict[str, nn.Module], example_inputs:
     try:  # hooks registered before any failure are removed in finally
         for n, m in model.named_modules():
             if n in layers:
-                handles.append(m.register_forward_hook(lambda mod, i, o, n=n: events.append(("layer", n, n))))
+                def layer_in(mod, i):
+                    rec.in_layer += 1
+                    rec.last = None
+
+                handles.append(m.register_forward_pre_hook(layer_in))
+                handles.append(m.register_forward_hook(lambda mod, i, o, n=n: rec.layer_done(n, o)))
             else:
                 act = activation_of_module(m)
                 if act is not None:
