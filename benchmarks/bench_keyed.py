@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     print(f"# keyed engine benchmark: n={n:.3g}, best of {args.repeat}, backend={get_backend()}, "
           f"avx2={B.native_module().has_avx2() if B.native_available() else None}, "
           f"torch {torch.__version__}, torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}")
-    checks = [_host.report("before")]
+    host_checks = [_host.report("before")]
     t32 = torch.empty(n)
     base = {
         "fill_": n / best(lambda: t32.fill_(1.0), args.repeat) / 1e6,
@@ -90,8 +90,8 @@ def main(argv=None) -> int:
         th = threads[-1]
         print(f"bfloat16 / float32 elements/s ({th} threads): " + ", ".join(
             f"{k} {results[(k, torch.bfloat16, th)] / results[(k, torch.float32, th)]:.2f}x" for k in specs))
-    checks.append(_host.report("after"))
-    print(_host.verdict(checks))
+    host_checks.append(_host.report("after"))
+    print(_host.verdict(host_checks))
     return 0
 
 

@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--repeat must be >= 1, got {args.repeat}")
     print(f"# bench_materialize: GPT {config} = {n / 1e9:.3f} B parameters, torch threads = default, "
           f"{args.repeat} run(s) per case")
-    checks = [_host.report("before")]
+    host_checks = [_host.report("before")]
     rows = []
     for dtype in args.dtypes:
         for case in args.cases:
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{dtype:9s} {case:22s} {r['time_s']:8.2f} s  peak RSS +{r['peak_increase_bytes'] / 2**30:.2f} GiB "
                       f"({r['peak_increase_bytes'] / r['weight_bytes']:.3f} x weights)", flush=True)
             rows.append(_combine(runs))
-    checks.append(_host.report("after"))
+    host_checks.append(_host.report("after"))
     print()
     print(_fmt_table(rows))
     ok, n_checked = True, 0
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     verdict = "not checked (no materialize case ran)" if not n_checked else ("met" if ok else "NOT met")
     print(f"\ntargets (>= {TARGET_VS_DEFAULT}x default, >= {TARGET_VS_TRUNC}x trunc_normal_ at 2 std, peak RSS increase "
           f"<= {TARGET_RSS}x weights): {verdict}")
-    print(_host.verdict(checks))
+    print(_host.verdict(host_checks))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"config": config, "params": n, "rows": rows}, fh, indent=1)
