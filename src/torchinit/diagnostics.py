@@ -244,8 +244,9 @@ class Thresholds:
     Let ``s_k`` be the output std of the k-th weight layer (Linear/Conv/...) in
     forward order, ``s_0`` the std of the model input. Layers that end a residual
     branch (their output, through dropout, is added to a tensor that is not a weight
-    layer's output: ``x + proj(h)``) are not counted in ``s_k``: their output is small by
-    design (GPT-2's ``0.02/sqrt(2 n_layer)`` projections) and the stream carries the signal.
+    layer's output and is at least as large: ``x + proj(h)``) are not counted in ``s_k``:
+    their output is small by design (GPT-2's ``0.02/sqrt(2 n_layer)`` projections) and the
+    stream carries the signal.
 
     * ``vanish=0.1``: *vanishing* when some ``s_k / s_1 < vanish``. The verdict
       starts at the first layer of the run of shrinking layers (``s_j < s_{j-1}``)
@@ -354,8 +355,8 @@ class LayerStats:
     next_act: str | None = None  #: weight layers: activation that follows
     next_act_param: float | None = None  #: its parameter (LeakyReLU slope)
     prev_act: str | None = None  #: weight layers: activation that precedes
-    #: weight layers: the output is added to a tensor that is not a weight layer's output
-    #: (``x + proj(h)``, through dropout): the end of a residual branch
+    #: weight layers: the output (through dropout) is added to a tensor that is not a weight
+    #: layer's output and is at least as large (``x + proj(h)``): the end of a residual branch
     residual: bool = False
     hist: list[int] = field(default_factory=list)
     hist_range: list[float] = field(default_factory=list)
