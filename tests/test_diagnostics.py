@@ -723,3 +723,79 @@ def test_gpt_with_gpt2_preset_is_healthy():
     assert {r.name for r in rep.signal() if r.residual} == {
         f"transformer.h.{i}.{m}.c_proj" for i in range(4) for m in ("attn", "mlp")}
     assert not [v for v in rep.verdicts if v.severity in ("warning", "error")], rep.verdicts
+
+
+class _AllResidual(nn.Module):
+    """30 blocks of ``x + fc(relu(x))`` and nothing else: every layer ends a branch."""
+
+    def __init__(self, gain=1.2, depth=30, width=64):
+        super().__init__()
+        self.fc = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for m in self.fc:
+                m.weight.normal_(0, gain / math.sqrt(width), generator=g)
+                m.bias.zero_()
+
+    def forward(self, x):
+        for f in self.fc:
+            x = x + f(torch.relu(x))
+        return x
+
+
+def test_a_network_of_residual_branches_only_is_still_judged():
+    rep = diagnose(_AllResidual(), x(128))
+    assert sum(not r.residual for r in rep.signal()) < 2  # (a branch may outgrow the stream by chance)
+    assert rep.by_kind("exploding") and rep.by_kind("exploding_gradients")
+
+
+class _PreActBlock(nn.Module):
+    def __init__(self, inplace, scale):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        with torch.no_grad():
+            self.c2.weight.mul_(scale)
+        self.inplace = inplace
+
+    def forward(self, x):
+        out = self.c2(torch.relu(self.c1(torch.relu(x))))
+        if self.inplace:
+            out += x  # the layer's output object becomes the stream
+            return out
+        return torch.add(input=x, other=out)  # keyword operands
+
+
+class _PreActNet(nn.Module):
+    def __init__(self, inplace, scale=1e-3):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)  # a layer's output is the first stream
+        self.blocks = nn.Sequential(*[_PreActBlock(inplace, scale) for _ in range(4)])
+
+    def forward(self, x):
+        return self.blocks(self.stem(x))
+
+
+@pytest.mark.parametrize("inplace", [False, True], ids=["add", "iadd"])
+def test_pre_activation_resnet_branches_after_a_conv_stem(inplace):
+    img = torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    rep = diagnose(_PreActNet(inplace), img)
+    assert {r.name for r in rep.signal() if r.residual} == {f"blocks.{i}.c2" for i in range(4)}
+    assert not rep.by_kind("vanishing")
+    # a branch output larger than the stream is the signal: judged before the in-place sum
+    big = diagnose(_PreActNet(inplace, scale=100.0), img)
+    assert not any(r.residual for r in big.signal())
+
+
+def test_residual_rule_never_breaks_the_forward():
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l = nn.Linear(4, 4)
+            self.register_buffer("sp", torch.ones(8, 4).to_sparse())
+
+        def forward(self, x):
+            return self.l(x) + self.sp  # a sparse operand: no statistic, no error
+
+    rep = diagnose(Odd(), torch.randn(8, 4))
+    assert not rep.signal()[0].residual

@@ -260,3 +260,30 @@ def test_activation_inside_a_layers_own_forward_follows_that_layer(dynamic):
     # c feeds a weight applied with F.linear, not the ReLU after it
     assert det["c"].nonlinearity == "linear" and det["c"].source == source
     assert det["f"].nonlinearity == "linear"
+
+
+class _ModuleActLinear(nn.Linear):
+    def __init__(self, *a):
+        super().__init__(*a)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        return self.act(super().forward(x))  # an activation MODULE ends the layer's forward
+
+
+class _DynamicNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.z, self.a, self.c = nn.Linear(8, 8), _ModuleActLinear(8, 8), nn.Linear(8, 8)
+
+    def forward(self, x):
+        if x.sum() > 1e9:  # fx cannot trace it: hooks
+            x = -x
+        return self.c(self.a(self.z(x)))
+
+
+def test_activation_module_inside_a_layers_forward_in_hook_mode():
+    det, notes = detect_nonlinearities(_DynamicNet(), torch.randn(4, 8))
+    assert "forward hooks" in notes[-1]
+    assert det["z"].nonlinearity == "linear" and det["a"].nonlinearity == "relu"
+    assert det["a"].via == "a.act (ReLU) in a's forward"

@@ -143,6 +143,7 @@ _FUNCTIONAL = _functional_activations()
 #: a sum whose one operand is a weight layer's output ends a residual branch (``x + proj(h)``)
 _ADDS = frozenset({torch.add, torch.Tensor.add, torch.Tensor.add_, torch.Tensor.__add__, torch.Tensor.__radd__,
                    torch.Tensor.__iadd__})
+_IN_PLACE_ADDS = frozenset({torch.Tensor.add_, torch.Tensor.__iadd__})
 #: scale-preserving calls between a branch's last layer and its sum (GPT-2's resid_dropout)
 _PASS_THROUGH = frozenset({F.dropout, F.alpha_dropout, F.feature_alpha_dropout, F.dropout1d, F.dropout2d,
                            F.dropout3d})
@@ -167,13 +168,19 @@ class _FunctionalActivations(torch.overrides.TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        summed = func in _ADDS and not self.busy
+        if summed:  # judged before the call: an in-place sum overwrites one operand
+            self.rec.summed(args[0] if args else kwargs.get("input"),
+                            args[1] if len(args) > 1 else kwargs.get("other"))
         out = func(*args, **kwargs)
-        if not self.busy and isinstance(out, Tensor):
-            if func in _ADDS and len(args) + len(kwargs) >= 2:
-                other = args[1] if len(args) > 1 else kwargs.get("other")
-                self.rec.summed(args[0], other)
-            elif func in _PASS_THROUGH and args:
+        if not self.busy and self.rec.outputs:
+            if summed:
+                if func in _IN_PLACE_ADDS and args:
+                    self.rec.untrack(args[0])  # now a sum, no longer the layer's output
+            elif func in _PASS_THROUGH and args and isinstance(out, Tensor):
                 self.rec.alias(args[0], out)
+            else:
+                self.rec.read(args)
         name = _FUNCTIONAL.get(func) if not self.busy else None
         if name is not None and isinstance(out, Tensor):
             self.busy = True  # the statistics below are torch calls too
@@ -622,6 +629,7 @@ class _Recorder:
         # weight-layer outputs of this forward, by id, with a weak reference (an id can be reused
         # once a tensor is freed, and no activation is kept alive by the diagnostics)
         self.outputs: dict[int, tuple[weakref.ref, LayerStats]] = {}
+        self.was_read: set[int] = set()  # ids of tracked outputs that some op has read
 
     def _owner(self, t: Any) -> "LayerStats | None":
         """The weight layer whose output ``t`` is (through dropout), or None."""
@@ -635,6 +643,16 @@ class _Recorder:
             self.outputs[id(y)] = (weakref.ref(y), rec)
         except TypeError:  # pragma: no cover - tensor subclasses without weak references
             pass
+
+    def untrack(self, t: Any) -> None:
+        if self._owner(t) is not None:
+            del self.outputs[id(t)]
+
+    def read(self, args: tuple) -> None:
+        """An op read ``args``: a tracked output among them feeds something (a norm, a branch)."""
+        for a in args:
+            if isinstance(a, Tensor) and self._owner(a) is not None:
+                self.was_read.add(id(a))
 
     def alias(self, x: Any, y: Tensor) -> None:
         """``y`` is ``x`` through a scale-preserving call (dropout): it belongs to x's layer."""
@@ -650,12 +668,25 @@ class _Recorder:
         (``h + 0.044715 * h**3`` inside a GELU formula, a bias) the layer's output is the
         signal, and stays on its path."""
         ra, rb = self._owner(a), self._owner(b)
-        if (ra is None) == (rb is None):
+        if ra is None and rb is None:
             return
-        rec, stream = (ra, b) if ra is not None else (rb, a)
-        if not (isinstance(stream, Tensor) and stream.is_floating_point() and stream.numel() > 1):
+        if ra is not None and rb is not None:
+            # two layers' outputs: the one some op already read is the stream the other's
+            # branch started from (x = stem(x); x + proj(f(x))); neither read: two branches
+            read_a, read_b = id(a) in self.was_read, id(b) in self.was_read
+            if read_a == read_b:
+                return
+            rec, stream = (rb, a) if read_a else (ra, b)
+        else:
+            rec, stream = (ra, b) if ra is not None else (rb, a)
+        if not (isinstance(stream, Tensor) and stream.layout == torch.strided and not stream.is_nested
+                and stream.is_floating_point() and stream.numel() > 1):
             return
-        if float(stream.detach().float().std(correction=0)) >= rec.std:
+        try:
+            big = float(stream.detach().float().std(correction=0)) >= rec.std
+        except Exception:  # a statistic must never break the model's forward
+            return
+        if big:
             rec.residual = True
 
     def attach(self) -> None:
@@ -1002,6 +1033,22 @@ def _start_of_run(stds: list[float], idx: int, shrinking: bool) -> int:
     return j
 
 
+def _grad_extreme(layers: list[LayerStats]) -> tuple[float, float, list[LayerStats]] | None:
+    """Among groups of >= 3 layers whose outputs have the same per-sample shape, the one
+    whose first/last gradient std ratio ``q`` is the most extreme: ``(|log q|, q, group)``."""
+    groups: dict[tuple, list[LayerStats]] = {}
+    for r in layers:
+        if r.grad_std is not None and r.grad_std > 0:
+            groups.setdefault(tuple(r.shape[1:]), []).append(r)
+    best = None
+    for grp in groups.values():
+        if len(grp) >= 3:
+            q = grp[0].grad_std / grp[-1].grad_std
+            if best is None or abs(math.log(q)) > best[0]:
+                best = (abs(math.log(q)), q, grp)
+    return best
+
+
 _FIX_VANISH = ("initialize for the nonlinearity that follows each layer: torchinit.init_model(model, 'kaiming') "
                "for ReLU nets (nn.init.kaiming_normal_(w, nonlinearity='relu')), or torchinit.lsuv_(model, batch)")
 
@@ -1020,6 +1067,8 @@ def _verdicts(report_layers: list[LayerStats], params: list[ParamStats], input_s
     # (GPT-2's 0.02/sqrt(2 n_layer) projections, zero-initialized branches) and is added to
     # the stream, so those layers do not count as the signal vanishing
     path = [r for r in sig if not r.residual]
+    if len(path) < 2:  # every layer ends a branch (none reads the stream itself): judge them all
+        path = sig
     if len(path) >= 2 and path[0].std > 0:
         s1 = path[0].std
         stds = [input_std if input_std else s1] + [r.std for r in path]
@@ -1046,6 +1095,7 @@ def _verdicts(report_layers: list[LayerStats], params: list[ParamStats], input_s
                 f"(x{ratios[hi]:.3g}, std x{per:.2f} per layer); it exceeds {th.explode:g}x at {path[first_hi].name}.",
                 "scale weights by gain/sqrt(fan_in) for the nonlinearity that follows (torchinit.init_model(model, "
                 "'kaiming') or 'xavier' for tanh), or torchinit.lsuv_(model, batch)", ratios[hi], th.explode))
+    if len(sig) >= 2 and sig[0].std > 0:
         # gradients: compared between layers whose outputs have the same per-sample shape
         # (per-element gradients of differently sized outputs, e.g. before and after a
         # global pooling, are not comparable); in a residual network only between layers that
@@ -1053,17 +1103,9 @@ def _verdicts(report_layers: list[LayerStats], params: list[ParamStats], input_s
         # depends on the layer's role (queries and keys get small gradients at init, through a
         # near-uniform softmax)
         ends = [r for r in sig if r.residual]
-        groups: dict[tuple, list[LayerStats]] = {}
-        for r in ends if len(ends) >= 3 else sig:
-            if r.grad_std is not None and r.grad_std > 0:
-                groups.setdefault(tuple(r.shape[1:]), []).append(r)
-        best = None
-        for grp in groups.values():
-            if len(grp) >= 3:
-                q = grp[0].grad_std / grp[-1].grad_std
-                extremity = abs(math.log(q))
-                if best is None or extremity > best[0]:
-                    best = (extremity, q, grp)
+        best = _grad_extreme(ends) if len(ends) >= 3 else None
+        if best is None:  # no residual branches, or too few of one shape (a ResNet's stages)
+            best = _grad_extreme(sig)
         if best is not None:
             _, q, grp = best
             g = [(r.name, r.grad_std) for r in grp]
@@ -1087,7 +1129,8 @@ def _verdicts(report_layers: list[LayerStats], params: list[ParamStats], input_s
         # collapse
         # the output layer is excluded: the logits of a random head on pooled (positive)
         # features are naturally similar across samples
-        cs = [(r.name, r.cosine) for r in sig[:-1] if r.cosine is not None]
+        # (on the signal's path: a small branch output is dominated by its bias by design)
+        cs = [(r.name, r.cosine) for r in path[:-1] if r.cosine is not None]
         if cs and (input_cos is None or input_cos < th.collapse_input):
             worst = max(cs, key=lambda t: t[1])
             if worst[1] > th.collapse:

@@ -306,6 +306,7 @@ class _ActivationRecorder(TorchFunctionMode):
         self.depth = 0  # > 0 while inside an activation module
         self.in_layer = 0  # > 0 while inside a weight layer's own forward
         self.last: tuple[int, Any] | None = None  # (event index, weakref to output) of such a call
+        self.pending = -1  # event index of the activation module running
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -365,9 +366,12 @@ def _hook_detect(model: nn.Module, layers: dict[str, nn.Module], example_inputs:
                     def pre(mod, i, act=act, n=n):
                         events.append(("act", act, f"{n} ({type(mod).__name__})"))
                         rec.depth += 1
+                        rec.pending = len(events) - 1
 
                     def post(mod, i, o):
                         rec.depth -= 1
+                        if rec.in_layer and rec.depth == 0 and isinstance(o, torch.Tensor):
+                            rec.last = (rec.pending, weakref.ref(o))  # inside a layer's forward
 
                     handles.append(m.register_forward_pre_hook(pre))
                     handles.append(m.register_forward_hook(post))

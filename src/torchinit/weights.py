@@ -216,7 +216,8 @@ def load_weights(
                 more = f" and {len(left) - 3} more" if len(left) > 3 else ""
                 warnings.warn(
                     f"load_weights: {', '.join(map(repr, left[:3]))}{more} not in {str(path)!r} are still on "
-                    "the meta device (non-persistent buffers are not saved); compute them before running the "
+                    "the meta device (non-persistent buffers are not saved; with strict=False, also missing "
+                    "keys); compute them before running the "
                     "model: torchinit.materialize(model, device, {'rules': []}, seed=0) runs their modules' own "
                     "init code where there is some (Hugging Face rotary embeddings, position ids), else set them "
                     "on the model", stacklevel=2)

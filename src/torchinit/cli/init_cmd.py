@@ -86,8 +86,7 @@ def run(args: argparse.Namespace) -> int:
         if args.dtype:
             model.to(DTYPES[args.dtype])
         plan = torchinit.init_model(model, args.policy, seed=args.seed, engine="keyed")
-        names = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
-        kept = _uncovered(plan, names)
+        kept = _uncovered(plan, set(model.state_dict()))  # what the file holds (persistent tensors)
     t_init = time.perf_counter() - t0
     info = {"model": args.model, "kwargs": kwargs, "policy": args.policy, "seed": args.seed,
             "engine": "keyed", "dtype": args.dtype, "meta": bool(args.meta)}
