@@ -187,6 +187,24 @@ _TRANSPARENT_METHODS = {
 }
 
 
+def _node_activation(node: Any, modules: Mapping[str, nn.Module]) -> tuple[str, float | None, str] | None:
+    """``(nonlinearity, param, description)`` when the fx ``node`` is an activation (a
+    module of ``modules`` or a function / method call), else None."""
+    if node.op == "call_module":
+        m = modules.get(node.target)
+        act = activation_of_module(m) if m is not None else None
+        return None if act is None else (act[0], act[1], f"{node.target} ({type(m).__name__})")
+    if node.op in ("call_function", "call_method"):
+        name = _call_name(node)
+        act = _activation_of_call(name, tuple(node.args), node.kwargs)
+        return None if act is None else (act[0], act[1], f"{'F.' if node.op == 'call_function' else '.'}{name}")
+    return None
+
+
+def _call_name(node: Any) -> str:
+    return node.target if node.op == "call_method" else getattr(node.target, "__name__", str(node.target))
+
+
 def _own_activation(tracer_cls: Any, m: nn.Module) -> tuple[str, float | None, str] | None:
     """The activation a custom weight layer applies last in its own ``forward``
     (``return F.relu(F.linear(x, self.weight))``), or None. torch.nn's layers apply none."""
@@ -197,17 +215,7 @@ def _own_activation(tracer_cls: Any, m: nn.Module) -> tuple[str, float | None, s
     except Exception:  # not traceable alone: what follows the layer decides
         return None
     res = next((n.args[0] for n in graph.nodes if n.op == "output"), None)
-    if not hasattr(res, "op"):
-        return None
-    if res.op == "call_module":
-        sub = dict(m.named_modules()).get(res.target)
-        act = activation_of_module(sub) if sub is not None else None
-        return None if act is None else (act[0], act[1], f"{res.target} ({type(sub).__name__})")
-    if res.op in ("call_function", "call_method"):
-        fname = res.target if res.op == "call_method" else getattr(res.target, "__name__", str(res.target))
-        act = _activation_of_call(fname, tuple(res.args), res.kwargs)
-        return None if act is None else (act[0], act[1], f"{'F.' if res.op == 'call_function' else '.'}{fname}")
-    return None
+    return _node_activation(res, dict(m.named_modules())) if hasattr(res, "op") else None
 
 
 def _fx_detect(model: nn.Module, layers: dict[str, nn.Module]) -> dict[str, Detection]:
@@ -248,28 +256,23 @@ def _fx_detect(model: nn.Module, layers: dict[str, nn.Module]) -> dict[str, Dete
             if u in seen:
                 continue
             seen.add(u)
+            act = _node_activation(u, modules)
+            if act is not None:
+                results.append(act)
+                continue
             if u.op == "call_module":
                 m = modules.get(u.target)
-                act = activation_of_module(m) if m is not None else None
-                if act is not None:
-                    results.append((act[0], act[1], f"{u.target} ({type(m).__name__})"))
-                    continue
                 if m is not None and _transparent_module(m):
                     queue.extend(u.users)
                     continue
                 results.append(("linear", None, f"{u.target} ({type(m).__name__})"))
                 continue
             if u.op in ("call_function", "call_method"):
-                fname = u.target if u.op == "call_method" else getattr(u.target, "__name__", str(u.target))
-                act = _activation_of_call(fname, tuple(u.args), u.kwargs)
-                if act is not None:
-                    results.append((act[0], act[1], f"{'F.' if u.op == 'call_function' else '.'}{fname}"))
-                    continue
                 if (u.op == "call_function" and u.target in _TRANSPARENT_FUNCS) or (
                         u.op == "call_method" and u.target in _TRANSPARENT_METHODS):
                     queue.extend(u.users)
                     continue
-                results.append(("linear", None, f"{fname}"))
+                results.append(("linear", None, _call_name(u)))
                 continue
             if u.op == "output":
                 results.append(("linear", None, "output"))
