@@ -799,3 +799,61 @@ def test_residual_rule_never_breaks_the_forward():
 
     rep = diagnose(Odd(), torch.randn(8, 4))
     assert not rep.signal()[0].residual
+
+
+# -- determinism: the same model and input give the same report on every call ----------------
+
+
+@pytest.mark.parametrize("inplace", [False, True], ids=["add", "iadd"])
+def test_diagnose_gives_the_same_report_on_every_call(inplace):
+    # tracked layer outputs were keyed by bare id(); a freed tensor's id reused by a new one
+    # inherited its "read" flag, and the residual verdicts varied from call to call
+    img = torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    model = _PreActNet(inplace)
+    first = diagnose(model, img).to_json()
+    for i in range(12):
+        junk = [torch.empty(8, 8, 8, 8) for _ in range(i)]  # churn the allocator and the ids
+        assert diagnose(model, img).to_json() == first, f"call {i + 2} differs"
+        del junk
+
+
+def test_recorder_forgets_a_dead_output_whose_id_is_reused():
+    from torchinit.diagnostics import LayerStats, _Recorder
+
+    rec = _Recorder(nn.Linear(2, 2), 4, grads=False)
+    stats = LayerStats(name="l", type="Linear", kind="linear", shape=[2], mean=0.0, std=1.0,
+                       max_abs=1.0, sq_mean=0.0, chan_var=1.0, finite=True)
+    y = torch.ones(2)
+    rec._track(y, stats)
+    rec.read((y,))
+    key = id(y)
+    del y
+    reborn = None
+    for _ in range(10_000):  # CPython reuses the freed id for an object of the same size
+        t = torch.zeros(2)
+        if id(t) == key:
+            reborn = t
+            break
+    if reborn is None:
+        pytest.skip("the allocator did not reuse the id")
+    assert rec._owner(reborn) is None and rec._entry(reborn) is None
+    rec._track(reborn, stats)
+    assert rec._entry(reborn).read is False  # not inherited from the dead tensor
+
+
+def test_fingerprint_of_a_tensor_past_2_24_elements():
+    # a float32 linspace rounds n - 1 up past the end beyond 2**24 elements: IndexError
+    from torchinit.diagnostics import _fingerprint
+
+    t = torch.zeros(50257 * 768)  # n - 1 = 38597375 rounds to 38597376 in float32
+    shape, s, sq, picks = _fingerprint(t)
+    assert len(picks) == 64 and shape == (t.numel(),)
+    assert _fingerprint(torch.arange(5.0))[3] == (0.0, 1.0, 2.0, 3.0, 4.0)
+    assert _fingerprint(torch.tensor([7.0]))[3] == (7.0,)
+
+
+def test_diagnose_a_real_vocabulary_embedding():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(50257, 768), nn.Linear(768, 4))
+    rep = diagnose(model, torch.randint(0, 50257, (2, 8), generator=torch.Generator().manual_seed(0)))
+    assert [r.name for r in rep.signal()] == ["1"]

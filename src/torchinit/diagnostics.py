@@ -613,6 +613,16 @@ def _first_tensor(x: Any) -> Tensor | None:
 _BINS = 50
 
 
+@dataclass
+class _Tracked:
+    """A weight layer's output seen in this forward: a weak reference (no activation is
+    kept alive by the diagnostics), its layer, and whether some op has read it."""
+
+    ref: weakref.ref
+    rec: "LayerStats"
+    read: bool = False
+
+
 class _Recorder:
     def __init__(self, model: nn.Module, max_cosine_samples: int, grads: bool) -> None:
         self.model = model
@@ -621,26 +631,39 @@ class _Recorder:
         self.records: list[LayerStats] = []
         self.calls: dict[str, int] = {}
         self.last: LayerStats | None = None
-        self.cdims: dict[int, int] = {}
+        self.last_cdim: int | None = None  # the channel dim of ``last``
         self.handles: list[Any] = []
         self.modules: dict[str, nn.Module] = {}
         self.stack: list[tuple[str, str | None]] = []  # (name, kind) of the modules running forward
         self.leaves: list[Tensor] = []  # gradient entry points made for frozen layers (see _grad_entry)
         # weight-layer outputs of this forward, by id, with a weak reference (an id can be reused
         # once a tensor is freed, and no activation is kept alive by the diagnostics)
-        self.outputs: dict[int, tuple[weakref.ref, LayerStats]] = {}
-        self.was_read: set[int] = set()  # ids of tracked outputs that some op has read
+        # The read flag lives in the entry itself: a tensor freed and its id reused by a new
+        # one cannot inherit it (a bare set of ids did, and made verdicts vary call to call).
+        self.outputs: dict[int, _Tracked] = {}
 
     def _owner(self, t: Any) -> "LayerStats | None":
         """The weight layer whose output ``t`` is (through dropout), or None."""
         if not isinstance(t, Tensor):
             return None
+        hit = self._entry(t)
+        return hit.rec if hit is not None else None
+
+    def _entry(self, t: Any) -> "_Tracked | None":
+        """The live tracking entry of ``t``: its id alone is not enough (ids are reused)."""
+        if not isinstance(t, Tensor):
+            return None
         hit = self.outputs.get(id(t))
-        return hit[1] if hit is not None and hit[0]() is t else None
+        if hit is None:
+            return None
+        if hit.ref() is not t:  # a dead tensor's id, now another object's: forget it
+            del self.outputs[id(t)]
+            return None
+        return hit
 
     def _track(self, y: Tensor, rec: LayerStats) -> None:
         try:
-            self.outputs[id(y)] = (weakref.ref(y), rec)
+            self.outputs[id(y)] = _Tracked(weakref.ref(y), rec)
         except TypeError:  # pragma: no cover - tensor subclasses without weak references
             pass
 
@@ -651,8 +674,9 @@ class _Recorder:
     def read(self, args: tuple) -> None:
         """An op read ``args``: a tracked output among them feeds something (a norm, a branch)."""
         for a in args:
-            if isinstance(a, Tensor) and self._owner(a) is not None:
-                self.was_read.add(id(a))
+            hit = self._entry(a)
+            if hit is not None:
+                hit.read = True
 
     def alias(self, x: Any, y: Tensor) -> None:
         """``y`` is ``x`` through a scale-preserving call (dropout): it belongs to x's layer."""
@@ -673,7 +697,7 @@ class _Recorder:
         if ra is not None and rb is not None:
             # two layers' outputs: the one some op already read is the stream the other's
             # branch started from (x = stem(x); x + proj(f(x))); neither read: two branches
-            read_a, read_b = id(a) in self.was_read, id(b) in self.was_read
+            read_a, read_b = self._entry(a).read, self._entry(b).read
             if read_a == read_b:
                 return
             rec, stream = (rb, a) if read_a else (ra, b)
@@ -783,7 +807,7 @@ class _Recorder:
         if kind == "activation" and self.last is not None and len(self.last.shape) == y.dim():
             # the channels of the layer before, also through shape changes that keep them
             # (conv -> max-pool -> ReLU)
-            c = self.cdims.get(id(self.last))
+            c = self.last_cdim
             if c is not None and self.last.shape[c] == y.shape[c]:
                 return c
             # conv-style (N, C, ...) channels stay at dim 1 through rank-keeping ops that
@@ -860,8 +884,7 @@ class _Recorder:
                 rec.hist = [int(c) for c in torch.histc(vals, bins=_BINS, min=lo, max=hi).tolist()]
                 rec.hist_range = [float(lo), float(hi)]
         self.records.append(rec)
-        self.cdims[id(rec)] = cdim
-        self.last = rec
+        self.last, self.last_cdim = rec, cdim
         if self.grads and y.requires_grad:
             def ghook(g, rec=rec):
                 gf = g.detach().float()
@@ -896,7 +919,9 @@ def _promised_std(spec: Any, shape: Sequence[int]) -> float | None:
 
 def _fingerprint(t: Tensor) -> tuple:
     f = t.detach().reshape(-1).double()
-    idx = torch.linspace(0, f.numel() - 1, steps=min(64, f.numel())).long().to(f.device)
+    # integer positions: a float32 linspace rounds n - 1 up past the end beyond 2**24 elements
+    n, steps = f.numel(), min(64, f.numel())
+    idx = torch.arange(steps, device=f.device) * (n - 1) // max(steps - 1, 1)
     return (tuple(t.shape), float(f.sum()), float((f * f).sum()), tuple(f[idx].tolist()))
 
 

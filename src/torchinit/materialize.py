@@ -80,16 +80,17 @@ def meta_tensors(model: nn.Module) -> Iterator[tuple[str, str, Tensor]]:
                     yield prefix + n, kind, t
 
 
-def _locations(model: nn.Module) -> dict[int, list[tuple[dict, str, str]]]:
-    """id(tensor) -> every (store dict, key, qualified name) it is registered under
-    (a tied tensor has several)."""
-    out: dict[int, list[tuple[dict, str, str]]] = {}
+def _locations(model: nn.Module) -> dict[int, tuple[Tensor, list[tuple[dict, str, str]]]]:
+    """id(tensor) -> (the tensor, every (store dict, key, qualified name) it is registered
+    under): a tied tensor has several. The tensor is kept so that a lookup can check it is
+    the same object, and so that its id cannot be reused while the map is in use."""
+    out: dict[int, tuple[Tensor, list[tuple[dict, str, str]]]] = {}
     for mname, module in model.named_modules(remove_duplicate=False):
         prefix = f"{mname}." if mname else ""
         for store in (module._parameters, module._buffers):
             for n, t in store.items():
                 if t is not None:
-                    locs = out.setdefault(id(t), [])
+                    locs = out.setdefault(id(t), (t, []))[1]
                     if all(q != prefix + n for _, _, q in locs):
                         locs.append((store, n, prefix + n))
     return out
@@ -367,7 +368,12 @@ def materialize(
                             continue
                         new = _new_like(t, device)
                         _prefault(new, huge_pages)
-                        for loc_store, loc_key, qname in locations[id(t)]:  # keeps tied tensors tied
+                        hit = locations.get(id(t))
+                        # every name of a tied tensor at once (keeps it tied); a tensor that init
+                        # code put on the model after the map was made has only its own name
+                        locs = hit[1] if hit is not None and hit[0] is t else [
+                            (store, n, f"{mname}.{n}" if mname else n)]
+                        for loc_store, loc_key, qname in locs:
                             pending.append((loc_store, loc_key, t))
                             loc_store[loc_key] = new
                             batch.add(qname)

@@ -203,7 +203,7 @@ def load_weights(
             from .materialize import _locations
 
             # assign=True replaces each Parameter by name, which would untie tied ones: re-tie them
-            groups = [locs for locs in _locations(model).values() if len(locs) > 1]
+            groups = [locs for _, locs in _locations(model).values() if len(locs) > 1]
             model.load_state_dict(state, strict=strict, assign=True)
             for locs in groups:
                 store0, key0, _ = locs[0]
