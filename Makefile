@@ -30,4 +30,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info src/torchinit/*.so
+	rm -rf $(VENV) build src/*.egg-info src/torchinit/*.so src/torchinit/engines/keyed/*.so

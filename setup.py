@@ -10,7 +10,7 @@ import sys
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-SRC = os.path.join("src", "torchinit", "keyed", "_native.c")
+SRC = os.path.join("src", "torchinit", "engines", "keyed", "_native.c")
 
 
 class OptionalBuildExt(build_ext):
@@ -40,7 +40,7 @@ ext_modules = []
 if os.path.exists(SRC) and os.environ.get("TORCHINIT_NO_NATIVE") != "1":
     ext_modules.append(
         Extension(
-            "torchinit.keyed._native",
+            "torchinit.engines.keyed._native",
             sources=[SRC],
             # -ffp-contract=off: no FMA contraction, so the kernel is bit-identical
             # to the reference backend (IEEE basic ops only). -fno-math-errno and

@@ -818,7 +818,7 @@ def test_diagnose_gives_the_same_report_on_every_call(inplace):
 
 
 def test_recorder_forgets_a_dead_output_whose_id_is_reused():
-    from torchinit.diagnostics import LayerStats, _Recorder
+    from torchinit.evidence.diagnostics.record import LayerStats, _Recorder
 
     rec = _Recorder(nn.Linear(2, 2), 4, grads=False)
     stats = LayerStats(name="l", type="Linear", kind="linear", shape=[2], mean=0.0, std=1.0,
@@ -843,7 +843,7 @@ def test_recorder_forgets_a_dead_output_whose_id_is_reused():
 
 def test_fingerprint_of_a_tensor_past_2_24_elements():
     # a float32 linspace rounds n - 1 up past the end beyond 2**24 elements: IndexError
-    from torchinit.diagnostics import _fingerprint
+    from torchinit.evidence.diagnostics.params import _fingerprint
 
     t = torch.zeros(50257 * 768)  # n - 1 = 38597375 rounds to 38597376 in float32
     shape, s, sq, picks = _fingerprint(t)

@@ -196,7 +196,7 @@ def test_materialize_bounds_the_whole_model_init_passes(monkeypatch):
     import importlib
 
     mat = importlib.import_module("torchinit.materialize")
-    routing = importlib.import_module("torchinit.routing")
+    routing = importlib.import_module("torchinit.model.module_init")
     passes = []
     real = routing._run_hf
     monkeypatch.setattr(routing, "_run_hf", lambda *a: (passes.append(1), real(*a))[1])

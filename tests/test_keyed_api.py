@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import types
 import os
 import warnings
 
@@ -102,10 +101,9 @@ def test_returns_input_and_handles_edge_shapes(same_bits):
 
 def test_dtensor_is_delegated_to_sharding(monkeypatch):
     calls = []
-    fake = types.ModuleType("torchinit.sharding")
-    fake.shard_fill_ = lambda t, spec, key: calls.append((t, spec, key)) or t
-    monkeypatch.setitem(sys.modules, "torchinit.sharding", fake)
-    monkeypatch.setattr(torchinit, "sharding", fake, raising=False)
+    import torchinit.engines.keyed.fill as fill_mod
+
+    monkeypatch.setattr(fill_mod, "shard_fill_", lambda t, spec, key: calls.append((t, spec, key)) or t)
 
     class DTensor:  # stands in for torch.distributed.tensor.DTensor (matched by class name)
         pass

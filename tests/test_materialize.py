@@ -10,7 +10,7 @@ import torchinit
 from torchinit import zoo
 
 materialize_mod = importlib.import_module("torchinit.materialize")  # the module; torchinit.materialize is the function
-plan_mod = importlib.import_module("torchinit.plan")  # materialize applies each batch with plan_mod._apply_plan
+plan_mod = importlib.import_module("torchinit.model.apply")  # materialize applies each batch with plan_mod._apply_plan
 
 SMALL = {
     "mlp": dict(depth=4, width=16),

@@ -1,12 +1,19 @@
 """torchinit: initialize PyTorch models correctly, reproducibly, fast, at any
 scale, and with evidence that the result is healthy.
 
-The public API is what this module exports.
+The public API is what this module exports. The layers, bottom to top (see
+docs/architecture.md): ``core`` (fans, gains, specs) -> ``engines`` (torch, keyed)
+-> ``initializers`` (the drop-ins) -> ``model`` (policies, plans, routing) ->
+``scale`` (materialize, weight files) -> ``evidence`` (diagnostics, LSUV) -> ``cli``.
 """
 
-from .fans import Fans, compute_fans, module_fans, torch_fans
-from .gains import calculate_gain, second_moment_gain
+from ._version import __version__
+from .core import specs
+from .core.fans import Fans, compute_fans, module_fans, torch_fans
+from .core.gains import calculate_gain, second_moment_gain
+from .core.specs import spec_from_dict
 from .initializers import (
+    _DEPRECATED_NAMES,
     constant,
     constant_,
     delta_orthogonal_,
@@ -29,7 +36,6 @@ from .initializers import (
     xavier_uniform_,
     zeros_,
 )
-from .initializers import _DEPRECATED_NAMES
 from .initializers import (  # torch.nn.init's deprecated names: FutureWarning, then the call
     dirac,
     eye,
@@ -42,10 +48,6 @@ from .initializers import (  # torch.nn.init's deprecated names: FutureWarning, 
     xavier_normal,
     xavier_uniform,
 )
-from . import specs
-from .specs import spec_from_dict
-
-__version__ = "0.1.0"
 
 __all__ = [
     "__version__",
@@ -86,25 +88,40 @@ __all__ = [
 ]
 
 # Keyed engine: values as a pure function of (seed, name, element index).
-from . import keyed
-from .keyed import Key
+from .engines import keyed  # noqa: E402
+from .engines.keyed import Key  # noqa: E402
 
 __all__ += ["Key", "keyed"]
 # Model-level init: policies, plans, presets, routing of a model's own init code.
-from .policy import Policy, PolicyError, Rule, load_policy
-from .plan import Plan, PlanEntry, apply_plan, init_model, plan
-from .presets import PRESETS, get_preset
-from .routing import keyed_init_mode
+from .model import (  # noqa: E402
+    PRESETS,
+    Plan,
+    PlanEntry,
+    Policy,
+    PolicyError,
+    Rule,
+    apply_plan,
+    get_preset,
+    init_model,
+    keyed_init_mode,
+    load_policy,
+    plan,
+)
 
 __all__ += ["plan", "init_model", "apply_plan", "Plan", "PlanEntry", "Policy", "PolicyError", "Rule",
             "load_policy", "PRESETS", "get_preset", "keyed_init_mode"]
 # Scale: meta-device materialization (sharded init lives in torchinit.sharding).
-from . import zoo
-from .materialize import materialize
+from . import zoo  # noqa: E402
+from .scale import materialize  # noqa: E402
 
 __all__ += ["materialize", "zoo"]
 # Evidence: diagnostics and data-dependent init.
-from .diagnostics import Report, diagnose
-from .lsuv import class_prior, data_init_, lsuv_, prior_bias_
+from .evidence import Report, class_prior, data_init_, diagnose, lsuv_, prior_bias_  # noqa: E402
 
 __all__ += ["diagnose", "Report", "lsuv_", "prior_bias_", "class_prior", "data_init_"]
+
+# the flat layout's module paths (torchinit.specs, torchinit.keyed, torchinit.sharding...)
+from . import _compat  # noqa: E402
+
+_compat.install(__name__)
+del _compat

@@ -22,13 +22,13 @@ import torch
 from torch import Tensor
 from torch.overrides import handle_torch_function, has_torch_function_variadic
 
-from . import specs as S
-from .fans import Fans
-from .gains import calculate_gain
-from .torch_engine import torch_fill_
+from .core import specs as S
+from .core.fans import Fans
+from .core.gains import calculate_gain
+from .engines.torch_engine import torch_fill_
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .keyed import Key
+    from .engines.keyed import Key
 
 __all__ = [
     "calculate_gain",
@@ -77,7 +77,7 @@ def fill_(
         raise ValueError("pass either generator= (torch engine) or key= (keyed engine), not both")
     spec = spec.checked()
     spec.check_shape(tuple(tensor.shape))
-    from .keyed import fill_ as keyed_fill_
+    from .engines.keyed import fill_ as keyed_fill_
 
     return keyed_fill_(tensor, spec, key)
 

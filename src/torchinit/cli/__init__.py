@@ -17,7 +17,7 @@ _COMMANDS = ("demo", "plan_cmd", "init_cmd", "report_cmd")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
+    from .._version import __version__
 
     parser = argparse.ArgumentParser(
         prog="torchinit",

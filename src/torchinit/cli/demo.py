@@ -16,7 +16,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .report_cmd import DEFAULT_SCHEMES, diagnose_schemes, print_verdicts, std_table, threads
+from .report_cmd import (
+    DEFAULT_SCHEMES,
+    diagnose_schemes,
+    print_verdicts,
+    std_table,
+    threads,
+)
 
 __all__ = ["register", "run", "DEMO_MODELS"]
 
@@ -64,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from ..diagnostics import save_comparison
+    from ..evidence.diagnostics.html import save_comparison
 
     console = Console()
     t0 = time.perf_counter()

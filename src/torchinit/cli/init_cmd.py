@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ..materialize import _uncovered
+from ..scale.materialize import _uncovered
 from ._models import load_model, meta_device, parse_kwargs
 from .plan_cmd import TRUST_NOTE, add_model_args
 
@@ -61,7 +61,8 @@ def _check_device(device: str) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``torchinit init`` with the parsed ``args``; returns the exit code."""
     import torchinit
-    from ..weights import check_destination, save_weights
+
+    from ..scale.weights import check_destination, save_weights
 
     if not args.out.endswith(".safetensors"):
         raise ValueError(f"--out must end with .safetensors, got {args.out!r}")

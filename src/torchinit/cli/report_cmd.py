@@ -132,8 +132,8 @@ def scheme_policy(scheme: str) -> Any:
     and most code call Xavier) on top of the ``xavier`` preset; every other name is a
     :func:`torchinit.init_model` preset."""
     if scheme == "xavier":
-        from ..policy import Rule
-        from ..presets import get_preset
+        from ..model.policy import Rule
+        from ..model.presets import get_preset
 
         return get_preset("xavier") + Rule("xavier_uniform", {"gain": 1.0, "fans": "module"},
                                            modules=("Linear", "_ConvNd"), params="weight",
@@ -146,6 +146,7 @@ def diagnose_schemes(model_spec: str, schemes: Sequence[str], *, kwargs: Mapping
                      backward: bool = True) -> dict[str, Any]:
     """``{scheme: Report}``: each scheme on a fresh copy of the model, all on the same batch."""
     import torchinit
+
     from .. import zoo
 
     reports: dict[str, Any] = {}
@@ -232,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from ..diagnostics import save_comparison
+    from ..evidence.diagnostics.html import save_comparison
 
     kwargs = parse_kwargs(args.kwargs)
     shape = _parse_shape(args.input_shape) if args.input_shape else None

@@ -14,16 +14,9 @@ docs/keyed-stream.md and versioned by :data:`STREAM_VERSION`.
 from typing import Sequence
 
 from ._constants import STREAM_VERSION
-from .backend import (
-    get_backend,
-    get_chunk_size,
-    get_num_threads,
-    native_available,
-    set_backend,
-    set_chunk_size,
-    set_num_threads,
-)
-from .engine import fill_, fill_region_, sample
+from .backend import get_backend, get_chunk_size, get_num_threads, native_available, set_backend, set_chunk_size, set_num_threads
+from .fill import fill_
+from .engine import fill_region_, sample
 from .key import Key
 
 __all__ = [

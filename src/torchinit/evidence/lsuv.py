@@ -33,9 +33,11 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from . import specs as S
-from .diagnostics import _call, _first_tensor, _fmt, _kind
-from .initializers import fill_
+from ..core import specs as S
+from ..initializers import fill_
+from ..model.calls import call_model, first_tensor
+from .diagnostics.classify import _kind
+from .diagnostics.fmt import _fmt
 
 __all__ = ["lsuv_", "LSUVReport", "LSUVLayer", "prior_bias_", "class_prior", "data_init_"]
 
@@ -89,7 +91,7 @@ def _forward_order(model: nn.Module, inputs: Any, chosen: list[tuple[str, nn.Mod
         for name, m in chosen:
             handles.append(m.register_forward_hook(hook_for(name)))
         with torch.no_grad():
-            _call(model, inputs)
+            call_model(model, inputs)
     finally:
         for h in handles:
             h.remove()
@@ -107,7 +109,7 @@ def _capture(model: nn.Module, inputs: Any, module: nn.Module) -> tuple[tuple, T
     h = module.register_forward_hook(hook)
     try:
         with torch.no_grad():
-            _call(model, inputs)
+            call_model(model, inputs)
     except _Stop:
         pass
     finally:
@@ -115,7 +117,7 @@ def _capture(model: nn.Module, inputs: Any, module: nn.Module) -> tuple[tuple, T
     if not box:
         raise RuntimeError(f"module {type(module).__name__} was not called by the forward pass")
     args, out = box[0]
-    y = _first_tensor(out)
+    y = first_tensor(out)
     if y is None:
         raise TypeError(f"module {type(module).__name__} returned no tensor")
     return args, y
@@ -195,7 +197,7 @@ class LSUVReport:
 
 
 def _batch_size(inputs: Any) -> str:
-    x = _first_tensor(inputs)
+    x = first_tensor(inputs)
     return f"batch size {x.shape[0]}" if x is not None and x.dim() else "no batched tensor"
 
 
@@ -276,7 +278,7 @@ def lsuv_(
         raise ValueError(f"{fn}: no layer selected (the model has no Linear/Conv layer, or `modules` matched none)")
     key = None
     if seed is not None:
-        from .keyed import Key
+        from ..engines.keyed import Key
 
         key = Key(seed)
     tx = _Transaction(model, [m for _, m in chosen])

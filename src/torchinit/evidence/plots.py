@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
-    from .diagnostics import LayerStats, Report
+    from .diagnostics.report import LayerStats, Report
 
 __all__ = ["signal_propagation", "activation_histograms", "save_figure", "training_curves"]
 

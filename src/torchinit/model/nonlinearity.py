@@ -49,7 +49,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
-from .gains import auto_gain
+from ..core.gains import auto_gain
 
 __all__ = [
     "Detection",
@@ -165,8 +165,6 @@ def _activation_of_call(name: str, args: tuple, kwargs: Mapping[str, Any]) -> tu
     if act == "gelu" and kwargs.get("approximate", "none") == "tanh":
         return ("gelu_tanh", None)
     return (act, None)
-
-
 
 
 _TRANSPARENT_FUNCS = {
@@ -343,10 +341,10 @@ class _ActivationRecorder(TorchFunctionMode):
 
 
 def _run(model: nn.Module, example_inputs: Any) -> None:
-    from .diagnostics import _call
+    from .calls import call_model
 
     with torch.no_grad():
-        _call(model, example_inputs)
+        call_model(model, example_inputs)
 
 
 def _hook_detect(model: nn.Module, layers: dict[str, nn.Module], example_inputs: Any) -> dict[str, Detection]:

@@ -20,9 +20,11 @@ llama      torchtitan: trunc_normal(0.02); output projections 0.02/sqrt(2 (layer
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
 
-from .policy import Policy, PolicyError, Rule, _suggest
+from .errors import PolicyError
+from .policy import Policy, Rule
+from .registry import PRESETS, get_preset, preset_names
 
 __all__ = ["PRESETS", "get_preset", "preset_names", "RESIDUAL_PROJECTIONS"]
 
@@ -213,8 +215,8 @@ def llama_preset(std: float = 0.02, depth_init: bool = True, cutoff: float | Non
     return Policy(tuple(rules), name="llama", options={"std": std, "depth_init": depth_init, "cutoff": cutoff})
 
 
-#: name -> factory(**options) -> Policy
-PRESETS: dict[str, Callable[..., Policy]] = {
+# the presets register where policies look names up (torchinit.model.registry)
+PRESETS.update({
     "pytorch": pytorch_preset,
     "module": module_preset,
     "kaiming": kaiming_preset,
@@ -223,28 +225,4 @@ PRESETS: dict[str, Callable[..., Policy]] = {
     "orthogonal": orthogonal_preset,
     "gpt2": gpt2_preset,
     "llama": llama_preset,
-}
-
-
-def preset_names() -> list[str]:
-    """The names of the presets, in registration order."""
-    return list(PRESETS)
-
-
-def get_preset(name: str, **options: Any) -> Policy:
-    """The preset policy ``name`` built with ``options`` (see each factory)."""
-    if not isinstance(name, str) or name not in PRESETS:
-        raise PolicyError(f"unknown preset {name!r}{_suggest(str(name), PRESETS)}; presets: {', '.join(PRESETS)}")
-    import inspect
-
-    sig = inspect.signature(PRESETS[name])
-    try:  # check the options against the signature only: a TypeError raised inside the factory propagates
-        sig.bind(**options)
-    except TypeError as exc:
-        allowed = ", ".join(sig.parameters) or "none"
-        raise PolicyError(f"preset {name!r}: bad options {sorted(options)} ({exc}); options: {allowed}") from None
-    try:
-        return PRESETS[name](**options)
-    except PolicyError as exc:  # a bad option value fails in one of the preset's rules: name the option
-        given = ", ".join(f"{k}={v!r}" for k, v in options.items())
-        raise PolicyError(f"preset {name!r} with options {given}: {exc}", field="options") from None
+})

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .specs import (
+from ..core.specs import (
     Constant,
     DeltaOrthogonal,
     Dirac,
@@ -34,6 +34,7 @@ from .specs import (
     TruncatedNormal,
     Uniform,
 )
+from .structured import _dirac_
 
 __all__ = ["torch_fill_"]
 
@@ -53,7 +54,7 @@ def _orthogonal_matrix(rows: int, cols: int, like: Tensor, generator) -> Tensor:
 
 def torch_fill_(tensor: Tensor, spec: Spec, generator: torch.Generator | None = None) -> Tensor:
     """Fill ``tensor`` in place with ``spec`` using torch's RNG; returns ``tensor``."""
-    from .sharding import is_dtensor
+    from .dtensor import is_dtensor
 
     # element-wise draws and constants on a DTensor: torch's own DTensor ops, as in torch
     if is_dtensor(tensor) and not isinstance(spec, Constant) and (not spec.random or spec.needs_whole_tensor):
@@ -129,7 +130,7 @@ def _dtensor_fill_(tensor: Tensor, spec: Spec) -> Tensor:
     """``spec`` on a sharded DTensor, where torch's own calls go wrong (module docstring)."""
     if not spec.random:  # eye / dirac: a function of the global index alone
         from .keyed import Key
-        from .sharding import shard_fill_
+        from .keyed.shards import shard_fill_
 
         return shard_fill_(tensor, spec.checked(), Key(0))
     # random and needing the whole tensor (orthogonal, delta-orthogonal, sparse)
@@ -137,17 +138,3 @@ def _dtensor_fill_(tensor: Tensor, spec: Spec) -> Tensor:
         f"{type(spec).__name__} init of a DTensor (shape {tuple(tensor.shape)}) needs the whole tensor, and "
         f"torch's per-rank generator would give each shard an unrelated part; pass key=torchinit.Key(seed, name) "
         f"(keyed engine: every rank computes the same whole tensor and keeps its shard)")
-
-
-def _dirac_(tensor: Tensor, groups: int) -> Tensor:
-    if tensor.is_meta:
-        return tensor
-    sizes = tensor.shape
-    out_chans_per_grp = sizes[0] // groups
-    min_dim = min(out_chans_per_grp, sizes[1])
-    centre = tuple(s // 2 for s in sizes[2:])
-    tensor.zero_()
-    for g in range(groups):
-        for d in range(min_dim):
-            tensor[(g * out_chans_per_grp + d, d) + centre] = 1
-    return tensor

@@ -128,8 +128,8 @@ def _plan_with_buffer_code(model: nn.Module, policy: Any, plan_obj: Any, meta_na
     their module's own init code where it has some (a Hugging Face model's
     ``_init_weights`` recomputes them in transformers 5; if the code leaves one unwritten,
     the batch raises instead of keeping garbage). Returns the plan, re-made if needed."""
-    from . import plan as _plan
-    from .policy import Rule, load_policy
+    from ..model.policy import Rule, load_policy
+    from ..model.resolve import plan as _plan
 
     buffers = {n for n, _ in model.named_buffers()}
     wanted = [n for n in _uncovered(plan_obj, meta_names) if n in buffers]
@@ -181,9 +181,8 @@ class _Progress:
     def advance(self, n: int, label: str) -> None:
         self.done += n
         if self.bar is None and self._enabled_now():
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
             from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
             self.bar = Progress(
                 TextColumn("materialize"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
@@ -240,7 +239,7 @@ def _prefault(t: Tensor, huge_pages: bool) -> None:
     huge-page-aligned interior of the tensor advised MADV_HUGEPAGE, so no memory is added)
     less again where the host already backs the memory (docs/performance.md). Contents are
     unchanged, and where the kernel or the native extension lacks it nothing happens."""
-    from .keyed import backend as B
+    from ..engines.keyed import backend as B
 
     if t.device.type != "cpu" or type(t.data) is not torch.Tensor or not B.native_available():
         return
@@ -292,9 +291,9 @@ def materialize(
             allocated tensor lives on another device than ``device``, or the plan
             gives some meta tensor no initializer (it would hold garbage).
     """
-    from . import plan as _plan  # model-level API (issue 4)
-    from .plan import _apply_plan
-    from .routing import HF_INIT_STEP
+    from ..model.apply import _apply_plan
+    from ..model.module_init import HF_INIT_STEP
+    from ..model.resolve import plan as _plan
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"materialize expects an nn.Module, got {type(model).__name__}")

@@ -61,7 +61,7 @@ def check_destination(path: str | os.PathLike, *, plan: bool = True) -> Path:
 
 
 def _state_for_file(model: nn.Module) -> dict[str, Tensor]:
-    from .sharding import is_dtensor
+    from ..engines.dtensor import is_dtensor
 
     state = model.state_dict()
     out: dict[str, Tensor] = {}
@@ -141,7 +141,7 @@ def save_weights(
     from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    from . import __version__
+    from .._version import __version__
 
     path = check_destination(path, plan=plan is not None)
     info = dict(info or {})

@@ -31,16 +31,18 @@ Policies are Python objects, dicts, JSON or YAML files; every error names the ru
 
 from __future__ import annotations
 
-import difflib
-import functools
 import fnmatch
+import functools
 import json
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from torch import nn
+
+from .errors import PolicyError, _suggest
+from .registry import get_preset
 
 __all__ = [
     "Rule",
@@ -59,18 +61,6 @@ _MODES = ("fan_in", "fan_out")
 _VS_MODES = ("fan_in", "fan_out", "fan_avg", "fan_geo_avg")
 _DISTS = ("uniform", "normal", "truncated_normal")
 _DEPTH = ("per_layer", "total")
-
-
-class PolicyError(ValueError):
-    """A policy or rule is invalid. ``rule`` is the rule's index (or None), ``field``
-    the field at fault; the message names both."""
-
-    def __init__(self, message: str, *, rule: int | None = None, name: str | None = None,
-                 field: str | None = None):
-        super().__init__(message)
-        self.rule = rule
-        self.rule_name = name
-        self.field = field
 
 
 @dataclass(frozen=True)
@@ -137,11 +127,6 @@ _NONLIN_NAMES = (
 )
 
 _RULE_FIELDS = ("name", "modules", "qualnames", "params", "role", "init", "args", "priority")
-
-
-def _suggest(word: str, options: Iterable[str]) -> str:
-    close = difflib.get_close_matches(str(word), list(options), n=3, cutoff=0.5)
-    return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
 
 
 def _as_tuple(value: Any, fname: str, allow_types: bool = False) -> tuple | None:
@@ -223,7 +208,7 @@ def _check_args(init: str, args: Mapping[str, Any]) -> dict[str, Any]:
         if k in ("n_layer", "groups") and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise PolicyError(f"field 'args': {init}: {k} must be a positive int, got {v!r}", field="args")
         if k == "spec":
-            from .specs import spec_from_dict
+            from ..core.specs import spec_from_dict
 
             try:
                 spec_from_dict(dict(v) if isinstance(v, Mapping) else v)
@@ -469,8 +454,6 @@ class Policy:
             raise PolicyError("policy: field 'options' must be a mapping", field="options")
         name = d.get("name")
         if d.get("preset") is not None:
-            from .presets import get_preset
-
             p = get_preset(d["preset"], **options)
             base = p.rules
             name = name or p.name
@@ -567,8 +550,6 @@ def load_policy(obj: "Policy | str | os.PathLike | Mapping | Sequence", **option
             raise PolicyError(f"policy file {path}: {exc}", rule=exc.rule, name=exc.rule_name,
                               field=exc.field) from None
     if isinstance(obj, str):
-        from .presets import get_preset
-
         return get_preset(obj, **options)
     if isinstance(obj, Mapping):
         return Policy.from_dict(obj)

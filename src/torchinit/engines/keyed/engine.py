@@ -17,13 +17,15 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .. import specs as S
+from ...core import specs as S
+from ..structured import _dirac_
 from . import _constants as K
 from . import backend as B
 from .key import Key
 from .reference import reference_box
 
-__all__ = ["fill_", "fill_region_", "sample", "kernel_params", "KernelParams", "raw_words"]
+__all__ = ["fill_region_", "sample", "kernel_params", "KernelParams", "raw_words"]
+
 
 _DT_CODE = {
     torch.float32: K.DT_F32,
@@ -386,9 +388,7 @@ def _full_values(spec: S.Spec, key: Key, gshape, dtype: torch.dtype, device) -> 
         full[(slice(None), slice(None)) + centre] = q * spec.gain
         return full
     if isinstance(spec, S.Dirac):
-        from ..torch_engine import torch_fill_
-
-        return torch_fill_(torch.zeros(gshape, dtype=dtype, device=device), spec)
+        return _dirac_(torch.zeros(gshape, dtype=dtype, device=device), spec.groups)
     raise TypeError(f"the keyed engine cannot fill spec {spec!r}")  # pragma: no cover
 
 
@@ -459,25 +459,6 @@ def fill_region_(out: Tensor, spec: S.Spec, key: Key, global_shape: Sequence[int
             return _eye_region_(out, offs)
         full = _full_values(spec, key, gshape, out.dtype, out.device)
         return out.copy_(full[_slices(offs, out.shape)])
-
-
-def fill_(tensor: Tensor, spec: S.Spec, key: Key) -> Tensor:
-    r"""Fill the whole (logical) ``tensor`` in place with ``spec`` from ``key``; returns it.
-
-    Element values depend only on (key, logical row-major index, spec, dtype
-    class): never on memory layout (non-contiguous, channels_last), threads or
-    backend. A DTensor is delegated to ``torchinit.sharding.shard_fill_``, which
-    fills each local shard with :func:`fill_region_`.
-    """
-    if type(tensor).__name__ == "DTensor":
-        _check_key(key)
-        _check_spec(spec)
-        from ..sharding import shard_fill_
-
-        return shard_fill_(tensor, spec, key)
-    if not isinstance(tensor, Tensor):
-        raise TypeError(f"tensor must be a torch.Tensor, got {type(tensor).__name__}")
-    return fill_region_(tensor, spec, key, tuple(tensor.shape), (0,) * tensor.dim())
 
 
 def sample(

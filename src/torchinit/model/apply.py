@@ -1,0 +1,259 @@
+"""apply_plan() and init_model(): write a Plan's values into a model with the torch or the keyed engine."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..core import specs as S
+from .plan import ENGINES, Plan, PlanEntry
+from .policy import Policy
+from .resolve import plan
+
+__all__ = ["apply_plan", "init_model"]
+
+
+def _check_seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    if not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be in [0, 2**63), got {seed}")
+    return seed
+
+
+def apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: str = "keyed",
+               only: Iterable[str] | None = None, restore_on_error: bool = True) -> Plan:
+    """Write ``plan`` into ``model``; return the applied plan.
+
+    Validates everything first (seed, engine, every entry's tensor exists with the
+    planned shape, specs fit, ``only`` names exist): on any error nothing is written.
+    Module-code entries run first (each module's init code once, in post-order,
+    routed through the keyed engine for ``engine="keyed"``), then spec entries in
+    plan order. ``only``: apply just the entries with these names (aliases accepted);
+    module code then leaves every other tensor as it was.
+
+    Module code is the model's own and may raise at run time, after validation. With
+    ``restore_on_error`` (default) the tensors it may write are copied first and put
+    back if it raises, so a failed call leaves the model as it was, at the cost of one
+    copy of those tensors; ``materialize`` turns it off (its fresh tensors hold
+    nothing to lose, and it returns a failed batch to meta itself).
+    """
+    return _apply_plan(model, plan, seed=seed, engine=engine, only=only, restore_on_error=restore_on_error)
+
+
+def _apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: str = "keyed",
+                only: Iterable[str] | None = None, restore_on_error: bool = True,
+                unwritten: list[str] | None = None) -> Plan:
+    """:func:`apply_plan`; with ``unwritten`` (a list), also appends the names of the
+    module-code entries whose tensors the code (keyed engine) left unwritten."""
+    from ..engines.dtensor import check_no_dtensor, is_dtensor, zero_rows_
+    from .module_init import HF_INIT_STEP
+
+    seed = _check_seed(seed)
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if not isinstance(plan, Plan):
+        raise TypeError(f"plan must be a Plan, got {type(plan).__name__}")
+    tensors: dict[str, Tensor] = {}
+    for n, t in list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False)):
+        if t is not None:
+            tensors[n] = t
+    modules = dict(model.named_modules(remove_duplicate=False))
+    by_name: dict[str, PlanEntry] = {}
+    for e in plan.entries:
+        t = tensors.get(e.name)
+        if t is None:
+            raise ValueError(f"plan entry {e.name!r} has no tensor in the model (was the plan made for another model?)")
+        if tuple(t.shape) != tuple(e.shape):
+            raise ValueError(f"plan entry {e.name!r}: planned shape {tuple(e.shape)} but the model's tensor has "
+                             f"shape {tuple(t.shape)}")
+        if e.spec is not None:
+            try:
+                e.spec.checked().check_shape(tuple(t.shape))
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"plan entry {e.name!r}: spec {e.spec!r} does not fit: {exc}") from None
+            if e.spec.random and not t.is_floating_point():
+                raise ValueError(f"plan entry {e.name!r}: random spec for dtype {t.dtype}")
+            if (engine == "torch" and isinstance(e.spec, (S.Orthogonal, S.DeltaOrthogonal))
+                    and t.dtype not in (torch.float32, torch.float64) and not t.is_meta):
+                raise ValueError(f"plan entry {e.name!r}: engine='torch' cannot draw {type(e.spec).__name__} "
+                                 f"for dtype {t.dtype} (torch's QR needs float32/float64); use engine='keyed'")
+        if engine == "torch":  # sharded tensors need the keyed engine (issue 5)
+            check_no_dtensor(t, e.name, engine)
+        for r in e.zero_rows:
+            if not (t.dim() >= 1 and -t.shape[0] <= r < t.shape[0]):
+                raise ValueError(f"plan entry {e.name!r}: zero row {r} out of range for shape {tuple(t.shape)}")
+        for path, meth in e.code:
+            m = modules.get(path)
+            if m is None or (meth != HF_INIT_STEP and not callable(getattr(m, meth, None))):
+                raise ValueError(f"plan entry {e.name!r}: module {path!r} has no init method {meth!r}")
+        by_name[e.name] = e
+        for a in e.aliases:
+            by_name[a] = e
+    selected_names: set[str] | None = None
+    if only is not None:
+        only = [only] if isinstance(only, str) else list(only)
+        missing = [n for n in only if n not in by_name]
+        if missing:
+            raise ValueError(f"only: no plan entry named {missing[0]!r}" + (
+                f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        selected_names = {by_name[n].name for n in only}
+    selected = [e for e in plan.entries if selected_names is None or e.name in selected_names]
+    on_meta = [e.name for e in selected if e.initializer != "keep" and tensors[e.name].is_meta]
+    if on_meta:  # a write into a meta tensor stores nothing: the call would silently do nothing
+        more = f" and {len(on_meta) - 3} more" if len(on_meta) > 3 else ""
+        raise ValueError(
+            f"plan entries {', '.join(map(repr, on_meta[:3]))}{more} are on the meta device (no storage: "
+            "nothing would be written); allocate and initialize them with "
+            "torchinit.materialize(model, device, policy, seed=...)")
+    if engine == "keyed":
+        code_entry = next((e for e in plan.entries if e.initializer == "module"), None)
+        sharded = next((n for n, t in tensors.items() if is_dtensor(t)), None) if code_entry else None
+        if sharded is not None:
+            raise ValueError(
+                f"plan entry {code_entry.name!r}: the 'module' initializer runs the model's own init code, which "
+                f"cannot be routed through the keyed engine on a model with sharded (DTensor) tensors (first: "
+                f"{sharded!r}); give these tensors spec rules (every preset but 'module' does for standard layers) "
+                "or initialize the model before sharding it")
+    needs_keyed = engine == "keyed" and any(
+        (e.spec is not None and e.spec.random) or e.initializer == "module" for e in selected)
+    if needs_keyed:
+        try:
+            from ..engines.keyed import Key
+        except ImportError as exc:
+            raise ImportError(f"engine='keyed' needs torchinit.keyed: {exc}") from None
+
+    # ---- everything validated: write ----
+    from ..engines.torch_engine import torch_fill_
+    from ..initializers import fill_ as fill_any_
+
+    observed: dict[str, tuple[S.Spec, ...]] = {}
+    module_entries = [e for e in selected if e.initializer == "module"]
+    if engine == "torch":
+        torch.manual_seed(seed)
+    if module_entries:
+        from .module_init import run_module_init
+        from .routing import keyed_init_mode
+
+        steps: list[tuple[str, str]] = []
+        for e in module_entries:
+            for s in e.code:
+                if s not in steps:
+                    steps.append(s)
+        order = {s: i for i, s in enumerate(_ctx_steps(model))}
+        steps.sort(key=lambda s: order.get(s, len(order)))
+        allowed = {e.name for e in module_entries}
+        outside = {n for n in tensors if by_name.get(n) is None or by_name[n].name not in allowed}
+        undo: list[tuple[Tensor, Tensor]] = []
+        if restore_on_error:
+            undo_ids: set[int] = set()
+            for n in allowed:
+                t = tensors.get(n)
+                if t is not None and id(t) not in undo_ids and not t.is_meta:
+                    undo.append((t, t.detach().clone()))
+                    undo_ids.add(id(t))
+        try:
+            if engine == "keyed":
+                # the routing mode skips the code's writes to tensors outside these entries
+                before = ({e.name: (tensors[e.name], _storage_ptr(tensors[e.name])) for e in module_entries}
+                          if unwritten is not None else {})
+                with keyed_init_mode(model, seed, protect=outside) as mode:
+                    run_module_init(model, steps, mode)
+                observed = {n: tuple(v) for n, v in mode.log.specs.items()}
+                if unwritten is not None:
+                    unwritten.extend(_unwritten(model, module_entries, before, mode.log.written))
+            else:
+                _run_module_init_torch(model, steps, tensors, outside, run_module_init)
+        except BaseException:
+            with torch.no_grad():
+                for t, v in undo:
+                    t.copy_(v)
+            raise
+    with torch.no_grad():
+        for e in selected:
+            if e.spec is None:
+                continue
+            t = tensors[e.name]
+            if engine == "torch" or (not e.spec.random and not is_dtensor(t)):
+                torch_fill_(t, e.spec)
+            else:  # random specs, and every spec of a DTensor: filled shard-locally (issue 5)
+                fill_any_(t, e.spec, key=Key(seed).child(e.name))
+            if e.zero_rows:
+                zero_rows_(t, e.zero_rows)
+    applied = replace(plan, entries=[replace(e, observed=observed.get(e.name, e.observed)) for e in plan.entries],
+                      seed=seed, engine=engine, applied=True, notes=list(plan.notes))
+    if only is not None:
+        applied.notes.append(f"applied only {len(selected)} of {len(plan.entries)} entries")
+    return applied
+
+
+def _storage_ptr(t: Tensor) -> int | None:
+    try:
+        return t.untyped_storage().data_ptr()
+    except Exception:  # DTensor and other subclasses without a plain storage
+        return None
+
+
+def _unwritten(model: nn.Module, entries: list[PlanEntry], before: dict[str, tuple[Tensor, int | None]],
+               written: set[str]) -> list[str]:
+    """Module-code entries (plain tensors) the code neither wrote through torch calls nor
+    replaced (``p.data = ...`` moves the storage, ``module.buf = ...`` the object)."""
+    out = []
+    for e in entries:
+        t0, ptr0 = before[e.name]
+        if ptr0 is None or e.name in written or any(a in written for a in e.aliases):
+            continue
+        path, _, local = e.name.rpartition(".")
+        owner = model.get_submodule(path)
+        t1 = owner._parameters.get(local, owner._buffers.get(local))
+        if t1 is not t0 or _storage_ptr(t1) != ptr0:
+            continue
+        out.append(e.name)
+    return out
+
+
+def _run_module_init_torch(model: nn.Module, steps: list[tuple[str, str]], tensors: dict[str, Tensor],
+                           outside: set[str], run_module_init: Any) -> None:
+    """Run module init code on torch's RNG, then put back every tensor outside the
+    selected entries that the code may have written (torch has no way to skip writes)."""
+    prefixes = [p for p, _ in steps]
+    saved: dict[str, Tensor] = {}
+    seen_ids: set[int] = set()
+    for n in outside:
+        t = tensors[n]
+        if id(t) in seen_ids or t.is_meta or not any(p == "" or n.startswith(p + ".") for p in prefixes):
+            continue
+        saved[n] = t.detach().clone()
+        seen_ids.add(id(t))
+    try:
+        run_module_init(model, steps, None)
+    finally:
+        with torch.no_grad():
+            for n, v in saved.items():
+                tensors[n].copy_(v)
+
+
+def _ctx_steps(model: nn.Module) -> list[tuple[str, str]]:
+    from .module_init import module_init_steps
+
+    return module_init_steps(model)
+
+
+def init_model(model: nn.Module, policy: Policy | str | Mapping | Sequence = "kaiming", *, seed: int,
+               engine: str = "keyed", example_inputs: Any = None) -> Plan:
+    """Plan and apply ``policy`` to ``model``; returns the applied :class:`Plan`.
+
+    >>> import torch, torchinit
+    >>> net = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> p = torchinit.init_model(net, "kaiming", seed=0)
+    >>> p["0.weight"].nonlinearity, round(p["0.weight"].gain, 4)
+    ('relu', 1.4142)
+    """
+    _check_seed(seed)
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    p = plan(model, policy, example_inputs=example_inputs)
+    return apply_plan(model, p, seed=seed, engine=engine)
