@@ -36,12 +36,14 @@ import functools
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from torch import nn
 
-from .errors import PolicyError, _suggest
+from .errors import PolicyError, _short, _suggest
+from .policy_files import parse_policy_text, read_policy_text
 from .registry import get_preset
 
 __all__ = [
@@ -135,7 +137,7 @@ def _as_tuple(value: Any, fname: str, allow_types: bool = False) -> tuple | None
     if isinstance(value, (str, type)):
         value = (value,)
     if not isinstance(value, (list, tuple)):
-        raise PolicyError(f"field {fname!r}: expected a string or a list of strings, got {value!r}", field=fname)
+        raise PolicyError(f"field {fname!r}: expected a string or a list of strings, got {_short(value)}", field=fname)
     out = []
     for v in value:
         if isinstance(v, type):
@@ -144,7 +146,7 @@ def _as_tuple(value: Any, fname: str, allow_types: bool = False) -> tuple | None
             if not issubclass(v, nn.Module):
                 raise PolicyError(f"field {fname!r}: {v.__name__} is not an nn.Module subclass", field=fname)
         elif not isinstance(v, str) or not v:
-            raise PolicyError(f"field {fname!r}: expected non-empty strings, got {v!r}", field=fname)
+            raise PolicyError(f"field {fname!r}: expected non-empty strings, got {_short(v)}", field=fname)
         out.append(v)
     if not out:
         raise PolicyError(f"field {fname!r}: empty list (omit the field to match anything)", field=fname)
@@ -278,10 +280,10 @@ class Rule:
     priority: int = 0
 
     def __post_init__(self):
-        where = f"rule {self.name!r}: " if self.name else "rule: "
+        where = f"rule {_short(self.name)}: " if self.name else "rule: "
         try:
             if self.name is not None and not isinstance(self.name, str):
-                raise PolicyError(f"field 'name': expected a string, got {self.name!r}", field="name")
+                raise PolicyError(f"field 'name': expected a string, got {_short(self.name)}", field="name")
             if not isinstance(self.init, str):
                 raise PolicyError(f"field 'init': expected an initializer name, got {self.init!r}", field="init")
             init = self.init[:-1] if self.init.endswith("_") else self.init
@@ -360,10 +362,10 @@ class Rule:
     def from_dict(cls, d: Mapping[str, Any]) -> "Rule":
         """Build a rule from a mapping of its fields (raises PolicyError naming an unknown or bad field)."""
         if not isinstance(d, Mapping):
-            raise PolicyError(f"a rule must be a mapping, got {d!r}")
+            raise PolicyError(f"a rule must be a mapping, got {_short(d)}")
         unknown = [k for k in d if k not in _RULE_FIELDS]
         name = d.get("name")
-        where = f"rule {name!r}: " if name else "rule: "
+        where = f"rule {_short(name)}: " if name else "rule: "
         if unknown:
             raise PolicyError(f"{where}unknown field {unknown[0]!r}{_suggest(unknown[0], _RULE_FIELDS)} "
                               f"(fields: {', '.join(_RULE_FIELDS)})", name=name, field=unknown[0])
@@ -453,6 +455,8 @@ class Policy:
         if not isinstance(options, Mapping):
             raise PolicyError("policy: field 'options' must be a mapping", field="options")
         name = d.get("name")
+        if name is not None and not isinstance(name, str):
+            raise PolicyError(f"policy: field 'name': expected a string, got {_short(name)}", field="name")
         if d.get("preset") is not None:
             p = get_preset(d["preset"], **options)
             base = p.rules
@@ -466,13 +470,13 @@ class Policy:
                 rules.append(r if isinstance(r, Rule) else Rule.from_dict(r))
             except PolicyError as exc:
                 rname = exc.rule_name
-                label = f"rule {i + offset}" + (f" ({rname!r})" if rname else "")
+                label = f"rule {i + offset}" + (f" ({_short(rname)})" if rname else "")
                 msg = str(exc)
-                for pre in (f"rule {rname!r}: ", "rule: "):
+                for pre in (f"rule {_short(rname)}: ", "rule: "):
                     if msg.startswith(pre):
                         msg = msg[len(pre):]
                         break
-                raise PolicyError(f"policy {name or 'custom'!r}: {label}: {msg}", rule=i + offset, name=rname,
+                raise PolicyError(f"policy {_short(name or 'custom')}: {label}: {msg}", rule=i + offset, name=rname,
                                   field=exc.field) from None
         return cls(tuple(rules), name=name or "custom", on_unmatched=d.get("on_unmatched", "keep"),
                    options=dict(options))
@@ -483,67 +487,46 @@ class Policy:
 
     @classmethod
     def from_yaml(cls, text_or_path: str | os.PathLike) -> "Policy":
-        """Parse YAML text or a YAML file path."""
-        import yaml
-
+        """Parse YAML text or a YAML file path (sizes bounded: :mod:`.policy_files`)."""
         text = str(text_or_path)
         where = "policy"
         if isinstance(text_or_path, os.PathLike) or (("\n" not in text) and os.path.exists(text)):
             where = f"policy file {os.fspath(text_or_path)}"  # name the file, as for JSON
-            with open(text_or_path, encoding="utf-8") as f:
-                text = f.read()
-        try:
-            data = yaml.load(text, Loader=_yaml_loader())
-        except yaml.YAMLError as exc:
-            msg = str(exc).replace('in "<unicode string>", ', "")  # PyYAML's name for the text we passed
-            raise PolicyError(f"{where}: invalid YAML: {msg}") from None
+            text = read_policy_text(text_or_path)
+        data = parse_policy_text(text, where)
         if isinstance(data, list):  # a bare list of rules
             data = {"rules": data}
         return cls.from_dict(data)
 
 
-@functools.lru_cache(maxsize=1)
-def _yaml_loader() -> type:
-    """PyYAML's safe loader, reading ``1e-3`` and ``2.0e5`` as floats: PyYAML follows YAML
-    1.1, whose floats need a dot and a signed exponent, so ``std: 1e-3`` was the string
-    ``'1e-3'`` (YAML 1.2 and JSON read a number)."""
-    import re
-
-    import yaml
-
-    class _Loader(yaml.SafeLoader):
-        pass
-
-    _Loader.add_implicit_resolver(
-        "tag:yaml.org,2002:float",
-        re.compile(r"^(?:[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?|[-+]?\.[0-9_]+)[eE][-+]?[0-9]+$"),
-        list("-+0123456789."))
-    return _Loader
+def _is_inline(text: str) -> bool:
+    """Whether ``text`` is a policy's JSON/YAML text rather than a preset name or a path: it
+    starts with ``{`` or ``[``, spans lines, or starts with a ``key: `` of YAML."""
+    head = text.lstrip()
+    return head.startswith(("{", "[")) or "\n" in head.rstrip() or re.match(r"^[A-Za-z_]\w*:\s", head) is not None
 
 
 def load_policy(obj: "Policy | str | os.PathLike | Mapping | Sequence", **options: Any) -> Policy:
     """A :class:`Policy` from a Policy, a preset name (``"kaiming"``), a path to a
-    ``.yaml``/``.yml``/``.json`` file, a dict, or a list of rules. ``options`` go to a preset."""
+    ``.yaml``/``.yml``/``.json`` file, a policy's JSON or YAML text (``'{"preset": "kaiming"}'``,
+    ``"rules: [{init: zeros}]"``), a dict, or a list of rules. ``options`` go to a preset."""
     if isinstance(obj, Policy):
         if options:
             raise PolicyError("options can only be given with a preset name")
         return obj
     if isinstance(obj, Rule):
         return Policy((obj,))
+    if isinstance(obj, str) and _is_inline(obj):  # the text of a policy, as the command line's --policy takes
+        data = parse_policy_text(obj, "inline policy")
+        return Policy.from_dict({"rules": data} if isinstance(data, list) else data)
     if isinstance(obj, os.PathLike) or (isinstance(obj, str) and (os.sep in obj or obj.endswith(
             (".yaml", ".yml", ".json")))):
         path = os.fspath(obj)
         if not os.path.exists(path):
             raise FileNotFoundError(f"policy file not found: {path}")
         try:
-            if path.endswith(".json"):
-                with open(path, encoding="utf-8") as f:
-                    try:
-                        data = json.load(f)
-                    except json.JSONDecodeError as exc:
-                        raise PolicyError(f"policy file {path}: invalid JSON: {exc}") from None
-                return Policy.from_dict({"rules": data} if isinstance(data, list) else data)
-            return Policy.from_yaml(path)
+            data = parse_policy_text(read_policy_text(path), f"policy file {path}", json_only=path.endswith(".json"))
+            return Policy.from_dict({"rules": data} if isinstance(data, list) else data)
         except PolicyError as exc:  # say which file the rule or field at fault is in
             if str(exc).startswith(f"policy file {path}"):
                 raise
