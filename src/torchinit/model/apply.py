@@ -50,7 +50,7 @@ def _apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: str = "keyed
     """:func:`apply_plan`; with ``unwritten`` (a list), also appends the names of the
     module-code entries whose tensors the code (keyed engine) left unwritten."""
     from ..engines.dtensor import check_no_dtensor, is_dtensor, zero_rows_
-    from .module_init import HF_INIT_STEP
+    from .module_init import check_init_step
 
     seed = _check_seed(seed)
     if engine not in ENGINES:
@@ -86,10 +86,8 @@ def _apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: str = "keyed
         for r in e.zero_rows:
             if not (t.dim() >= 1 and -t.shape[0] <= r < t.shape[0]):
                 raise ValueError(f"plan entry {e.name!r}: zero row {r} out of range for shape {tuple(t.shape)}")
-        for path, meth in e.code:
-            m = modules.get(path)
-            if m is None or (meth != HF_INIT_STEP and not callable(getattr(m, meth, None))):
-                raise ValueError(f"plan entry {e.name!r}: module {path!r} has no init method {meth!r}")
+        for path, meth in e.code:  # only init methods: a plan may come from a file
+            check_init_step(modules, path, meth, f"plan entry {e.name!r}")
         by_name[e.name] = e
         for a in e.aliases:
             by_name[a] = e

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from .routing import KeyedInitMode
 
-__all__ = ["module_init_steps", "run_module_init", "find_hf_models"]
+__all__ = ["module_init_steps", "run_module_init", "find_hf_models", "INIT_METHODS", "check_init_step"]
 
 
 def find_hf_models(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -37,6 +37,29 @@ def reset_method(module: nn.Module) -> str | None:
 #: The method name of the step that runs a Hugging Face model's ``_init_weights`` over all
 #: its modules (through :func:`_run_hf`, not a plain method call).
 HF_INIT_STEP = "_init_weights"
+
+
+#: The only methods a plan's ``code`` may name: init code. A plan is an interchange format
+#: (``Plan.from_dict(load_plan_file(...)["plan"])``), and any other zero-argument method of
+#: a module may do anything (``__init__`` empties it, ``half`` converts it, ``train``...).
+INIT_METHODS = ("reset_parameters", "_reset_parameters", "init_weights", HF_INIT_STEP)
+
+
+def check_init_step(model_modules: dict[str, nn.Module], path: Any, meth: Any, where: str) -> None:
+    """Raise ``ValueError`` (starting with ``where``) unless ``(path, meth)`` is an init step
+    that can run on this model: ``meth`` one of :data:`INIT_METHODS`, ``path`` a module of
+    the model that has it (the Hugging Face step: a module with ``_init_weights``)."""
+    from .errors import _short
+
+    if not isinstance(path, str) or not isinstance(meth, str):
+        raise ValueError(f"{where}: code step ({_short(path)}, {_short(meth)}) must be two strings "
+                         "(module path, init method)")
+    if meth not in INIT_METHODS:
+        raise ValueError(f"{where}: code step ({path!r}, {_short(meth)}): {_short(meth)} is not an init method; a "
+                         f"plan's code may only run {', '.join(INIT_METHODS)}")
+    m = model_modules.get(path)
+    if m is None or not callable(getattr(m, meth, None)):
+        raise ValueError(f"{where}: module {path!r} has no init method {meth!r}")
 
 
 def module_init_steps(model: nn.Module) -> list[tuple[str, str]]:
@@ -160,6 +183,8 @@ def run_module_init(model: nn.Module, steps: list[tuple[str, str]], mode: KeyedI
     """Run the given init ``steps`` (from :func:`module_init_steps`), each scoped for
     the fallback keys. With ``mode`` None the code runs plainly (torch RNG)."""
     modules = dict(model.named_modules(remove_duplicate=False))
+    for path, meth in steps:  # all checked before any runs
+        check_init_step(modules, path, meth, "run_module_init")
     for path, meth in steps:
         m = modules[path]
         if mode is not None:

@@ -100,7 +100,9 @@ class PlanEntry:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "PlanEntry":
-        """Rebuild an entry from :meth:`to_dict`'s output."""
+        """Rebuild an entry from :meth:`to_dict`'s output (``ValueError`` naming the entry and
+        the field that is missing or of the wrong type: a plan may come from a file)."""
+        _check_entry_dict(d)
         return cls(
             name=d["name"], module=d["module"], module_type=d["module_type"], kind=d["kind"],
             shape=tuple(d["shape"]), dtype=d["dtype"], role=d["role"], rule=d.get("rule"),
@@ -113,6 +115,43 @@ class PlanEntry:
             code=tuple(tuple(c) for c in d.get("code") or ()),
             observed=tuple(S.spec_from_dict(s) for s in d.get("observed") or ()),
         )
+
+
+#: Fields an entry dict must have, with the types they may hold (``list`` for tuples in JSON).
+_ENTRY_FIELDS: dict[str, tuple[type, ...]] = {
+    "name": (str,), "module": (str,), "module_type": (str,), "kind": (str,), "shape": (list, tuple),
+    "dtype": (str,), "role": (str,), "initializer": (str,),
+}
+_ENTRY_OPTIONAL: dict[str, tuple[type, ...]] = {
+    "rule": (str, type(None)), "rule_index": (int, type(None)), "args": (dict, type(None)),
+    "spec": (dict, type(None)), "fans": (dict, type(None)), "gain": (int, float, type(None)),
+    "nonlinearity": (str, type(None)), "nonlinearity_source": (str, type(None)), "matched_as": (str, type(None)),
+    "overridden": (list, tuple, type(None)), "aliases": (list, tuple, type(None)),
+    "zero_rows": (list, tuple, type(None)), "code": (list, tuple, type(None)),
+    "observed": (list, tuple, type(None)),
+}
+
+
+def _check_entry_dict(d: Any) -> None:
+    from .errors import _short
+
+    if not isinstance(d, Mapping):
+        raise ValueError(f"plan entry: expected a mapping, got {_short(d)}")
+    name = d.get("name")
+    where = f"plan entry {_short(name)}" if isinstance(name, str) else "plan entry"
+    for k, types in _ENTRY_FIELDS.items():
+        if k not in d:
+            raise ValueError(f"{where}: missing field {k!r} (fields: {', '.join(_ENTRY_FIELDS)})")
+    for k, types in {**_ENTRY_FIELDS, **_ENTRY_OPTIONAL}.items():
+        v = d.get(k)
+        if not isinstance(v, types) or isinstance(v, bool) and bool not in types:
+            raise ValueError(f"{where}: field {k!r} must be {' or '.join(t.__name__ for t in types)}, got "
+                             f"{_short(v)}")
+    if any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in d["shape"]):
+        raise ValueError(f"{where}: field 'shape' must be a list of sizes, got {_short(d['shape'])}")
+    for c in d.get("code") or ():
+        if not isinstance(c, (list, tuple)) or len(c) != 2 or not all(isinstance(x, str) for x in c):
+            raise ValueError(f"{where}: field 'code': each step must be [module path, method], got {_short(c)}")
 
 
 def _jsonable(v: Any) -> Any:
@@ -184,10 +223,17 @@ class Plan:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Plan":
         """Rebuild a plan from :meth:`to_dict`'s output (raises ValueError without ``entries``)."""
-        if not isinstance(d, Mapping) or "entries" not in d:
+        if not isinstance(d, Mapping) or not isinstance(d.get("entries"), (list, tuple)):
             raise ValueError("a plan dict needs an 'entries' list")
+        entries = []
+        for i, e in enumerate(d["entries"]):
+            try:
+                entries.append(PlanEntry.from_dict(e))
+            except (TypeError, ValueError, KeyError) as exc:  # spec/fans dicts: their own errors
+                msg = str(exc) if str(exc).startswith("plan entry") else f"plan entry: {exc}"
+                raise ValueError(f"plan: entries[{i}]: {msg}") from None
         return cls(
-            entries=[PlanEntry.from_dict(e) for e in d["entries"]], policy=d.get("policy", "custom"),
+            entries=entries, policy=d.get("policy", "custom"),
             rules=list(d.get("rules") or ()), unmatched=list(d.get("unmatched") or ()),
             unused_rules=list(d.get("unused_rules") or ()), shadowed_rules=list(d.get("shadowed_rules") or ()),
             notes=list(d.get("notes") or ()), seed=d.get("seed"), engine=d.get("engine"),
