@@ -13,14 +13,27 @@
 * ``w.plan.json`` (:func:`plan_path`): ``{"format": "torchinit-plan", "version",
   ..., info, "plan": plan.to_dict()}``, the record of what initialized each tensor.
 
-Both files are written to a temporary name first and renamed, so a failed
-save never leaves a half-written file under the final name.
+The two files are a pair that cannot be mixed up silently:
+
+* the plan JSON records the SHA-256 of every tensor's bytes (``"tensor_sha256"``), and
+  the weights file's metadata records the SHA-256 of the plan file's bytes
+  (``"torchinit.plan_sha256"``): :func:`load_plan_file` refuses a plan that is not the
+  one written with the weights beside it, :func:`load_weights` refuses a tensor whose
+  bytes changed (a flipped byte) and warns about a plan beside that is not its own;
+* both are written to temporaries (``.NAME.torchinit-tmp-PID``) and fsynced before
+  either is renamed into place, so a failed save (disk full while writing the plan, say)
+  leaves the previous pair as it was; a kill between the two renames leaves new
+  weights beside the old plan, which the recorded hash reveals. Temporaries that a dead
+  process left behind are removed by the next save to the same names.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
+import struct
 import warnings
 from pathlib import Path
 from typing import Any
@@ -31,6 +44,9 @@ from torch import Tensor, nn
 __all__ = ["save_weights", "load_weights", "load_plan_file", "plan_path", "check_destination"]
 
 PLAN_FORMAT = "torchinit-plan"
+_TMP = ".torchinit-tmp-"  # temporaries: .NAME.torchinit-tmp-PID (stale ones, of dead pids, are removed)
+#: Largest safetensors header read when checking a file (the format's own limit is 100 MB).
+_MAX_HEADER = 100_000_000
 
 
 def plan_path(weights_path: str | os.PathLike) -> Path:
@@ -112,17 +128,92 @@ def _canonical_header_(path: Path) -> None:
             fh.write(canon + raw[len(text):])
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}{_TMP}{os.getpid()}")
+
+
+def _pid_alive(pid: int) -> bool:
     try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # the usual mode of a new file (safetensors creates 0600)
-        os.replace(tmp, path)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def _remove_stale_temporaries(paths: list[Path]) -> None:
+    """Remove ``.NAME.torchinit-tmp-PID`` files beside ``paths`` whose process is gone (a
+    save that was killed): a full-size copy of the weights must not stay behind."""
+    for path in paths:
+        pattern = re.compile(re.escape(f".{path.name}{_TMP}") + r"(\d+)$")
+        try:
+            names = os.listdir(path.parent)
+        except OSError:
+            return
+        for name in names:
+            m = pattern.match(name)
+            if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+                try:
+                    os.unlink(path.parent / name)
+                except OSError:
+                    pass
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # not supported here (some file systems): the renames are still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _tensor_sha256(t: Tensor) -> str:
+    """SHA-256 of a CPU tensor's bytes as safetensors stores them (contiguous, native order)."""
+    t = t.detach().contiguous()
+    if t.numel() == 0:
+        return hashlib.sha256(b"").hexdigest()
+    return hashlib.sha256(memoryview(t.reshape(-1).view(torch.uint8).numpy())).hexdigest()
+
+
+def _publish(pairs: list[tuple[Path, Any]]) -> None:
+    """Write every ``(path, write)`` to its temporary, fsync them all, then rename each into
+    place in order. Until the first rename nothing under a final name has changed: a failure
+    before it (disk full, ...) removes the temporaries and leaves the previous files as they
+    were, raising ``OSError`` naming the file being written."""
+    tmps = [(path, _tmp_name(path)) for path, _ in pairs]
+    try:
+        for (path, tmp), (_, write) in zip(tmps, pairs):
+            try:
+                write(tmp)
+                umask = os.umask(0)
+                os.umask(umask)
+                os.chmod(tmp, 0o666 & ~umask)  # the usual mode of a new file (safetensors creates 0600)
+                _fsync(tmp)
+            except OSError as exc:
+                if str(path) in str(exc):
+                    raise
+                raise OSError(exc.errno, f"save_weights: cannot write {str(path)!r}: {exc.strerror or exc}") from None
+        for path, tmp in tmps:
+            os.replace(tmp, path)
+        _fsync_dir(tmps[0][0].parent)
+    finally:
+        for _, tmp in tmps:
+            if tmp.exists():
+                tmp.unlink()
 
 
 def save_weights(
@@ -149,20 +240,24 @@ def save_weights(
         json.dumps(info)
     except TypeError as exc:
         raise TypeError(f"save_weights: info must be JSON-serializable: {exc}") from None
-    reserved = sorted(set(info) & {"format", "torchinit_version", "weights", "plan"})
+    reserved = sorted(set(info) & {"format", "torchinit_version", "weights", "plan", "tensor_sha256"})
     if reserved:  # they would overwrite the plan file's own fields (and make it unreadable)
         raise ValueError(f"save_weights: info key(s) {reserved} are reserved by the plan file format")
     tensors = _state_for_file(model)  # validates before writing anything
     metadata = {"format": "pt", "torchinit_version": __version__}
     metadata.update({f"torchinit.{k}": (v if isinstance(v, str) else json.dumps(v)) for k, v in info.items()})
     ppath = None
-    doc = None
+    text = ""
     if plan is not None:
         ppath = plan_path(path)
         metadata["torchinit.plan_file"] = ppath.name
         plan_dict = plan.to_dict() if hasattr(plan, "to_dict") else plan
-        doc = {"format": PLAN_FORMAT, "torchinit_version": __version__, "weights": path.name, **info, "plan": plan_dict}
-        text = json.dumps(doc, indent=1, sort_keys=False, default=str)
+        doc = {"format": PLAN_FORMAT, "torchinit_version": __version__, "weights": path.name, **info,
+               "tensor_sha256": {k: _tensor_sha256(t) for k, t in sorted(tensors.items())}, "plan": plan_dict}
+        text = json.dumps(doc, indent=1, sort_keys=False, default=str) + "\n"
+        # the weights name their plan by content: a plan beside them that is not this one is detected
+        metadata["torchinit.plan_sha256"] = hashlib.sha256(text.encode()).hexdigest()
+
     def _write(tmp: Path) -> None:
         try:
             save_file(tensors, str(tmp), metadata=metadata)
@@ -170,10 +265,62 @@ def save_weights(
             raise OSError(f"save_weights: cannot write {str(path)!r}: {exc}") from None
         _canonical_header_(tmp)
 
-    _atomic_write(path, _write)
-    if ppath is not None:
-        _atomic_write(ppath, lambda tmp: tmp.write_text(text + "\n"))
+    def _write_plan(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    _remove_stale_temporaries([path] + ([ppath] if ppath is not None else []))
+    # weights renamed first: a kill between the renames leaves new weights naming a plan
+    # (by hash) that is not the one beside them, which load_plan_file refuses
+    _publish([(path, _write)] + ([(ppath, _write_plan)] if ppath is not None else []))
     return path, ppath
+
+
+def _read_header(path: Path) -> dict[str, Any]:
+    """The JSON header of the safetensors file ``path`` (``ValueError`` naming the file when
+    it is too short, its header length is impossible, or the header is not JSON)."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise ValueError(f"{str(path)!r} is not a safetensors file: {size} bytes, too short for a header")
+        (n,) = struct.unpack("<Q", head)
+        if n > min(size - 8, _MAX_HEADER):
+            raise ValueError(f"{str(path)!r} is not a safetensors file (or is truncated): its header says "
+                             f"{n:,} bytes but the file has {size:,}")
+        raw = fh.read(n)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{str(path)!r} is not a safetensors file: its header is not JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{str(path)!r} is not a safetensors file: its header is not a JSON object")
+    return header
+
+
+def _check_device(device: str | torch.device) -> torch.device:
+    """``torch.device(device)``, or ``ValueError`` naming it when this torch cannot allocate there."""
+    try:
+        dev = torch.device(device)
+        torch.empty(0, device=dev)
+    except (RuntimeError, AssertionError, TypeError, ValueError) as exc:  # unknown type, no CUDA, no such ordinal
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"load_weights: device {str(device)!r} cannot be used: {first}") from None
+    return dev
+
+
+def _own_plan(path: Path, header: dict[str, Any]) -> tuple[Path | None, bool]:
+    """The plan file the weights at ``path`` name, and whether the file beside them is that
+    plan (its SHA-256 is the one recorded in the weights' metadata). ``(None, True)`` for
+    weights that record no plan."""
+    meta = header.get("__metadata__") or {}
+    name, digest = meta.get("torchinit.plan_file"), meta.get("torchinit.plan_sha256")
+    if not isinstance(name, str) or not isinstance(digest, str) or os.sep in name or "/" in name:
+        return None, True
+    ppath = path.with_name(name)
+    if not ppath.is_file():
+        return ppath, True  # the weights stand alone; nothing to mix them up with
+    return ppath, hashlib.sha256(ppath.read_bytes()).hexdigest() == digest
 
 
 def load_weights(
@@ -182,29 +329,60 @@ def load_weights(
     *,
     strict: bool = True,
     device: str | torch.device = "cpu",
+    verify: bool = True,
 ) -> dict[str, Tensor]:
     """Read a safetensors file; with ``model``, also ``model.load_state_dict(state, strict=strict)``
     (``assign=True`` when the model is on the meta device; tied parameters stay tied).
-    Returns the state dict. Missing/unexpected keys (``strict``) and shape mismatches
-    raise ``ValueError`` before anything is copied into ``model``. Tensors of a meta model
-    that the file cannot hold (non-persistent buffers) stay on meta, with a ``UserWarning``."""
+    Returns the state dict (tensors as stored in the file, on ``device``).
+
+    * Every tensor takes the MODEL's dtype, whether the model is allocated (``copy_``
+      converts) or on meta (the file's tensor is converted before it is assigned): a
+      bfloat16 model loading a float64 file stays bfloat16.
+    * Missing/unexpected keys (``strict``) and shape mismatches raise ``ValueError``
+      before anything is copied into ``model``; with ``strict=False`` a ``UserWarning``
+      gives the counts of what was loaded and what was not.
+    * With ``verify`` (default), when the plan file written with the weights is beside
+      them, each tensor's SHA-256 is checked against the plan's record (``ValueError``
+      naming the tensor: the file changed since it was written), and a plan beside them
+      that is not their own gives a ``UserWarning``.
+    * A file that is not safetensors, or a device this torch cannot use: ``ValueError``
+      naming it.
+
+    Tensors of a meta model that the file cannot hold (non-persistent buffers) stay on
+    meta, with a ``UserWarning``."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {str(path)}")
-    state = load_file(str(path), device=str(device))
+    dev = _check_device(device)
+    try:
+        header = _read_header(path)
+        state = load_file(str(path), device="cpu")
+    except (SafetensorError, ValueError) as exc:
+        msg = str(exc) if str(path) in str(exc) else f"{str(path)!r} is not a readable safetensors file: {exc}"
+        raise ValueError(f"load_weights: {msg}") from None
+    if verify:
+        _verify_tensors(path, header, state)
+    if dev.type != "cpu":
+        state = {k: v.to(dev) for k, v in state.items()}
     if model is not None:
-        _check_loadable(model.state_dict(), state, strict, path)
-        on_meta = any(t.is_meta for t in model.state_dict().values())
+        expected = model.state_dict()
+        _check_loadable(expected, state, strict, path)
+        on_meta = any(t.is_meta for t in expected.values())
         if not on_meta:
             model.load_state_dict(state, strict=strict)
         else:
             from .materialize import _locations
 
+            # assign=True takes the file's tensor as it is: convert to the model's dtype first,
+            # as load_state_dict's copy_ does for an allocated model
+            assign = {k: (v.to(expected[k].dtype) if k in expected and v.dtype != expected[k].dtype else v)
+                      for k, v in state.items()}
             # assign=True replaces each Parameter by name, which would untie tied ones: re-tie them
             groups = [locs for _, locs in _locations(model).values() if len(locs) > 1]
-            model.load_state_dict(state, strict=strict, assign=True)
+            model.load_state_dict(assign, strict=strict, assign=True)
             for locs in groups:
                 store0, key0, _ = locs[0]
                 for store, key, _ in locs[1:]:
@@ -224,6 +402,31 @@ def load_weights(
     return state
 
 
+def _verify_tensors(path: Path, header: dict[str, Any], state: dict[str, Tensor]) -> None:
+    """Check ``state`` (read from ``path``) against the tensor SHA-256s of the plan written
+    with it, when that plan is beside it; a plan beside it that is not its own: warn."""
+    ppath, own = _own_plan(path, header)
+    if ppath is None or not ppath.is_file():
+        return
+    if not own:
+        warnings.warn(f"load_weights: {str(ppath)!r} is not the plan written with {str(path)!r} (its SHA-256 "
+                      "differs from the one the weights record: a later save replaced one of the two, or was "
+                      "interrupted between them); the weights are loaded, the plan beside them does not "
+                      "describe them", stacklevel=3)
+        return
+    try:
+        digests = json.loads(ppath.read_text(encoding="utf-8")).get("tensor_sha256")
+    except (ValueError, AttributeError):
+        return
+    if not isinstance(digests, dict):
+        return
+    for name, t in state.items():
+        want = digests.get(name)
+        if want is not None and _tensor_sha256(t) != want:
+            raise ValueError(f"load_weights: tensor {name!r} in {str(path)!r} is not what was written (its SHA-256 "
+                             f"differs from the one in {str(ppath)!r}): the file is damaged; write it again")
+
+
 def _check_loadable(expected: dict[str, Tensor], state: dict[str, Tensor], strict: bool, path: Path) -> None:
     """Refuse, before anything is copied, a state dict that ``load_state_dict`` would reject:
     torch copies the matching entries first and raises afterwards, leaving the model half loaded."""
@@ -236,6 +439,15 @@ def _check_loadable(expected: dict[str, Tensor], state: dict[str, Tensor], stric
                 f"missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''}, "
                 f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}"
             )
+    else:
+        loaded = len(set(expected) & set(state))
+        missing, unexpected = len(set(expected) - set(state)), len(set(state) - set(expected))
+        if missing or unexpected:  # strict=False loads what matches: say how much that was
+            warnings.warn(f"load_weights: strict=False: loaded {loaded} of the model's {len(expected)} tensors from "
+                          f"{str(path)!r}; {missing} model tensor(s) not in the file keep their values, {unexpected} "
+                          "tensor(s) of the file match no model tensor" + (
+                              " (nothing loaded: is this the file of another model?)" if not loaded else ""),
+                          stacklevel=3)
     for name, t in state.items():
         e = expected.get(name)
         if e is not None and tuple(e.shape) != tuple(t.shape):
@@ -245,13 +457,32 @@ def _check_loadable(expected: dict[str, Tensor], state: dict[str, Tensor], stric
 
 def load_plan_file(path: str | os.PathLike) -> dict[str, Any]:
     """Read a plan JSON written by :func:`save_weights` (given the JSON path or the
-    weights path). ``Plan.from_dict(doc["plan"])`` rebuilds the Plan."""
+    weights path). ``Plan.from_dict(doc["plan"])`` rebuilds the Plan.
+
+    When the weights file the plan names is beside it, the plan must be the one written
+    with those weights (the SHA-256 they record): otherwise ``ValueError`` naming both
+    (a later save replaced one of the pair, or was interrupted between the two)."""
     p = Path(path)
     if p.suffix == ".safetensors":
         p = plan_path(p)
     if not p.is_file():
         raise FileNotFoundError(f"plan file not found: {str(p)}")
-    doc = json.loads(p.read_text())
+    raw = p.read_bytes()
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ValueError(f"{str(p)} is not a torchinit plan file: not JSON ({type(exc).__name__}: "
+                         f"{str(exc)[:200]})") from None
     if not isinstance(doc, dict) or doc.get("format") != PLAN_FORMAT:
         raise ValueError(f"{str(p)} is not a torchinit plan file (format {doc.get('format') if isinstance(doc, dict) else None!r})")
+    wname = doc.get("weights")
+    if isinstance(wname, str) and "/" not in wname and os.sep not in wname and p.with_name(wname).is_file():
+        wpath = p.with_name(wname)
+        meta = _read_header(wpath).get("__metadata__") or {}
+        digest = meta.get("torchinit.plan_sha256")
+        if (meta.get("torchinit.plan_file") == p.name and isinstance(digest, str)
+                and digest != hashlib.sha256(raw).hexdigest()):
+            raise ValueError(f"{str(p)} is not the plan of {str(wpath)!r} beside it (the weights record another "
+                             "plan's SHA-256: a later save replaced one of the two, or was interrupted between "
+                             "them); write the pair again")
     return doc
