@@ -79,19 +79,53 @@ def parse_kwargs(text: str | None) -> dict[str, Any]:
     return value
 
 
-def _import_from(folder: str) -> None:
-    """Put ``folder`` first on ``sys.path`` (once), as Python does for the script's folder or,
-    under ``python -m``, the current one; the ``torchinit`` console script gets neither."""
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
+#: Third-party modules the command imports after building the model (policy files, weight
+#: files, tables): imported BEFORE the model's folder goes on ``sys.path``, so that a
+#: ``yaml.py`` beside the model cannot stand in for PyYAML.
+_DEPENDENCIES = ("yaml", "safetensors", "safetensors.torch", "rich.console", "rich.table", "rich.text",
+                 "rich.progress")
+
+
+def _import_dependencies() -> None:
+    for name in _DEPENDENCIES:
+        try:
+            importlib.import_module(name)
+        except ImportError:  # optional here; the code that needs it says so
+            pass
+
+
+@contextlib.contextmanager
+def _import_from(folder: str | None) -> Iterator[None]:
+    """Put ``folder`` first on ``sys.path`` while the model's code runs (its import and its
+    factory), as Python does for the script's folder or, under ``python -m``, the current
+    one (the ``torchinit`` console script gets neither); removed afterwards, so the
+    command's own later imports never come from the model's folder."""
+    if folder is None or folder in sys.path:
+        yield
+        return
+    sys.path.insert(0, folder)
+    try:
+        yield
+    finally:
+        try:
+            sys.path.remove(folder)
+        except ValueError:  # the model's code removed it itself
+            pass
 
 
 def resolve_factory(spec: str) -> tuple[str, Callable[..., Any]]:
     """Return ``(description, callable)`` for a MODEL spec (see module docstring)."""
+    desc, factory, _ = _resolve(spec)
+    return desc, factory
+
+
+def _resolve(spec: str) -> tuple[str, Callable[..., Any], str | None]:
+    """``(description, callable, folder the model's code imports from or None)``."""
+    _import_dependencies()
     if not isinstance(spec, str) or not spec:
         raise ValueError("MODEL must be a non-empty string: a zoo name, package.module:factory or file.py:factory")
     if spec in zoo.ZOO:
-        return f"zoo:{spec}", lambda **kw: zoo.build(spec, **kw)
+        return f"zoo:{spec}", lambda **kw: zoo.build(spec, **kw), None
     if ":" not in spec:
         raise ValueError(
             f"unknown model {spec!r}: not a zoo name ({', '.join(zoo.ZOO)}) and not of the form "
@@ -104,7 +138,7 @@ def resolve_factory(spec: str) -> tuple[str, Callable[..., Any]]:
         path = os.path.abspath(target)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"model file not found: {target}")
-        _import_from(os.path.dirname(path))  # as `python file.py`: modules beside it import
+        folder = os.path.dirname(path)  # as `python file.py`: modules beside it import
         mod_name = f"_torchinit_user_model_{abs(hash(path))}"
         loader_spec = importlib.util.spec_from_file_location(mod_name, path)
         if loader_spec is None or loader_spec.loader is None:
@@ -112,17 +146,26 @@ def resolve_factory(spec: str) -> tuple[str, Callable[..., Any]]:
         module = importlib.util.module_from_spec(loader_spec)
         sys.modules[mod_name] = module  # dataclasses and pickling need the module registered
         try:
-            loader_spec.loader.exec_module(module)
+            with _import_from(folder):
+                loader_spec.loader.exec_module(module)
         except SyntaxError as exc:  # not Python: say where, without a traceback of the loader
             sys.modules.pop(mod_name, None)
             raise ImportError(f"model {spec!r}: {target} is not valid Python: {exc.msg} (line {exc.lineno})") from None
+        except SystemExit as exc:  # the module's top level called sys.exit()
+            sys.modules.pop(mod_name, None)
+            raise ModelBuildError(f"model {spec!r}: {target} called sys.exit({exc.code!r}) while being imported"
+                                  ) from None
         except BaseException:
             sys.modules.pop(mod_name, None)
             raise
     else:
-        _import_from(os.getcwd())  # as `python -m`: packages in the current folder import
+        folder = os.getcwd()  # as `python -m`: packages in the current folder import
         try:
-            module = importlib.import_module(target)
+            with _import_from(folder):
+                module = importlib.import_module(target)
+        except SystemExit as exc:
+            raise ModelBuildError(f"model {spec!r}: {target} called sys.exit({exc.code!r}) while being imported"
+                                  ) from None
         except ModuleNotFoundError as exc:
             raise ImportError(f"model {spec!r}: cannot import module {target!r} ({exc})") from None
     factory = module
@@ -132,7 +175,7 @@ def resolve_factory(spec: str) -> tuple[str, Callable[..., Any]]:
         factory = getattr(factory, part)
     if not callable(factory):
         raise TypeError(f"model {spec!r}: {attr!r} is not callable (got {type(factory).__name__})")
-    return spec, factory
+    return spec, factory, folder
 
 
 def load_model(spec: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
@@ -144,7 +187,7 @@ def load_model(spec: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
     naming the spec when it cannot be resolved or does not return an ``nn.Module``.
     """
     kwargs = dict(kwargs or {})
-    desc, factory = resolve_factory(spec)
+    desc, factory, folder = _resolve(spec)
     try:
         sig = inspect.signature(factory)
     except (TypeError, ValueError):  # some builtins and C types have no signature: just call them
@@ -155,7 +198,12 @@ def load_model(spec: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
         except TypeError as exc:
             raise TypeError(f"model {desc!r} rejected --kwargs {json.dumps(kwargs)}: {exc}") from None
     try:
-        model = factory(**kwargs)
+        with _import_from(folder):  # a factory may import modules beside it
+            model = factory(**kwargs)
+    except SystemExit as exc:  # the factory gave up: one line, not a silent exit with its code
+        at = _user_frame(exc.__traceback__)
+        raise ModelBuildError(f"model {desc!r} called sys.exit({exc.code!r}){f' at {at}' if at else ''} instead of "
+                              "returning a model") from None
     except Exception as exc:  # the user's code: say which model, where, and (on meta) what to try
         at = _user_frame(exc.__traceback__)
         with_kw = f" with --kwargs {json.dumps(kwargs)}" if kwargs else ""

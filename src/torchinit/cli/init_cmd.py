@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,6 +34,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     add_model_args(p)
     p.add_argument("--seed", "-s", type=int, required=True, help="seed of the keyed engine (Key(seed))")
     p.add_argument("--out", "-o", required=True, metavar="WEIGHTS.safetensors", help="output weights file")
+    p.add_argument("--force", "-f", action="store_true",
+                   help="overwrite OUT and its plan file if they exist (default: refuse, before any work)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                    help="convert floating-point parameters and buffers to this dtype (default: as built)")
     p.add_argument("--device", default="cpu", help="device to allocate on (default: cpu)")
@@ -62,12 +66,16 @@ def run(args: argparse.Namespace) -> int:
     """Run ``torchinit init`` with the parsed ``args``; returns the exit code."""
     import torchinit
 
-    from ..scale.weights import check_destination, save_weights
+    from ..scale.weights import check_destination, plan_path, save_weights
 
     if not args.out.endswith(".safetensors"):
         raise ValueError(f"--out must end with .safetensors, got {args.out!r}")
     kwargs = parse_kwargs(args.kwargs)
     check_destination(args.out)  # before the work, not after it
+    taken = [str(p) for p in (Path(args.out), plan_path(args.out)) if os.path.lexists(p)]
+    if taken and not args.force:
+        raise FileExistsError(f"{' and '.join(map(repr, taken))} already exist{'s' if len(taken) == 1 else ''}: pass "
+                              "--force to overwrite, or choose another --out")
     _check_device(args.device)
     t0 = time.perf_counter()
     if args.meta:
