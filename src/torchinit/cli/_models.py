@@ -4,7 +4,13 @@ MODEL is one of
 
 * a zoo name (``mlp``, ``cnn``, ``resnet``, ``gpt``; see :mod:`torchinit.zoo`);
 * ``package.module:factory``: imports ``package.module`` and calls ``factory(**kwargs)``;
-* ``path/to/file.py:factory``: executes ``file.py`` as a module and calls ``factory(**kwargs)``.
+* ``path/to/file.py:factory``: executes ``file.py`` as a module and calls ``factory(**kwargs)``;
+* ``hf:TYPE`` (``hf:gpt2``, ``hf:llama``) or ``hf:path/to/config.json`` (or a folder holding
+  one): a Hugging Face transformers model built offline from its config (no download, no
+  weights), ``kwargs`` overriding config fields; the class is the config's
+  ``architectures[0]`` where it names one, else the causal-LM class of a decoder-only type,
+  the seq2seq class of an encoder-decoder one, ``AutoModel`` otherwise; ``hf:TYPE:CLASS``
+  names the class (``hf:bert:BertForMaskedLM``).
 
 Importing a module or loading a file RUNS ITS CODE with the user's permissions:
 only load models you trust.
@@ -126,6 +132,8 @@ def _resolve(spec: str) -> tuple[str, Callable[..., Any], str | None]:
         raise ValueError("MODEL must be a non-empty string: a zoo name, package.module:factory or file.py:factory")
     if spec in zoo.ZOO:
         return f"zoo:{spec}", lambda **kw: zoo.build(spec, **kw), None
+    if spec.startswith("hf:"):
+        return spec, _hf_factory(spec), None
     if ":" not in spec:
         raise ValueError(
             f"unknown model {spec!r}: not a zoo name ({', '.join(zoo.ZOO)}) and not of the form "
@@ -176,6 +184,77 @@ def _resolve(spec: str) -> tuple[str, Callable[..., Any], str | None]:
     if not callable(factory):
         raise TypeError(f"model {spec!r}: {attr!r} is not callable (got {type(factory).__name__})")
     return spec, factory, folder
+
+
+def _hf_factory(spec: str) -> Callable[..., nn.Module]:
+    """The factory of an ``hf:`` MODEL (module docstring): ``factory(**config_overrides)``."""
+    body = spec[3:]
+    name, cls_name = body, None
+    if not body:
+        raise ValueError("model 'hf:': name a model type (hf:gpt2) or a config file (hf:path/to/config.json)")
+    if ":" in body and not os.path.exists(body):
+        name, _, cls_name = body.rpartition(":")
+    try:
+        import transformers
+    except ImportError as exc:
+        raise ImportError(f"model {spec!r}: hf: models need transformers (pip install transformers): {exc}") from None
+    from transformers import AutoConfig
+
+    if name.endswith(".json") or os.sep in name or "/" in name or os.path.isdir(name):
+        path = os.path.join(name, "config.json") if os.path.isdir(name) else name
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"model {spec!r}: config file not found: {path}")
+        try:
+            with open(path, encoding="utf-8") as f:
+                fields = json.load(f)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            raise ValueError(f"model {spec!r}: {path} is not a JSON config: {str(exc)[:200]}") from None
+        if not isinstance(fields, dict) or not isinstance(fields.get("model_type"), str):
+            raise ValueError(f"model {spec!r}: {path} has no 'model_type' (a Hugging Face config.json has one)")
+        model_type = fields.pop("model_type")
+    else:
+        model_type, fields = name, {}
+    try:
+        config_class = type(AutoConfig.for_model(model_type))
+    except (ValueError, KeyError):
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+        from ..model.errors import _suggest
+
+        raise ValueError(f"model {spec!r}: unknown Hugging Face model type {model_type!r}"
+                         f"{_suggest(model_type, list(CONFIG_MAPPING.keys()))}") from None
+
+    def factory(**overrides: Any) -> nn.Module:
+        default = config_class()
+        unknown = [k for k in overrides if not hasattr(default, k)]
+        if unknown:  # a config takes any keyword silently: a typo would change nothing
+            raise TypeError(f"model {spec!r} rejected --kwargs: {config_class.__name__} has no field {unknown[0]!r}")
+        config = config_class(**{**fields, **overrides})
+        cls = _hf_class(spec, transformers, config, cls_name)
+        return cls.from_config(config) if hasattr(cls, "from_config") else cls(config)
+
+    return factory
+
+
+def _hf_class(spec: str, transformers: Any, config: Any, cls_name: str | None) -> Any:
+    """The transformers class an ``hf:`` MODEL builds (see the module docstring)."""
+    if cls_name is not None:
+        cls = getattr(transformers, cls_name, None)
+        if cls is None:
+            raise ValueError(f"model {spec!r}: transformers has no class {cls_name!r}")
+        return cls
+    for arch in getattr(config, "architectures", None) or ():
+        cls = getattr(transformers, arch, None)
+        if cls is not None:
+            return cls
+    from transformers.models.auto import modeling_auto as ma
+
+    mt = config.model_type
+    if getattr(config, "is_encoder_decoder", False) and mt in ma.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES:
+        return transformers.AutoModelForSeq2SeqLM
+    if mt in ma.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and mt not in ma.MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        return transformers.AutoModelForCausalLM  # decoder-only (BERT-likes have a causal head too)
+    return transformers.AutoModel
 
 
 def load_model(spec: str, kwargs: dict[str, Any] | None = None) -> nn.Module:

@@ -5,7 +5,6 @@ plus the applied plan (JSON) beside them."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ..model.errors import _short
 from ..scale.materialize import _uncovered
 from ._models import load_model, meta_device, parse_kwargs
 from .plan_cmd import TRUST_NOTE, add_model_args
@@ -83,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
             model = load_model(args.model, kwargs)
         if args.dtype:
             model.to(DTYPES[args.dtype])  # free on meta
+        t_build = time.perf_counter() - t0
+        t0 = time.perf_counter()  # the init's time, not the model's import and construction
         plan = torchinit.materialize(model, args.device, args.policy, seed=args.seed,
                                      progress=None if not args.quiet else False, huge_pages=args.huge_pages)
         kept: list[str] = []
@@ -94,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
             model = load_model(args.model, kwargs)
         if args.dtype:
             model.to(DTYPES[args.dtype])
+        t_build = time.perf_counter() - t0
+        t0 = time.perf_counter()
         plan = torchinit.init_model(model, args.policy, seed=args.seed, engine="keyed")
         kept = _uncovered(plan, set(model.state_dict()))  # what the file holds (persistent tensors)
     t_init = time.perf_counter() - t0
@@ -107,11 +111,10 @@ def run(args: argparse.Namespace) -> int:
         unique = {t.untyped_storage().data_ptr(): t for t in model.state_dict().values() if t.numel()}
         size = sum(t.numel() * t.element_size() for t in unique.values())
         print(f"initialized {args.model} ({n:,} parameters, {size / 2**20:.1f} MiB) with policy "
-              f"{args.policy!r}, seed {args.seed} in {t_init:.2f} s")
+              f"{_short(args.policy)}, seed {args.seed} in {t_init:.2f} s (model built in {t_build:.2f} s)")
         if kept:
             more = f" and {len(kept) - 5} more" if len(kept) > 5 else ""
             print(f"kept the constructors' values (built after torch.manual_seed({args.seed})) for {len(kept)} "
                   f"tensor(s) the policy leaves alone: {', '.join(kept[:5])}{more} (--meta would refuse them)")
         print(f"wrote {wpath} and {ppath}")
-        print(f"kwargs: {json.dumps(kwargs)}")
     return 0
