@@ -2,7 +2,9 @@
 a flipped byte), loading keeps the model's dtype and says what it could not load."""
 
 import errno
+import hashlib
 import io
+import json
 import os
 import signal
 import subprocess
@@ -78,16 +80,45 @@ def test_unusable_device_is_an_error_naming_it(tmp_path):
 
 # -- item: the pair -------------------------------------------------------------------------------
 
+def _file_digests(path):
+    """The recorded digest scheme, recomputed from the file's bytes (header offsets)."""
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        a, b = info["data_offsets"]
+        data = raw[8 + n + a:8 + n + b]
+        chunks = [data[i:i + 2**24] for i in range(0, len(data), 2**24)] or [b""]
+        out[name] = hashlib.sha256(b"".join(hashlib.sha256(c).digest() for c in chunks)).hexdigest()
+    return out
+
+
 def test_flipped_byte_in_the_weights_is_detected_naming_the_tensor(tmp_path):
     path, ppath = _pair(tmp_path, 0)
-    assert set(load_plan_file(path)["tensor_sha256"]) == set(load_file(str(path)))
+    record = load_plan_file(path)["tensor_digests"]
+    assert record["chunk_bytes"] == 2**24 and record["tensors"] == _file_digests(path)
     raw = bytearray(path.read_bytes())
     raw[-3] ^= 0x10  # inside the last tensor's data
     path.write_bytes(bytes(raw))
     with pytest.raises(ValueError, match=rf"^load_weights: tensor '[\w.]+' in '{path}' is not what was written "
-                                         rf"\(its SHA-256 differs from the one in '{ppath}'\)"):
+                                         rf"\(its SHA-256 digest differs from the one in '{ppath}'\)"):
         load_weights(path)
     assert load_weights(path, verify=False)  # on request, read as it is
+
+
+def test_flipped_byte_in_a_multi_chunk_tensor_is_detected(tmp_path):
+    m = torch.nn.Linear(2112, 2048, bias=False)  # 17.3 MB: two 16 MiB chunks
+    path, _ = save_weights(m, tmp_path / "big.safetensors", plan=torchinit.plan(m, "kaiming"))
+    assert load_plan_file(path)["tensor_digests"]["tensors"] == _file_digests(path)
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 3] ^= 0x01  # in the first chunk
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"tensor 'weight' .* is not what was written"):
+        load_weights(path, m)
+    assert not torch.equal(m.weight, load_weights(path, verify=False)["weight"])  # m untouched by the refusal
 
 
 def test_disk_full_while_writing_the_plan_keeps_the_previous_pair(tmp_path, monkeypatch):
