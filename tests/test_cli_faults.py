@@ -71,3 +71,13 @@ def test_a_yaml_py_beside_the_model_does_not_replace_pyyaml(tmp_path):
     assert r.returncode == 0, r.stderr
     w = load_file(str(out))
     assert (w["bias"] == 0).all() and load_plan_file(out)["plan"]["entries"][0]["initializer"] == "orthogonal"
+
+
+def test_hostile_policy_file_is_one_short_line_on_stderr(tmp_path, capsys):
+    levels = [f"&a0 [{', '.join(['lol'] * 9)}]"] + [f"&a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    f = tmp_path / "laughs.yaml"
+    f.write_text("rules:\n  - init: zeros\n    name: [" + ", ".join(levels) + "]\n")  # 9**9 strings
+    assert main(["plan", "mlp", "--policy", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and len(err) < 400, err[:500]
+    assert f"policy file {f}: too large once YAML aliases are expanded" in err
