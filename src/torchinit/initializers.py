@@ -470,10 +470,12 @@ def delta_orthogonal_(
 ) -> Tensor:
     """Delta-orthogonal init (Xiao et al. 2018) for a 3/4/5-D conv weight (out, in, *k).
 
-    Zeros everywhere except the spatial centre, which holds a random (out, in)
-    matrix with orthonormal columns times ``gain``: the conv starts as an
-    orthogonal 1x1 map, so signal norms are preserved exactly at any depth
-    (dynamical isometry). Needs ``out >= in``.
+    Zeros everywhere except the spatial centre ``(k - 1) // 2`` of each kernel
+    dimension (JAX's convention; the middle for odd ``k``), which holds a random
+    (out, in) matrix with orthonormal columns times ``gain``: with stride 1 and
+    ``padding="same"`` (torch pads ``(k - 1) // 2`` on the left) the conv starts
+    as an orthogonal 1x1 map, so signal norms are preserved exactly at any depth
+    (dynamical isometry), even kernels included. Needs ``out >= in``.
     """
     _require_float(tensor, "delta_orthogonal_")
     spec = S.DeltaOrthogonal(gain)

@@ -384,7 +384,7 @@ def _full_values(spec: S.Spec, key: Key, gshape, dtype: torch.dtype, device) -> 
         if full.numel() == 0:
             return full
         q = _orthonormal(gshape[0], gshape[1], key, cd, device)
-        centre = tuple(k // 2 for k in gshape[2:])
+        centre = tuple((k - 1) // 2 for k in gshape[2:])  # padding="same"'s left pad (torch engine)
         full[(slice(None), slice(None)) + centre] = q * spec.gain
         return full
     if isinstance(spec, S.Dirac):
