@@ -525,3 +525,46 @@ def test_init_model_on_meta_tensors_is_an_error_not_a_silent_no_op():
     p = torchinit.plan(net, "kaiming")
     torchinit.apply_plan(net, p, seed=0, only=["0.weight"])  # the allocated tensors alone are fine
     assert not torch.equal(net[0].weight, before)
+
+
+def test_sparse_std_column_is_the_tensors_std():
+    # issue 15: the std column showed the non-zeros' std (0.1), not the tensor's (0.0316)
+    lin = nn.Linear(100, 50)
+    rules = [{"init": "sparse", "args": {"sparsity": 0.9, "std": 0.1}, "params": "weight"}]
+    p = torchinit.plan(lin, rules)
+    assert p["weight"].std == pytest.approx(0.1 * math.sqrt(0.1), rel=1e-12)
+    assert p.to_dict()["entries"][0]["std"] == p["weight"].std
+    torchinit.init_model(lin, rules, seed=0)
+    assert lin.weight.std().item() == pytest.approx(p["weight"].std, rel=0.1)
+
+
+def test_delta_orthogonal_std_column():
+    conv = nn.Conv2d(4, 8, 3, bias=False)
+    rules = [{"init": "delta_orthogonal", "args": {"gain": 2.0}, "params": "weight"}]
+    p = torchinit.plan(conv, rules)
+    torchinit.init_model(conv, rules, seed=0)
+    w = conv.weight.detach().double()
+    assert p["weight"].std == pytest.approx(2.0 / math.sqrt(8 * 9), rel=1e-12)
+    assert w.pow(2).mean().sqrt().item() == pytest.approx(p["weight"].std, rel=1e-6)
+
+
+def test_true_fans_of_a_depthwise_conv_are_noted():
+    # issue 15: kaiming fan_out on a depthwise conv gives std 0.47 (true fan_out 9) where the
+    # recipe users port, nn.init.kaiming_normal_(w, mode="fan_out"), gives 0.083 (fan_out 288)
+    model = nn.Sequential(nn.Conv2d(32, 32, 3, groups=32, padding=1), nn.ReLU(), nn.Conv2d(32, 8, 1))
+    p = torchinit.plan(model, {"preset": "kaiming", "options": {"mode": "fan_out"}})
+    assert p["0.weight"].std == pytest.approx(math.sqrt(2) / 3, rel=1e-12)
+    torch_std = math.sqrt(2) / math.sqrt(32 * 9)  # torch.nn.init's fan_out for (32, 1, 3, 3)
+    notes = [n for n in p.notes if "true fans" in n]
+    assert len(notes) == 1, p.notes
+    assert "0.weight: fan_out 9 vs 288" in notes[0] and f"std {p['0.weight'].std:.4g} vs {torch_std:.4g}" in notes[0]
+    assert "kaiming_normal_" in notes[0] and "fans: torch" in notes[0]
+    assert "2.weight" not in notes[0]  # a 1x1 conv without groups: the same fans either way
+    # fan_in: true and torch's fans agree for a grouped conv, nothing to say
+    assert not [n for n in torchinit.plan(model, "kaiming").notes if "true fans" in n]
+    # the advice works: fans: torch gives torch's std and no note
+    p2 = torchinit.plan(model, {"preset": "kaiming", "options": {"mode": "fan_out"},
+                                "rules": [{"init": "kaiming_normal", "modules": "Conv2d", "params": "weight",
+                                           "args": {"mode": "fan_out", "nonlinearity": "relu", "fans": "torch"}}]})
+    assert p2["0.weight"].std == pytest.approx(torch_std, rel=1e-12)
+    assert not [n for n in p2.notes if "true fans" in n]

@@ -46,6 +46,8 @@ class _Context:
         self._n_layer: int | None = None
         self._steps = None
         self._steps_by_path: dict[str, list] | None = None
+        #: (rule label, init, mode) -> [(tensor, true fan, torch's fan, std)] where fans="module" differs
+        self.true_fans: dict[tuple[str, str, str], list[tuple[str, float, float, float]]] = {}
 
     def detections(self) -> dict[str, Detection]:
         if self._det is None:
@@ -247,6 +249,15 @@ def _resolve(ctx: _Context, rule: Rule, q: str, mod_path: str, mod: nn.Module, l
         out["code"] = ctx.code_for(mod_path)
     elif init == "keep":
         pass
+    fans = out.get("fans")
+    if fans is not None and args.get("fans") == "module" and spec is not None and spec.std is not None:
+        # the fan the std divides by: kaiming and variance_scaling by mode, xavier the average, lecun fan_in
+        mode = "fan_avg" if init.startswith("xavier") else "fan_in" if init.startswith("lecun") else args["mode"]
+        tf = torch_fans(shape)
+        n_true, n_torch = fans.select(mode), tf.select(mode)
+        if n_true != n_torch and n_torch > 0:
+            ctx.true_fans.setdefault((rule.name or rule.init, init, mode), []).append(
+                (q, n_true, n_torch, spec.std))
     if spec is not None:
         spec.check_shape(shape)
         if spec.random and not t.is_floating_point():
@@ -368,6 +379,14 @@ def plan(model: nn.Module, policy: Policy | str | Mapping | Sequence = "kaiming"
             overridden=tuple(labels[i] for _, i, _ in reversed(hits[:-1])), aliases=tuple(aliases.get(id(t), ())),
             zero_rows=zero_rows, code=res["code"],
         ))
+    for (rname, init, mode), hits in ctx.true_fans.items():
+        shown = "; ".join(f"{n}: {mode} {a:g} vs {b:g}, std {sd:.4g} vs {sd * math.sqrt(a / b):.4g}"
+                          for n, a, b, sd in hits[:3])
+        more = f"; and {len(hits) - 3} more" if len(hits) > 3 else ""
+        ctx.notes.append(
+            f"rule {rname!r} ({init}, {mode}) uses true fans (fans: module): on {len(hits)} grouped/transposed "
+            f"weight(s) the {mode} differs from torch.nn.init.{init}_'s, which counts every group ({shown}{more}); "
+            f"a recipe ported from torch gets the second std: give the rule args fans: torch for it")
     if unmatched and pol.on_unmatched == "error":
         more = f" and {len(unmatched) - 5} more" if len(unmatched) > 5 else ""
         raise PolicyError(f"policy {pol.name!r} (on_unmatched='error'): no rule matches "
