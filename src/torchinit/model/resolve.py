@@ -351,6 +351,9 @@ def plan(model: nn.Module, policy: Policy | str | Mapping | Sequence = "kaiming"
             how = f"{how} (as {cq!r})"
         won_count[win] += 1
         rule = pol.rules[win]
+        brule = rule.bias_rule(cq, cpath)  # Rule(..., bias=...): the layer's bias gets its own init
+        if brule is not None:
+            rule, how = brule, f"{how} (rule's bias=)"
         try:
             res = _resolve(ctx, rule, cq, cpath, cmod, clocal, t)
         except (PolicyError, ValueError, TypeError) as exc:
