@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from ..core import specs as S
 from .plan import ENGINES, Plan, PlanEntry
 from .policy import Policy
+from .registry import DEFAULT_POLICY
 from .resolve import plan
 
 __all__ = ["apply_plan", "init_model"]
@@ -242,9 +243,9 @@ def _ctx_steps(model: nn.Module) -> list[tuple[str, str]]:
     return module_init_steps(model)
 
 
-def init_model(model: nn.Module, policy: Policy | str | Mapping | Sequence = "kaiming", *, seed: int,
+def init_model(model: nn.Module, policy: Policy | str | Mapping | Sequence = DEFAULT_POLICY, *, seed: int,
                engine: str = "keyed", example_inputs: Any = None) -> Plan:
-    """Plan and apply ``policy`` to ``model``; returns the applied :class:`Plan`.
+    """Plan and apply ``policy`` (default ``"pytorch"``, as everywhere) to ``model``; returns the applied :class:`Plan`.
 
     >>> import torch, torchinit
     >>> net = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))

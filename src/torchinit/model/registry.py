@@ -12,7 +12,12 @@ from .errors import PolicyError, _suggest
 if TYPE_CHECKING:  # pragma: no cover
     from .policy import Policy
 
-__all__ = ["PRESETS", "get_preset", "preset_names", "register_preset"]
+__all__ = ["PRESETS", "DEFAULT_POLICY", "get_preset", "preset_names", "register_preset"]
+
+#: The policy of plan(), init_model(), materialize() and the CLI when none is given: torch's own
+#: per-layer defaults, what the model gets from its constructors anyway, so that leaving the policy
+#: out never changes the recipe (plan(model) previews what materialize(model) then writes).
+DEFAULT_POLICY = "pytorch"
 
 #: name -> factory(**options) -> Policy, in registration order
 PRESETS: dict[str, Callable[..., "Policy"]] = {}

@@ -13,6 +13,7 @@ from ..core.gains import TORCH_NONLINEARITIES, second_moment_gain
 from .nonlinearity import Detection, auto_gain, detect_nonlinearities, is_weight_layer
 from .plan import Plan, PlanEntry
 from .policy import INITIALIZERS, Policy, PolicyError, Rule, load_policy
+from .registry import DEFAULT_POLICY
 
 __all__ = ["plan"]
 
@@ -288,11 +289,13 @@ def _owner(ctx: _Context, name: str) -> tuple[str, str, nn.Module, str]:
     return name, path, ctx.modules[path], local
 
 
-def plan(model: nn.Module, policy: Policy | str | Mapping | Sequence = "kaiming", example_inputs: Any = None) -> Plan:
+def plan(model: nn.Module, policy: Policy | str | Mapping | Sequence = DEFAULT_POLICY,
+         example_inputs: Any = None) -> Plan:
     """Decide, without writing anything, what every tensor of ``model`` gets under ``policy``.
 
     ``policy``: a :class:`Policy`, a preset name, a YAML/JSON path, a dict or a
-    list of rules (see :func:`torchinit.load_policy`). ``example_inputs`` (a tensor,
+    list of rules (see :func:`torchinit.load_policy`); default ``"pytorch"`` (torch's own
+    per-layer init, the default of ``init_model``, ``materialize`` and the CLI too). ``example_inputs`` (a tensor,
     tuple or dict of kwargs) lets ``nonlinearity="auto"`` fall back to forward hooks
     when torch.fx cannot trace the model.
 

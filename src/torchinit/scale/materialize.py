@@ -54,6 +54,8 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor, nn
 
+from ..model.registry import DEFAULT_POLICY
+
 __all__ = ["materialize", "meta_tensors"]
 
 #: A progress bar appears when materialization has run longer than this many seconds.
@@ -252,7 +254,7 @@ def _prefault(t: Tensor, huge_pages: bool) -> None:
 def materialize(
     model: nn.Module,
     device: torch.device | str = "cpu",
-    policy: Any = "pytorch",
+    policy: Any = DEFAULT_POLICY,
     *,
     seed: int,
     progress: bool | None = None,
