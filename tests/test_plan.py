@@ -568,3 +568,49 @@ def test_true_fans_of_a_depthwise_conv_are_noted():
                                            "args": {"mode": "fan_out", "nonlinearity": "relu", "fans": "torch"}}]})
     assert p2["0.weight"].std == pytest.approx(torch_std, rel=1e-12)
     assert not [n for n in p2.notes if "true fans" in n]
+
+
+class _RawScale(nn.Module):
+    """A module's own parameter used through a functional op: no preset has a rule for it."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.scale = nn.Parameter(torch.full((4,), float("nan")))
+
+    def forward(self, x):
+        return self.lin(x) * self.scale
+
+
+@pytest.mark.parametrize("preset", ["pytorch", "module", "kaiming", "xavier", "lecun", "orthogonal", "gpt2", "llama"])
+def test_init_model_warns_naming_tensors_no_rule_covers(preset):
+    # issue 15: the NaN 'scale' kept its value under every preset without a word
+    m = _RawScale()
+    with pytest.warns(UserWarning, match=rf"init_model: no rule of policy '{preset}' covers 1 tensor\(s\): 'scale'; "
+                                         r"they keep their current values.*strict=True makes this an error"):
+        torchinit.init_model(m, preset, seed=0)
+    assert torch.isnan(m.scale).all()  # left as it was, as the warning says
+
+
+def test_init_model_strict_raises_before_writing():
+    m = _RawScale()
+    before = m.lin.weight.detach().clone()
+    with pytest.raises(PolicyError, match=r"no rule of policy 'kaiming' covers 1 tensor\(s\): 'scale'; nothing was written"):
+        torchinit.init_model(m, "kaiming", seed=0, strict=True)
+    assert torch.equal(m.lin.weight, before)
+    # covered: no warning, and strict passes
+    pol = {"preset": "kaiming", "rules": [{"qualnames": "scale", "init": "ones"}]}
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torchinit.init_model(m, pol, seed=0, strict=True)
+    assert bool((m.scale == 1).all())
+
+
+def test_init_model_warning_lists_at_most_20_names():
+    m = nn.Module()
+    for i in range(25):
+        m.register_parameter(f"p{i}", nn.Parameter(torch.zeros(2)))
+    with pytest.warns(UserWarning, match=r"covers 25 tensor\(s\): 'p0', 'p1', .*'p19' and 5 more \(plan.unmatched"):
+        torchinit.init_model(m, "kaiming", seed=0)

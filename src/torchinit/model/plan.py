@@ -23,16 +23,18 @@ import io
 import json
 import math
 from dataclasses import dataclass, field
-from typing import IO, Any, Mapping
+from typing import IO, Any, Literal, Mapping
 
 from ..core import specs as S
 from ..core.fans import Fans
 from .policy import INITIALIZERS
 
-__all__ = ["PlanEntry", "Plan"]
+__all__ = ["PlanEntry", "Plan", "EngineName"]
 
 
 ENGINES = ("keyed", "torch")
+#: The engines' names, for signatures (IDEs complete them).
+EngineName = Literal["keyed", "torch"]
 
 
 @dataclass
