@@ -13,7 +13,7 @@ lecun      LeCun normal (truncated, variance 1/fan_in, JAX/Flax default); zero b
 orthogonal (semi-)orthogonal times the auto-detected gain (Saxe et al.); zero biases; norms 1/0
 gpt2       N(0, 0.02); residual output projections N(0, 0.02/sqrt(2 n_layer)); zero biases
 llama      torchtitan: trunc_normal(0.02); output projections 0.02/sqrt(2 (layer+1));
-           embeddings N(0, 1); output head std dim^-0.5 truncated at 3 std
+           embeddings N(0, 1); output head std dim^-0.5 truncated at 3 std (a tied embedding/head too)
 ========== ===================================================================================
 """
 

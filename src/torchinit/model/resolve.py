@@ -289,6 +289,36 @@ def _owner(ctx: _Context, name: str) -> tuple[str, str, nn.Module, str]:
     return name, path, ctx.modules[path], local
 
 
+def _what(rule: Rule, res: Mapping[str, Any]) -> str:
+    if res.get("spec") is not None:
+        return res["spec"].describe()
+    return f"{rule.init}" + (f" ({', '.join(m for _, m in res['code'])})" if res.get("code") else "")
+
+
+def _note_tied_conflict(ctx: _Context, pol: Policy, labels: list[str], q: str, best: tuple, others: list,
+                        rule: Rule, res: Mapping[str, Any], resolve: Any) -> None:
+    """A note when the winning rules of a tied tensor's names give it different inits (the
+    precedence picked one: say which, and how to choose another)."""
+    chosen = _what(rule, res)
+    lines = []
+    for hits, cq, cpath, cmod, clocal, _ in others:
+        win = hits[-1][1]
+        try:
+            orule, ores = resolve(win, cq, cpath, cmod, clocal)
+            other = _what(orule, ores)
+        except PolicyError as exc:  # the losing rule could not even apply under this name
+            other = f"(not applicable: {exc})"
+        if other != chosen:
+            lines.append(f"as {cq!r} rule {labels[win]} would give {other}")
+    if lines:
+        ctx.notes.append(
+            f"tied tensor {q!r} is registered as {best[1]!r} and {', '.join(repr(o[1]) for o in others)}, and the "
+            f"rules for these names disagree: as {best[1]!r} rule {labels[best[0][-1][1]]} gives {chosen}; "
+            + "; ".join(lines) + f". {labels[best[0][-1][1]]} applies to every name (precedence across names: the "
+            "highest priority, then the later rule, then the first name); to choose, add a rule for one of the "
+            "names with a higher priority")
+
+
 def plan(model: nn.Module, policy: Policy | str | Mapping | Sequence = DEFAULT_POLICY,
          example_inputs: Any = None) -> Plan:
     """Decide, without writing anything, what every tensor of ``model`` gets under ``policy``.
@@ -324,11 +354,13 @@ def plan(model: nn.Module, policy: Policy | str | Mapping | Sequence = DEFAULT_P
         if isinstance(t, nn.parameter.UninitializedTensorMixin):
             raise ValueError(f"{q!r} is an uninitialized (lazy) {kind} of {type(mod).__name__}: run one forward "
                              "pass with a dummy batch before planning its init")
-        # a tied tensor is matched under its first name; only when no rule matches that name are
-        # its other names tried (BERT's MLM bias is first the head's own parameter, which no
-        # preset names, then the decoder Linear's bias)
-        canonical = (q, mpath, mod, local)
-        for cq, cpath, cmod, clocal in [canonical] + [_owner(ctx, a) for a in aliases.get(id(t), ())]:
+        # a tied tensor (one Parameter under several names: an embedding and its LM head) is matched
+        # under every name; the names' winning rules compete by the same precedence as rules for one
+        # name (highest priority, then the later rule; the first name on a tie), and when they give
+        # different inits the plan says so (BERT's MLM bias: the head's own name matches no preset
+        # rule, the decoder Linear's bias does)
+        per_name = []
+        for cq, cpath, cmod, clocal in [(q, mpath, mod, local)] + [_owner(ctx, a) for a in aliases.get(id(t), ())]:
             parts = cpath.split(".") if cpath else []
             chain = [("", model)] + [(".".join(parts[:i + 1]), ctx.modules[".".join(parts[:i + 1])])
                                      for i in range(len(parts))]
@@ -343,29 +375,40 @@ def plan(model: nn.Module, policy: Policy | str | Mapping | Sequence = DEFAULT_P
                 hits.append((rule.priority, i, how))
                 matched_count[i] += 1
             if hits:
-                break
-        if not hits:
+                per_name.append((sorted(hits), cq, cpath, cmod, clocal, role))
+        if not per_name:
             if kind == "parameter" or (local in _RESETTABLE_BUFFERS and isinstance(mod, nn.modules.batchnorm._NormBase)):
                 unmatched.append(q)
             continue
-        hits.sort()
+        best = max(per_name, key=lambda n: n[0][-1][:2])  # max keeps the first of equals
+        hits, cq, cpath, cmod, clocal, role = best
         _, win, how = hits[-1]
         if cq != q:
             how = f"{how} (as {cq!r})"
         won_count[win] += 1
-        rule = pol.rules[win]
-        brule = rule.bias_rule(cq, cpath)  # Rule(..., bias=...): the layer's bias gets its own init
-        if brule is not None:
-            rule, how = brule, f"{how} (rule's bias=)"
-        try:
-            res = _resolve(ctx, rule, cq, cpath, cmod, clocal, t)
-        except (PolicyError, ValueError, TypeError) as exc:
-            fld = getattr(exc, "field", None)
-            raise PolicyError(
-                f"policy {pol.name!r}: rule {win}" + (f" ({rule.name!r})" if rule.name else "")
-                + f" [{rule.init}] on {cq!r} (shape {tuple(t.shape)}, {type(cmod).__name__})"
-                + (f": field {fld!r}" if fld else "") + f": {exc}",
-                rule=win, name=rule.name, field=fld) from None
+
+        def resolve(win: int, cq: str, cpath: str, cmod: nn.Module, clocal: str) -> tuple[Rule, dict[str, Any]]:
+            rule = pol.rules[win]
+            rule = rule.bias_rule(cq, cpath) or rule  # Rule(..., bias=...): the layer's bias gets its own init
+            try:
+                return rule, _resolve(ctx, rule, cq, cpath, cmod, clocal, t)
+            except (PolicyError, ValueError, TypeError) as exc:
+                fld = getattr(exc, "field", None)
+                raise PolicyError(
+                    f"policy {pol.name!r}: rule {win}" + (f" ({rule.name!r})" if rule.name else "")
+                    + f" [{rule.init}] on {cq!r} (shape {tuple(t.shape)}, {type(cmod).__name__})"
+                    + (f": field {fld!r}" if fld else "") + f": {exc}",
+                    rule=win, name=rule.name, field=fld) from None
+
+        rule, res = resolve(win, cq, cpath, cmod, clocal)
+        if rule is not pol.rules[win]:
+            how = f"{how} (rule's bias=)"
+        others = [n for n in per_name if n is not best]
+        overridden = [labels[i] for _, i, _ in reversed(hits[:-1])]
+        if others:
+            overridden += [labels[n[0][-1][1]] for n in others if labels[n[0][-1][1]] not in overridden
+                           and n[0][-1][1] != win]
+            _note_tied_conflict(ctx, pol, labels, q, best, others, rule, res, resolve)
         zero_rows: tuple[int, ...] = ()
         spec = res["spec"]
         if kind == "buffer" and spec is not None and spec.random and rule.role is None and rule.params is None:
@@ -382,7 +425,7 @@ def plan(model: nn.Module, policy: Policy | str | Mapping | Sequence = DEFAULT_P
             dtype=str(t.dtype).replace("torch.", ""), role=role, rule=labels[win], rule_index=win,
             initializer=rule.init, args=res["args"], spec=spec, fans=res["fans"], gain=res["gain"],
             nonlinearity=res["nonlinearity"], nonlinearity_source=res["nonlinearity_source"], matched_as=how,
-            overridden=tuple(labels[i] for _, i, _ in reversed(hits[:-1])), aliases=tuple(aliases.get(id(t), ())),
+            overridden=tuple(overridden), aliases=tuple(aliases.get(id(t), ())),
             zero_rows=zero_rows, code=res["code"],
         ))
     for (rname, init, mode), hits in ctx.true_fans.items():
