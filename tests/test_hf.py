@@ -301,3 +301,34 @@ def test_tied_precedence_a_higher_priority_rule_for_one_name_decides():
     assert _logits_std(model, 512) < 3
     # one name's rules agreeing with the other's: no note (gpt2: N(0, 0.02) as embedding and as a Linear)
     assert not [n for n in torchinit.plan(_gpt2_lm(vocab=512), "gpt2").notes if n.startswith("tied tensor")]
+
+
+@pytest.mark.parametrize("preset", ["gpt2", "llama"])
+def test_llm_presets_read_initializer_range_from_the_config(preset):
+    # issue 15: initializer_range=0.05 became 0.02 without a word
+    cfg = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=96, n_positions=16,
+                                  bos_token_id=0, eos_token_id=0, initializer_range=0.05)
+    model = transformers.GPT2LMHeadModel(cfg)
+    p = torchinit.init_model(model, preset, seed=0)
+    e = p["transformer.h.0.mlp.c_fc.weight"]
+    assert e.spec.std_ == 0.05 and e.args["std"] == 0.05
+    deep = p["transformer.h.1.mlp.c_proj.weight"].spec.std_
+    # gpt2: 0.05 / sqrt(2 n_layer), n_layer = 2; llama: 0.05 / sqrt(2 (layer + 1)), layer 1: both 0.025
+    assert deep == pytest.approx(0.05 / 2, rel=1e-12)
+    assert "std = 0.05 (from model.config.initializer_range = 0.05)" in p.notes
+    w = model.transformer.h[0].mlp.c_fc.weight.detach().double().flatten()
+    assert w.std().item() == pytest.approx(0.05, rel=0.05)
+    # an explicit option still wins over the config, and says nothing about it
+    q = torchinit.plan(model, {"preset": preset, "options": {"std": 0.01}})
+    assert q["transformer.h.0.mlp.c_fc.weight"].spec.std_ == 0.01
+    assert not [n for n in q.notes if n.startswith("std = ")]
+
+
+def test_config_std_reads_init_std_and_initializer_factor():
+    m = torch.nn.Sequential(torch.nn.Linear(8, 8))
+    m.config = type("Cfg", (), {"init_std": 0.04, "initializer_factor": 0.5})()
+    p = torchinit.plan(m, "gpt2")
+    assert p["0.weight"].spec.std_ == pytest.approx(0.02)
+    assert "std = 0.02 (from model.config.init_std = 0.04, times model.config.initializer_factor = 0.5)" in p.notes
+    bare = torchinit.plan(torch.nn.Sequential(torch.nn.Linear(8, 8)), "gpt2")
+    assert bare["0.weight"].spec.std_ == 0.02 and any("std = 0.02 (the default" in n for n in bare.notes)

@@ -207,10 +207,10 @@ def _check_args(init: str, args: Mapping[str, Any]) -> dict[str, Any]:
         if k == "depth" and v not in _DEPTH:
             raise PolicyError(f"field 'args': {init}: depth must be one of {', '.join(_DEPTH)}, got {v!r}",
                               field="args")
-        if k in ("std",) and isinstance(v, str):
-            if v != "1/sqrt(fan_in)":
-                raise PolicyError(f"field 'args': {init}: std must be a number or '1/sqrt(fan_in)', got {v!r}",
-                                  field="args")
+        if k in ("std",) and isinstance(v, str):  # "config": the model config's initializer_range (or 0.02)
+            if v not in ("1/sqrt(fan_in)", "config"):
+                raise PolicyError(f"field 'args': {init}: std must be a number, '1/sqrt(fan_in)' or 'config', got "
+                                  f"{v!r}", field="args")
             continue
         if k in ("a", "b", "mean", "val", "gain") or (k == "std" and init in ("uniform",)):
             _check_number(init, k, v)

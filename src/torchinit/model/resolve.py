@@ -45,6 +45,7 @@ class _Context:
         self._det: dict[str, Detection] | None = None
         self.notes: list[str] = []
         self._n_layer: int | None = None
+        self._config_std: float | None = None
         self._steps = None
         self._steps_by_path: dict[str, list] | None = None
         #: (rule label, init, mode) -> [(tensor, true fan, torch's fan, std)] where fans="module" differs
@@ -76,6 +77,28 @@ class _Context:
                 self._n_layer = v
                 self.notes.append(f"n_layer = {v} (length of the longest {kind}, {n!r})")
         return self._n_layer
+
+    def config_std(self) -> float:
+        """The std the model's config asks for (``std: config``): ``initializer_range`` (or
+        ``init_std``), times ``initializer_factor`` where present; 0.02 without either (noted)."""
+        if self._config_std is None:
+            cfg = getattr(self.model, "config", None)
+            std, src = 0.02, []
+            for attr in ("initializer_range", "init_std"):
+                v = getattr(cfg, attr, None) if cfg is not None else None
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0:
+                    std = float(v)
+                    src.append(f"model.config.{attr} = {v}")
+                    break
+            f = getattr(cfg, "initializer_factor", None) if cfg is not None else None
+            if isinstance(f, (int, float)) and not isinstance(f, bool) and math.isfinite(f) and f > 0:
+                std *= float(f)
+                src.append(f"times model.config.initializer_factor = {f}")
+            self._config_std = std
+            self.notes.append(f"std = {std:g} (from {', '.join(src)})" if src else
+                              "std = 0.02 (the default: the model has no config.initializer_range, init_std or "
+                              "initializer_factor)")
+        return self._config_std
 
     def layer_index(self, module_path: str) -> int | None:
         parts = module_path.split(".") if module_path else []
@@ -181,6 +204,9 @@ def _resolve(ctx: _Context, rule: Rule, q: str, mod_path: str, mod: nn.Module, l
         out.update(fans=fans, gain=1.0)
     elif init in ("normal", "trunc_normal"):
         std = args["std"]
+        if std == "config":
+            std = ctx.config_std()
+            shown["std"] = std
         if isinstance(std, str):  # "1/sqrt(fan_in)"
             fans = torch_fans(shape) if len(shape) >= 2 else None
             if fans is None:
