@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from ..core import specs as S
 from .plan import ENGINES, EngineName, Plan, PlanEntry
 from .policy import Policy, PolicyError
-from .registry import DEFAULT_POLICY
+from .registry import DEFAULT_POLICY, PresetName
 from .resolve import plan
 
 __all__ = ["apply_plan", "init_model"]
@@ -46,7 +46,7 @@ def apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: EngineName = 
     return _apply_plan(model, plan, seed=seed, engine=engine, only=only, restore_on_error=restore_on_error)
 
 
-def _apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: str = "keyed",
+def _apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: EngineName = "keyed",
                 only: Iterable[str] | None = None, restore_on_error: bool = True,
                 unwritten: list[str] | None = None) -> Plan:
     """:func:`apply_plan`; with ``unwritten`` (a list), also appends the names of the
@@ -244,7 +244,7 @@ def _ctx_steps(model: nn.Module) -> list[tuple[str, str]]:
     return module_init_steps(model)
 
 
-def init_model(model: nn.Module, policy: Policy | str | Mapping | Sequence = DEFAULT_POLICY, *, seed: int,
+def init_model(model: nn.Module, policy: PresetName | Policy | str | Mapping | Sequence = DEFAULT_POLICY, *, seed: int,
                engine: EngineName = "keyed", example_inputs: Any = None, strict: bool = False) -> Plan:
     """Plan and apply ``policy`` (default ``"pytorch"``, as everywhere) to ``model``; returns the applied :class:`Plan`.
 

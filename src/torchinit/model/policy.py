@@ -43,7 +43,7 @@ from typing import Any, Mapping, Sequence
 from torch import nn
 
 from .errors import PolicyError, _suggest
-from .registry import get_preset
+from .registry import PresetName, get_preset
 
 __all__ = [
     "Rule",
@@ -560,7 +560,7 @@ def _yaml_loader() -> type:
     return _Loader
 
 
-def load_policy(obj: "Policy | str | os.PathLike | Mapping | Sequence", **options: Any) -> Policy:
+def load_policy(obj: "PresetName | Policy | str | os.PathLike | Mapping | Sequence", **options: Any) -> Policy:
     """A :class:`Policy` from a Policy, a preset name (``"kaiming"``), a path to a
     ``.yaml``/``.yml``/``.json`` file, a dict, or a list of rules. ``options`` go to a preset."""
     if isinstance(obj, Policy):

@@ -13,7 +13,7 @@ from ..core.gains import TORCH_NONLINEARITIES, second_moment_gain
 from .nonlinearity import Detection, auto_gain, detect_nonlinearities, is_weight_layer
 from .plan import Plan, PlanEntry
 from .policy import INITIALIZERS, Policy, PolicyError, Rule, load_policy
-from .registry import DEFAULT_POLICY
+from .registry import DEFAULT_POLICY, PresetName
 
 __all__ = ["plan"]
 
@@ -345,7 +345,7 @@ def _note_tied_conflict(ctx: _Context, pol: Policy, labels: list[str], q: str, b
             "names with a higher priority")
 
 
-def plan(model: nn.Module, policy: Policy | str | Mapping | Sequence = DEFAULT_POLICY,
+def plan(model: nn.Module, policy: PresetName | Policy | str | Mapping | Sequence = DEFAULT_POLICY,
          example_inputs: Any = None) -> Plan:
     """Decide, without writing anything, what every tensor of ``model`` gets under ``policy``.
 
