@@ -105,6 +105,14 @@ PARITY = [
     ("sparse_str", "sparse_", lambda: _t(3, 4), {"sparsity": "x"}),
     ("sparse_std<0", "sparse_", lambda: _t(3, 4), {"sparsity": 0.1, "std": -1.0}),
     ("sparse_int", "sparse_", lambda: _t(3, 4, dtype=I64), {"sparsity": 0.1}),
+    # bad values torch itself rejects keep torch's error (issue 19 refuses only what torch accepts)
+    ("normal_nan_mean_int", "normal_", lambda: _t(3, 4, dtype=I64), {"mean": NAN}),
+    ("normal_inf_std_nan_mean", "normal_", lambda: _t(3, 4), {"mean": INF, "std": NAN}),
+    ("xavier_normal_nan_gain", "xavier_normal_", lambda: _t(3, 4), {"gain": NAN}),
+    ("orthogonal_nan_gain_fp16", "orthogonal_", lambda: _t(3, 4, dtype=torch.float16), {"gain": NAN}),
+    ("orthogonal_inf_gain_int", "orthogonal_", lambda: _t(3, 4, dtype=I64), {"gain": INF}),
+    ("sparse_inf_std_nan_sparsity", "sparse_", lambda: _t(3, 4), {"sparsity": NAN, "std": INF}),
+    ("kaiming_nan_a", "kaiming_normal_", lambda: _t(3, 4), {"a": NAN}),
 ]
 
 
@@ -146,6 +154,21 @@ STRICTER = [
     ("sparse_negative", "sparse_", lambda: _t(3, 4), {"sparsity": -0.5}, r"sparse_: sparsity must be in \[0, 1\], got -0.5"),
     ("sparse_tensor_above_1", "sparse_", lambda: _t(3, 4), {"sparsity": torch.tensor(2.0)}, r"sparse_: sparsity must be in \[0, 1\]"),
     ("dirac_negative_groups", "dirac_", lambda: _t(4, 4, 3), {"groups": -1}, r"dirac_: groups must be a positive int, got groups=-1"),
+    # issue 19: torch fills nan / inf (or, for kaiming's a=inf, all zeros)
+    ("normal_nan_mean", "normal_", lambda: _t(3, 4), {"mean": NAN}, r"normal_: mean must be finite, got mean=nan"),
+    ("normal_inf_mean", "normal_", lambda: _t(3, 4), {"mean": -INF}, r"normal_: mean must be finite, got mean=-inf"),
+    ("normal_inf_std", "normal_", lambda: _t(3, 4), {"std": INF}, r"normal_: std must be finite, got std=inf"),
+    ("normal_inf_std_meta", "normal_", lambda: _t(3, 4).to("meta"), {"std": INF}, r"normal_: std must be finite"),
+    ("xavier_normal_inf_gain", "xavier_normal_", lambda: _t(3, 4), {"gain": INF},
+     r"xavier_normal_: gain must be finite, got gain=inf"),
+    ("orthogonal_nan_gain", "orthogonal_", lambda: _t(3, 4), {"gain": NAN}, r"orthogonal_: gain must be finite, got gain=nan"),
+    ("orthogonal_inf_gain", "orthogonal_", lambda: _t(4, 3), {"gain": -INF},
+     r"orthogonal_: gain must be finite, got gain=-inf"),
+    ("sparse_inf_std", "sparse_", lambda: _t(3, 4), {"sparsity": 0.5, "std": INF}, r"sparse_: std must be finite, got std=inf"),
+    ("trunc_inf_std", "trunc_normal_", lambda: _t(3, 4), {"std": INF}, r"trunc_normal_: std must be finite, got std=inf"),
+    ("kaiming_inf_a", "kaiming_uniform_", lambda: _t(3, 4), {"a": INF},
+     r"kaiming_uniform_: a must be finite, got a=inf \(torch.nn.init would fill zeros"),
+    ("kaiming_normal_inf_a", "kaiming_normal_", lambda: _t(3, 4), {"a": -INF}, r"kaiming_normal_: a must be finite"),
 ]
 
 
@@ -250,6 +273,22 @@ EXTRA = [
      ValueError, r"kaiming_normal_: a must not be nan, got a=nan"),
     ("delta_gain_nan", torchinit.delta_orthogonal_, lambda: _t(4, 4, 3), {"gain": NAN}, ValueError,
      r"DeltaOrthogonal: gain must be finite, got nan"),
+    # issue 19: with key=, values that overflow the dtype are refused naming the argument
+    ("keyed_normal_fp16_overflow", torchinit.normal_, lambda: _t(64, dtype=torch.float16),
+     {"std": 1e5, "key": torchinit.Key(0)}, ValueError,
+     r"normal_: std=100000 overflows torch.float16 \(largest finite value 65504\)"),
+    ("keyed_normal_fp16_mean_overflow", torchinit.normal_, lambda: _t(64, dtype=torch.float16),
+     {"mean": -7e4, "key": torchinit.Key(0)}, ValueError, r"normal_: mean=-70000 overflows torch.float16"),
+    ("keyed_normal_bf16_tail_overflow", torchinit.normal_, lambda: _t(64, dtype=torch.bfloat16),
+     {"std": 1e38, "key": torchinit.Key(0)}, ValueError, r"normal_: std=1e\+38 overflows torch.bfloat16"),
+    ("keyed_uniform_fp16_overflow", torchinit.uniform_, lambda: _t(64, dtype=torch.float16),
+     {"a": -1e5, "b": 1.0, "key": torchinit.Key(0)}, ValueError, r"uniform_: a=-100000 overflows torch.float16"),
+    ("keyed_trunc_fp16_overflow", torchinit.trunc_normal_, lambda: _t(64, dtype=torch.float16),
+     {"std": 1e5, "a": -1e6, "b": 1e6, "key": torchinit.Key(0)}, ValueError,
+     r"trunc_normal_: std=100000 overflows torch.float16"),
+    ("keyed_xavier_fp16_overflow", torchinit.xavier_normal_, lambda: _t(8, 8, dtype=torch.float16),
+     {"gain": 1e6, "key": torchinit.Key(0)}, ValueError,
+     r"xavier_normal_: std=353553 \(from gain=1000000.0\) overflows torch.float16"),
 ]
 
 
@@ -260,6 +299,15 @@ def test_extras_validate_before_writing(fn, make, kwargs, exc, match, same_bits)
     with pytest.raises(exc, match=match):
         fn(t, **kwargs)
     same_bits(t, before)
+
+
+def test_keyed_fits_dtype_when_the_tail_stays_in_range():
+    # a normal counts to 6 std: std 1e4 in float16 (6e4 < 65504) is drawn, finite
+    t = torchinit.normal_(torch.empty(4096, dtype=torch.float16), std=1e4, key=torchinit.Key(0))
+    assert t.isfinite().all()
+    # trunc_normal_ with finite bounds inside the range is fine whatever its std
+    t = torchinit.trunc_normal_(torch.empty(64, dtype=torch.float16), std=1e5, a=-6e4, b=6e4, key=torchinit.Key(0))
+    assert t.isfinite().all()
 
 
 def test_fill_refuses_generator_and_key_together(same_bits):

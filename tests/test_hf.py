@@ -232,3 +232,103 @@ def test_module_preset_keeps_the_padding_row_of_a_tied_embedding(engine):
     assert float(emb.weight[1:].detach().std()) == pytest.approx(0.02, rel=0.1)
     if engine == "keyed":
         assert p["bert.embeddings.word_embeddings.weight"].aliases == ("cls.predictions.decoder.weight",)
+
+
+# -- tied LM heads (issue 15): one Parameter as embedding and output head ----------------
+
+def _gpt2_lm(vocab: int = 50257):
+    cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=vocab, n_positions=32,
+                                  bos_token_id=0, eos_token_id=0)
+    return transformers.GPT2LMHeadModel(cfg)
+
+
+def _qwen2_tied(vocab: int = 151936):
+    cfg = transformers.Qwen2Config(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+                                   tie_word_embeddings=True)
+    return transformers.Qwen2ForCausalLM(cfg)
+
+
+_TIED = {"gpt2": (_gpt2_lm, "transformer.wte.weight"), "qwen2": (_qwen2_tied, "model.embed_tokens.weight")}
+
+
+def _logits_std(model, vocab):
+    ids = torch.randint(0, vocab, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return model(ids).logits.std().item()
+
+
+@pytest.mark.parametrize("arch", sorted(_TIED))
+@pytest.mark.parametrize("preset", ["gpt2", "llama"])
+def test_llm_presets_give_a_tied_head_logits_of_order_one(arch, preset):
+    # issue 15: under llama the tied lm_head got the embedding's N(0, 1): logits std ~ sqrt(hidden) (8 here, 12
+    # at Qwen2's real sizes); the output head's rule now reaches the tied alias
+    build, emb = _TIED[arch]
+    model = build()
+    vocab = model.config.vocab_size
+    p = torchinit.init_model(model, preset, seed=0)
+    assert model.lm_head.weight is model.get_input_embeddings().weight
+    assert _logits_std(model, vocab) < 3
+    assert "lm_head.weight" in p[emb].aliases
+    if preset == "llama":  # the output head rule won across the names, and was not "unused"
+        assert p[emb].rule.endswith("output head") and "(as 'lm_head.weight')" in p[emb].matched_as
+        assert not any("output head" in r for r in p.unused_rules)
+        assert any(n.startswith(f"tied tensor {emb!r}") and "output head" in n for n in p.notes)
+
+
+@pytest.mark.parametrize("arch", sorted(_TIED))
+@pytest.mark.parametrize("preset", ["kaiming", "pytorch"])
+def test_tied_head_conflict_is_a_note_naming_both_names_and_specs(arch, preset):
+    build, emb = _TIED[arch]
+    p = torchinit.plan(build(), preset)
+    notes = [n for n in p.notes if n.startswith(f"tied tensor {emb!r}")]
+    assert len(notes) == 1, p.notes
+    note = notes[0]
+    assert "'lm_head.weight'" in note and "rules for these names disagree" in note
+    assert "embedding gives Normal(mean=0, std=1)" in note  # the precedence: the later rule (embedding) wins
+    assert "layer weight would give" in note
+    assert not any("tied" in r for r in p.unused_rules)
+    assert p[emb].rule.endswith("embedding")
+
+
+def test_tied_precedence_a_higher_priority_rule_for_one_name_decides():
+    model = _gpt2_lm(vocab=512)
+    pol = {"preset": "kaiming", "rules": [{"qualnames": "lm_head.weight", "init": "normal", "args": {"std": 0.02},
+                                           "priority": 1, "name": "head"}]}
+    p = torchinit.init_model(model, pol, seed=0)
+    e = p["transformer.wte.weight"]
+    assert e.spec == S.Normal(0, 0.02) and e.rule.endswith("head")
+    assert _logits_std(model, 512) < 3
+    # one name's rules agreeing with the other's: no note (gpt2: N(0, 0.02) as embedding and as a Linear)
+    assert not [n for n in torchinit.plan(_gpt2_lm(vocab=512), "gpt2").notes if n.startswith("tied tensor")]
+
+
+@pytest.mark.parametrize("preset", ["gpt2", "llama"])
+def test_llm_presets_read_initializer_range_from_the_config(preset):
+    # issue 15: initializer_range=0.05 became 0.02 without a word
+    cfg = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=96, n_positions=16,
+                                  bos_token_id=0, eos_token_id=0, initializer_range=0.05)
+    model = transformers.GPT2LMHeadModel(cfg)
+    p = torchinit.init_model(model, preset, seed=0)
+    e = p["transformer.h.0.mlp.c_fc.weight"]
+    assert e.spec.std_ == 0.05 and e.args["std"] == 0.05
+    deep = p["transformer.h.1.mlp.c_proj.weight"].spec.std_
+    # gpt2: 0.05 / sqrt(2 n_layer), n_layer = 2; llama: 0.05 / sqrt(2 (layer + 1)), layer 1: both 0.025
+    assert deep == pytest.approx(0.05 / 2, rel=1e-12)
+    assert "std = 0.05 (from model.config.initializer_range = 0.05)" in p.notes
+    w = model.transformer.h[0].mlp.c_fc.weight.detach().double().flatten()
+    assert w.std().item() == pytest.approx(0.05, rel=0.05)
+    # an explicit option still wins over the config, and says nothing about it
+    q = torchinit.plan(model, {"preset": preset, "options": {"std": 0.01}})
+    assert q["transformer.h.0.mlp.c_fc.weight"].spec.std_ == 0.01
+    assert not [n for n in q.notes if n.startswith("std = ")]
+
+
+def test_config_std_reads_init_std_and_initializer_factor():
+    m = torch.nn.Sequential(torch.nn.Linear(8, 8))
+    m.config = type("Cfg", (), {"init_std": 0.04, "initializer_factor": 0.5})()
+    p = torchinit.plan(m, "gpt2")
+    assert p["0.weight"].spec.std_ == pytest.approx(0.02)
+    assert "std = 0.02 (from model.config.init_std = 0.04, times model.config.initializer_factor = 0.5)" in p.notes
+    bare = torchinit.plan(torch.nn.Sequential(torch.nn.Linear(8, 8)), "gpt2")
+    assert bare["0.weight"].spec.std_ == 0.02 and any("std = 0.02 (the default" in n for n in bare.notes)

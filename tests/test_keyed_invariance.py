@@ -274,3 +274,56 @@ print(repr(out))
             for spec in (S.Normal(0, 1), S.TruncatedNormal(-3, 1, -0.5, 0.5), S.Uniform(-1, 1)):
                 want.append(float(sample(spec, Key(3, "stack"), (5000,), dtype=dt).double().sum()))
     assert eval(proc.stdout.strip()) == want
+
+
+_QR_CODE = """
+import hashlib, sys, torch
+torch.set_num_threads(int(sys.argv[1]))
+import torchinit
+from torchinit import Key
+h = hashlib.sha256()
+for shape, fn in [((256, 256), torchinit.orthogonal_), ((96, 300), torchinit.orthogonal_),
+                  ((128, 64, 3, 3), torchinit.delta_orthogonal_)]:
+    for dtype in (torch.float32, torch.float64):
+        w = fn(torch.empty(shape, dtype=dtype), key=Key(0).child("w"))
+        h.update(w.numpy().tobytes())
+assert torch.get_num_threads() == int(sys.argv[1])  # the QR's one thread is restored
+print(h.hexdigest())
+"""
+
+
+def test_keyed_orthogonal_is_independent_of_the_thread_count():
+    """Issue 19: LAPACK's QR splits its work (and its rounding) by the thread count, so
+    keyed orthogonal_ differed between 1 and 2 threads. Fresh processes at 1, 2 and 4
+    torch threads give the same bits (the keyed engine factors on one thread)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env.pop(var, None)
+    digests = []
+    for threads in (1, 2, 4):
+        proc = subprocess.run([sys.executable, "-c", _QR_CODE, str(threads)], capture_output=True, text=True,
+                              timeout=300, env=env)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        digests.append(proc.stdout.strip())
+    assert digests[0] == digests[1] == digests[2], digests
+
+
+def test_keyed_orthogonal_from_threads_restores_the_thread_count():
+    # concurrent keyed QRs (one lock) each give the single-thread bits and leave the count as it was
+    import threading
+
+    torch_threads = torch.get_num_threads()
+    ref = sample(S.Orthogonal(1.0), Key(5, "w"), (64, 64))
+    out: list = []
+    workers = [threading.Thread(target=lambda: out.append(sample(S.Orthogonal(1.0), Key(5, "w"), (64, 64))))
+               for _ in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert len(out) == 4 and all(torch.equal(o, ref) for o in out)
+    assert torch.get_num_threads() == torch_threads

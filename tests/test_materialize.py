@@ -3,6 +3,7 @@
 import importlib
 
 import pytest
+from scipy import stats
 import torch
 from torch import nn
 
@@ -413,3 +414,43 @@ def test_uncovered_meta_tensors_error_names_rules_that_matched_nothing():
                                          r"rules that matched nothing: #0 typo"):
         torchinit.materialize(model, "cpu", [{"name": "typo", "modules": "Linaer", "init": "zeros"}], seed=0)
     assert all(t.is_meta for t in model.state_dict().values())
+
+
+def test_one_default_policy_everywhere():
+    # issue 15: plan() and init_model() defaulted to kaiming, materialize() and the CLI to pytorch
+    import argparse
+    import inspect
+
+    from torchinit.cli.plan_cmd import add_model_args
+    from torchinit.model.registry import DEFAULT_POLICY
+
+    assert DEFAULT_POLICY == "pytorch"
+    for fn in (torchinit.plan, torchinit.init_model, torchinit.materialize):
+        assert inspect.signature(fn).parameters["policy"].default == DEFAULT_POLICY, fn.__name__
+    parser = argparse.ArgumentParser()
+    add_model_args(parser)
+    assert parser.parse_args(["mlp"]).policy == DEFAULT_POLICY
+
+
+def test_plan_then_materialize_with_the_defaults_writes_what_the_plan_said():
+    def build():
+        return nn.Sequential(nn.Conv2d(3, 64, 3), nn.ReLU(), nn.Flatten(), nn.Linear(64 * 4, 256), nn.ReLU(),
+                             nn.Linear(256, 128))
+
+    with torch.device("meta"):
+        model = build()
+    preview = torchinit.plan(model)  # the default policy
+    applied = torchinit.materialize(model, "cpu", seed=3)  # the default policy
+    assert applied.policy == preview.policy == "pytorch"
+    assert [(e.name, e.spec) for e in applied] == [(e.name, e.spec) for e in preview]
+    # and the values follow the previewed specs: torch's U(+-1/sqrt(fan_in)), not kaiming's N(0, 2/fan_in)
+    for name, t in model.named_parameters():
+        lo, hi = preview[name].bounds
+        assert lo <= t.min().item() and t.max().item() <= hi, name
+        if t.numel() >= 1000:
+            assert stats.kstest(t.detach().double().flatten().numpy(), stats.uniform(lo, hi - lo).cdf).pvalue > 1e-4
+    # the same on an allocated model with init_model's default
+    ref = build()
+    torchinit.init_model(ref, seed=3)
+    for (n, a), (_, b) in zip(model.named_parameters(), ref.named_parameters()):
+        assert torch.equal(a, b), n

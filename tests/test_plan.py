@@ -525,3 +525,92 @@ def test_init_model_on_meta_tensors_is_an_error_not_a_silent_no_op():
     p = torchinit.plan(net, "kaiming")
     torchinit.apply_plan(net, p, seed=0, only=["0.weight"])  # the allocated tensors alone are fine
     assert not torch.equal(net[0].weight, before)
+
+
+def test_sparse_std_column_is_the_tensors_std():
+    # issue 15: the std column showed the non-zeros' std (0.1), not the tensor's (0.0316)
+    lin = nn.Linear(100, 50)
+    rules = [{"init": "sparse", "args": {"sparsity": 0.9, "std": 0.1}, "params": "weight"}]
+    p = torchinit.plan(lin, rules)
+    assert p["weight"].std == pytest.approx(0.1 * math.sqrt(0.1), rel=1e-12)
+    assert p.to_dict()["entries"][0]["std"] == p["weight"].std
+    torchinit.init_model(lin, rules, seed=0)
+    assert lin.weight.std().item() == pytest.approx(p["weight"].std, rel=0.1)
+
+
+def test_delta_orthogonal_std_column():
+    conv = nn.Conv2d(4, 8, 3, bias=False)
+    rules = [{"init": "delta_orthogonal", "args": {"gain": 2.0}, "params": "weight"}]
+    p = torchinit.plan(conv, rules)
+    torchinit.init_model(conv, rules, seed=0)
+    w = conv.weight.detach().double()
+    assert p["weight"].std == pytest.approx(2.0 / math.sqrt(8 * 9), rel=1e-12)
+    assert w.pow(2).mean().sqrt().item() == pytest.approx(p["weight"].std, rel=1e-6)
+
+
+def test_true_fans_of_a_depthwise_conv_are_noted():
+    # issue 15: kaiming fan_out on a depthwise conv gives std 0.47 (true fan_out 9) where the
+    # recipe users port, nn.init.kaiming_normal_(w, mode="fan_out"), gives 0.083 (fan_out 288)
+    model = nn.Sequential(nn.Conv2d(32, 32, 3, groups=32, padding=1), nn.ReLU(), nn.Conv2d(32, 8, 1))
+    p = torchinit.plan(model, {"preset": "kaiming", "options": {"mode": "fan_out"}})
+    assert p["0.weight"].std == pytest.approx(math.sqrt(2) / 3, rel=1e-12)
+    torch_std = math.sqrt(2) / math.sqrt(32 * 9)  # torch.nn.init's fan_out for (32, 1, 3, 3)
+    notes = [n for n in p.notes if "true fans" in n]
+    assert len(notes) == 1, p.notes
+    assert "0.weight: fan_out 9 vs 288" in notes[0] and f"std {p['0.weight'].std:.4g} vs {torch_std:.4g}" in notes[0]
+    assert "kaiming_normal_" in notes[0] and "fans: torch" in notes[0]
+    assert "2.weight" not in notes[0]  # a 1x1 conv without groups: the same fans either way
+    # fan_in: true and torch's fans agree for a grouped conv, nothing to say
+    assert not [n for n in torchinit.plan(model, "kaiming").notes if "true fans" in n]
+    # the advice works: fans: torch gives torch's std and no note
+    p2 = torchinit.plan(model, {"preset": "kaiming", "options": {"mode": "fan_out"},
+                                "rules": [{"init": "kaiming_normal", "modules": "Conv2d", "params": "weight",
+                                           "args": {"mode": "fan_out", "nonlinearity": "relu", "fans": "torch"}}]})
+    assert p2["0.weight"].std == pytest.approx(torch_std, rel=1e-12)
+    assert not [n for n in p2.notes if "true fans" in n]
+
+
+class _RawScale(nn.Module):
+    """A module's own parameter used through a functional op: no preset has a rule for it."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.scale = nn.Parameter(torch.full((4,), float("nan")))
+
+    def forward(self, x):
+        return self.lin(x) * self.scale
+
+
+@pytest.mark.parametrize("preset", ["pytorch", "module", "kaiming", "xavier", "lecun", "orthogonal", "gpt2", "llama"])
+def test_init_model_warns_naming_tensors_no_rule_covers(preset):
+    # issue 15: the NaN 'scale' kept its value under every preset without a word
+    m = _RawScale()
+    with pytest.warns(UserWarning, match=rf"init_model: no rule of policy '{preset}' covers 1 tensor\(s\): 'scale'; "
+                                         r"they keep their current values.*strict=True makes this an error"):
+        torchinit.init_model(m, preset, seed=0)
+    assert torch.isnan(m.scale).all()  # left as it was, as the warning says
+
+
+def test_init_model_strict_raises_before_writing():
+    m = _RawScale()
+    before = m.lin.weight.detach().clone()
+    with pytest.raises(PolicyError, match=r"no rule of policy 'kaiming' covers 1 tensor\(s\): 'scale'; nothing was written"):
+        torchinit.init_model(m, "kaiming", seed=0, strict=True)
+    assert torch.equal(m.lin.weight, before)
+    # covered: no warning, and strict passes
+    pol = {"preset": "kaiming", "rules": [{"qualnames": "scale", "init": "ones"}]}
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torchinit.init_model(m, pol, seed=0, strict=True)
+    assert bool((m.scale == 1).all())
+
+
+def test_init_model_warning_lists_at_most_20_names():
+    m = nn.Module()
+    for i in range(25):
+        m.register_parameter(f"p{i}", nn.Parameter(torch.zeros(2)))
+    with pytest.warns(UserWarning, match=r"covers 25 tensor\(s\): 'p0', 'p1', .*'p19' and 5 more \(plan.unmatched"):
+        torchinit.init_model(m, "kaiming", seed=0)

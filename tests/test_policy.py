@@ -4,6 +4,7 @@ loading, composition, serialization."""
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import pytest
@@ -184,3 +185,72 @@ def test_policy_file_errors_name_the_file_and_preset_option(tmp_path):
     assert info.value.field == "options"
     with pytest.raises(PolicyError, match=r"^preset 'gpt2' with options std=-1: .*std must be > 0"):
         torchinit.get_preset("gpt2", std=-1)
+
+
+# -- Rule(..., bias=...): one rule for a layer's weight and bias (mmengine's
+#    dict(type='Kaiming', layer='Conv2d', bias=0)) -------------------------------------
+
+def _convnet():
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3),
+                               torch.nn.Flatten(), torch.nn.Linear(8, 2))
+
+
+def test_rule_bias_number_initializes_the_layers_bias():
+    m = _convnet()
+    rule = Rule("kaiming_normal", {"nonlinearity": "relu"}, modules="Conv2d", params="weight", bias=0.25, name="convs")
+    p = torchinit.plan(m, [rule])
+    for layer in ("0", "2"):
+        e = p[f"{layer}.bias"]
+        assert (e.initializer, e.spec, e.rule) == ("constant", torchinit.specs.Constant(0.25), "#0 convs")
+        assert "bias=" in e.matched_as
+        assert p[f"{layer}.weight"].initializer == "kaiming_normal"
+    assert p.unmatched == ["4.weight", "4.bias"]  # the Linear is not selected: nor is its bias
+    torchinit.init_model(m, [rule], seed=0)
+    assert bool((m[0].bias == 0.25).all()) and bool((m[2].bias == 0.25).all())
+
+
+def test_rule_bias_without_params_overrides_the_rules_own_init_for_the_bias():
+    m = _convnet()
+    p = torchinit.plan(m, [Rule("xavier_uniform", modules="Linear", bias="fan_in_uniform")])
+    assert p["4.bias"].initializer == "fan_in_uniform" and p["4.weight"].initializer == "xavier_uniform"
+    assert p["4.bias"].spec.high == pytest.approx(1 / math.sqrt(8))
+    # without bias= the module rule's own init would go to the bias and fail there (no fans)
+    with pytest.raises(PolicyError, match=r"needs fans"):
+        torchinit.plan(m, [Rule("xavier_uniform", modules="Linear")])
+
+
+def test_rule_bias_from_yaml_and_dict_round_trip():
+    text = """
+rules:
+  - name: convs
+    modules: Conv2d
+    params: weight
+    init: kaiming_normal
+    args: {mode: fan_out, nonlinearity: relu}
+    bias: {init: normal, args: {std: 0.01}}
+  - {modules: Linear, params: weight, init: zeros, bias: {kind: uniform, low: -0.5, high: 0.5}}
+"""
+    pol = Policy.from_yaml(text)
+    p = torchinit.plan(_convnet(), pol)
+    assert p["0.bias"].spec == torchinit.specs.Normal(0, 0.01)
+    assert p["4.bias"].spec == torchinit.specs.Uniform(-0.5, 0.5)
+    again = Policy.from_dict(json.loads(pol.to_json()))
+    assert [r.to_dict() for r in again.rules] == [r.to_dict() for r in pol.rules]
+    assert again.rules[0].to_dict()["bias"] == {"init": "normal", "args": {"std": 0.01}}
+
+
+@pytest.mark.parametrize("bias, match", [
+    ("kaiming_normal", r"rule 'r': field 'bias': 'kaiming_normal' cannot initialize a bias \(a 1-D tensor, no fans\)"),
+    ("module", r"field 'bias': 'module' cannot initialize a bias"),
+    ("zeroes", r"rule 'r': field 'bias': field 'init': unknown initializer 'zeroes'; did you mean 'zeros'"),
+    ([1], r"field 'bias': expected a number, an initializer name, \{init: ..., args: ...\} or a spec dict, got \[1\]"),
+    ({"init": "normal", "args": {"std": -1}}, r"field 'bias': field 'args': normal: std must be > 0, got -1"),
+    ({"kind": "normal", "std": -1}, r"field 'bias': .*invalid spec: Normal: std must be >= 0"),
+    (True, r"field 'bias': expected a number"),
+])
+def test_rule_bias_errors_name_the_field(bias, match):
+    with pytest.raises(PolicyError, match=match) as exc:
+        Rule("zeros", name="r", bias=bias)
+    assert exc.value.field == "bias"
+    with pytest.raises(PolicyError, match=r"policy 'custom': rule 0 \('r'\): field 'bias'"):
+        Policy.from_dict({"rules": [{"name": "r", "init": "zeros", "bias": bias}]})

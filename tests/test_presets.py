@@ -199,3 +199,23 @@ def test_glob_options_given_as_one_string_are_one_glob():
     assert q["fc.weight"].rule.endswith("output head") and q["blocks.0.proj.weight"].rule.endswith("output projection")
     with pytest.raises(PolicyError, match="option 'residual' must be a glob or a list of globs"):
         get_preset("gpt2", residual=[])
+
+
+def test_preset_and_engine_names_are_literal_types_in_public_signatures():
+    # issue 15: IDEs complete Literal values; the Literals list exactly the built-in names
+    import inspect
+    import typing
+
+    from torchinit.model.plan import ENGINES
+
+    assert typing.get_args(torchinit.PresetName) == tuple(list(torchinit.PRESETS)[:8])
+    assert set(typing.get_args(torchinit.PresetName)) <= set(torchinit.PRESETS)
+    assert typing.get_args(torchinit.EngineName) == ENGINES
+    # (get_preset's return type is a TYPE_CHECKING import: read its annotation as written)
+    assert inspect.signature(torchinit.get_preset).parameters["name"].annotation == "PresetName | str"
+    for fn in (torchinit.plan, torchinit.init_model, torchinit.materialize, torchinit.load_policy):
+        hints = typing.get_type_hints(fn)
+        first = next(k for k in ("policy", "obj", "name") if k in hints)
+        assert torchinit.PresetName in typing.get_args(hints[first]), fn.__name__
+    for fn in (torchinit.init_model, torchinit.apply_plan):
+        assert typing.get_type_hints(fn)["engine"] is torchinit.EngineName, fn.__name__

@@ -80,8 +80,20 @@ DROP_IN_ARGS = {
 
 # Inputs torch accepts and we refuse (documented in docs/initializers.md)
 def _stricter(name, kw):
+    # nan / inf arguments torch turns into nan / inf (or all-zero) values (issue 19)
+    inf = float("inf")
+    if name == "normal_":
+        return kw["std"] == inf or not math.isfinite(kw["mean"])
+    if name == "xavier_normal_":
+        return kw["gain"] == inf
+    if name == "orthogonal_":
+        return not math.isfinite(kw["gain"])
+    if name in ("kaiming_uniform_", "kaiming_normal_"):
+        return kw["nonlinearity"] == "leaky_relu" and math.isinf(kw["a"])
+    if name == "sparse_" and kw["std"] == inf:
+        return True
     if name == "trunc_normal_":
-        return kw["std"] < 0 or math.isnan(kw["std"]) or not math.isfinite(kw["mean"])
+        return kw["std"] < 0 or math.isnan(kw["std"]) or kw["std"] == inf or not math.isfinite(kw["mean"])
     if name == "sparse_":
         s = kw["sparsity"]
         return math.isfinite(s) and not 0 <= s <= 1

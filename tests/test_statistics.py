@@ -151,7 +151,7 @@ def test_orthogonal_is_haar():
 @pytest.mark.parametrize("gain", [1.0, math.sqrt(2)])
 def test_delta_orthogonal(shape, gain):
     w = torchinit.delta_orthogonal_(torch.empty(shape, dtype=torch.float64), gain, generator=_gen(1))
-    centre = (slice(None), slice(None)) + tuple(k // 2 for k in shape[2:])
+    centre = (slice(None), slice(None)) + tuple((k - 1) // 2 for k in shape[2:])  # JAX's convention
     q = w[centre]
     torch.testing.assert_close(q.T @ q, gain**2 * torch.eye(shape[1], dtype=torch.float64), rtol=0, atol=1e-12)
     rest = w.clone()
@@ -171,6 +171,37 @@ def test_delta_orthogonal_conv_is_an_isometry():
         y = conv(y) / 1.7
     torch.testing.assert_close(y.norm(), x.norm(), rtol=1e-10, atol=0)
     torch.testing.assert_close(F.conv2d(x, conv.weight, padding=1).norm(), 1.7 * x.norm(), rtol=1e-12, atol=0)
+
+
+def test_same_padding_pads_k_minus_1_over_2_on_the_left():
+    # what the (k - 1) // 2 centre relies on: for an even kernel torch's padding="same"
+    # puts (k - 1) // 2 zeros on the left and the rest on the right
+    x = torch.arange(6, dtype=torch.float64).view(1, 1, 6)
+    for k in (2, 3, 4, 5):
+        for c in range(k):
+            w = torch.zeros(1, 1, k, dtype=torch.float64)
+            w[0, 0, c] = 1
+            y = F.conv1d(x, w, padding="same")
+            assert torch.equal(y, x) == (c == (k - 1) // 2), (k, c)
+
+
+@pytest.mark.parametrize("engine", ["torch", "keyed"])
+@pytest.mark.parametrize("k", [4, 2, 3])
+def test_delta_orthogonal_same_padding_preserves_norm_through_depth(engine, k):
+    # issue 15: with the centre at k // 2 a 4x4 kernel shifted the image by one pixel per
+    # layer and the norm fell to 0.16 of the input's after 10 'same' convs
+    from torchinit import Key
+
+    x = torch.randn(2, 8, 9, 9, dtype=torch.float64, generator=_gen(7))
+    y = x
+    for i in range(10):
+        w = torch.empty(8, 8, k, k, dtype=torch.float64)
+        if engine == "torch":
+            torchinit.delta_orthogonal_(w, generator=_gen(10 + i))
+        else:
+            torchinit.delta_orthogonal_(w, key=Key(3).child(f"conv{i}"))
+        y = F.conv2d(y, w, padding="same")
+    torch.testing.assert_close(y.norm(), x.norm(), rtol=1e-10, atol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -95,6 +95,7 @@ __all__ += ["Key", "keyed"]
 # Model-level init: policies, plans, presets, routing of a model's own init code.
 from .model import (  # noqa: E402
     PRESETS,
+    EngineName,
     Plan,
     PlanEntry,
     Policy,
@@ -105,11 +106,12 @@ from .model import (  # noqa: E402
     init_model,
     keyed_init_mode,
     load_policy,
+    PresetName,
     plan,
 )
 
 __all__ += ["plan", "init_model", "apply_plan", "Plan", "PlanEntry", "Policy", "PolicyError", "Rule",
-            "load_policy", "PRESETS", "get_preset", "keyed_init_mode"]
+            "load_policy", "PRESETS", "get_preset", "keyed_init_mode", "PresetName", "EngineName"]
 # Scale: meta-device materialization (sharded init lives in torchinit.sharding).
 from . import zoo  # noqa: E402
 from .scale import materialize  # noqa: E402

@@ -25,6 +25,13 @@ from torch.overrides import handle_torch_function, has_torch_function_variadic
 from .core import specs as S
 from .core.fans import Fans
 from .core.gains import calculate_gain
+from .engines.argcheck import (
+    check_keyed_overflow,
+    is_real,
+    refuse_nonfinite,
+    refuse_trunc_garbage,
+    throwaway_generator,
+)
 from .engines.torch_engine import torch_fill_
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -70,6 +77,13 @@ def fill_(
 
     Both engines refuse a shape the spec cannot fill (``spec.check_shape``) before writing.
     """
+    return _fill(tensor, spec, generator, key, type(spec).__name__)
+
+
+def _fill(tensor: Tensor, spec: S.Spec, generator: torch.Generator | None, key: "Key | None", fn: str,
+          origin: str = "") -> Tensor:
+    """:func:`fill_`, naming the drop-in ``fn`` (and ``origin``: the argument a std came from) when
+    the keyed engine refuses a spec that overflows the dtype."""
     if key is None:
         spec.check_shape(tuple(tensor.shape))
         return torch_fill_(tensor, spec, generator)
@@ -77,6 +91,7 @@ def fill_(
         raise ValueError("pass either generator= (torch engine) or key= (keyed engine), not both")
     spec = spec.checked()
     spec.check_shape(tuple(tensor.shape))
+    check_keyed_overflow(fn, tensor, spec, origin=origin)
     from .engines.keyed import fill_ as keyed_fill_
 
     return keyed_fill_(tensor, spec, key)
@@ -117,6 +132,8 @@ def uniform_(
     if has_torch_function_variadic(tensor):
         kw = {} if key is None else {"key": key}
         return handle_torch_function(uniform_, (tensor,), tensor=tensor, a=a, b=b, generator=generator, **kw)
+    if key is not None and is_real(a) and is_real(b) and math.isfinite(a) and math.isfinite(b) and a <= b:
+        check_keyed_overflow("uniform_", tensor, S.Uniform(a, b), {"low": "a", "high": "b"})
     return fill_(tensor, S.Uniform._unchecked(low=a, high=b), generator=generator, key=key)
 
 
@@ -134,36 +151,14 @@ def normal_(
         return handle_torch_function(
             normal_, (tensor,), tensor=tensor, mean=mean, std=std, generator=generator, **kw
         )
-    return fill_(tensor, S.Normal._unchecked(mean_=mean, std_=std), generator=generator, key=key)
-
-
-def _refuse_trunc_garbage(tensor: Tensor, mean: float, std: float, a: float, b: float) -> None:
-    """Refuse, before writing, the arguments torch's trunc_normal_ accepts but turns into
-    garbage: a negative std (sampled as |std|), a nan std or a non-finite mean (both give
-    U(a, b)). Where torch itself raises for them, its own error is kept: torch draws
-    normal_(mean, std) when more than 30% of the mass lies in [a, b] (it rejects std < 0),
-    and otherwise starts with uniform_(a, b) (it rejects bad bounds and integer dtypes).
-    """
-    nums = (mean, std, a, b)
-    if tensor.is_meta or tensor.is_complex() or not all(
-        isinstance(x, (int, float)) and not isinstance(x, bool) for x in nums
-    ):
-        return
-    if not (std < 0 or math.isnan(std) or not math.isfinite(mean)):
-        return
-    cdf = lambda x: (1.0 + math.erf(x / math.sqrt(2.0))) / 2.0  # noqa: E731
-    try:
-        if cdf((b - mean) / std) - cdf((a - mean) / std) > 0.3:
-            return  # torch's normal_ raises
-    except ArithmeticError:
-        return  # torch raises the same computing this (std == 0)
-    try:  # a throwaway generator: probing the bounds must not move any RNG
-        tensor.new_empty(1).uniform_(a, b, generator=torch.Generator(device=tensor.device))
-    except (RuntimeError, NotImplementedError):
-        return  # torch's uniform_ raises
-    if std < 0 or math.isnan(std):
-        raise ValueError(f"trunc_normal_: std must be positive, got std={std}")
-    raise ValueError(f"trunc_normal_: mean must be finite, got mean={mean}")
+    if key is None:
+        bad = None
+        if is_real(std) and std == math.inf:
+            bad = ("std", std)
+        elif is_real(mean) and not math.isfinite(mean):
+            bad = ("mean", mean)
+        refuse_nonfinite("normal_", tensor, bad, lambda x: x.normal_(mean, std, generator=throwaway_generator(x)))
+    return _fill(tensor, S.Normal._unchecked(mean_=mean, std_=std), generator, key, "normal_")
 
 
 def trunc_normal_(
@@ -184,8 +179,8 @@ def trunc_normal_(
     in standard units (JAX, ``timm.trunc_normal_tf_``) use
     :func:`trunc_normal_std_units_`.
     """
-    _refuse_trunc_garbage(tensor, mean, std, a, b)
-    return fill_(tensor, S.TruncatedNormal._unchecked(mean_=mean, std_=std, a=a, b=b), generator=generator, key=key)
+    refuse_trunc_garbage(tensor, mean, std, a, b)
+    return _fill(tensor, S.TruncatedNormal._unchecked(mean_=mean, std_=std, a=a, b=b), generator, key, "trunc_normal_")
 
 
 def trunc_normal_std_units_(
@@ -215,7 +210,7 @@ def trunc_normal_std_units_(
     if not lower < upper:
         raise ValueError(f"trunc_normal_std_units_: need lower < upper (standard units), got lower={lower}, upper={upper}")
     spec = S.TruncatedNormal(mean, std, mean + lower * std, mean + upper * std)
-    return fill_(tensor, spec, generator=generator, key=key)
+    return _fill(tensor, spec, generator, key, "trunc_normal_std_units_")
 
 
 def constant_(tensor: Tensor, val: float) -> Tensor:
@@ -275,7 +270,8 @@ def xavier_uniform_(
     Drop-in for ``torch.nn.init.xavier_uniform_`` (torch's fan convention).
     """
     _check_keyed_scale("xavier_uniform_", "gain", gain, key)
-    return fill_(tensor, S.xavier(tensor.shape, gain, "uniform", check=False), generator=generator, key=key)
+    return _fill(tensor, S.xavier(tensor.shape, gain, "uniform", check=False), generator, key, "xavier_uniform_",
+                 f" (from gain={gain})")
 
 
 def xavier_normal_(
@@ -290,7 +286,11 @@ def xavier_normal_(
     Drop-in for ``torch.nn.init.xavier_normal_``.
     """
     _check_keyed_scale("xavier_normal_", "gain", gain, key)
-    return fill_(tensor, S.xavier(tensor.shape, gain, "normal", check=False), generator=generator, key=key)
+    spec = S.xavier(tensor.shape, gain, "normal", check=False)
+    if key is None and is_real(gain) and spec.std_ == math.inf:  # gain=inf: torch fills +-inf
+        refuse_nonfinite("xavier_normal_", tensor, ("gain", gain),
+                          lambda x: x.normal_(0, spec.std_, generator=throwaway_generator(x)))
+    return _fill(tensor, spec, generator, key, "xavier_normal_", f" (from gain={gain})")
 
 
 def _kaiming(tensor, a, mode, nonlinearity, generator, key, distribution):
@@ -299,7 +299,13 @@ def _kaiming(tensor, a, mode, nonlinearity, generator, key, distribution):
         return tensor
     _check_keyed_scale(f"kaiming_{distribution}_", "a", a, key)
     spec = S.kaiming(tensor.shape, a, mode, nonlinearity, distribution, check=False)
-    return fill_(tensor, spec, generator=generator, key=key)
+    if nonlinearity == "leaky_relu" and is_real(a) and math.isinf(a):
+        # gain sqrt(2 / (1 + a^2)) = 0: torch writes all zeros (before torch's own checks: its errors win)
+        bound = spec.high if distribution == "uniform" else spec.std_
+        refuse_nonfinite(f"kaiming_{distribution}_", tensor, ("a", a),
+                          lambda x: x.uniform_(-bound, bound, generator=throwaway_generator(x)) if distribution == "uniform"
+                          else x.normal_(0, bound, generator=throwaway_generator(x)), "zeros: gain sqrt(2 / (1 + a^2)) = 0")
+    return _fill(tensor, spec, generator, key, f"kaiming_{distribution}_")
 
 
 def kaiming_uniform_(
@@ -354,6 +360,9 @@ def orthogonal_(
     Drop-in for ``torch.nn.init.orthogonal_``."""
     if tensor.ndimension() < 2:
         raise ValueError("Only tensors with 2 or more dimensions are supported")
+    if key is None and is_real(gain) and not math.isfinite(gain):  # torch fills nan / +-inf
+        refuse_nonfinite("orthogonal_", tensor, ("gain", gain),
+                          lambda x: torch.linalg.qr(x.new_empty(1, 1).normal_(0, 1, generator=throwaway_generator(x))))
     return fill_(tensor, S.Orthogonal._unchecked(gain=gain), generator=generator, key=key)
 
 
@@ -388,6 +397,9 @@ def sparse_(
             pass
         else:
             raise ValueError(f"sparse_: sparsity must be in [0, 1], got {sparsity}")
+    if key is None and is_real(std) and std == math.inf:  # torch fills +-inf (nan / < 0: torch raises)
+        refuse_nonfinite("sparse_", tensor, ("std", std), lambda x: (
+            math.ceil(s * tensor.shape[0]), x.normal_(0, std, generator=throwaway_generator(x))))
     spec = S.Sparse._unchecked(sparsity=sparsity, std_=std)
     return fill_(tensor, spec, generator=generator, key=key)
 
@@ -427,7 +439,7 @@ def variance_scaling_(
     spec = S.variance_scaling(tensor.shape, scale, mode, distribution, layout=layout, groups=groups, fans=fans)
     if tensor.numel() == 0:
         return tensor
-    return fill_(tensor, spec, generator=generator, key=key)
+    return _fill(tensor, spec, generator, key, "variance_scaling_", f" (from scale={scale})")
 
 
 def lecun_uniform_(
@@ -470,10 +482,12 @@ def delta_orthogonal_(
 ) -> Tensor:
     """Delta-orthogonal init (Xiao et al. 2018) for a 3/4/5-D conv weight (out, in, *k).
 
-    Zeros everywhere except the spatial centre, which holds a random (out, in)
-    matrix with orthonormal columns times ``gain``: the conv starts as an
-    orthogonal 1x1 map, so signal norms are preserved exactly at any depth
-    (dynamical isometry). Needs ``out >= in``.
+    Zeros everywhere except the spatial centre ``(k - 1) // 2`` of each kernel
+    dimension (JAX's convention; the middle for odd ``k``), which holds a random
+    (out, in) matrix with orthonormal columns times ``gain``: with stride 1 and
+    ``padding="same"`` (torch pads ``(k - 1) // 2`` on the left) the conv starts
+    as an orthogonal 1x1 map, so signal norms are preserved exactly at any depth
+    (dynamical isometry), even kernels included. Needs ``out >= in``.
     """
     _require_float(tensor, "delta_orthogonal_")
     spec = S.DeltaOrthogonal(gain)

@@ -107,7 +107,10 @@ def torch_fill_(tensor: Tensor, spec: Spec, generator: torch.Generator | None = 
             like = tensor if tensor.dtype in (torch.float32, torch.float64) else tensor.new_empty(0, dtype=torch.float32)
             q = _orthogonal_matrix(out_c, in_c, like, generator).mul_(spec.gain)  # before any write
             tensor.zero_()
-            centre = tuple(s // 2 for s in tensor.shape[2:])
+            # (k - 1) // 2: torch's padding="same" pads (k - 1) // 2 on the left, so the
+            # delta there maps each pixel to itself (k // 2 shifts by one pixel per layer
+            # for even k, and the signal leaks out at the border); JAX's convention
+            centre = tuple((s - 1) // 2 for s in tensor.shape[2:])
             tensor[(slice(None), slice(None)) + centre] = q
             return tensor
         if isinstance(spec, Sparse):

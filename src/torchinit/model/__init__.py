@@ -14,11 +14,11 @@ Imports core, engines and the drop-in initializers; never scale, evidence or cli
 from . import presets  # registers the presets where policies look names up
 from .apply import apply_plan, init_model
 from .errors import PolicyError
-from .plan import Plan, PlanEntry
+from .plan import EngineName, Plan, PlanEntry
 from .policy import Policy, Rule, load_policy
-from .registry import PRESETS, get_preset
+from .registry import PRESETS, PresetName, get_preset
 from .resolve import plan
 from .routing import keyed_init_mode
 
 __all__ = ["presets", "apply_plan", "init_model", "PolicyError", "Plan", "PlanEntry", "Policy", "Rule",
-           "load_policy", "PRESETS", "get_preset", "plan", "keyed_init_mode"]
+           "load_policy", "PRESETS", "get_preset", "plan", "keyed_init_mode", "PresetName", "EngineName"]

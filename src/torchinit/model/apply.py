@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -9,8 +10,9 @@ import torch
 from torch import Tensor, nn
 
 from ..core import specs as S
-from .plan import ENGINES, Plan, PlanEntry
-from .policy import Policy
+from .plan import ENGINES, EngineName, Plan, PlanEntry
+from .policy import Policy, PolicyError
+from .registry import DEFAULT_POLICY, PresetName
 from .resolve import plan
 
 __all__ = ["apply_plan", "init_model"]
@@ -24,7 +26,7 @@ def _check_seed(seed: Any) -> int:
     return seed
 
 
-def apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: str = "keyed",
+def apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: EngineName = "keyed",
                only: Iterable[str] | None = None, restore_on_error: bool = True) -> Plan:
     """Write ``plan`` into ``model``; return the applied plan.
 
@@ -44,7 +46,7 @@ def apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: str = "keyed"
     return _apply_plan(model, plan, seed=seed, engine=engine, only=only, restore_on_error=restore_on_error)
 
 
-def _apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: str = "keyed",
+def _apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: EngineName = "keyed",
                 only: Iterable[str] | None = None, restore_on_error: bool = True,
                 unwritten: list[str] | None = None) -> Plan:
     """:func:`apply_plan`; with ``unwritten`` (a list), also appends the names of the
@@ -240,9 +242,13 @@ def _ctx_steps(model: nn.Module) -> list[tuple[str, str]]:
     return module_init_steps(model)
 
 
-def init_model(model: nn.Module, policy: Policy | str | Mapping | Sequence = "kaiming", *, seed: int,
-               engine: str = "keyed", example_inputs: Any = None) -> Plan:
-    """Plan and apply ``policy`` to ``model``; returns the applied :class:`Plan`.
+def init_model(model: nn.Module, policy: PresetName | Policy | str | Mapping | Sequence = DEFAULT_POLICY, *, seed: int,
+               engine: EngineName = "keyed", example_inputs: Any = None, strict: bool = False) -> Plan:
+    """Plan and apply ``policy`` (default ``"pytorch"``, as everywhere) to ``model``; returns the applied :class:`Plan`.
+
+    Tensors no rule covers (a module's own ``nn.Parameter`` used through a functional op,
+    say) keep their values: a ``UserWarning`` names each of them; ``strict=True`` raises
+    :class:`PolicyError` instead, before anything is written.
 
     >>> import torch, torchinit
     >>> net = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
@@ -254,4 +260,13 @@ def init_model(model: nn.Module, policy: Policy | str | Mapping | Sequence = "ka
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     p = plan(model, policy, example_inputs=example_inputs)
+    if p.unmatched:
+        shown = ", ".join(map(repr, p.unmatched[:20]))
+        more = f" and {len(p.unmatched) - 20} more (plan.unmatched lists them all)" if len(p.unmatched) > 20 else ""
+        msg = (f"init_model: no rule of policy {p.policy!r} covers {len(p.unmatched)} tensor(s): {shown}{more}; "
+               f"{'nothing was written' if strict else 'they keep their current values'}. Give them a rule "
+               "(e.g. {'qualnames': '<name>', 'init': 'ones'}) or a preset that covers them")
+        if strict:
+            raise PolicyError(msg + "; strict=False warns and initializes the rest", field="rules")
+        warnings.warn(msg + "; strict=True makes this an error", UserWarning, stacklevel=2)
     return apply_plan(model, p, seed=seed, engine=engine)

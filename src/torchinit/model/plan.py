@@ -23,16 +23,18 @@ import io
 import json
 import math
 from dataclasses import dataclass, field
-from typing import IO, Any, Mapping
+from typing import IO, Any, Literal, Mapping
 
 from ..core import specs as S
 from ..core.fans import Fans
 from .policy import INITIALIZERS
 
-__all__ = ["PlanEntry", "Plan"]
+__all__ = ["PlanEntry", "Plan", "EngineName"]
 
 
 ENGINES = ("keyed", "torch")
+#: The engines' names, for signatures (IDEs complete them).
+EngineName = Literal["keyed", "torch"]
 
 
 @dataclass
@@ -65,13 +67,24 @@ class PlanEntry:
 
     @property
     def std(self) -> float | None:
-        """Std of one element under ``spec`` (None for module code / shape-dependent specs)."""
+        """Std of the tensor's values under ``spec`` (None for module code). For the specs whose
+        spread depends on the shape: orthogonal ``|gain| / sqrt(max(rows, cols))``, delta-orthogonal
+        ``|gain| / sqrt(max(out, in) * k)``, sparse ``std * sqrt(1 - ceil(sparsity * rows) / rows)``."""
         if self.spec is None:
             return self.observed[-1].std if self.observed else None
-        if isinstance(self.spec, S.Orthogonal) and len(self.shape) >= 2:
-            rows = self.shape[0]
+        rows = self.shape[0] if self.shape else 0
+        if isinstance(self.spec, S.Orthogonal) and len(self.shape) >= 2 and rows:
             cols = math.prod(self.shape) // rows
-            return abs(self.spec.gain) / math.sqrt(max(rows, cols))
+            return abs(self.spec.gain) / math.sqrt(max(rows, cols)) if cols else 0.0
+        if isinstance(self.spec, S.DeltaOrthogonal) and len(self.shape) >= 3 and rows:
+            # gain * Q at one kernel position: out * in values of mean square gain^2 / out in a tensor
+            # of out * in * k
+            k = math.prod(self.shape[2:])
+            return abs(self.spec.gain) / math.sqrt(max(rows, self.shape[1]) * k) if k else 0.0
+        if isinstance(self.spec, S.Sparse) and len(self.shape) == 2 and rows:
+            # the tensor's std, not the non-zeros': ceil(sparsity * rows) zeros in every column
+            zeros = min(rows, math.ceil(self.spec.sparsity * rows))
+            return self.spec.std_ * math.sqrt((rows - zeros) / rows)
         return self.spec.std
 
     @property

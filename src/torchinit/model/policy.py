@@ -12,7 +12,8 @@ A :class:`Policy` is an ordered list of :class:`Rule` objects. A rule has
   match, absent fields match anything (without ``params`` a module rule matches the
   module's own tensors only). Buffers are selected only explicitly: by
   ``role="buffer"``, ``params`` or ``qualnames`` (or by a ``"module"`` rule);
-* an **initializer** (``init``) with ``args``: see :data:`INITIALIZERS`.
+* an **initializer** (``init``) with ``args``: see :data:`INITIALIZERS`; ``bias`` (a number, an
+  initializer name, ``{init, args}`` or a spec) gives the bias of each layer whose weight it matches.
 
 Precedence: when several rules match a tensor, the one with the highest
 ``priority`` wins; among equal priorities the LATER rule wins (a preset first, your
@@ -44,7 +45,7 @@ from torch import nn
 
 from .errors import PolicyError, _short, _suggest
 from .policy_files import parse_policy_text, read_policy_text
-from .registry import get_preset
+from .registry import PresetName, get_preset
 
 __all__ = [
     "Rule",
@@ -128,7 +129,23 @@ _NONLIN_NAMES = (
     "swish", "mish", "elu", "softplus", "hardswish",
 )
 
-_RULE_FIELDS = ("name", "modules", "qualnames", "params", "role", "init", "args", "priority")
+_RULE_FIELDS = ("name", "modules", "qualnames", "params", "role", "init", "args", "priority", "bias")
+
+
+def _bias_init(bias: Any) -> tuple[str, dict[str, Any]]:
+    """(initializer, args) of a rule's ``bias``: a number (constant), an initializer name,
+    ``{init: ..., args: {...}}`` or a spec (dict or object)."""
+    bias = bias.to_dict() if hasattr(bias, "to_dict") and hasattr(bias, "kind") else bias
+    if isinstance(bias, (int, float)) and not isinstance(bias, bool):
+        return "constant", {"val": bias}
+    if isinstance(bias, Mapping) and "kind" in bias:
+        return "spec", {"spec": dict(bias)}
+    init, args = (bias, {}) if isinstance(bias, str) else (bias.get("init"), bias.get("args") or {}) if (
+        isinstance(bias, Mapping) and set(bias) <= {"init", "args"}) else (None, {})
+    if not isinstance(init, str):
+        raise PolicyError(f"field 'bias': expected a number, an initializer name, {{init: ..., args: ...}} or a "
+                          f"spec dict, got {bias!r}", field="bias")
+    return init.removesuffix("_"), dict(args)
 
 
 def _as_tuple(value: Any, fname: str, allow_types: bool = False) -> tuple | None:
@@ -192,10 +209,10 @@ def _check_args(init: str, args: Mapping[str, Any]) -> dict[str, Any]:
         if k == "depth" and v not in _DEPTH:
             raise PolicyError(f"field 'args': {init}: depth must be one of {', '.join(_DEPTH)}, got {v!r}",
                               field="args")
-        if k in ("std",) and isinstance(v, str):
-            if v != "1/sqrt(fan_in)":
-                raise PolicyError(f"field 'args': {init}: std must be a number or '1/sqrt(fan_in)', got {v!r}",
-                                  field="args")
+        if k in ("std",) and isinstance(v, str):  # "config": the model config's initializer_range (or 0.02)
+            if v not in ("1/sqrt(fan_in)", "config"):
+                raise PolicyError(f"field 'args': {init}: std must be a number, '1/sqrt(fan_in)' or 'config', got "
+                                  f"{v!r}", field="args")
             continue
         if k in ("a", "b", "mean", "val", "gain") or (k == "std" and init in ("uniform",)):
             _check_number(init, k, v)
@@ -278,6 +295,7 @@ class Rule:
     role: str | None = None
     name: str | None = None
     priority: int = 0
+    bias: Any = None
 
     def __post_init__(self):
         where = f"rule {_short(self.name)}: " if self.name else "rule: "
@@ -302,6 +320,16 @@ class Rule:
                                   field="role")
             if isinstance(self.priority, bool) or not isinstance(self.priority, int):
                 raise PolicyError(f"field 'priority': expected an int, got {self.priority!r}", field="priority")
+            if self.bias is not None:
+                binit, bargs = _bias_init(self.bias)
+                if binit in INITIALIZERS and (INITIALIZERS[binit].needs_fans or binit == "module"):
+                    raise PolicyError(f"field 'bias': {binit!r} cannot initialize a bias (a 1-D tensor, no fans); use "
+                                      f"a number, zeros, fan_in_uniform, normal, uniform, ... or a spec", field="bias")
+                try:
+                    object.__setattr__(self, "_bias_rule", Rule(binit, bargs, name=self.name))
+                except PolicyError as exc:
+                    raise PolicyError(f"field 'bias': {exc}".replace("rule: ", "").replace(
+                        f"rule {self.name!r}: ", ""), field="bias") from None
         except PolicyError as exc:
             raise PolicyError(where + str(exc), name=self.name, field=exc.field) from None
 
@@ -311,6 +339,11 @@ class Rule:
 
         ``chain`` lists ``(module_path, module)`` from the root to the tensor's owner.
         """
+        owner_path, owner = chain[-1]
+        if self.bias is not None and qualname == (f"{owner_path}.bias" if owner_path else "bias") \
+                and "weight" in owner._parameters:
+            # the layer's own bias goes with its weight: matched as the weight would be (see bias_rule)
+            return self.match(qualname[:-4] + "weight", "weight", chain)
         if self.role is not None and self.role != role:
             return None
         if (role == "buffer" and self.role is None and self.params is None and self.qualnames is None
@@ -318,7 +351,6 @@ class Rule:
             return None  # buffers (running stats, ...) are only selected explicitly
         if self.qualnames is not None and not any(fnmatch.fnmatchcase(qualname, g) for g in self.qualnames):
             return None
-        owner_path = chain[-1][0]
         local = qualname[len(owner_path) + 1:] if owner_path else qualname
         candidates = [chain[-1]] if self.params is None or self.modules is None else list(reversed(chain))
         for path, mod in candidates:
@@ -334,6 +366,11 @@ class Rule:
                 return f"{type(mod).__name__}" + (f"/{rel}" if rel != local else "")
             return "any"
         return None
+
+    def bias_rule(self, qualname: str, owner_path: str) -> "Rule | None":
+        """What the layer's ``bias`` (``qualname``, of the module at ``owner_path``) gets under ``bias=``, else None."""
+        hit = self.bias is not None and qualname == (f"{owner_path}.bias" if owner_path else "bias")
+        return getattr(self, "_bias_rule") if hit else None
 
     # -- serialization ------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -356,6 +393,8 @@ class Rule:
             d["args"] = dict(self.args)
         if self.priority:
             d["priority"] = self.priority
+        if self.bias is not None:
+            d["bias"] = self.bias.to_dict() if hasattr(self.bias, "to_dict") else self.bias
         return d
 
     @classmethod
@@ -506,7 +545,7 @@ def _is_inline(text: str) -> bool:
     return head.startswith(("{", "[")) or "\n" in head.rstrip() or re.match(r"^[A-Za-z_]\w*:\s", head) is not None
 
 
-def load_policy(obj: "Policy | str | os.PathLike | Mapping | Sequence", **options: Any) -> Policy:
+def load_policy(obj: "PresetName | Policy | str | os.PathLike | Mapping | Sequence", **options: Any) -> Policy:
     """A :class:`Policy` from a Policy, a preset name (``"kaiming"``), a path to a
     ``.yaml``/``.yml``/``.json`` file, a policy's JSON or YAML text (``'{"preset": "kaiming"}'``,
     ``"rules: [{init: zeros}]"``), a dict, or a list of rules. ``options`` go to a preset."""

@@ -13,7 +13,7 @@ lecun      LeCun normal (truncated, variance 1/fan_in, JAX/Flax default); zero b
 orthogonal (semi-)orthogonal times the auto-detected gain (Saxe et al.); zero biases; norms 1/0
 gpt2       N(0, 0.02); residual output projections N(0, 0.02/sqrt(2 n_layer)); zero biases
 llama      torchtitan: trunc_normal(0.02); output projections 0.02/sqrt(2 (layer+1));
-           embeddings N(0, 1); output head std dim^-0.5 truncated at 3 std
+           embeddings N(0, 1); output head std dim^-0.5 truncated at 3 std (a tied embedding/head too)
 ========== ===================================================================================
 """
 
@@ -161,12 +161,15 @@ def orthogonal_preset() -> Policy:
     return _standard("orthogonal", w)
 
 
-def gpt2_preset(std: float = 0.02, n_layer: int | None = None,
+def gpt2_preset(std: float | None = None, n_layer: int | None = None,
                 residual: tuple[str, ...] = RESIDUAL_PROJECTIONS) -> Policy:
     """GPT-2 (Radford et al. 2019; Hugging Face ``GPT2PreTrainedModel._init_weights``,
     nanoGPT): every Linear/Conv/Conv1D weight and embedding N(0, std^2), biases 0,
     norms 1/0; the residual output projections N(0, (std / sqrt(2 n_layer))^2).
-    ``n_layer`` defaults to ``model.config.n_layer`` or the longest ModuleList."""
+    ``std`` defaults to the model's ``config.initializer_range`` (or ``init_std``, times
+    ``initializer_factor``), else 0.02; ``n_layer`` to ``model.config.n_layer`` or the
+    longest ModuleList. The plan's notes say which values came from the config."""
+    std = "config" if std is None else std
     depth = {"std": std, "depth": "total"}
     if n_layer is not None:
         depth["n_layer"] = n_layer
@@ -183,10 +186,10 @@ def gpt2_preset(std: float = 0.02, n_layer: int | None = None,
         Rule("normal", depth, qualnames=_globs("gpt2", "residual", residual), role="weight",
              name="residual projection"),
     ]
-    return Policy(tuple(rules), name="gpt2", options={"std": std, "n_layer": n_layer})
+    return Policy(tuple(rules), name="gpt2", options={"std": None if std == "config" else std, "n_layer": n_layer})
 
 
-def llama_preset(std: float = 0.02, depth_init: bool = True, cutoff: float | None = None,
+def llama_preset(std: float | None = None, depth_init: bool = True, cutoff: float | None = None,
                  residual: tuple[str, ...] = RESIDUAL_PROJECTIONS + ("*.w3.weight", "*.up_proj.weight"),
                  output: tuple[str, ...] = ("output.weight", "lm_head.weight")) -> Policy:
     """torchtitan's Llama init: Linear weights ``trunc_normal_(std=0.02)`` (torch's
@@ -194,7 +197,9 @@ def llama_preset(std: float = 0.02, depth_init: bool = True, cutoff: float | Non
     at +-k std instead); output projections (wo, w2, w3 / o_proj, down_proj, up_proj)
     std ``0.02 / sqrt(2 (layer_id + 1))`` (``depth_init``) or ``0.02 / sqrt(2 n_layer)``;
     token embeddings N(0, 1); norms 1; the output head std ``dim^-0.5`` truncated
-    at +-3 std; biases 0."""
+    at +-3 std; biases 0. ``std`` defaults to the model's ``config.initializer_range`` (as
+    for ``gpt2``), else 0.02."""
+    std = "config" if std is None else std
     base = {"std": std} if cutoff is None else {"std": std, "cutoff": cutoff}
     deep = dict(base, depth="per_layer" if depth_init else "total")
     rules = [
@@ -212,7 +217,8 @@ def llama_preset(std: float = 0.02, depth_init: bool = True, cutoff: float | Non
         Rule("trunc_normal", {"std": "1/sqrt(fan_in)", "cutoff": 3.0}, qualnames=_globs("llama", "output", output),
              role="weight", name="output head"),
     ]
-    return Policy(tuple(rules), name="llama", options={"std": std, "depth_init": depth_init, "cutoff": cutoff})
+    return Policy(tuple(rules), name="llama", options={"std": None if std == "config" else std,
+                                                       "depth_init": depth_init, "cutoff": cutoff})
 
 
 # the presets register where policies look names up (torchinit.model.registry)

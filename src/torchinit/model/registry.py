@@ -5,14 +5,22 @@ policies resolve ``"kaiming"`` or ``{"preset": "gpt2"}`` without importing the p
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from .errors import PolicyError, _suggest
 
 if TYPE_CHECKING:  # pragma: no cover
     from .policy import Policy
 
-__all__ = ["PRESETS", "get_preset", "preset_names", "register_preset"]
+__all__ = ["PRESETS", "DEFAULT_POLICY", "PresetName", "get_preset", "preset_names", "register_preset"]
+
+#: The built-in presets' names, for signatures (IDEs complete them; any registered name is accepted too).
+PresetName = Literal["pytorch", "module", "kaiming", "xavier", "lecun", "orthogonal", "gpt2", "llama"]
+
+#: The policy of plan(), init_model(), materialize() and the CLI when none is given: torch's own
+#: per-layer defaults, what the model gets from its constructors anyway, so that leaving the policy
+#: out never changes the recipe (plan(model) previews what materialize(model) then writes).
+DEFAULT_POLICY = "pytorch"
 
 #: name -> factory(**options) -> Policy, in registration order
 PRESETS: dict[str, Callable[..., "Policy"]] = {}
@@ -30,7 +38,7 @@ def preset_names() -> list[str]:
     return list(PRESETS)
 
 
-def get_preset(name: str, **options: Any) -> "Policy":
+def get_preset(name: PresetName | str, **options: Any) -> "Policy":
     """The preset policy ``name`` built with ``options`` (see each factory)."""
     if not isinstance(name, str) or name not in PRESETS:
         raise PolicyError(f"unknown preset {name!r}{_suggest(str(name), PRESETS)}; presets: {', '.join(PRESETS)}")

@@ -13,6 +13,7 @@ from ..core.gains import TORCH_NONLINEARITIES, second_moment_gain
 from .nonlinearity import Detection, auto_gain, detect_nonlinearities, is_weight_layer
 from .plan import Plan, PlanEntry
 from .policy import INITIALIZERS, Policy, PolicyError, Rule, load_policy
+from .registry import DEFAULT_POLICY, PresetName
 
 __all__ = ["plan"]
 
@@ -44,8 +45,11 @@ class _Context:
         self._det: dict[str, Detection] | None = None
         self.notes: list[str] = []
         self._n_layer: int | None = None
+        self._config_std: float | None = None
         self._steps = None
         self._steps_by_path: dict[str, list] | None = None
+        #: (rule label, init, mode) -> [(tensor, true fan, torch's fan, std)] where fans="module" differs
+        self.true_fans: dict[tuple[str, str, str], list[tuple[str, float, float, float]]] = {}
 
     def detections(self) -> dict[str, Detection]:
         if self._det is None:
@@ -73,6 +77,28 @@ class _Context:
                 self._n_layer = v
                 self.notes.append(f"n_layer = {v} (length of the longest {kind}, {n!r})")
         return self._n_layer
+
+    def config_std(self) -> float:
+        """The std the model's config asks for (``std: config``): ``initializer_range`` (or
+        ``init_std``), times ``initializer_factor`` where present; 0.02 without either (noted)."""
+        if self._config_std is None:
+            cfg = getattr(self.model, "config", None)
+            std, src = 0.02, []
+            for attr in ("initializer_range", "init_std"):
+                v = getattr(cfg, attr, None) if cfg is not None else None
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0:
+                    std = float(v)
+                    src.append(f"model.config.{attr} = {v}")
+                    break
+            f = getattr(cfg, "initializer_factor", None) if cfg is not None else None
+            if isinstance(f, (int, float)) and not isinstance(f, bool) and math.isfinite(f) and f > 0:
+                std *= float(f)
+                src.append(f"times model.config.initializer_factor = {f}")
+            self._config_std = std
+            self.notes.append(f"std = {std:g} (from {', '.join(src)})" if src else
+                              "std = 0.02 (the default: the model has no config.initializer_range, init_std or "
+                              "initializer_factor)")
+        return self._config_std
 
     def layer_index(self, module_path: str) -> int | None:
         parts = module_path.split(".") if module_path else []
@@ -178,6 +204,9 @@ def _resolve(ctx: _Context, rule: Rule, q: str, mod_path: str, mod: nn.Module, l
         out.update(fans=fans, gain=1.0)
     elif init in ("normal", "trunc_normal"):
         std = args["std"]
+        if std == "config":
+            std = ctx.config_std()
+            shown["std"] = std
         if isinstance(std, str):  # "1/sqrt(fan_in)"
             fans = torch_fans(shape) if len(shape) >= 2 else None
             if fans is None:
@@ -247,6 +276,15 @@ def _resolve(ctx: _Context, rule: Rule, q: str, mod_path: str, mod: nn.Module, l
         out["code"] = ctx.code_for(mod_path)
     elif init == "keep":
         pass
+    fans = out.get("fans")
+    if fans is not None and args.get("fans") == "module" and spec is not None and spec.std is not None:
+        # the fan the std divides by: kaiming and variance_scaling by mode, xavier the average, lecun fan_in
+        mode = "fan_avg" if init.startswith("xavier") else "fan_in" if init.startswith("lecun") else args["mode"]
+        tf = torch_fans(shape)
+        n_true, n_torch = fans.select(mode), tf.select(mode)
+        if n_true != n_torch and n_torch > 0:
+            ctx.true_fans.setdefault((rule.name or rule.init, init, mode), []).append(
+                (q, n_true, n_torch, spec.std))
     if spec is not None:
         spec.check_shape(shape)
         if spec.random and not t.is_floating_point():
@@ -277,11 +315,43 @@ def _owner(ctx: _Context, name: str) -> tuple[str, str, nn.Module, str]:
     return name, path, ctx.modules[path], local
 
 
-def plan(model: nn.Module, policy: Policy | str | Mapping | Sequence = "kaiming", example_inputs: Any = None) -> Plan:
+def _what(rule: Rule, res: Mapping[str, Any]) -> str:
+    if res.get("spec") is not None:
+        return res["spec"].describe()
+    return f"{rule.init}" + (f" ({', '.join(m for _, m in res['code'])})" if res.get("code") else "")
+
+
+def _note_tied_conflict(ctx: _Context, pol: Policy, labels: list[str], q: str, best: tuple, others: list,
+                        rule: Rule, res: Mapping[str, Any], resolve: Any) -> None:
+    """A note when the winning rules of a tied tensor's names give it different inits (the
+    precedence picked one: say which, and how to choose another)."""
+    chosen = _what(rule, res)
+    lines = []
+    for hits, cq, cpath, cmod, clocal, _ in others:
+        win = hits[-1][1]
+        try:
+            orule, ores = resolve(win, cq, cpath, cmod, clocal)
+            other = _what(orule, ores)
+        except PolicyError as exc:  # the losing rule could not even apply under this name
+            other = f"(not applicable: {exc})"
+        if other != chosen:
+            lines.append(f"as {cq!r} rule {labels[win]} would give {other}")
+    if lines:
+        ctx.notes.append(
+            f"tied tensor {q!r} is registered as {best[1]!r} and {', '.join(repr(o[1]) for o in others)}, and the "
+            f"rules for these names disagree: as {best[1]!r} rule {labels[best[0][-1][1]]} gives {chosen}; "
+            + "; ".join(lines) + f". {labels[best[0][-1][1]]} applies to every name (precedence across names: the "
+            "highest priority, then the later rule, then the first name); to choose, add a rule for one of the "
+            "names with a higher priority")
+
+
+def plan(model: nn.Module, policy: PresetName | Policy | str | Mapping | Sequence = DEFAULT_POLICY,
+         example_inputs: Any = None) -> Plan:
     """Decide, without writing anything, what every tensor of ``model`` gets under ``policy``.
 
     ``policy``: a :class:`Policy`, a preset name, a YAML/JSON path, a dict or a
-    list of rules (see :func:`torchinit.load_policy`). ``example_inputs`` (a tensor,
+    list of rules (see :func:`torchinit.load_policy`); default ``"pytorch"`` (torch's own
+    per-layer init, the default of ``init_model``, ``materialize`` and the CLI too). ``example_inputs`` (a tensor,
     tuple or dict of kwargs) lets ``nonlinearity="auto"`` fall back to forward hooks
     when torch.fx cannot trace the model.
 
@@ -310,11 +380,13 @@ def plan(model: nn.Module, policy: Policy | str | Mapping | Sequence = "kaiming"
         if isinstance(t, nn.parameter.UninitializedTensorMixin):
             raise ValueError(f"{q!r} is an uninitialized (lazy) {kind} of {type(mod).__name__}: run one forward "
                              "pass with a dummy batch before planning its init")
-        # a tied tensor is matched under its first name; only when no rule matches that name are
-        # its other names tried (BERT's MLM bias is first the head's own parameter, which no
-        # preset names, then the decoder Linear's bias)
-        canonical = (q, mpath, mod, local)
-        for cq, cpath, cmod, clocal in [canonical] + [_owner(ctx, a) for a in aliases.get(id(t), ())]:
+        # a tied tensor (one Parameter under several names: an embedding and its LM head) is matched
+        # under every name; the names' winning rules compete by the same precedence as rules for one
+        # name (highest priority, then the later rule; the first name on a tie), and when they give
+        # different inits the plan says so (BERT's MLM bias: the head's own name matches no preset
+        # rule, the decoder Linear's bias does)
+        per_name = []
+        for cq, cpath, cmod, clocal in [(q, mpath, mod, local)] + [_owner(ctx, a) for a in aliases.get(id(t), ())]:
             parts = cpath.split(".") if cpath else []
             chain = [("", model)] + [(".".join(parts[:i + 1]), ctx.modules[".".join(parts[:i + 1])])
                                      for i in range(len(parts))]
@@ -329,26 +401,40 @@ def plan(model: nn.Module, policy: Policy | str | Mapping | Sequence = "kaiming"
                 hits.append((rule.priority, i, how))
                 matched_count[i] += 1
             if hits:
-                break
-        if not hits:
+                per_name.append((sorted(hits), cq, cpath, cmod, clocal, role))
+        if not per_name:
             if kind == "parameter" or (local in _RESETTABLE_BUFFERS and isinstance(mod, nn.modules.batchnorm._NormBase)):
                 unmatched.append(q)
             continue
-        hits.sort()
+        best = max(per_name, key=lambda n: n[0][-1][:2])  # max keeps the first of equals
+        hits, cq, cpath, cmod, clocal, role = best
         _, win, how = hits[-1]
         if cq != q:
             how = f"{how} (as {cq!r})"
         won_count[win] += 1
-        rule = pol.rules[win]
-        try:
-            res = _resolve(ctx, rule, cq, cpath, cmod, clocal, t)
-        except (PolicyError, ValueError, TypeError) as exc:
-            fld = getattr(exc, "field", None)
-            raise PolicyError(
-                f"policy {pol.name!r}: rule {win}" + (f" ({rule.name!r})" if rule.name else "")
-                + f" [{rule.init}] on {cq!r} (shape {tuple(t.shape)}, {type(cmod).__name__})"
-                + (f": field {fld!r}" if fld else "") + f": {exc}",
-                rule=win, name=rule.name, field=fld) from None
+
+        def resolve(win: int, cq: str, cpath: str, cmod: nn.Module, clocal: str) -> tuple[Rule, dict[str, Any]]:
+            rule = pol.rules[win]
+            rule = rule.bias_rule(cq, cpath) or rule  # Rule(..., bias=...): the layer's bias gets its own init
+            try:
+                return rule, _resolve(ctx, rule, cq, cpath, cmod, clocal, t)
+            except (PolicyError, ValueError, TypeError) as exc:
+                fld = getattr(exc, "field", None)
+                raise PolicyError(
+                    f"policy {pol.name!r}: rule {win}" + (f" ({rule.name!r})" if rule.name else "")
+                    + f" [{rule.init}] on {cq!r} (shape {tuple(t.shape)}, {type(cmod).__name__})"
+                    + (f": field {fld!r}" if fld else "") + f": {exc}",
+                    rule=win, name=rule.name, field=fld) from None
+
+        rule, res = resolve(win, cq, cpath, cmod, clocal)
+        if rule is not pol.rules[win]:
+            how = f"{how} (rule's bias=)"
+        others = [n for n in per_name if n is not best]
+        overridden = [labels[i] for _, i, _ in reversed(hits[:-1])]
+        if others:
+            overridden += [labels[n[0][-1][1]] for n in others if labels[n[0][-1][1]] not in overridden
+                           and n[0][-1][1] != win]
+            _note_tied_conflict(ctx, pol, labels, q, best, others, rule, res, resolve)
         zero_rows: tuple[int, ...] = ()
         spec = res["spec"]
         if kind == "buffer" and spec is not None and spec.random and rule.role is None and rule.params is None:
@@ -365,9 +451,17 @@ def plan(model: nn.Module, policy: Policy | str | Mapping | Sequence = "kaiming"
             dtype=str(t.dtype).replace("torch.", ""), role=role, rule=labels[win], rule_index=win,
             initializer=rule.init, args=res["args"], spec=spec, fans=res["fans"], gain=res["gain"],
             nonlinearity=res["nonlinearity"], nonlinearity_source=res["nonlinearity_source"], matched_as=how,
-            overridden=tuple(labels[i] for _, i, _ in reversed(hits[:-1])), aliases=tuple(aliases.get(id(t), ())),
+            overridden=tuple(overridden), aliases=tuple(aliases.get(id(t), ())),
             zero_rows=zero_rows, code=res["code"],
         ))
+    for (rname, init, mode), hits in ctx.true_fans.items():
+        shown = "; ".join(f"{n}: {mode} {a:g} vs {b:g}, std {sd:.4g} vs {sd * math.sqrt(a / b):.4g}"
+                          for n, a, b, sd in hits[:3])
+        more = f"; and {len(hits) - 3} more" if len(hits) > 3 else ""
+        ctx.notes.append(
+            f"rule {rname!r} ({init}, {mode}) uses true fans (fans: module): on {len(hits)} grouped/transposed "
+            f"weight(s) the {mode} differs from torch.nn.init.{init}_'s, which counts every group ({shown}{more}); "
+            f"a recipe ported from torch gets the second std: give the rule args fans: torch for it")
     if unmatched and pol.on_unmatched == "error":
         more = f" and {len(unmatched) - 5} more" if len(unmatched) > 5 else ""
         raise PolicyError(f"policy {pol.name!r} (on_unmatched='error'): no rule matches "

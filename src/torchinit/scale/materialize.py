@@ -49,10 +49,14 @@ import functools
 import glob
 import sys
 import time
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
+
+from ..model.plan import Plan
+from ..model.policy import Policy
+from ..model.registry import DEFAULT_POLICY, PresetName
 
 __all__ = ["materialize", "meta_tensors"]
 
@@ -252,7 +256,7 @@ def _prefault(t: Tensor, huge_pages: bool) -> None:
 def materialize(
     model: nn.Module,
     device: torch.device | str = "cpu",
-    policy: Any = "pytorch",
+    policy: PresetName | Policy | Plan | str | Mapping | Sequence = DEFAULT_POLICY,
     *,
     seed: int,
     progress: bool | None = None,

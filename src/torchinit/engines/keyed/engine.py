@@ -11,6 +11,7 @@ import functools
 import math
 import operator
 import struct
+import threading
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -358,12 +359,36 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+#: One QR at a time may change torch's thread count (a process-wide setting).
+_QR_LOCK = threading.Lock()
+
+
+def _qr_one_thread(g: Tensor) -> tuple[Tensor, Tensor]:
+    """``torch.linalg.qr(g)`` on one CPU thread: LAPACK's blocked QR (MKL, OpenBLAS) splits its
+    work by the thread count, and the rounding with it, so a 256x256 Q differed between 1 and
+    2 threads; one thread gives the same bits whatever the process's thread count (torchrun's
+    one thread per rank included). The count is restored afterwards, under a lock so that
+    concurrent QRs do not restore each other's setting. Other devices run as they are."""
+    if g.device.type != "cpu":
+        return torch.linalg.qr(g)
+    with _QR_LOCK:
+        threads = torch.get_num_threads()
+        if threads == 1:
+            return torch.linalg.qr(g)
+        torch.set_num_threads(1)
+        try:
+            return torch.linalg.qr(g)
+        finally:
+            torch.set_num_threads(threads)
+
+
 def _orthonormal(rows: int, cols: int, key: Key, dtype: torch.dtype, device) -> Tensor:
-    """Haar (rows, cols) semi-orthogonal matrix from the keyed N(0,1) matrix, torch's QR recipe."""
+    """Haar (rows, cols) semi-orthogonal matrix from the keyed N(0,1) matrix, torch's QR recipe
+    (the QR on one thread: :func:`_qr_one_thread`)."""
     g = sample(S.Normal(0.0, 1.0), key, (rows, cols), dtype=dtype, device=device)
     if rows < cols:
         g = g.t()
-    q, r = torch.linalg.qr(g)
+    q, r = _qr_one_thread(g)
     q = q * torch.diag(r, 0).sign()
     if rows < cols:
         q = q.t()
@@ -384,7 +409,7 @@ def _full_values(spec: S.Spec, key: Key, gshape, dtype: torch.dtype, device) -> 
         if full.numel() == 0:
             return full
         q = _orthonormal(gshape[0], gshape[1], key, cd, device)
-        centre = tuple(k // 2 for k in gshape[2:])
+        centre = tuple((k - 1) // 2 for k in gshape[2:])  # padding="same"'s left pad (torch engine)
         full[(slice(None), slice(None)) + centre] = q * spec.gain
         return full
     if isinstance(spec, S.Dirac):

@@ -1,0 +1,104 @@
+"""Argument checks of the drop-ins (:mod:`torchinit.initializers`): arguments torch accepts
+but turns into nan/inf/garbage are refused before writing, except where torch itself would
+raise for the same call (found by running torch's first steps on a one-element scratch tensor
+with a throwaway generator), so that torch's own error is kept; and specs whose values
+overflow the tensor's dtype under the keyed engine."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from ..core import specs as S
+
+__all__ = ["is_real", "refuse_nonfinite", "throwaway_generator", "check_keyed_overflow", "refuse_trunc_garbage"]
+
+
+def is_real(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def refuse_nonfinite(fn: str, tensor: Tensor, bad: "tuple[str, float] | None", probe: Callable[[Tensor], object],
+                      fills: str | None = None) -> None:
+    """Raise ``ValueError`` naming the argument ``bad = (name, value)`` (a nan/inf that torch
+    accepts and writes as nan/inf values) before anything is written. ``probe`` runs torch's own
+    first steps on a one-element scratch tensor: where torch itself raises for this call (an
+    integer dtype, no half-precision QR, a nan std), its error is kept, for parity."""
+    if bad is None:
+        return
+    scratch = tensor.new_empty(1)
+    try:  # a throwaway generator: probing must not move any RNG
+        probe(scratch)
+    except (RuntimeError, NotImplementedError, TypeError, ValueError, ArithmeticError):
+        return
+    name, value = bad
+    fills = fills or f"{'nan' if value != value else 'inf'} values"
+    raise ValueError(f"{fn}: {name} must be finite, got {name}={value} (torch.nn.init would fill {fills})")
+
+
+def throwaway_generator(t: Tensor) -> "torch.Generator | None":
+    return None if t.is_meta else torch.Generator(device=t.device)
+
+
+def check_keyed_overflow(fn: str, tensor: Tensor, spec: S.Spec, names: "dict[str, str] | None" = None,
+                          origin: str = "") -> None:
+    """With ``key=``: refuse, naming the argument, a spec whose values overflow ``tensor``'s
+    dtype (``normal_`` in float16 with std 1e5 would write inf; bounds past the dtype's range
+    would pile values up at its largest finite value). A normal counts up to 6 std from its
+    mean (probability 2e-9 beyond)."""
+    if not tensor.is_floating_point():
+        return
+    big = torch.finfo(tensor.dtype).max
+    names = names or {}
+    what: tuple[str, float] | None = None
+    if isinstance(spec, S.Uniform):
+        for f, v in (("low", spec.low), ("high", spec.high)):
+            if abs(v) > big:
+                what = (names.get(f, f), v)
+                break
+    elif isinstance(spec, (S.Normal, S.TruncatedNormal)):
+        lo, hi = spec.mean_ - 6 * spec.std_, spec.mean_ + 6 * spec.std_
+        if isinstance(spec, S.TruncatedNormal):
+            lo, hi = max(lo, spec.a), min(hi, spec.b)
+        if abs(spec.mean_) > big and lo <= spec.mean_ <= hi:
+            what = (names.get("mean", "mean"), spec.mean_)
+        elif max(abs(lo), abs(hi)) > big:
+            what = (names.get("std", "std"), spec.std_)
+    if what is not None:
+        raise ValueError(f"{fn}: {what[0]}={what[1]:g}{origin} overflows {tensor.dtype} (largest finite value {big:g}): "
+                         f"{spec!r} would write inf or values clamped to +-{big:g}; scale it down or use a "
+                         f"wider dtype")
+
+
+def refuse_trunc_garbage(tensor: Tensor, mean: float, std: float, a: float, b: float) -> None:
+    """Refuse, before writing, the arguments torch's trunc_normal_ accepts but turns into
+    garbage: a negative std (sampled as |std|), a nan std or a non-finite mean (both give
+    U(a, b)). Where torch itself raises for them, its own error is kept: torch draws
+    normal_(mean, std) when more than 30% of the mass lies in [a, b] (it rejects std < 0),
+    and otherwise starts with uniform_(a, b) (it rejects bad bounds and integer dtypes).
+    """
+    nums = (mean, std, a, b)
+    if tensor.is_meta or tensor.is_complex() or not all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) for x in nums
+    ):
+        return
+    if not (std < 0 or math.isnan(std) or std == math.inf or not math.isfinite(mean)):
+        return
+    cdf = lambda x: (1.0 + math.erf(x / math.sqrt(2.0))) / 2.0  # noqa: E731
+    try:
+        if cdf((b - mean) / std) - cdf((a - mean) / std) > 0.3:
+            return  # torch's normal_ raises
+    except ArithmeticError:
+        return  # torch raises the same computing this (std == 0)
+    try:  # a throwaway generator: probing the bounds must not move any RNG
+        tensor.new_empty(1).uniform_(a, b, generator=torch.Generator(device=tensor.device))
+    except (RuntimeError, NotImplementedError):
+        return  # torch's uniform_ raises
+    if std < 0 or math.isnan(std):
+        raise ValueError(f"trunc_normal_: std must be positive, got std={std}")
+    if std == math.inf:  # torch returns U(a, b)
+        raise ValueError(f"trunc_normal_: std must be finite, got std={std}")
+    raise ValueError(f"trunc_normal_: mean must be finite, got mean={mean}")
