@@ -136,7 +136,8 @@ def test_hooks_fallback_on_example_inputs_sees_functions_and_modules(same_bits):
 
 
 def test_registration_order_fallback_without_inputs_is_labelled():
-    p = torchinit.plan(Untraceable(), "kaiming")
+    with pytest.warns(torchinit.NonlinearityWarning, match=r"GUESSED .*: b \(selu\)"):
+        p = torchinit.plan(Untraceable(), "kaiming")
     assert p["b.weight"].nonlinearity == "selu" and p["b.weight"].nonlinearity_source.startswith("order:")
     # registration order cannot see torch.tanh in forward: a.weight looks linear; the plan says why
     assert p["a.weight"].nonlinearity == "linear"

@@ -15,10 +15,18 @@ The gain of He / Glorot init must match the activation that FOLLOWS the layer
    control flow): the execution order of layers, activation modules and activation
    *functions* (``F.relu`` etc., seen with a ``TorchFunctionMode``); the first
    activation executed after a layer and before the next layer is its activation.
-   The model runs in eval mode under ``no_grad``; its training flags are restored.
-   Without ``example_inputs``, a Hugging Face model's ``dummy_inputs`` serve.
-3. **registration order** (no trace, no inputs): the module after the layer in
-   ``model.modules()`` order. A heuristic: the plan says so.
+   The forward runs under ``no_grad`` in eval mode on a META-DEVICE VIEW of the model
+   (:func:`~torchinit.model.calls.meta_view`: same classes, every tensor a meta tensor of
+   its global shape, no hooks), so it allocates nothing and gives the same answer for a
+   model on CPU, on meta or sharded (FSDP2, DTensor); ``.item()`` / ``bool()`` on meta
+   values answer 1 / True. Without ``example_inputs``, inputs are built from the model's
+   forward signature and config (``input_ids``, ``decoder_input_ids``, ``pixel_values``,
+   ``input_features``, ``input_values``: :func:`~torchinit.model.calls.dummy_inputs`).
+   If the meta forward fails and ``example_inputs`` were given for an allocated model,
+   the model itself runs on them.
+3. **registration order** (no trace, no forward): the module after the layer in
+   ``model.modules()`` order. A heuristic: ``plan`` warns (:class:`NonlinearityWarning`)
+   naming the layers and how to pass example inputs.
 
 A layer class of one's own whose ``forward`` ends in an activation (a ``Linear`` subclass
 returning ``F.relu(...)``) is followed by that activation, in 1 and 2.
@@ -39,6 +47,7 @@ for ReLU, applied to the activation's own second moment (see docs/policies.md).
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import weakref
 from dataclasses import dataclass
@@ -53,11 +62,17 @@ from ..core.gains import auto_gain
 
 __all__ = [
     "Detection",
+    "NonlinearityWarning",
     "detect_nonlinearities",
     "activation_of_module",
     "is_weight_layer",
     "auto_gain",
 ]
+
+
+class NonlinearityWarning(UserWarning):
+    """Nonlinearity detection could not see the order in which layers run and guessed
+    (registration order): the gains of the named layers may be wrong."""
 
 
 @dataclass(frozen=True)
@@ -340,14 +355,15 @@ class _ActivationRecorder(TorchFunctionMode):
             self.events.append(("layer", name, name))
 
 
-def _run(model: nn.Module, example_inputs: Any) -> None:
+def _run(model: nn.Module, example_inputs: Any, scalars: Any) -> None:
     from .calls import call_model
 
-    with torch.no_grad():
+    with torch.no_grad(), (scalars if scalars is not None else contextlib.nullcontext()):
         call_model(model, example_inputs)
 
 
-def _hook_detect(model: nn.Module, layers: dict[str, nn.Module], example_inputs: Any) -> dict[str, Detection]:
+def _hook_detect(model: nn.Module, layers: Mapping[str, Any], example_inputs: Any,
+                 scalars: Any = None) -> dict[str, Detection]:
     events: list = []
     rec = _ActivationRecorder(events)
     handles = []
@@ -380,7 +396,7 @@ def _hook_detect(model: nn.Module, layers: dict[str, nn.Module], example_inputs:
                     handles.append(m.register_forward_hook(lambda mod, i, o, n=n: events.append(("other", n, n))))
         model.eval()
         with rec:
-            _run(model, example_inputs)
+            _run(model, example_inputs, scalars)
     finally:
         for h in handles:
             h.remove()
@@ -420,18 +436,25 @@ def _order_detect(model: nn.Module, layers: dict[str, nn.Module]) -> dict[str, D
     return _scan_events(events, layers, "order")
 
 
-def _dummy_inputs(model: nn.Module) -> Any:
-    """A Hugging Face model's ``dummy_inputs`` (a dict of small tensors), moved to the
-    device of its parameters (meta included), or None."""
-    try:
-        dummy = model.dummy_inputs if hasattr(type(model), "dummy_inputs") else None
-    except Exception:  # a property that needs something the model lacks
-        return None
-    if not isinstance(dummy, Mapping) or not dummy or not all(isinstance(v, torch.Tensor) for v in dummy.values()):
-        return None
-    p = next(model.parameters(), None)
-    dev = p.device if p is not None else torch.device("cpu")
-    return {k: v.to(dev) for k, v in dummy.items()}
+def _meta_detect(model: nn.Module, layers: dict[str, nn.Module], inputs: Any) -> tuple[dict[str, Detection], int]:
+    """Hook detection on :func:`~torchinit.model.calls.meta_view` of ``model`` with ``inputs`` moved
+    to meta: (detections, number of data-dependent reads answered by guess)."""
+    from .calls import MetaScalars, meta_view, to_meta
+
+    scalars = MetaScalars()
+    det = _hook_detect(meta_view(model), layers, to_meta(inputs), scalars)
+    return det, scalars.count
+
+
+def _allocated(model: nn.Module) -> bool:
+    """Every tensor is a plain tensor with storage (not meta, not a DTensor): a forward can run on it."""
+    return all(type(t) in (torch.Tensor, nn.Parameter) and not t.is_meta
+               for t in list(model.parameters()) + list(model.buffers()))
+
+
+def _reason(exc: BaseException) -> str:
+    msg = str(exc).splitlines()[0][:120] if str(exc) else ""
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
 
 
 def detect_nonlinearities(
@@ -441,7 +464,16 @@ def detect_nonlinearities(
 
     Returns ``(detections by layer qualified name, notes)``; the notes say which
     method ran and why a fallback was needed. Never writes to the model.
+
+    The forward of step 2 runs on a meta-device view of the model (same classes, every tensor a
+    meta tensor of its global shape, no hooks): it allocates nothing, and its result is the same
+    for the model on CPU, on meta or sharded (FSDP2 / DTensor). Without ``example_inputs``, the
+    inputs are built from the model's forward signature and config
+    (:func:`~torchinit.model.calls.dummy_inputs`). Only when that forward fails and the user gave
+    ``example_inputs`` for an allocated model does the model itself run.
     """
+    from .calls import dummy_inputs
+
     layers = {n: m for n, m in model.named_modules() if is_weight_layer(m)}
     notes: list[str] = []
     if not layers:
@@ -453,27 +485,45 @@ def detect_nonlinearities(
         notes.append("nonlinearity: detected by torch.fx symbolic tracing")
         return det, notes
     except Exception as exc:  # tracing fails on data-dependent control flow and many third-party models
-        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
-        notes.append(f"nonlinearity: torch.fx tracing failed ({reason})")
-    if example_inputs is not None:
-        det = _hook_detect(model, layers, example_inputs)
-        for n in layers:
-            det.setdefault(n, Detection("linear", None, "hooks", "layer not executed"))
-        notes.append("nonlinearity: detected from execution order on example_inputs (forward hooks)")
-        return det, notes
-    dummy = _dummy_inputs(model)
-    if dummy is not None:  # Hugging Face models carry a small input made for tracing
+        notes.append(f"nonlinearity: torch.fx tracing failed ({_reason(exc)})")
+    inputs, what = example_inputs, "example_inputs"
+    if inputs is None:
+        inputs, what = dummy_inputs(model), "dummy_inputs built from the model's signature and config"
+    if inputs is not None:
         try:
-            det = _hook_detect(model, layers, dummy)
-        except Exception as exc:  # e.g. data-dependent code on the meta device
-            notes.append(f"nonlinearity: a forward on the model's dummy_inputs failed ({type(exc).__name__})")
+            det, guessed = _meta_detect(model, layers, inputs)
+        except Exception as exc:  # data-dependent shapes (nonzero, MoE routing), code that needs values
+            notes.append(f"nonlinearity: a meta-device forward on {what} failed ({_reason(exc)})")
+            if example_inputs is not None and _allocated(model):
+                det = _hook_detect(model, layers, example_inputs)
+                for n in layers:
+                    det.setdefault(n, Detection("linear", None, "hooks", "layer not executed"))
+                notes.append("nonlinearity: detected from execution order of a forward of the model on "
+                             "example_inputs (forward hooks, no gradients)")
+                return det, notes
         else:
             for n in layers:
                 det.setdefault(n, Detection("linear", None, "hooks", "layer not executed"))
-            notes.append("nonlinearity: detected from execution order on the model's dummy_inputs "
-                         "(Hugging Face; forward hooks, no gradients)")
+            notes.append(f"nonlinearity: detected from execution order of a meta-device forward on {what} "
+                         "(forward hooks; allocates nothing)"
+                         + (f"; {guessed} data-dependent reads (.item(), bool) answered 1/True" if guessed else ""))
             return det, notes
-    notes.append("nonlinearity: no example_inputs, fell back to module registration order (heuristic; "
-                 "pass example_inputs for execution order)")
-    det = _order_detect(model, layers)
-    return det, notes
+    else:
+        notes.append("nonlinearity: no example_inputs, and none could be built from the model's forward "
+                     "signature and config")
+    notes.append("nonlinearity: fell back to module registration order (heuristic)")
+    return _order_detect(model, layers), notes
+
+
+def order_fallback_warning(guessed: Mapping[str, str]) -> str:
+    """The warning for layers whose nonlinearity came from registration order: ``guessed`` maps
+    each layer to the nonlinearity it got. Layers given an activation are named first (a wrong
+    one there is the costly mistake: ViT's attention output taking the MLP's GELU)."""
+    names = sorted(guessed, key=lambda n: guessed[n] == "linear")
+    shown = ", ".join(f"{n} ({guessed[n]})" for n in names[:8])
+    more = f" and {len(names) - 8} more" if len(names) > 8 else ""
+    return (f"nonlinearity: execution order unknown (torch.fx could not trace the model and no forward ran), "
+            f"so the activation after {len(names)} layer(s) was GUESSED from module registration order: "
+            f"{shown}{more}. Their gains may be wrong. Pass example inputs: plan(model, example_inputs=...), "
+            "init_model(..., example_inputs=...), materialize(..., example_inputs=...) or the CLI's "
+            "--example-inputs; or give the rule an explicit nonlinearity")
