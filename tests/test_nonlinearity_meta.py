@@ -5,6 +5,7 @@ from the model's own signature and config, and a guess from registration order w
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -233,3 +234,91 @@ def test_a_meta_forward_that_fails_falls_back_to_the_allocated_model_with_exampl
         m = _NeedsValues()
     with pytest.warns(torchinit.NonlinearityWarning, match="fc1"):
         torchinit.plan(m, "kaiming", example_inputs=torch.randn(3, 4))
+
+
+_UNTRACEABLE_FACTORY = """
+import torch
+from torch import nn
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn_out = nn.Linear(4, 4)
+        self.act = nn.GELU()
+        self.fc1 = nn.Linear(4, 8)
+        self.fc2 = nn.Linear(8, 4)
+
+    def forward(self, x=None, *, ids=None):  # no input_ids: torchinit cannot make inputs itself
+        if ids is not None:
+            x = ids.float()[..., :4]
+        for _ in range(int(x.shape[0] > 0)):
+            x = self.attn_out(x)
+        return self.fc2(self.act(self.fc1(x)))
+
+
+def build():
+    return Block()
+"""
+
+
+def _cli_plan(tmp_path, capsys, *extra):
+    import json
+
+    from torchinit.cli import main
+
+    (tmp_path / "blockmodel.py").write_text(_UNTRACEABLE_FACTORY)
+    rc = main(["plan", f"{tmp_path / 'blockmodel.py'}:build", "--policy", "kaiming", "--json", *extra])
+    out, err = capsys.readouterr()
+    doc = json.loads(out) if rc == 0 else None
+    nl = {e["name"]: e["nonlinearity"] for e in doc["entries"]} if doc else None
+    return rc, nl, err
+
+
+@pytest.mark.parametrize("inputs", ["2x4", "ids:2x6", "torch.randn(3, 4)", "(torch.randn(3, 4),)",
+                                    "{'ids': torch.zeros(1, 5, dtype=torch.long)}"])
+def test_cli_example_inputs_give_execution_order(tmp_path, capsys, inputs):
+    with pytest.warns(torchinit.NonlinearityWarning, match="--example-inputs"):
+        rc, nl, _ = _cli_plan(tmp_path, capsys)
+    assert rc == 0 and nl["attn_out.weight"] == "gelu"  # the guess the warning is about
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", torchinit.NonlinearityWarning)
+        rc, nl, _ = _cli_plan(tmp_path, capsys, "--example-inputs", inputs)
+    assert rc == 0 and nl["attn_out.weight"] == "linear" and nl["fc1.weight"] == "gelu"
+
+
+def test_cli_init_takes_example_inputs_with_and_without_meta(tmp_path):
+    from torchinit.cli import main
+
+    (tmp_path / "blockmodel.py").write_text(_UNTRACEABLE_FACTORY)
+    outs = [tmp_path / "a.safetensors", tmp_path / "b.safetensors"]
+    for out, flag in zip(outs, ["--meta", "--no-meta"]):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", torchinit.NonlinearityWarning)
+            assert main(["init", f"{tmp_path / 'blockmodel.py'}:build", "--policy", "kaiming", "--seed", "1", "-q",
+                         "--example-inputs", "2x4", "--out", str(out), flag]) == 0
+    ta, tb = (load_file(str(o)) for o in outs)
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)
+    assert float(ta["fc1.weight"].std()) > 1.2 * float(ta["attn_out.weight"].std())  # GELU's gain on fc1 only
+
+
+@pytest.mark.parametrize("text,match", [
+    ("2x", "neither a shape"), ("torch.nope(1)", "AttributeError"), ("'abc'", "must give a tensor"),
+    ("__import__('os')", "NameError"),
+])
+def test_cli_bad_example_inputs_is_one_clear_error(tmp_path, capsys, text, match):
+    rc, _, err = _cli_plan(tmp_path, capsys, "--example-inputs", text)
+    assert rc == 2 and "--example-inputs" in err and match in err
+
+
+def test_parse_example_inputs_shapes():
+    from torchinit.cli._models import parse_example_inputs
+
+    x = parse_example_inputs("2x3x8x8")
+    assert x.shape == (2, 3, 8, 8) and x.dtype == torch.float32
+    assert torch.equal(x, parse_example_inputs("2x3x8x8"))  # seeded: the same plan every run
+    d = parse_example_inputs("input_ids:1x16, attention_mask:1x16,pixel_values:1x3x4x4")
+    assert {k: (tuple(v.shape), v.dtype) for k, v in d.items()} == {
+        "input_ids": ((1, 16), torch.long), "attention_mask": ((1, 16), torch.long),
+        "pixel_values": ((1, 3, 4, 4), torch.float32)}
+    assert parse_example_inputs(None) is None

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ..scale.materialize import _uncovered
-from ._models import load_model, meta_device, parse_kwargs
+from ._models import load_model, meta_device, parse_example_inputs, parse_kwargs
 from .plan_cmd import TRUST_NOTE, add_model_args
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.out.endswith(".safetensors"):
         raise ValueError(f"--out must end with .safetensors, got {args.out!r}")
     kwargs = parse_kwargs(args.kwargs)
+    example_inputs = parse_example_inputs(args.example_inputs)
     check_destination(args.out)  # before the work, not after it
     _check_device(args.device)
     t0 = time.perf_counter()
@@ -76,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
         if args.dtype:
             model.to(DTYPES[args.dtype])  # free on meta
         plan = torchinit.materialize(model, args.device, args.policy, seed=args.seed,
-                                     progress=None if not args.quiet else False, huge_pages=args.huge_pages)
+                                     progress=None if not args.quiet else False, huge_pages=args.huge_pages,
+                                     example_inputs=example_inputs)
         kept: list[str] = []
     else:
         # tensors the policy leaves alone keep the constructors' values: seeded, so that the
@@ -86,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
             model = load_model(args.model, kwargs)
         if args.dtype:
             model.to(DTYPES[args.dtype])
-        plan = torchinit.init_model(model, args.policy, seed=args.seed, engine="keyed")
+        plan = torchinit.init_model(model, args.policy, seed=args.seed, engine="keyed",
+                                    example_inputs=example_inputs)
         kept = _uncovered(plan, set(model.state_dict()))  # what the file holds (persistent tensors)
     t_init = time.perf_counter() - t0
     info = {"model": args.model, "kwargs": kwargs, "policy": args.policy, "seed": args.seed,
