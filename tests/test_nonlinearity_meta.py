@@ -322,3 +322,35 @@ def test_parse_example_inputs_shapes():
         "input_ids": ((1, 16), torch.long), "attention_mask": ((1, 16), torch.long),
         "pixel_values": ((1, 3, 4, 4), torch.float32)}
     assert parse_example_inputs(None) is None
+
+
+class _ShortcutBlock(nn.Module):
+    """ResNet's block with a projection shortcut: the shortcut conv runs AFTER conv2 and before
+    the ReLU both feed. Execution order gave conv2 "linear (next layer: shortcut)"; data flow
+    follows conv2 -> bn -> + -> ReLU. The loop over a value keeps fx out."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1, self.act1 = nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU()
+        self.conv2, self.bn2 = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.shortcut = nn.Conv2d(2, 4, 1)
+        self.act = nn.ReLU()
+        self.head = nn.Linear(4, 3)
+        self.gate = nn.Linear(4, 4)
+
+    def forward(self, x):
+        for _ in range(int(x.shape[0] > 0)):
+            h = self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x)))))
+        y = self.act(h + self.shortcut(x)).mean((2, 3))
+        g = self.gate(y)  # runs, then an activation of ANOTHER tensor: not g's activation
+        return self.head(g * torch.tanh(y))
+
+
+@pytest.mark.parametrize("where", ["cpu", "meta"])
+def test_detection_follows_data_flow_not_execution_order(where):
+    with torch.device(where):
+        m = _ShortcutBlock()
+    p = torchinit.plan(m, "kaiming", example_inputs=torch.randn(2, 2, 6, 6))
+    got = {n: p[f"{n}.weight"].nonlinearity for n in ("conv1", "conv2", "shortcut", "gate", "head")}
+    assert got == {"conv1": "relu", "conv2": "relu", "shortcut": "relu", "gate": "linear", "head": "linear"}
+    assert p["conv2.weight"].nonlinearity_source == "hooks: act (ReLU)"
