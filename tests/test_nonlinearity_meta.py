@@ -354,3 +354,26 @@ def test_detection_follows_data_flow_not_execution_order(where):
     got = {n: p[f"{n}.weight"].nonlinearity for n in ("conv1", "conv2", "shortcut", "gate", "head")}
     assert got == {"conv1": "relu", "conv2": "relu", "shortcut": "relu", "gate": "linear", "head": "linear"}
     assert p["conv2.weight"].nonlinearity_source == "hooks: act (ReLU)"
+
+
+class _UntilDone(nn.Module):
+    """Loops until a value changes: on meta every read answers True, so the loop never ends."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)
+
+    def forward(self, x):
+        while (x.abs() > 1e-3).any():
+            x = x / 2
+        return self.fc2(self.act(self.fc1(x)))
+
+
+def test_a_loop_on_meta_values_ends_and_falls_back():
+    p = torchinit.plan(_UntilDone(), "kaiming", example_inputs=torch.randn(2, 4))  # the real forward
+    assert p["fc1.weight"].nonlinearity == "relu"
+    assert any("more than 1024 data-dependent reads" in n for n in p.notes), p.notes
+    with torch.device("meta"):
+        m = _UntilDone()
+    with pytest.warns(torchinit.NonlinearityWarning, match="fc1"):
+        torchinit.plan(m, "kaiming", example_inputs=torch.randn(2, 4))

@@ -106,9 +106,11 @@ class MetaScalars(TorchDispatchMode):
     """Answers the data-dependent reads a forward makes on meta tensors (``.item()``, ``bool(t)``,
     ``torch.equal``) with 1 / True instead of raising, and counts them: a mask check
     (``if mask.all():``) then takes its usual branch. Values never decide which layer comes next
-    in the models detection has been tested on; ``count`` lets the caller say it guessed."""
+    in the models detection has been tested on; ``count`` lets the caller say it guessed.
+    After ``LIMIT`` answers it raises instead: ``while mask.any():`` would otherwise never end."""
 
     _READS = ("_local_scalar_dense", "is_nonzero", "equal")
+    LIMIT = 1024
 
     def __init__(self) -> None:
         super().__init__()
@@ -119,6 +121,9 @@ class MetaScalars(TorchDispatchMode):
         name = func.overloadpacket.__name__
         if name in self._READS and any(isinstance(a, Tensor) and a.is_meta for a in args):
             self.count += 1
+            if self.count > self.LIMIT:
+                raise RuntimeError(f"more than {self.LIMIT} data-dependent reads of meta values (a loop that "
+                                   "runs until a value changes?): the forward cannot run on meta")
             if name == "_local_scalar_dense":
                 dt = args[0].dtype
                 return True if dt == torch.bool else (1.0 if dt.is_floating_point or dt.is_complex else 1)
