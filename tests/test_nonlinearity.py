@@ -255,7 +255,7 @@ class _InnerActNet(nn.Module):
 def test_activation_inside_a_layers_own_forward_follows_that_layer(dynamic):
     det, notes = detect_nonlinearities(_InnerActNet(dynamic), torch.randn(4, 8))
     source = "hooks" if dynamic else "fx"
-    assert notes[-1].startswith("nonlinearity: detected " + ("from execution order" if dynamic else "by torch.fx"))
+    assert notes[-1].startswith("nonlinearity: detected " + ("from the data flow" if dynamic else "by torch.fx"))
     assert det["b"].nonlinearity == "relu" and det["b"].via == "F.relu in b's forward"
     assert det["a"].nonlinearity == "linear"  # followed by b's own linear map
     # c feeds a weight applied with F.linear, not the ReLU after it

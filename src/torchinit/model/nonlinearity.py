@@ -11,10 +11,10 @@ The gain of He / Glorot init must match the activation that FOLLOWS the layer
    operation first means "linear". Modules traced through run their class's ``forward``
    without ``Module.__call__``: no forward hook or pre-hook runs (FSDP2's, a user's), so
    detection on a ``fully_shard``-ed model changes none of its state.
-2. **forward hooks** on ``example_inputs`` (when tracing fails, e.g. data-dependent
-   control flow): the execution order of layers, activation modules and activation
-   *functions* (``F.relu`` etc., seen with a ``TorchFunctionMode``); the first
-   activation executed after a layer and before the next layer is its activation.
+2. **one forward pass** (when tracing fails, e.g. data-dependent control flow), read as
+   data flow (:mod:`.forward_flow`): a layer's outputs are tagged, transparent operations
+   pass tags on, and the first activation (module, or function such as ``F.relu`` seen
+   with a ``TorchFunctionMode``) a tagged tensor reaches is the layer's.
    The forward runs under ``no_grad`` in eval mode on a META-DEVICE VIEW of the model
    (:func:`~torchinit.model.calls.meta_view`: same classes, every tensor a meta tensor of
    its global shape, no hooks), so it allocates nothing and gives the same answer for a
@@ -287,13 +287,13 @@ def detect_nonlinearities(
                 det = _hook_detect(model, layers, example_inputs)
                 for n in layers:
                     det.setdefault(n, Detection("linear", None, "hooks", "layer not executed"))
-                notes.append("nonlinearity: detected from execution order of a forward of the model on "
+                notes.append("nonlinearity: detected from the data flow of a forward of the model on "
                              "example_inputs (forward hooks, no gradients)")
                 return det, notes
         else:
             for n in layers:
                 det.setdefault(n, Detection("linear", None, "hooks", "layer not executed"))
-            notes.append(f"nonlinearity: detected from execution order of a meta-device forward on {what} "
+            notes.append(f"nonlinearity: detected from the data flow of a meta-device forward on {what} "
                          "(forward hooks; allocates nothing)"
                          + (f"; {guessed} data-dependent reads (.item(), bool) answered 1/True" if guessed else ""))
             return det, notes
