@@ -136,7 +136,8 @@ def test_hooks_fallback_on_example_inputs_sees_functions_and_modules(same_bits):
 
 
 def test_registration_order_fallback_without_inputs_is_labelled():
-    p = torchinit.plan(Untraceable(), "kaiming")
+    with pytest.warns(torchinit.NonlinearityWarning, match=r"GUESSED .*: b \(selu\)"):
+        p = torchinit.plan(Untraceable(), "kaiming")
     assert p["b.weight"].nonlinearity == "selu" and p["b.weight"].nonlinearity_source.startswith("order:")
     # registration order cannot see torch.tanh in forward: a.weight looks linear; the plan says why
     assert p["a.weight"].nonlinearity == "linear"
@@ -254,7 +255,7 @@ class _InnerActNet(nn.Module):
 def test_activation_inside_a_layers_own_forward_follows_that_layer(dynamic):
     det, notes = detect_nonlinearities(_InnerActNet(dynamic), torch.randn(4, 8))
     source = "hooks" if dynamic else "fx"
-    assert notes[-1].startswith("nonlinearity: detected " + ("from execution order" if dynamic else "by torch.fx"))
+    assert notes[-1].startswith("nonlinearity: detected " + ("from the data flow" if dynamic else "by torch.fx"))
     assert det["b"].nonlinearity == "relu" and det["b"].via == "F.relu in b's forward"
     assert det["a"].nonlinearity == "linear"  # followed by b's own linear map
     # c feeds a weight applied with F.linear, not the ReLU after it

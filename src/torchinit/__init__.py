@@ -112,6 +112,9 @@ from .model import (  # noqa: E402
 
 __all__ += ["plan", "init_model", "apply_plan", "Plan", "PlanEntry", "Policy", "PolicyError", "Rule",
             "load_policy", "PRESETS", "get_preset", "keyed_init_mode", "PresetName", "EngineName"]
+from .model.nonlinearity import NonlinearityWarning  # noqa: E402
+
+__all__ += ["NonlinearityWarning"]
 # Scale: meta-device materialization (sharded init lives in torchinit.sharding).
 from . import zoo  # noqa: E402
 from .scale import materialize  # noqa: E402

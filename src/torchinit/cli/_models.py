@@ -18,12 +18,14 @@ only load models you trust.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import importlib
 import importlib.util
 import inspect
 import json
 import os
+import re
 import sys
 from typing import Any, Callable, Iterator
 
@@ -33,7 +35,7 @@ from torch.overrides import TorchFunctionMode
 
 from .. import zoo
 
-__all__ = ["load_model", "resolve_factory", "parse_kwargs", "meta_device", "ModelBuildError"]
+__all__ = ["load_model", "resolve_factory", "parse_kwargs", "parse_example_inputs", "meta_device", "ModelBuildError"]
 
 
 class ModelBuildError(RuntimeError):
@@ -117,6 +119,44 @@ def _import_from(folder: str | None) -> Iterator[None]:
             sys.path.remove(folder)
         except ValueError:  # the model's code removed it itself
             pass
+
+
+_SHAPE = re.compile(r"^\d+(x\d+)*$")
+_NAMED_SHAPE = re.compile(r"^[A-Za-z_]\w*:\d+(x\d+)*$")
+_EXPR_BUILTINS = {n: getattr(builtins, n) for n in ("dict", "list", "tuple", "range", "int", "float", "len", "True",
+                                                      "False", "None")}
+
+
+def _tensor_of_shape(name: str, shape: str) -> torch.Tensor:
+    dims = tuple(int(d) for d in shape.split("x"))
+    if name.endswith(("ids", "mask")) or name in ("labels", "position_ids"):
+        return torch.zeros(dims, dtype=torch.long)  # token ids and masks: integer, 0 is a valid id
+    return torch.randn(dims, generator=torch.Generator().manual_seed(0))  # seeded: the same plan every run
+
+
+def parse_example_inputs(text: str | None) -> Any:
+    """Parse ``--example-inputs``: None -> None; a shape ``2x3x224x224`` -> a float tensor (seeded
+    normal); ``input_ids:1x16`` or several ``name:shape`` separated by commas -> a dict of
+    keyword inputs (names ending in ``ids`` or ``mask``: int64 zeros); anything else is a Python
+    expression evaluated with ``torch`` in scope (``"torch.randint(0, 100, (1, 16))"``,
+    ``"{'input_ids': torch.zeros(1, 8, dtype=torch.long)}"``), a tensor, tuple or dict."""
+    if text is None:
+        return None
+    t = text.strip()
+    if _SHAPE.match(t):
+        return _tensor_of_shape("", t)
+    parts = [x.strip() for x in t.split(",")]
+    if all(_NAMED_SHAPE.match(x) for x in parts):
+        return {n: _tensor_of_shape(n, sh) for n, sh in (x.split(":") for x in parts)}
+    try:
+        value = eval(t, {"__builtins__": _EXPR_BUILTINS, "torch": torch}, {})  # noqa: S307 (a CLI argument)
+    except Exception as exc:
+        raise ValueError(f"--example-inputs {text!r} is neither a shape (2x3x224x224), name:shape pairs "
+                         f"(input_ids:1x16) nor a Python expression that evaluates: {type(exc).__name__}: {exc}") from None
+    if not isinstance(value, (torch.Tensor, tuple, list, dict)):
+        raise ValueError(f"--example-inputs {text!r} must give a tensor, a tuple/list of inputs or a dict of "
+                         f"keyword inputs, got {type(value).__name__}")
+    return value
 
 
 def resolve_factory(spec: str) -> tuple[str, Callable[..., Any]]:

@@ -14,7 +14,7 @@ import torch
 
 from ..model.errors import _short
 from ..scale.materialize import _uncovered
-from ._models import load_model, meta_device, parse_kwargs
+from ._models import load_model, meta_device, parse_example_inputs, parse_kwargs
 from .plan_cmd import TRUST_NOTE, add_model_args
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
@@ -71,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.out.endswith(".safetensors"):
         raise ValueError(f"--out must end with .safetensors, got {args.out!r}")
     kwargs = parse_kwargs(args.kwargs)
+    example_inputs = parse_example_inputs(args.example_inputs)
     check_destination(args.out)  # before the work, not after it
     taken = [str(p) for p in (Path(args.out), plan_path(args.out)) if os.path.lexists(p)]
     if taken and not args.force:
@@ -86,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
         t_build = time.perf_counter() - t0
         t0 = time.perf_counter()  # the init's time, not the model's import and construction
         plan = torchinit.materialize(model, args.device, args.policy, seed=args.seed,
-                                     progress=None if not args.quiet else False, huge_pages=args.huge_pages)
+                                     progress=None if not args.quiet else False, huge_pages=args.huge_pages,
+                                     example_inputs=example_inputs)
         kept: list[str] = []
     else:
         # tensors the policy leaves alone keep the constructors' values: seeded, so that the
@@ -98,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
             model.to(DTYPES[args.dtype])
         t_build = time.perf_counter() - t0
         t0 = time.perf_counter()
-        plan = torchinit.init_model(model, args.policy, seed=args.seed, engine="keyed")
+        plan = torchinit.init_model(model, args.policy, seed=args.seed, engine="keyed",
+                                    example_inputs=example_inputs)
         kept = _uncovered(plan, set(model.state_dict()))  # what the file holds (persistent tensors)
     t_init = time.perf_counter() - t0
     info = {"model": args.model, "kwargs": kwargs, "policy": args.policy, "seed": args.seed,

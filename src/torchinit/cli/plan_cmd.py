@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ..model.errors import _short
-from ._models import load_model, meta_device, parse_kwargs
+from ._models import load_model, meta_device, parse_example_inputs, parse_kwargs
 
 TRUST_NOTE = (
     "MODEL is a zoo name (mlp, cnn, resnet, gpt), package.module:factory, path/to/file.py:factory, or a "
@@ -62,6 +62,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    "(default: pytorch)")
     p.add_argument("--kwargs", default=None, metavar="JSON",
                    help='keyword arguments for the model factory as a JSON object, e.g. \'{"depth": 10}\'')
+    p.add_argument("--example-inputs", default=None, metavar="INPUTS",
+                   help="inputs for one forward pass, from which nonlinearity detection reads the order layers run "
+                   "in when torch.fx cannot trace the model (the forward runs on the meta device: nothing is "
+                   "allocated): a shape (2x3x224x224: a float tensor), name:shape keyword inputs "
+                   "(input_ids:1x16,attention_mask:1x16: *ids and *mask are int64) or a Python expression with "
+                   "torch in scope (\"torch.randint(0, 100, (1, 16))\")")
 
 
 def build_meta(spec: str, kwargs_json: str | None, meta: bool = True) -> torch.nn.Module:
@@ -75,8 +81,9 @@ def run(args: argparse.Namespace) -> int:
     """Run ``torchinit plan`` with the parsed ``args``; returns the exit code."""
     import torchinit
 
+    example_inputs = parse_example_inputs(args.example_inputs)  # before the model: a typo fails fast
     model = build_meta(args.model, args.kwargs, args.meta)
-    plan = torchinit.plan(model, args.policy)
+    plan = torchinit.plan(model, args.policy, example_inputs=example_inputs)
     if args.json:
         json.dump(plan.to_dict(), sys.stdout, indent=1, default=str)
         sys.stdout.write("\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Mapping, Sequence
 
 from torch import Tensor, nn
@@ -10,7 +11,8 @@ from torch import Tensor, nn
 from ..core import specs as S
 from ..core.fans import Fans, compute_fans, module_fans, torch_fans
 from ..core.gains import TORCH_NONLINEARITIES, second_moment_gain
-from .nonlinearity import Detection, auto_gain, detect_nonlinearities, is_weight_layer
+from .nonlinearity import (Detection, NonlinearityWarning, auto_gain, detect_nonlinearities, is_weight_layer,
+                           order_fallback_warning)
 from .plan import Plan, PlanEntry
 from .policy import INITIALIZERS, Policy, PolicyError, Rule, load_policy
 from .registry import DEFAULT_POLICY, PresetName
@@ -462,6 +464,11 @@ def plan(model: nn.Module, policy: PresetName | Policy | str | Mapping | Sequenc
             f"rule {rname!r} ({init}, {mode}) uses true fans (fans: module): on {len(hits)} grouped/transposed "
             f"weight(s) the {mode} differs from torch.nn.init.{init}_'s, which counts every group ({shown}{more}); "
             f"a recipe ported from torch gets the second std: give the rule args fans: torch for it")
+    guessed = {e.module: e.nonlinearity for e in entries if (e.nonlinearity_source or "").startswith("order:")}
+    if guessed:  # a silently wrong gain is worse than a warning
+        msg = order_fallback_warning(guessed)
+        ctx.notes.append(msg)
+        warnings.warn(msg, NonlinearityWarning, stacklevel=2)
     if unmatched and pol.on_unmatched == "error":
         more = f" and {len(unmatched) - 5} more" if len(unmatched) > 5 else ""
         raise PolicyError(f"policy {pol.name!r} (on_unmatched='error'): no rule matches "

@@ -1,0 +1,85 @@
+"""Real architectures at real vocabulary sizes (tests/hf_models.py: GPT-2 50257 tied, Llama 32000
+untied, Qwen2 151936 tied, T5 32128 encoder-decoder, BERT 30522 encoder-only, ViT, ConvNeXt,
+ResNet, BART, Whisper; tiny hidden sizes, built from configs, no downloads).
+
+For each: the ``kaiming`` plan of the model built on meta equals the plan of the model built on
+CPU, and every weight layer whose output reaches an activation gets that activation's gain
+(every other one gain 1). Other checks on these models (logits std under the LLM presets, the
+``module`` preset against the model's own init) import the same list."""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import torchinit
+from torchinit.core.gains import auto_gain
+
+sys.path.insert(0, str(Path(__file__).parent))
+from hf_models import HF_IDS, HF_MODELS  # noqa: E402
+
+pytestmark = pytest.mark.hf
+transformers = pytest.importorskip("transformers")
+transformers.utils.logging.set_verbosity_error()
+
+# the activation after each weight layer, read from the models' source (patterns on the layer's
+# qualified name); every weight layer no pattern names is followed by no activation
+EXPECTED = {
+    "gpt2": {r"mlp\.c_fc$": "gelu_tanh"},
+    "llama": {r"mlp\.gate_proj$": "silu"},
+    "qwen2_tied": {r"mlp\.gate_proj$": "silu"},
+    "t5": {r"DenseReluDense\.wi$": "relu"},
+    "bert": {r"intermediate\.dense$": "gelu", r"^cls\.predictions\.transform\.dense$": "gelu"},
+    "vit": {r"mlp\.fc1$": "gelu"},
+    "convnext": {r"\.pwconv1$": "gelu"},
+    # conv -> BatchNorm -> ReLU; a block's last conv and its shortcut conv -> BatchNorm -> + -> ReLU
+    "resnet": {r"\.convolution$": "relu"},
+    "bart": {r"\.fc1$": "gelu"},
+    "whisper": {r"\.fc1$": "gelu", r"^model\.encoder\.conv[12]$": "gelu"},
+}
+
+VOCAB = {"gpt2": 50257, "llama": 32000, "qwen2_tied": 151936, "t5": 32128, "bert": 30522, "bart": 50265,
+         "whisper": 51865}
+
+
+def _signature(p):
+    return [(e.name, e.shape, e.rule, e.nonlinearity, e.nonlinearity_source, e.gain, e.spec) for e in p.entries]
+
+
+def test_the_list_covers_the_architectures_the_issue_names():
+    assert {"gpt2", "llama", "qwen2_tied", "t5", "bert", "vit"} <= set(HF_IDS)
+    assert {"convnext", "resnet"} & set(HF_IDS) and {"whisper", "bart"} & set(HF_IDS)
+    assert set(EXPECTED) == set(HF_IDS)
+
+
+@pytest.mark.parametrize("name,build", HF_MODELS, ids=HF_IDS)
+def test_kaiming_plan_on_meta_equals_cpu_and_gains_follow_the_activation(name, build):
+    torch.manual_seed(0)
+    cpu = build()
+    with torch.device("meta"):
+        meta = build()
+    if name in VOCAB:  # the real vocabulary: the embedding is full size
+        assert cpu.get_input_embeddings().weight.shape[0] == VOCAB[name]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", torchinit.NonlinearityWarning)  # no guessing on any of them
+        pc, pm = torchinit.plan(cpu, "kaiming"), torchinit.plan(meta, "kaiming")
+    assert _signature(pm) == _signature(pc)
+    assert [n for n in pm.notes if n.startswith("nonlinearity")] == [n for n in pc.notes if n.startswith("nonlinearity")]
+    layers = [e for e in pm.entries if e.nonlinearity is not None and e.role == "weight"]
+    assert len(layers) >= 4
+    hit = {pat: 0 for pat in EXPECTED[name]}
+    for e in layers:
+        want = "linear"
+        for pat, act in EXPECTED[name].items():
+            if re.search(pat, e.module):
+                want, hit[pat] = act, hit[pat] + 1
+        assert e.nonlinearity == want, (e.name, e.nonlinearity_source)
+        assert e.gain == pytest.approx(auto_gain(want)), e.name
+        assert e.spec.std == pytest.approx(e.gain / math.sqrt(e.fans.fan_in), rel=1e-6), e.name  # He, fan_in
+    assert all(hit.values()), hit  # every pattern named a layer of the model
