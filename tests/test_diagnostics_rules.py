@@ -128,3 +128,35 @@ def test_verdicts_sorts_by_severity_and_keeps_rule_order_within():
     layers = [lin("a", 1.0), lin("b", 1e-4), act("r", "relu", dead=0.6)]
     out = V._verdicts(layers, [], 1.0, None, th)
     assert [v.kind for v in out] == ["vanishing", "dead_units"]
+
+
+def test_group_keeps_one_message_and_names_many():
+    one = V._group("symmetry", "error", [V._Item("a.weight", "a.weight", "a.weight is all zero.", 0.0)],
+                   head="tensors are zero", tail=".", fix_one="fix a", fix_many="fix all")
+    assert [(v.message, v.fix, v.layers) for v in one] == [("a.weight is all zero.", "fix a", ["a.weight"])]
+    items = [V._Item(f"{i}.weight", f"{i}.weight", f"{i}.weight is all zero.", 0.0) for i in range(8)]
+    (v,) = V._group("symmetry", "error", items, head="tensors are zero", tail=".", fix_one="fix a",
+                    fix_many="fix all")
+    assert v.message == "8 tensors are zero: 0.weight, 1.weight, 2.weight, 3.weight, 4.weight, 5.weight and 2 more."
+    assert v.layer == "0.weight" and v.fix == "fix all" and len(v.details) == 8
+    assert v.details[7] == {"layer": "7.weight", "message": "7.weight is all zero.", "value": 0.0}
+    assert V._group("symmetry", "error", [], head="", tail="", fix_one="", fix_many="") == []
+
+
+def test_constant_weight_explains_the_signal_verdicts_after_it():
+    layers = [lin("0", 1.0), act("1", "relu", dead=0.0), lin("2", 0.0), act("3", "relu", dead=1.0), lin("4", 0.0)]
+    params = [weight("0.weight"), weight("2.weight", 0.0, zero=True), weight("4.weight")]
+    out = V._verdicts(layers, params, 1.0, None, Thresholds())
+    assert [(v.kind, v.layer) for v in out] == [("symmetry", "2.weight")]
+    # without the zero weight the collapse of the signal and the dead layer are reported
+    params[1] = weight("2.weight")
+    assert [v.kind for v in V._verdicts(layers, params, 1.0, None, Thresholds())] == ["vanishing", "dead_units"]
+
+
+def test_fix_text_follows_the_nonlinearity_at_hand():
+    assert "tanh gain 5/3" in V._fix_scale("tanh") and "kaiming" not in V._fix_scale("tanh")
+    assert "gain 1 for sigmoid" in V._fix_scale("sigmoid")
+    assert V._fix_scale("relu") == V._FIX_VANISH and V._fix_scale(None) == V._FIX_VANISH
+    assert "SiLU" in V._fix_scale("silu")
+    layers = [lin("0", 1.0, nxt="tanh"), lin("1", 1.0, nxt="tanh"), lin("2", 1.0, nxt="relu")]
+    assert V._context(layers).nonlinearity == "tanh"

@@ -221,6 +221,7 @@ class ParamStats:
     #: for a parameter a parametrization computes a tensor from (weight_norm's ``g``/``v``,
     #: spectral_norm's raw weight): the name of that tensor, whose own entry is judged instead
     original_of: str | None = None
+    finite: bool = True  #: False when the tensor holds a NaN or inf
 
 
 @dataclass
@@ -229,7 +230,12 @@ class Verdict:
     exploding_gradients, collapse, dead_units, saturation, symmetry,
     wrong_nonlinearity, mismatch, nonfinite), ``severity`` (error/warning/info), the
     ``layer`` where it starts, a ``message``, a concrete ``fix``, the measured
-    ``value`` and the ``threshold`` it crossed."""
+    ``value`` and the ``threshold`` it crossed.
+
+    Findings of one kind and severity on several tensors (nine all-zero weights, the
+    deep-copied layers of ``nn.TransformerEncoder``) are one verdict: ``layers`` names
+    every layer or tensor it covers (``layer`` is the first) and ``details`` keeps each
+    one's own finding (``{"layer", "message", "value"}``)."""
 
     kind: str
     severity: str
@@ -238,6 +244,8 @@ class Verdict:
     fix: str
     value: float | None = None
     threshold: float | None = None
+    layers: list[str] = field(default_factory=list)
+    details: list[dict[str, Any]] = field(default_factory=list)
 
     def __str__(self) -> str:
         return f"[{self.severity}] {self.kind} at {self.layer}: {self.message} Fix: {self.fix}"

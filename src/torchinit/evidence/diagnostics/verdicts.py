@@ -10,11 +10,12 @@ be called alone on hand-built statistics: ``_vanishing(_context(layers, params))
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Callable
+from typing import Callable, NamedTuple
 
-from .classify import _PRETTY
+from .classify import _PRETTY, _RELU_FAMILY, _expected_gain
 from .fmt import _fmt
 from .report import LayerStats, ParamStats, Thresholds, Verdict
 
@@ -48,6 +49,51 @@ _FIX_VANISH = ("initialize for the nonlinearity that follows each layer: torchin
                "for ReLU nets (nn.init.kaiming_normal_(w, nonlinearity='relu')), or torchinit.lsuv_(model, batch)")
 
 
+def _fix_scale(act: str | None) -> str:
+    """How to scale the weights for the nonlinearity at hand (the one that follows most
+    weight layers): a tanh or sigmoid net is not told to use ReLU's Kaiming gain."""
+    if act == "tanh":
+        return ("use Xavier/Glorot init with the tanh gain 5/3: torchinit.init_model(model, 'xavier') "
+                "(nn.init.xavier_normal_(w, gain=nn.init.calculate_gain('tanh'))), or torchinit.lsuv_(model, batch)")
+    if act == "sigmoid":
+        return ("use Xavier/Glorot init (Glorot & Bengio's normalized init, gain 1 for sigmoid): "
+                "torchinit.init_model(model, 'xavier') (nn.init.xavier_normal_(w)), or torchinit.lsuv_(model, batch)")
+    if act is None or act in _RELU_FAMILY or act == "leaky_relu" or _expected_gain(act, None) is None:
+        return _FIX_VANISH
+    return (f"initialize each layer with the gain of the {_PRETTY.get(act, act)} that follows "
+            f"({_expected_gain(act, None):.3g}): torchinit.init_model(model, 'kaiming') picks it per layer, "
+            f"or torchinit.lsuv_(model, batch)")
+
+
+class _Item(NamedTuple):
+    """One tensor's finding in a grouped verdict: ``short`` names it in the group's line,
+    ``message`` is the finding alone."""
+
+    layer: str
+    short: str
+    message: str
+    value: float | None
+
+
+def _names(items: list[str], n: int = 6) -> str:
+    return ", ".join(items) if len(items) <= n else ", ".join(items[:n]) + f" and {len(items) - n} more"
+
+
+def _group(kind: str, severity: str, items: list[_Item], *, head: str, tail: str, fix_one: str, fix_many: str,
+           value: float | None = None, threshold: float | None = None) -> list[Verdict]:
+    """One verdict for findings of one kind and severity: one tensor's message as it is,
+    several named in one line (``layers`` lists all, ``details`` keeps each finding)."""
+    if not items:
+        return []
+    details = [{"layer": i.layer, "message": i.message, "value": i.value} for i in items]
+    layers = [i.layer for i in items]
+    if len(items) == 1:
+        return [Verdict(kind, severity, items[0].layer, items[0].message, fix_one, items[0].value, threshold,
+                        layers, details)]
+    return [Verdict(kind, severity, items[0].layer, f"{len(items)} {head}: {_names([i.short for i in items])}{tail}",
+                    fix_many, value, threshold, layers, details)]
+
+
 @dataclass
 class _Context:
     """What the rules read: the statistics, the thresholds, and views derived from them."""
@@ -70,6 +116,12 @@ class _Context:
         the stream, so those layers do not count as the signal vanishing."""
         path = [r for r in self.sig if not r.residual]
         return path if len(path) >= 2 else self.sig  # every layer ends a branch: judge them all
+
+    @cached_property
+    def nonlinearity(self) -> str | None:
+        """The activation that follows most weight layers (the first such on a tie)."""
+        acts = Counter(r.next_act for r in self.sig if r.next_act)
+        return max(acts, key=lambda a: acts[a]) if acts else None
 
     @cached_property
     def grad_group(self) -> tuple[float, float, list[LayerStats]] | None:
@@ -101,6 +153,14 @@ def _context(layers: list[LayerStats], params: list[ParamStats] | None = None, i
 
 def _nonfinite(ctx: _Context) -> list[Verdict]:
     bad = [r for r in ctx.layers if not r.finite]
+    badp = [p.name for p in ctx.params if not p.finite]
+    if badp:  # the cause, named: a layer output named after an activation call does not say which tensor
+        outs = f"; layer outputs are non-finite from {bad[0].name} on" if bad else ""
+        return [Verdict("nonfinite", "error", badp[0],
+                        f"{len(badp)} parameter(s) contain NaN or inf: {_names(badp)}{outs}.",
+                        f"re-initialize {_names(badp)} (torchinit.init_model(model, ...)) and check what wrote "
+                        f"NaN/inf into them (a division by a zero std, a bad checkpoint).", None, None,
+                        badp, [{"layer": n, "message": f"{n} contains NaN or inf", "value": None} for n in badp])]
     if not bad:
         return []
     return [Verdict("nonfinite", "error", bad[0].name,
@@ -132,7 +192,7 @@ def _vanishing(ctx: _Context) -> list[Verdict]:
         "vanishing", "error" if ratios[lo] < ctx.th.vanish ** 3 else "warning", path[start].name,
         f"activation std shrinks from {path[0].std:.3g} at {path[0].name} to {path[lo].std:.3g} at {path[lo].name} "
         f"(x{ratios[lo]:.2g}, std x{per:.2f} per layer); it falls below {ctx.th.vanish:g}x at {path[first].name}.",
-        _FIX_VANISH, ratios[lo], ctx.th.vanish)]
+        _fix_scale(ctx.nonlinearity), ratios[lo], ctx.th.vanish)]
 
 
 def _exploding(ctx: _Context) -> list[Verdict]:
@@ -150,8 +210,14 @@ def _exploding(ctx: _Context) -> list[Verdict]:
         "exploding", "error" if ratios[hi] > ctx.th.explode ** 3 else "warning", path[start].name,
         f"activation std grows from {path[0].std:.3g} at {path[0].name} to {path[hi].std:.3g} at {path[hi].name} "
         f"(x{ratios[hi]:.3g}, std x{per:.2f} per layer); it exceeds {ctx.th.explode:g}x at {path[first].name}.",
-        "scale weights by gain/sqrt(fan_in) for the nonlinearity that follows (torchinit.init_model(model, "
-        "'kaiming') or 'xavier' for tanh), or torchinit.lsuv_(model, batch)", ratios[hi], ctx.th.explode)]
+        _fix_explode(ctx.nonlinearity), ratios[hi], ctx.th.explode)]
+
+
+def _fix_explode(act: str | None) -> str:
+    if act in ("tanh", "sigmoid"):
+        return "scale weights down to " + _fix_scale(act)[4:]
+    return ("scale weights by gain/sqrt(fan_in) for the nonlinearity that follows (torchinit.init_model(model, "
+            "'kaiming') or 'xavier' for tanh), or torchinit.lsuv_(model, batch)")
 
 
 def _vanishing_gradients(ctx: _Context) -> list[Verdict]:
@@ -166,7 +232,7 @@ def _vanishing_gradients(ctx: _Context) -> list[Verdict]:
     return [Verdict(
         "vanishing_gradients", "error" if q < ctx.th.grad_vanish ** 2 else "warning", grp[top].name,
         f"the gradient std at {grp[0].name} is x{q:.2g} that at {grp[-1].name} ({gs[0]:.3g} vs {gs[-1]:.3g}): "
-        f"lower layers barely learn with plain SGD.", _FIX_VANISH, q, ctx.th.grad_vanish)]
+        f"lower layers barely learn with plain SGD.", _fix_scale(ctx.nonlinearity), q, ctx.th.grad_vanish)]
 
 
 def _exploding_gradients(ctx: _Context) -> list[Verdict]:
@@ -234,40 +300,59 @@ def _saturation(ctx: _Context) -> list[Verdict]:
 
 
 def _symmetry(ctx: _Context) -> list[Verdict]:
-    out: list[Verdict] = []
+    errors: list[_Item] = []
+    heads: list[_Item] = []
+    copies: list[_Item] = []
     lin_order = [r.name for r in ctx.layers if r.kind == "linear" and "#" not in r.name]
     head = lin_order[-1] if lin_order else None
     for p in ctx.params:
-        if len(p.shape) < 2 or p.original_of is not None:
+        if len(p.shape) < 2 or p.original_of is not None or not p.finite:
             continue
         if p.constant:
             promised = p.promised_std is not None and p.promised_std == 0
             what = "all zero" if p.zero else f"constant ({p.mean:.3g})"
+            short = p.name if p.zero else f"{p.name} ({what})"
             if promised or p.module == head:
-                out.append(Verdict(
-                    "symmetry", "info", p.name,
-                    f"{p.name} is {what}" + (" as its plan promised" if promised else " (the output layer)") +
-                    ": fine for a last layer (Fixup / zero-init heads), since its inputs differ.",
-                    "nothing to do if intended", 0.0, None))
+                heads.append(_Item(p.name, short, f"{p.name} is {what}" + (
+                    " as its plan promised" if promised else " (the output layer)") +
+                    ": fine for a last layer (Fixup / zero-init heads), since its inputs differ.", 0.0))
             else:
-                out.append(Verdict(
-                    "symmetry", "error", p.name,
-                    f"{p.name} is {what}: every unit of {p.module} computes the same function and receives the "
-                    f"same gradient, so they never become different.",
-                    f"initialize {p.name} randomly (kaiming/xavier); keep zeros for biases only", 0.0, None))
+                errors.append(_Item(p.name, short, f"{p.name} is {what}: every unit of {p.module} computes the same "
+                                    f"function and receives the same gradient, so they never become different.", 0.0))
         elif p.duplicate_rows:
-            out.append(Verdict(
-                "symmetry", "warning", p.name,
-                f"{p.name} has {p.duplicate_rows} duplicate row(s): those units compute identical outputs.",
-                f"re-initialize {p.name} with a random initializer (each row drawn independently)",
-                float(p.duplicate_rows), None))
+            copies.append(_Item(p.name, f"{p.name} ({p.duplicate_rows} duplicate rows)",
+                                f"{p.name} has {p.duplicate_rows} duplicate row(s): those units compute identical "
+                                f"outputs.", float(p.duplicate_rows)))
         if p.identical_to:
-            out.append(Verdict(
-                "symmetry", "warning", p.name,
-                f"{p.name} is identical to {p.identical_to} (e.g. layers deep-copied by nn.TransformerEncoder, "
-                f"pytorch issue 86274).",
-                "re-initialize each copy with its own random draw (torchinit.init_model(model, ...))", None, None))
-    return out
+            copies.append(_Item(p.name, f"{p.name} = {p.identical_to}",
+                                f"{p.name} is identical to {p.identical_to} (e.g. layers deep-copied by "
+                                f"nn.TransformerEncoder, pytorch issue 86274).", None))
+    one_copy = copies[0] if copies else None
+    any_same = any(c.value is None for c in copies)  # identical tensors (duplicate rows carry a count)
+    same = any_same and all(c.value is None for c in copies)
+    return (
+        _group("symmetry", "error", errors, head="weight tensors are all zero or constant",
+               tail=": every unit of each of these layers computes the same function and receives the same "
+                    "gradient, so they never become different.",
+               fix_one=f"initialize {errors[0].layer if errors else ''} randomly (kaiming/xavier); keep zeros for "
+                       f"biases only",
+               fix_many="initialize these weights randomly (torchinit.init_model(model, 'kaiming') or 'xavier'); "
+                        "keep zeros for biases only", value=0.0)
+        + _group("symmetry", "warning", copies,
+                 head=("weight tensors are identical to another parameter" if same else
+                       "weight tensors have duplicate rows" if not any_same else
+                       "weight tensors have duplicate rows or equal another parameter"),
+                 tail=(" (e.g. layers deep-copied by nn.TransformerEncoder, pytorch issue 86274)." if any_same else
+                       ": those units compute identical outputs."),
+                 fix_one=("re-initialize each copy with its own random draw (torchinit.init_model(model, ...))"
+                          if one_copy and one_copy.value is None else
+                          f"re-initialize {one_copy.layer if one_copy else ''} with a random initializer (each row "
+                          f"drawn independently)"),
+                 fix_many="re-initialize each with its own random draw (torchinit.init_model(model, ...))")
+        + _group("symmetry", "info", heads, head="output-layer weights are all zero or constant",
+                 tail=": fine for a last layer (Fixup / zero-init heads), since its inputs differ.",
+                 fix_one="nothing to do if intended", fix_many="nothing to do if intended", value=0.0)
+    )
 
 
 def _wrong_nonlinearity(ctx: _Context) -> list[Verdict]:
@@ -275,8 +360,8 @@ def _wrong_nonlinearity(ctx: _Context) -> list[Verdict]:
     rec_by_mod = {r.name: r for r in ctx.layers if r.kind == "linear"}
     checked = []
     for p in ctx.params:
-        if p.gain is None or not p.expected_gain:
-            continue
+        if p.gain is None or not p.expected_gain or p.constant or not p.finite:
+            continue  # a constant weight is a symmetry problem, not a gain
         rec = rec_by_mod.get(p.module)
         if rec is None or rec.prev_act is None or rec.next_act is None or rec.prev_act != rec.next_act:
             continue
@@ -312,20 +397,22 @@ def _wrong_nonlinearity(ctx: _Context) -> list[Verdict]:
 
 
 def _mismatch(ctx: _Context) -> list[Verdict]:
-    out = []
+    items, tols = [], []
     for p in ctx.params:
-        if p.promised_std is None or p.constant:
+        if p.promised_std is None or p.constant or not p.finite:
             continue
         tol = ctx.th.std_floor + ctx.th.std_sigmas / math.sqrt(2 * math.prod(p.shape))
         ref = p.promised_std
         if ref == 0 or abs(p.std - ref) / ref > tol:
-            out.append(Verdict(
-                "mismatch", "warning", p.name,
-                f"{p.name} has std {p.std:.4g} but its plan promised {ref:.4g} (tolerance {tol:.1%}): it was "
-                f"changed after the plan was applied, or the plan was not applied.",
-                "re-apply the plan (torchinit.apply_plan(model, plan, seed=...)) or re-plan after the change",
-                p.std / ref if ref else None, tol))
-    return out
+            items.append(_Item(p.name, f"{p.name} ({p.std:.3g} vs {ref:.3g})",
+                               f"{p.name} has std {p.std:.4g} but its plan promised {ref:.4g} (tolerance {tol:.1%}): "
+                               f"it was changed after the plan was applied, or the plan was not applied.",
+                               p.std / ref if ref else None))
+            tols.append(tol)
+    fix = "re-apply the plan (torchinit.apply_plan(model, plan, seed=...)) or re-plan after the change"
+    return _group("mismatch", "warning", items, head="parameters differ from the std their plan promised",
+                  tail=": they were changed after the plan was applied, or the plan was not applied.",
+                  fix_one=fix, fix_many=fix, threshold=tols[0] if len(tols) == 1 else None)
 
 
 Rule = Callable[[_Context], "list[Verdict]"]
@@ -346,12 +433,33 @@ RULES: tuple[tuple[str, Rule], ...] = (
 )
 
 _SEVERITY = {"error": 0, "warning": 1, "info": 2}
+#: verdicts about the signal, which a constant weight upstream explains
+_SIGNAL_KINDS = frozenset({"vanishing", "exploding", "vanishing_gradients", "exploding_gradients", "collapse",
+                           "dead_units", "saturation", "wrong_nonlinearity"})
+
+
+def _drop_consequences(ctx: _Context, out: list[Verdict]) -> list[Verdict]:
+    """A constant (all-zero) hidden weight makes every layer after it compute a constant:
+    the vanishing signal, dead ReLUs and collapsed samples that follow are its
+    consequences, so the signal verdicts that start at or after its layer are dropped and
+    the symmetry verdict is the one that says what to fix."""
+    order: dict[str, int] = {}
+    for i, r in enumerate(ctx.layers):
+        order.setdefault(r.name, i)
+    names = {p.name: p.module for p in ctx.params}
+    cut = [order[names[n]] for v in out if v.kind == "symmetry" and v.severity == "error"
+           for n in (v.layers or [v.layer]) if names.get(n) in order]
+    if not cut:
+        return out
+    first = min(cut)
+    return [v for v in out if not (v.kind in _SIGNAL_KINDS and order.get(v.layer, -1) >= first)]
 
 
 def _verdicts(report_layers: list[LayerStats], params: list[ParamStats], input_std: float | None,
               input_cos: float | None, th: Thresholds) -> list[Verdict]:
-    """Apply :data:`RULES` in order; the verdicts sorted by severity (stable)."""
+    """Apply :data:`RULES` in order, drop what a constant weight explains
+    (:func:`_drop_consequences`); the verdicts sorted by severity (stable)."""
     ctx = _context(report_layers, params, input_std, input_cos, th)
-    out = [v for _, rule in RULES for v in rule(ctx)]
+    out = _drop_consequences(ctx, [v for _, rule in RULES for v in rule(ctx)])
     out.sort(key=lambda v: _SEVERITY.get(v.severity, 3))
     return out
