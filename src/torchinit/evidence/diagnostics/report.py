@@ -24,7 +24,9 @@ same call as a ``tanh`` inside other formulas), over the batch (dim 0 is the bat
   whose output is 0 for EVERY element of the batch;
 * ``saturated``: the fraction of tanh/sigmoid outputs where the derivative is
   below 10% of its maximum (``|tanh| > sqrt(0.9)``; ``sigmoid`` outside
-  ``[0.0257, 0.9743]``);
+  ``[0.0257, 0.9743]``); for a recurrent layer (RNN/GRU/LSTM and their cells,
+  kind ``"recurrent"``), of its gates and tanh units (see ``recurrent.py``), which
+  also measures ``time_grad_ratio``, the gradient through time;
 * ``cosine``: the mean pairwise cosine similarity of the samples' flattened
   outputs, on at most ``max_cosine_samples`` samples (correlation collapse, which
   a std-only check misses);
@@ -192,6 +194,10 @@ class LayerStats:
     #: weight layers: the output (through dropout) is added to a tensor that is not a weight
     #: layer's output and is at least as large (``x + proj(h)``): the end of a residual branch
     residual: bool = False
+    #: recurrent sequence layers: ``||dL/dx_1|| / ||dL/dx_T||`` for a loss on the last step's
+    #: output, over ``time_steps`` steps (how far back in time the gradient reaches)
+    time_grad_ratio: float | None = None
+    time_steps: int | None = None
     hist: list[int] = field(default_factory=list)
     hist_range: list[float] = field(default_factory=list)
 
@@ -227,8 +233,8 @@ class ParamStats:
 @dataclass
 class Verdict:
     """One finding: ``kind`` (vanishing, exploding, vanishing_gradients,
-    exploding_gradients, collapse, dead_units, saturation, symmetry,
-    wrong_nonlinearity, mismatch, nonfinite), ``severity`` (error/warning/info), the
+    exploding_gradients, collapse, dead_units, saturation, vanishing_through_time,
+    exploding_through_time, symmetry, wrong_nonlinearity, mismatch, nonfinite), ``severity`` (error/warning/info), the
     ``layer`` where it starts, a ``message``, a concrete ``fix``, the measured
     ``value`` and the ``threshold`` it crossed.
 
@@ -368,7 +374,7 @@ class Report:
             t.add_row("[green]ok[/]", "-", "-", "no problem found", "-")
         return t
 
-    def print(self, console: Console | None = None, *, kinds: Iterable[str] | None = ("linear", "activation", "norm", "embedding", "attention"),
+    def print(self, console: Console | None = None, *, kinds: Iterable[str] | None = ("linear", "activation", "norm", "embedding", "attention", "recurrent"),
               max_rows: int | None = 60) -> None:
         """Print the layer table and the verdicts with rich."""
         from rich.console import Console

@@ -291,12 +291,78 @@ def _saturation(ctx: _Context) -> list[Verdict]:
     if not sats:
         return []
     worst = max(sats, key=lambda r: r.saturated)
+    # a recurrent layer's fraction covers its gates and tanh units (recurrent.py)
+    what = "/".join(dict.fromkeys(f"{r.type} (gates and tanh)" if r.kind == "recurrent" else str(r.nonlinearity)
+                                  for r in sats))
+    fix = ("use xavier (Glorot & Bengio's normalized init, torchinit.init_model(model, 'xavier')) or a smaller "
+           "gain for the layers feeding this activation")
+    if any(r.kind == "recurrent" for r in sats):
+        fix += ("; for recurrent layers, xavier input weights and orthogonal recurrent weights (gain 1), "
+                "as torchinit.init_model(model, 'xavier') gives them")
     return [Verdict(
         "saturation", "warning", sats[0].name,
-        f"{len(sats)} {sats[0].nonlinearity} layer(s) have more than {ctx.th.saturated:.0%} of outputs saturated "
+        f"{len(sats)} {what} layer(s) have more than {ctx.th.saturated:.0%} of outputs saturated "
         f"(worst {worst.saturated:.0%} at {worst.name}): gradients through them nearly vanish.",
-        "use xavier (Glorot & Bengio's normalized init, torchinit.init_model(model, 'xavier')) or a smaller "
-        "gain for the layers feeding this activation", worst.saturated, ctx.th.saturated)]
+        fix, worst.saturated, ctx.th.saturated, [r.name for r in sats])]
+
+
+def _time_ratios(ctx: _Context) -> list[tuple[str, float, int]]:
+    """``(layer, q, steps)``: how much of the gradient at the last step reaches the first.
+    A sequence layer's own probe (:mod:`.recurrent`); a cell called once per step (``cell``,
+    ``cell#2``, ...): the gradient std at its first call's output over its last call's."""
+    out: list[tuple[str, float, int]] = []
+    calls: dict[str, list[LayerStats]] = {}
+    for r in ctx.layers:
+        if r.kind != "recurrent":
+            continue
+        if r.time_grad_ratio is not None and r.time_steps:
+            out.append((r.name, r.time_grad_ratio, r.time_steps))
+        elif r.time_steps is None and r.type.endswith("Cell"):
+            calls.setdefault(r.name.split("#")[0], []).append(r)
+    for name, rs in calls.items():
+        gs = [r.grad_std for r in rs]
+        if len(rs) >= 2 and gs[0] is not None and gs[-1]:
+            out.append((name, gs[0] / gs[-1], len(rs)))
+    return out
+
+
+_FIX_TIME = ("initialize the recurrent weights orthogonal (gain 1) and the input weights xavier, biases zero "
+             "(torchinit.init_model(model, 'xavier')); for an LSTM also set the forget-gate bias to 1 "
+             "(bias_hh[H:2H], Jozefowicz et al. 2015) so that the cell state keeps its past; for sequences longer "
+             "than ~20 steps, chrono init (Tallec & Ollivier 2018): forget-gate bias log(u), u ~ U(1, T - 1), "
+             "input-gate bias its negative")
+
+
+def _vanishing_through_time(ctx: _Context) -> list[Verdict]:
+    items = []
+    worst = None
+    for name, q, steps in _time_ratios(ctx):
+        if q < ctx.th.grad_vanish:
+            per = q ** (1 / max(steps - 1, 1)) if q > 0 else 0.0
+            horizon = f"; it falls to 1% within {math.log(0.01) / math.log(per):.0f} steps" if 0 < per < 1 else ""
+            items.append(_Item(name, f"{name} (x{q:.2g} over {steps} steps)",
+                               f"the gradient of {name}'s last step reaches its first step at x{q:.2g} of the last "
+                               f"step's (over {steps} steps, x{per:.2f} per step{horizon}): it barely learns "
+                               f"dependencies that span the sequence.", q))
+            worst = q if worst is None else min(worst, q)
+    if not items:
+        return []
+    return _group("vanishing_through_time", "error" if worst < ctx.th.grad_vanish ** 2 else "warning", items,
+                  head="recurrent layers lose the gradient through time",
+                  tail=": they barely learn dependencies that span the sequence.",
+                  fix_one=_FIX_TIME, fix_many=_FIX_TIME, value=worst, threshold=ctx.th.grad_vanish)
+
+
+def _exploding_through_time(ctx: _Context) -> list[Verdict]:
+    items = [_Item(name, f"{name} (x{q:.3g} over {steps} steps)",
+                   f"the gradient of {name}'s last step is x{q:.3g} larger at its first step than at the last "
+                   f"(over {steps} steps): the recurrence amplifies it.", q)
+             for name, q, steps in _time_ratios(ctx) if q > ctx.th.grad_explode]
+    if not items:
+        return []
+    return _group("exploding_through_time", "warning", items, head="recurrent layers amplify the gradient through time",
+                  tail=".", fix_one=_FIX_TIME + "; or clip gradients", fix_many=_FIX_TIME + "; or clip gradients",
+                  value=max(i.value for i in items), threshold=ctx.th.grad_explode)
 
 
 def _symmetry(ctx: _Context) -> list[Verdict]:
@@ -427,6 +493,8 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("collapse", _collapse),
     ("dead_units", _dead_units),
     ("saturation", _saturation),
+    ("vanishing_through_time", _vanishing_through_time),
+    ("exploding_through_time", _exploding_through_time),
     ("symmetry", _symmetry),
     ("wrong_nonlinearity", _wrong_nonlinearity),
     ("mismatch", _mismatch),
@@ -435,7 +503,8 @@ RULES: tuple[tuple[str, Rule], ...] = (
 _SEVERITY = {"error": 0, "warning": 1, "info": 2}
 #: verdicts about the signal, which a constant weight upstream explains
 _SIGNAL_KINDS = frozenset({"vanishing", "exploding", "vanishing_gradients", "exploding_gradients", "collapse",
-                           "dead_units", "saturation", "wrong_nonlinearity"})
+                           "dead_units", "saturation", "wrong_nonlinearity", "vanishing_through_time",
+                           "exploding_through_time"})
 
 
 def _drop_consequences(ctx: _Context, out: list[Verdict]) -> list[Verdict]:
