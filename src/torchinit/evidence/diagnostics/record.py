@@ -161,10 +161,12 @@ class _Recorder:
                 and stream.is_floating_point() and stream.numel() > 1):
             return
         try:
-            big = float(stream.detach().float().std(correction=0)) >= rec.std
+            s = float(stream.detach().float().std(correction=0))
         except Exception:  # a statistic must never break the model's forward
             return
-        if big:
+        if rec.stream_std is None:
+            rec.stream_std = s
+        if s >= rec.std:
             rec.residual = True
 
     def attach(self) -> None:

@@ -194,6 +194,9 @@ class LayerStats:
     #: weight layers: the output (through dropout) is added to a tensor that is not a weight
     #: layer's output and is at least as large (``x + proj(h)``): the end of a residual branch
     residual: bool = False
+    #: weight layers whose output is added to a tensor that is not a weight layer's output:
+    #: that tensor's std at the (first) sum, the residual stream's for a branch end
+    stream_std: float | None = None
     #: recurrent sequence layers: ``||dL/dx_1|| / ||dL/dx_T||`` for a loss on the last step's
     #: output, over ``time_steps`` steps (how far back in time the gradient reaches)
     time_grad_ratio: float | None = None
