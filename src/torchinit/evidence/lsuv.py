@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from fnmatch import fnmatchcase
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -56,9 +55,9 @@ from torch import Tensor, nn
 from ..core import specs as S
 from ..initializers import fill_
 from ..model.calls import call_model, first_tensor
-from ..model.presets import RESIDUAL_PROJECTIONS
 from .diagnostics.classify import _kind
 from .diagnostics.fmt import _fmt
+from .lsuv_roles import _branch_stats, _label, _residual_ends, _tied_layers
 
 __all__ = ["lsuv_", "LSUVReport", "LSUVLayer", "prior_bias_", "class_prior", "data_init_"]
 
@@ -235,40 +234,6 @@ def _check_common(model: Any, fn: str) -> None:
         raise ValueError(f"{fn}: the model has parameters on the meta device; materialize it first")
 
 
-def _shared_with(model: nn.Module) -> dict[int, list[str]]:
-    """Every name each parameter is reachable by (a tied tensor has several), by the
-    parameter's id (the model holds every parameter alive while this is used)."""
-    owners: dict[int, list[str]] = {}
-    for mname, mod in model.named_modules(remove_duplicate=False):
-        for pname, p in mod._parameters.items():
-            if p is not None:
-                owners.setdefault(id(p), []).append(f"{mname}.{pname}" if mname else pname)
-    return owners
-
-
-def _tied(owners: dict[int, list[str]], name: str, m: nn.Module) -> list[str]:
-    """The other names of ``m``'s weight and bias (empty when not shared)."""
-    others: list[str] = []
-    for pname in ("weight", "bias"):
-        p = m._parameters.get(pname)
-        if p is not None:
-            own = f"{name}.{pname}" if name else pname
-            others += [o for o in owners.get(id(p), []) if o != own and o not in others]
-    return others
-
-
-def _label(name: str, m: nn.Module) -> str:
-    return name or type(m).__name__  # how diagnose names a module (the root by its class)
-
-
-def _branch_stats(model: nn.Module, inputs: Any, label: str) -> tuple[float, float | None]:
-    """(output std, std of the stream it is added to) of layer ``label``, as diagnose records them."""
-    from .diagnostics.run import diagnose
-
-    rec = next(r for r in diagnose(model, inputs, backward=False).layers if r.name == label)
-    return rec.std, rec.stream_std
-
-
 def lsuv_(
     model: nn.Module,
     inputs: Any,
@@ -365,16 +330,9 @@ def lsuv_(
         from ..engines.keyed import Key
 
         key = Key(seed)
-    owners = _shared_with(model)
-    tied = {name: others for name, m in chosen if (others := _tied(owners, name, m))}
-    ends: dict[str, float | None] = {}
-    if residual != "scale":  # on the model as given: its depth scaling makes branch ends small
-        from .diagnostics.run import diagnose
-
-        found = {r.name for r in diagnose(model, inputs, backward=False).layers if r.kind == "linear" and (
-            r.residual or (r.stream_std is not None and any(fnmatchcase(f"{r.name}.weight", g)
-                                                             for g in RESIDUAL_PROJECTIONS)))}
-        ends = {name: None for name, m in chosen if _label(name, m) in found and name not in tied}
+    tied = _tied_layers(model, chosen)
+    # on the model as given: its depth scaling makes branch ends small
+    ends = _residual_ends(model, inputs, [c for c in chosen if c[0] not in tied]) if residual != "scale" else []
     kept = set(tied) | (set(ends) if residual == "skip" else set())  # never written
     tx = _Transaction(model, [m for _, m in chosen])
     report = LSUVReport(layers=[], tol=float(tol), max_iter=max_iter, seed=seed,
