@@ -57,6 +57,11 @@ def test_gpt2_tied_head_and_residual_projections_are_left_alone():
     assert all(l.converged and l.action == "scaled: unit output std" for l in scaled)
     assert rep.converged and rep.extra["tied"] == {"lm_head": ["transformer.wte.weight"]}
     assert "skipped: residual end" in str(rep) and "skipped: tied to" in str(rep)
+    # diagnose agrees: the branch ends (now larger than the embedding stream in block 0) are
+    # still branch ends, not the signal vanishing after unit-scaled c_attn/c_fc
+    after = diagnose(model, IDS)
+    assert {r.name for r in after.signal() if r.residual} == set(c_projs(model))
+    assert after.verdicts == [], [str(v) for v in after.verdicts]
 
 
 def test_gpt2_relative_scales_branches_against_the_stream():

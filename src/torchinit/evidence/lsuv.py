@@ -27,10 +27,9 @@ deliberately, saying in its report what it did with each layer:
   ``x + proj(h)``: GPT-2's ``c_proj``, Llama's ``o_proj``/``down_proj``, the last conv
   of a pre-activation ResNet block) is found on the model as given by
   :func:`torchinit.diagnose` (``LayerStats.residual``: added to a stream at least as
-  large), or because its output is added to a tensor that is no weight layer's output
-  and its weight's name is one of the residual projections the ``gpt2``/``llama``
-  presets scale by depth (``RESIDUAL_PROJECTIONS``: ``*.c_proj.weight``,
-  ``*.o_proj.weight``, ``*.down_proj.weight``, ...). Such a layer is small by design (depth scaling such as GPT-2's ``0.02/sqrt(2 n_layer)``); unit
+  large, or to any stream when named like one of the residual projections the
+  ``gpt2``/``llama`` presets scale by depth: ``*.c_proj``, ``*.o_proj``,
+  ``*.down_proj``, ...). Such a layer is small by design (depth scaling such as GPT-2's ``0.02/sqrt(2 n_layer)``); unit
   output would erase that. ``residual="skip"`` (default) leaves it as initialized,
   ``residual="relative"`` scales it so that its output std is ``residual_ratio``
   times the stream's at the sum, ``residual="scale"`` treats it like any layer.

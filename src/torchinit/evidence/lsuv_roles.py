@@ -3,12 +3,9 @@ tied to another module's, and layers that end a residual branch (see :func:`torc
 
 from __future__ import annotations
 
-from fnmatch import fnmatchcase
 from typing import Any
 
 from torch import nn
-
-from ..model.presets import RESIDUAL_PROJECTIONS
 
 
 def _shared_with(model: nn.Module) -> dict[int, list[str]]:
@@ -40,16 +37,11 @@ def _tied_layers(model: nn.Module, chosen: list[tuple[str, nn.Module]]) -> dict[
 
 
 def _residual_ends(model: nn.Module, inputs: Any, chosen: list[tuple[str, nn.Module]]) -> list[str]:
-    """The chosen layers that end a residual branch, found by one diagnose forward on the
-    model as given: ``LayerStats.residual`` (added to a stream at least as large), or added
-    to a tensor that is no weight layer's output while named like a residual projection of
-    the gpt2/llama presets (``RESIDUAL_PROJECTIONS``), which a default init may leave larger
-    than its stream."""
+    """The chosen layers that end a residual branch (``LayerStats.residual``), found by one
+    diagnose forward on the model as given."""
     from .diagnostics.run import diagnose
 
-    found = {r.name for r in diagnose(model, inputs, backward=False).layers if r.kind == "linear" and (
-        r.residual or (r.stream_std is not None and any(fnmatchcase(f"{r.name}.weight", g)
-                                                         for g in RESIDUAL_PROJECTIONS)))}
+    found = {r.name for r in diagnose(model, inputs, backward=False).layers if r.kind == "linear" and r.residual}
     return [name for name, m in chosen if _label(name, m) in found]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import weakref
+from fnmatch import fnmatchcase
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ...model.calls import first_tensor
+from ...model.presets import RESIDUAL_PROJECTIONS
 from .classify import (
     _ADDS,
     _FUNCTIONAL,
@@ -62,6 +64,13 @@ class _FunctionalActivations(torch.overrides.TorchFunctionMode):
 
 
 _BINS = 50
+
+
+def _is_residual_projection(name: str) -> bool:
+    """The layer's weight is named like a residual projection (``*.c_proj.weight``,
+    ``*.o_proj.weight``, ``*.down_proj.weight``, ...: ``RESIDUAL_PROJECTIONS``)."""
+    qual = f"{name.split('#')[0]}.weight"
+    return any(fnmatchcase(qual, g) for g in RESIDUAL_PROJECTIONS)
 
 
 @dataclass
@@ -166,7 +175,10 @@ class _Recorder:
             return
         if rec.stream_std is None:
             rec.stream_std = s
-        if s >= rec.std:
+        # at least as large: the stream; or smaller, but the layer is one of the residual
+        # projections the gpt2/llama presets scale by depth (a branch that outgrew the stream
+        # at init, or after LSUV scaled the layers inside the branch, still ends a branch)
+        if s >= rec.std or _is_residual_projection(rec.name):
             rec.residual = True
 
     def attach(self) -> None:

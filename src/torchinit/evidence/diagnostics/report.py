@@ -192,7 +192,9 @@ class LayerStats:
     next_act_param: float | None = None  #: its parameter (LeakyReLU slope)
     prev_act: str | None = None  #: weight layers: activation that precedes
     #: weight layers: the output (through dropout) is added to a tensor that is not a weight
-    #: layer's output and is at least as large (``x + proj(h)``): the end of a residual branch
+    #: layer's output and is at least as large (``x + proj(h)``), or of any size when the layer
+    #: is named like a residual projection (``*.c_proj``, ``*.o_proj``, ``*.down_proj``, ...):
+    #: the end of a residual branch
     residual: bool = False
     #: weight layers whose output is added to a tensor that is not a weight layer's output:
     #: that tensor's std at the (first) sum, the residual stream's for a branch end
