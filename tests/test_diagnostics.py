@@ -298,8 +298,11 @@ def test_identical_layers_of_transformer_encoder_are_flagged():
     enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)  # deep-copies: both layers identical
     inp = torch.randn(4, 5, 16, generator=torch.Generator().manual_seed(0))
     rep = diagnose(enc, inp)
-    ident = [v for v in rep.by_kind("symmetry") if "identical" in v.message]
-    assert any(v.layer == "layers.1.linear1.weight" and "layers.0.linear1.weight" in v.message for v in ident)
+    (v,) = rep.by_kind("symmetry")  # one line for every deep-copied tensor
+    assert "identical" in v.message and "layers.1.linear1.weight = layers.0.linear1.weight" in v.message
+    detail = {d["layer"]: d["message"] for d in v.details}
+    assert "layers.0.linear1.weight" in detail["layers.1.linear1.weight"]
+    assert v.layers == list(detail)
     with torch.no_grad():
         enc.layers[1].linear1.weight.normal_(0, 0.1)
     rep2 = diagnose(enc, inp)
@@ -311,7 +314,9 @@ def test_nonfinite_outputs():
     with torch.no_grad():
         model[2].weight[0, 0] = float("inf")
     rep = diagnose(model, x(), backward=False)
-    assert rep.verdicts[0].kind == "nonfinite" and rep.verdicts[0].layer == "2"
+    # the parameter that holds the inf is named, and where the outputs turn non-finite
+    assert rep.verdicts[0].kind == "nonfinite" and rep.verdicts[0].layer == "2.weight"
+    assert "from 2 on" in rep.verdicts[0].message and not rep.param("2.weight").finite
 
 
 def test_promised_std_from_plan_entries():

@@ -16,6 +16,24 @@ Two popular implementations never rescale the first layer (their layer counter
 is reset) and fastai's course version fixes the bias before the weight and
 measures post-activations; here every selected layer ends within ``tol``.
 
+Two kinds of layer are not the paper's plain chain, and :func:`lsuv_` treats them
+deliberately, saying in its report what it did with each layer:
+
+* a layer whose weight is shared with another module (a language model's
+  ``lm_head`` tied to its input embedding) is never rewritten: rescaling it would
+  rewrite the other module's tensor through the alias, after the layers reading it
+  were calibrated. It is skipped (``skipped="tied: ..."``).
+* a layer that ends a residual branch (its output is added to the residual stream,
+  ``x + proj(h)``: GPT-2's ``c_proj``, Llama's ``o_proj``/``down_proj``, the last conv
+  of a pre-activation ResNet block) is found on the model as given by
+  :func:`torchinit.diagnose` (``LayerStats.residual``: added to a stream at least as
+  large, or to any stream when named like one of the residual projections the
+  ``gpt2``/``llama`` presets scale by depth: ``*.c_proj``, ``*.o_proj``,
+  ``*.down_proj``, ...). Such a layer is small by design (depth scaling such as GPT-2's ``0.02/sqrt(2 n_layer)``); unit
+  output would erase that. ``residual="skip"`` (default) leaves it as initialized,
+  ``residual="relative"`` scales it so that its output std is ``residual_ratio``
+  times the stream's at the sum, ``residual="scale"`` treats it like any layer.
+
 :func:`prior_bias_` sets a classification head's bias from class prior
 probabilities (RetinaNet / focal loss: ``b = log(p / (1 - p))``), and
 :func:`class_prior` estimates those priors from data. :func:`data_init_` is the
@@ -38,6 +56,7 @@ from ..initializers import fill_
 from ..model.calls import call_model, first_tensor
 from .diagnostics.classify import _kind
 from .diagnostics.fmt import _fmt
+from .lsuv_roles import _branch_stats, _label, _residual_ends, _tied_layers
 
 __all__ = ["lsuv_", "LSUVReport", "LSUVLayer", "prior_bias_", "class_prior", "data_init_"]
 
@@ -143,8 +162,11 @@ class _Transaction:
 
 @dataclass
 class LSUVLayer:
-    """What :func:`lsuv_` did to one layer: rescalings, std before and after,
-    the bias shift (``center=True``) and why it was skipped, if it was."""
+    """What :func:`lsuv_` did to one layer (``action``, in words): rescalings, std before
+    and after, the std it aimed at (``target_std``: 1, or ``residual_ratio`` times the
+    stream's std ``stream_std`` for a residual-branch end with ``residual="relative"``),
+    the bias shift (``center=True``) and why it was skipped, if it was (``skipped``:
+    ``"tied: ..."``, ``"residual end"``, ``"not called by forward"``)."""
 
     name: str
     type: str
@@ -154,6 +176,9 @@ class LSUVLayer:
     converged: bool = False
     bias_shift: float | None = None
     skipped: str | None = None
+    action: str = ""
+    target_std: float | None = None
+    stream_std: float | None = None
 
 
 @dataclass
@@ -179,11 +204,11 @@ class LSUVReport:
         from rich.table import Table
 
         t = Table(title=f"LSUV (tol={self.tol:g}, max_iter={self.max_iter})")
-        for c in ("layer", "type", "iters", "std before", "std after", "ok"):
-            t.add_column(c, justify="left" if c in ("layer", "type") else "right")
+        for c in ("layer", "type", "iters", "std before", "std after", "target", "ok", "action"):
+            t.add_column(c, justify="left" if c in ("layer", "type", "action") else "right", overflow="fold")
         for l in self.layers:
             t.add_row(l.name, l.type, str(l.iterations), _fmt(l.initial_std, ".4g"), _fmt(l.final_std, ".4g"),
-                      l.skipped or ("yes" if l.converged else "NO"))
+                      _fmt(l.target_std, ".4g"), "-" if l.skipped else ("yes" if l.converged else "NO"), l.action)
         return t
 
     def __str__(self) -> str:
@@ -191,7 +216,7 @@ class LSUVReport:
 
         from rich.console import Console
 
-        c = Console(width=120, file=io.StringIO(), record=True, color_system=None)
+        c = Console(width=160, file=io.StringIO(), record=True, color_system=None)
         c.print(self.table())
         return c.export_text()
 
@@ -219,6 +244,8 @@ def lsuv_(
     orthogonal: bool = True,
     zero_bias: bool = True,
     center: bool = False,
+    residual: str = "skip",
+    residual_ratio: float | None = None,
 ) -> LSUVReport:
     """Layer-sequential unit-variance initialization (Mishkin & Matas 2016), in place.
 
@@ -246,6 +273,20 @@ def lsuv_(
         zero_bias: set the selected layers' biases to 0 first.
         center: after a layer's weight has converged, subtract the mean of its
             output through its bias (leaves the std unchanged).
+        residual: what to do with a layer that ends a residual branch (its output is
+            added to the residual stream, as :func:`torchinit.diagnose` detects on the
+            model as given: ``LayerStats.residual``): ``"skip"`` leaves it as initialized
+            (depth scaling kept); ``"relative"`` pre-initializes it like the others and
+            rescales it until ``std(branch output) / std(stream at the sum)`` is within
+            ``tol`` (relative) of ``residual_ratio``; ``"scale"`` treats it like any layer
+            (unit output std: the paper, which has no residual branches).
+        residual_ratio: the ratio for ``residual="relative"``; default ``1/sqrt(N)`` for N
+            branch ends, so that adding them (each ``r^2`` of the stream's variance) grows
+            the stream's variance by at most ``(1 + 1/N)^N < e``.
+
+    A layer whose weight (or bias) is shared with another module (a tied ``lm_head``) is
+    never rewritten, whatever ``modules`` says: it is skipped and reported as
+    ``"tied: ..."`` with the other names of its tensors.
 
     Returns:
         an :class:`LSUVReport` (iterations, std before/after per layer).
@@ -265,6 +306,13 @@ def lsuv_(
         raise ValueError(f"{fn}: max_iter must be an integer >= 1, got {max_iter!r}")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise TypeError(f"{fn}: seed must be an int or None, got {seed!r}")
+    if residual not in ("skip", "relative", "scale"):
+        raise ValueError(f"{fn}: residual must be 'skip', 'relative' or 'scale', got {residual!r}")
+    if residual_ratio is not None and (isinstance(residual_ratio, bool) or not isinstance(residual_ratio, (int, float))
+                                       or not 0 < residual_ratio < math.inf):
+        raise ValueError(f"{fn}: residual_ratio must be a positive finite number, got {residual_ratio!r}")
+    if residual_ratio is not None and residual != "relative":
+        raise ValueError(f"{fn}: residual_ratio is used with residual='relative' only (got residual={residual!r})")
     chosen = _select(model, modules, fn)
     for name, m in chosen:
         w = getattr(m, "weight", None)
@@ -281,11 +329,18 @@ def lsuv_(
         from ..engines.keyed import Key
 
         key = Key(seed)
+    tied = _tied_layers(model, chosen)
+    # on the model as given: its depth scaling makes branch ends small
+    ends = _residual_ends(model, inputs, [c for c in chosen if c[0] not in tied]) if residual != "scale" else []
+    kept = set(tied) | (set(ends) if residual == "skip" else set())  # never written
     tx = _Transaction(model, [m for _, m in chosen])
-    report = LSUVReport(layers=[], tol=float(tol), max_iter=max_iter, seed=seed)
+    report = LSUVReport(layers=[], tol=float(tol), max_iter=max_iter, seed=seed,
+                        extra={"residual": residual, "tied": dict(tied), "residual_ends": list(ends)})
     try:
         with torch.no_grad():
             for name, m in chosen:
+                if name in kept:
+                    continue
                 if orthogonal and m.weight.dim() >= 2:
                     spec = S.Orthogonal(1.0)
                     if key is not None:
@@ -299,41 +354,64 @@ def lsuv_(
         by_name = dict(chosen)
         for name, m in chosen:
             if name not in order:
-                report.layers.append(LSUVLayer(name, type(m).__name__, skipped="not called by forward"))
+                report.layers.append(LSUVLayer(name, type(m).__name__, skipped="not called by forward",
+                                               action="skipped: not called by the forward pass on inputs"))
         # a layer the batch does not reach is left as it was (pre-init undone)
         called = {id(p) for n in order for p in by_name[n].parameters()}
         with torch.no_grad():
             for p, v in tx.saved:
                 if id(p) not in called:
                     p.copy_(v)
+        ratio = residual_ratio if residual_ratio is not None else (
+            1.0 / math.sqrt(sum(n in ends for n in order)) if ends else None)
         ordered = []
         for name in order:
             m = by_name[name]
             layer = LSUVLayer(name, type(m).__name__)
             ordered.append(layer)
+            if name in tied:
+                layer.skipped = f"tied: shared with {', '.join(tied[name])}"
+                layer.action = f"skipped: tied to {', '.join(tied[name])} (not rewritten through the alias)"
+                continue
+            if name in ends and residual == "skip":
+                layer.skipped = "residual end"
+                layer.action = "skipped: residual end (added to the stream; kept as initialized)"
+                continue
+            relative = name in ends
             for it in range(max_iter + 1):
-                _, y = _capture(model, inputs, m)
-                if y.numel() < 2:
-                    # checked before std(), which would warn about degrees of freedom first
-                    raise ValueError(f"{fn}: output of layer {name!r} has shape {tuple(y.shape)}: "
-                                     f"{y.numel()} value(s), too few to measure a std; pass a batch with more "
-                                     f"samples (inputs has {_batch_size(inputs)})")
-                std = float(y.detach().float().std())
+                if relative:
+                    std, stream = _branch_stats(model, inputs, _label(name, m))
+                    if not stream or not math.isfinite(stream):
+                        raise ValueError(f"{fn}: the residual stream that layer {name!r} is added to has std "
+                                         f"{stream} on this batch: cannot scale the branch relative to it "
+                                         f"(use residual='skip')")
+                    layer.stream_std = stream
+                    target = ratio * stream
+                else:
+                    _, y = _capture(model, inputs, m)
+                    if y.numel() < 2:
+                        # checked before std(), which would warn about degrees of freedom first
+                        raise ValueError(f"{fn}: output of layer {name!r} has shape {tuple(y.shape)}: "
+                                         f"{y.numel()} value(s), too few to measure a std; pass a batch with more "
+                                         f"samples (inputs has {_batch_size(inputs)})")
+                    std, target = float(y.detach().float().std()), 1.0
                 if layer.initial_std is None:
                     layer.initial_std = std
                 if not math.isfinite(std) or std == 0.0:
                     raise ValueError(f"{fn}: output of layer {name!r} has std {std} on this batch: cannot rescale "
                                      f"(0: a dead input, e.g. all-zero samples; not finite: NaN or inf in the "
                                      f"batch or weights)")
-                layer.final_std = std
-                if abs(std - 1.0) < tol:
+                layer.final_std, layer.target_std = std, target
+                if abs(std / target - 1.0) < tol:
                     layer.converged = True
                     break
                 if it == max_iter:
                     break
                 with torch.no_grad():
-                    m.weight.div_(std)
+                    m.weight.mul_(target / std)
                 layer.iterations += 1
+            layer.action = (f"scaled: output std {ratio:.3g} x the stream's (residual end)" if relative
+                            else "scaled: unit output std")
             if center and isinstance(getattr(m, "bias", None), Tensor):
                 _, y = _capture(model, inputs, m)
                 mu = float(y.detach().float().mean())

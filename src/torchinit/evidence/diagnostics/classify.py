@@ -84,9 +84,12 @@ def _functional_param(name: str, args: tuple, kwargs: Mapping[str, Any]) -> floa
 
 def _kind(module: nn.Module) -> str | None:
     """'linear' (Linear/Conv/Bilinear/other leaf with a >=2-D weight), 'embedding',
-    'attention', 'norm', 'activation' or None (not recorded)."""
+    'attention', 'recurrent' (RNN/GRU/LSTM and their cells), 'norm', 'activation' or
+    None (not recorded)."""
     if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
         return "embedding"
+    if isinstance(module, (nn.RNNBase, nn.RNNCellBase)):
+        return "recurrent"
     if isinstance(module, nn.MultiheadAttention):
         return "attention"
     if isinstance(module, _NORM_TYPES):

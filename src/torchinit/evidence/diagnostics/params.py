@@ -101,8 +101,10 @@ def _param_stats_impl(model: nn.Module, plan: Any, records: list[LayerStats],
             var, mean = torch.var_mean(pf, correction=0)
             first = pf.reshape(-1)[0]
             constant = bool((pf == first).all())
+            finite = bool(torch.isfinite(pf).all())
         ps = ParamStats(name=qname, module=label, shape=list(t.shape), mean=float(mean),
-                        std=float(var.sqrt()), constant=constant, zero=constant and float(first) == 0.0)
+                        std=float(var.sqrt()), constant=constant, zero=constant and float(first) == 0.0,
+                        finite=finite)
         if qname in specs:
             ps.promised_std = _promised_std(specs[qname], t.shape)
         if id(mod) in originals:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import weakref
+from fnmatch import fnmatchcase
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ...model.calls import first_tensor
+from ...model.presets import RESIDUAL_PROJECTIONS
 from .classify import (
     _ADDS,
     _FUNCTIONAL,
@@ -22,6 +24,7 @@ from .classify import (
     _kind,
     _nonlinearity,
 )
+from .recurrent import _batch_first_input, _cell_saturation, _probe
 from .report import LayerStats
 
 
@@ -63,6 +66,13 @@ class _FunctionalActivations(torch.overrides.TorchFunctionMode):
 _BINS = 50
 
 
+def _is_residual_projection(name: str) -> bool:
+    """The layer's weight is named like a residual projection (``*.c_proj.weight``,
+    ``*.o_proj.weight``, ``*.down_proj.weight``, ...: ``RESIDUAL_PROJECTIONS``)."""
+    qual = f"{name.split('#')[0]}.weight"
+    return any(fnmatchcase(qual, g) for g in RESIDUAL_PROJECTIONS)
+
+
 @dataclass
 class _Tracked:
     """A weight layer's output seen in this forward: a weak reference (no activation is
@@ -91,6 +101,9 @@ class _Recorder:
         # The read flag lives in the entry itself: a tensor freed and its id reused by a new
         # one cannot inherit it (a bare set of ids did, and made verdicts vary call to call).
         self.outputs: dict[int, _Tracked] = {}
+        # recurrent layers measured inside after the passes (recurrent.py), outside the
+        # functional mode (their unroll's ops must not count as the model's reads and sums)
+        self.pending: list[tuple[LayerStats, nn.Module, tuple]] = []
 
     def _owner(self, t: Any) -> "LayerStats | None":
         """The weight layer whose output ``t`` is (through dropout), or None."""
@@ -157,10 +170,15 @@ class _Recorder:
                 and stream.is_floating_point() and stream.numel() > 1):
             return
         try:
-            big = float(stream.detach().float().std(correction=0)) >= rec.std
+            s = float(stream.detach().float().std(correction=0))
         except Exception:  # a statistic must never break the model's forward
             return
-        if big:
+        if rec.stream_std is None:
+            rec.stream_std = s
+        # at least as large: the stream; or smaller, but the layer is one of the residual
+        # projections the gpt2/llama presets scale by depth (a branch that outgrew the stream
+        # at init, or after LSUV scaled the layers inside the branch, still ends a branch)
+        if s >= rec.std or _is_residual_projection(rec.name):
             rec.residual = True
 
     def attach(self) -> None:
@@ -241,12 +259,59 @@ class _Recorder:
                         items = [y2 if o is y else o for o in out]
                         new_out = type(out)(*items) if hasattr(out, "_fields") else tuple(items)
                     y = y2
-            self._record(rec_name, mod, kind, x, y)
+            batch_dim: int | None = 0
+            if kind == "recurrent":
+                batch_dim = self._recurrent_batch_dim(mod, out, y)
+            self._record(rec_name, mod, kind, x, y, batch_dim=batch_dim)
             if kind == "linear":
                 self._track(y, self.records[-1])
+            elif kind == "recurrent":
+                self._defer(self.records[-1], mod, args)
             return new_out  # None keeps the module's output
 
         return hook
+
+    @staticmethod
+    def _recurrent_batch_dim(mod: nn.Module, out: Any, y: Tensor) -> int | None:
+        """Where the samples of a recurrent layer's output are: (T, N, H) unless batch_first;
+        none in a PackedSequence's data (steps of every sample) or an unbatched call."""
+        if isinstance(out, nn.utils.rnn.PackedSequence):
+            return None
+        if isinstance(mod, nn.RNNBase):
+            return None if y.dim() < 3 else (0 if mod.batch_first else 1)
+        return 0 if y.dim() == 2 else None
+
+    @torch.no_grad()
+    def _defer(self, rec: LayerStats, mod: nn.Module, args: tuple) -> None:
+        """Keep at most ``k`` samples of a recurrent layer's input for :meth:`measure_recurrent`."""
+        if isinstance(mod, nn.RNNBase):
+            x = _batch_first_input(mod, args[0] if args else None)
+            if x is not None:
+                self.pending.append((rec, mod, (x[: self.k].detach().clone(),)))
+            return
+        def cut(t: Any) -> Any:
+            if isinstance(t, tuple):
+                return tuple(cut(u) for u in t)
+            if isinstance(t, Tensor):
+                return (t[: self.k] if t.dim() == 2 else t).detach().clone()
+            return t
+        self.pending.append((rec, mod, tuple(cut(a) for a in args)))
+
+    def measure_recurrent(self) -> None:
+        """Gate saturation and the gradient through time of the recurrent layers seen
+        (:mod:`.recurrent`); a layer this cannot unroll keeps its plain output statistics."""
+        for rec, mod, args in self.pending:
+            try:
+                if isinstance(mod, nn.RNNBase):
+                    sat, ratio, steps = _probe(mod, args[0])
+                    rec.time_grad_ratio, rec.time_steps = ratio, steps
+                else:
+                    sat = _cell_saturation(mod, args)
+            except (RuntimeError, TypeError, ValueError, AttributeError):  # a custom subclass
+                continue
+            if sat is not None:
+                rec.saturated = sat
+        self.pending.clear()
 
     def _cdim(self, mod: nn.Module | None, kind: str, y: Tensor) -> int:
         if y.dim() <= 2:
@@ -269,7 +334,7 @@ class _Recorder:
 
     @torch.no_grad()
     def _record(self, name: str, mod: nn.Module | None, kind: str, x: Tensor | None, y: Tensor,
-                nl: tuple[str, float | None] | None = None) -> None:
+                nl: tuple[str, float | None] | None = None, batch_dim: int | None = 0) -> None:
         yd = y.detach()
         yf = yd.float() if not yd.is_complex() else yd.abs().float()
         cdim = self._cdim(mod, kind, yf)
@@ -302,14 +367,22 @@ class _Recorder:
             if self.last is not None and self.last.kind == "linear" and self.last.next_act is None:
                 self.last.next_act = nl
                 self.last.next_act_param = prm
+        if kind == "recurrent":
+            # what bounds the output: tanh (h = o * tanh(c) for an LSTM), ReLU for RNN(nonlinearity='relu');
+            # an LSTM with proj_size projects h linearly
+            if getattr(mod, "proj_size", 0):
+                rec.nonlinearity = None
+            else:
+                rec.nonlinearity = "relu" if getattr(mod, "nonlinearity", "tanh") == "relu" else "tanh"
         if kind == "linear":
             if x is not None and (x.is_floating_point()):
                 xf = x.detach().float()
                 rec.in_sq = float((xf * xf).mean())
             if self.last is not None and self.last.kind == "activation":
                 rec.prev_act = self.last.nonlinearity
-        if yf.dim() >= 1 and yf.shape[0] >= 2 and finite:
-            s = yf[: self.k].reshape(min(self.k, yf.shape[0]), -1)
+        ys = yf.movedim(batch_dim, 0) if batch_dim is not None and yf.dim() > batch_dim else None
+        if ys is not None and ys.shape[0] >= 2 and finite:
+            s = ys[: self.k].reshape(min(self.k, ys.shape[0]), -1)
             norms = s.norm(dim=1)
             ok = norms > 0
             if int(ok.sum()) >= 2:

@@ -24,7 +24,9 @@ same call as a ``tanh`` inside other formulas), over the batch (dim 0 is the bat
   whose output is 0 for EVERY element of the batch;
 * ``saturated``: the fraction of tanh/sigmoid outputs where the derivative is
   below 10% of its maximum (``|tanh| > sqrt(0.9)``; ``sigmoid`` outside
-  ``[0.0257, 0.9743]``);
+  ``[0.0257, 0.9743]``); for a recurrent layer (RNN/GRU/LSTM and their cells,
+  kind ``"recurrent"``), of its gates and tanh units (see ``recurrent.py``), which
+  also measures ``time_grad_ratio``, the gradient through time;
 * ``cosine``: the mean pairwise cosine similarity of the samples' flattened
   outputs, on at most ``max_cosine_samples`` samples (correlation collapse, which
   a std-only check misses);
@@ -190,8 +192,17 @@ class LayerStats:
     next_act_param: float | None = None  #: its parameter (LeakyReLU slope)
     prev_act: str | None = None  #: weight layers: activation that precedes
     #: weight layers: the output (through dropout) is added to a tensor that is not a weight
-    #: layer's output and is at least as large (``x + proj(h)``): the end of a residual branch
+    #: layer's output and is at least as large (``x + proj(h)``), or of any size when the layer
+    #: is named like a residual projection (``*.c_proj``, ``*.o_proj``, ``*.down_proj``, ...):
+    #: the end of a residual branch
     residual: bool = False
+    #: weight layers whose output is added to a tensor that is not a weight layer's output:
+    #: that tensor's std at the (first) sum, the residual stream's for a branch end
+    stream_std: float | None = None
+    #: recurrent sequence layers: ``||dL/dx_1|| / ||dL/dx_T||`` for a loss on the last step's
+    #: output, over ``time_steps`` steps (how far back in time the gradient reaches)
+    time_grad_ratio: float | None = None
+    time_steps: int | None = None
     hist: list[int] = field(default_factory=list)
     hist_range: list[float] = field(default_factory=list)
 
@@ -221,15 +232,21 @@ class ParamStats:
     #: for a parameter a parametrization computes a tensor from (weight_norm's ``g``/``v``,
     #: spectral_norm's raw weight): the name of that tensor, whose own entry is judged instead
     original_of: str | None = None
+    finite: bool = True  #: False when the tensor holds a NaN or inf
 
 
 @dataclass
 class Verdict:
     """One finding: ``kind`` (vanishing, exploding, vanishing_gradients,
-    exploding_gradients, collapse, dead_units, saturation, symmetry,
-    wrong_nonlinearity, mismatch, nonfinite), ``severity`` (error/warning/info), the
+    exploding_gradients, collapse, dead_units, saturation, vanishing_through_time,
+    exploding_through_time, symmetry, wrong_nonlinearity, mismatch, nonfinite), ``severity`` (error/warning/info), the
     ``layer`` where it starts, a ``message``, a concrete ``fix``, the measured
-    ``value`` and the ``threshold`` it crossed."""
+    ``value`` and the ``threshold`` it crossed.
+
+    Findings of one kind and severity on several tensors (nine all-zero weights, the
+    deep-copied layers of ``nn.TransformerEncoder``) are one verdict: ``layers`` names
+    every layer or tensor it covers (``layer`` is the first) and ``details`` keeps each
+    one's own finding (``{"layer", "message", "value"}``)."""
 
     kind: str
     severity: str
@@ -238,6 +255,8 @@ class Verdict:
     fix: str
     value: float | None = None
     threshold: float | None = None
+    layers: list[str] = field(default_factory=list)
+    details: list[dict[str, Any]] = field(default_factory=list)
 
     def __str__(self) -> str:
         return f"[{self.severity}] {self.kind} at {self.layer}: {self.message} Fix: {self.fix}"
@@ -360,7 +379,7 @@ class Report:
             t.add_row("[green]ok[/]", "-", "-", "no problem found", "-")
         return t
 
-    def print(self, console: Console | None = None, *, kinds: Iterable[str] | None = ("linear", "activation", "norm", "embedding", "attention"),
+    def print(self, console: Console | None = None, *, kinds: Iterable[str] | None = ("linear", "activation", "norm", "embedding", "attention", "recurrent"),
               max_rows: int | None = 60) -> None:
         """Print the layer table and the verdicts with rich."""
         from rich.console import Console

@@ -138,6 +138,7 @@ def diagnose(
             for n, b in model.named_buffers():
                 if n in buffers:
                     b.copy_(buffers[n])
+    rec.measure_recurrent()
     pstats = _param_stats(model, plan, rec.records, rec.modules)
     if grad_note is None and backward and not any(r.grad_std is not None for r in rec.records) and rec.records:
         grad_note = "gradient statistics were not measured: no recorded layer output reaches the model output"

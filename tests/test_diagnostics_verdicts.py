@@ -1,0 +1,123 @@
+"""Verdicts as a user reads them: one line per kind, fixes for the nonlinearity at hand,
+the tensor at fault named."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from torchinit.diagnostics import diagnose
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def mlp(act, depth=10, width=64):
+    layers = []
+    for _ in range(depth - 1):
+        layers += [nn.Linear(width, width), act()]
+    return nn.Sequential(*layers, nn.Linear(width, width))
+
+
+def batch(n=64, d=64, seed=1):
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+
+
+def serious(rep):
+    return [v for v in rep.verdicts if v.severity in ("warning", "error")]
+
+
+def test_zero_initialized_mlp_gives_one_symmetry_verdict_naming_the_layers():
+    model = mlp(nn.ReLU)
+    for m in model:
+        if isinstance(m, nn.Linear):
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+    rep = diagnose(model, batch())
+    # not nine symmetry lines, nor dead units / "wrong_nonlinearity gain 0.00" that follow from them
+    (v,) = serious(rep)
+    assert (v.kind, v.severity, v.layer) == ("symmetry", "error", "0.weight")
+    hidden = [f"{i}.weight" for i in range(0, 18, 2)]
+    assert v.layers == hidden and v.message.startswith("9 weight tensors are all zero or constant: 0.weight, 2.weight")
+    assert not rep.by_kind("wrong_nonlinearity") and not rep.by_kind("dead_units")
+    # the per-layer findings stay in the JSON
+    (d,) = [d for d in json.loads(rep.to_json())["verdicts"] if d["severity"] == "error"]
+    assert [x["layer"] for x in d["details"]] == hidden
+    assert "every unit of 8 computes the same function" in d["details"][4]["message"]
+
+
+def test_zero_layer_explains_only_what_follows_it():
+    model = mlp(nn.ReLU)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for i, m in enumerate(model):
+            if isinstance(m, nn.Linear):
+                m.weight.normal_(0, 0.3 / 8, generator=g)  # too small from the first layer on
+                m.bias.zero_()
+        model[10].weight.zero_()
+    rep = diagnose(model, batch())
+    assert {v.kind for v in serious(rep)} >= {"symmetry", "vanishing"}
+    assert rep.by_kind("vanishing")[0].layer == "0"  # starts before the zero layer: kept
+
+
+def test_default_transformer_encoder_copies_are_one_line():
+    torch.manual_seed(0)
+    enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True), 6,
+                                enable_nested_tensor=False)
+    rep = diagnose(enc, torch.randn(8, 10, 32, generator=torch.Generator().manual_seed(0)))
+    (v,) = rep.by_kind("symmetry")
+    assert len(v.layers) == 5 * 4 and len(v.details) == 20
+    assert v.message.startswith("20 weight tensors are identical to another parameter: ")
+    assert "and 14 more" in v.message and "pytorch issue 86274" in v.message
+
+
+@pytest.mark.parametrize("act, wanted", [(nn.Tanh, "tanh gain 5/3"), (nn.Sigmoid, "gain 1 for sigmoid")])
+def test_too_small_init_in_a_saturating_net_is_told_xavier_not_relu_kaiming(act, wanted):
+    model = mlp(act)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model:
+            if isinstance(m, nn.Linear):
+                m.weight.normal_(0, 0.3 / 8, generator=g)
+                m.bias.zero_()
+    rep = diagnose(model, batch())
+    found = [v for v in serious(rep) if v.kind in ("vanishing", "vanishing_gradients")]
+    assert found
+    for v in found:
+        assert wanted in v.fix and "'xavier'" in v.fix
+        assert "relu" not in v.fix.lower() and "kaiming" not in v.fix
+
+
+def test_gelu_net_is_told_its_own_gain():
+    model = mlp(nn.GELU)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model:
+            if isinstance(m, nn.Linear):
+                m.weight.normal_(0, 0.3 / 8, generator=g)
+                m.bias.zero_()
+    (v,) = diagnose(model, batch()).by_kind("vanishing")
+    assert "gain of the GELU that follows" in v.fix
+
+
+class RawParam(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(64, 64, generator=torch.Generator().manual_seed(0)) / 8)
+
+    def forward(self, x):
+        return F.relu(x @ self.w)
+
+
+def test_nan_parameter_is_named_not_the_activation_call():
+    model = nn.Sequential(nn.Linear(64, 64), RawParam(), nn.Linear(64, 4))
+    with torch.no_grad():
+        model[1].w[3, 3] = float("nan")
+    rep = diagnose(model, batch())
+    (v,) = rep.by_kind("nonfinite")
+    assert (v.layer, v.layers) == ("1.w", ["1.w"])
+    assert v.message == "1 parameter(s) contain NaN or inf: 1.w; layer outputs are non-finite from 1:relu on."
+    assert v.fix.startswith("re-initialize 1.w")
