@@ -150,9 +150,12 @@ def diagnose_schemes(model_spec: str, schemes: Sequence[str], *, kwargs: Mapping
 
     from .. import zoo
 
+    from .._progress import _track
+
     reports: dict[str, Any] = {}
     inputs = None
-    for scheme in schemes:
+    # one bar over the schemes (diagnose's and lsuv_'s own stay silent inside it)
+    for scheme in _track(schemes, "report"):
         try:
             model, inputs, plan = build_and_init(model_spec, kwargs or {}, scheme, seed=seed, inputs=inputs,
                                                  batch=batch, input_shape=input_shape)

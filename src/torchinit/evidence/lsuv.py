@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
+from .._progress import _track
 from ..core import specs as S
 from ..initializers import fill_
 from ..model.calls import call_model, first_tensor
@@ -307,7 +308,7 @@ def lsuv_(
                 if id(p) not in called:
                     p.copy_(v)
         ordered = []
-        for name in order:
+        for name in _track(order, "lsuv"):  # a progress bar on long runs
             m = by_name[name]
             layer = LSUVLayer(name, type(m).__name__)
             ordered.append(layer)

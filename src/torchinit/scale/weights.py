@@ -131,16 +131,20 @@ def save_weights(
     *,
     plan: Any = None,
     info: dict[str, Any] | None = None,
+    progress: bool | None = None,
 ) -> tuple[Path, Path | None]:
     """Write ``model.state_dict()`` to ``path`` (safetensors) and, if ``plan`` is given,
     the plan JSON beside it (:func:`plan_path`). Returns ``(weights_path, plan_path or None)``.
 
     ``info`` (JSON-serializable: model spec, policy, seed, ...) goes into the plan
-    JSON and, as strings, into the safetensors metadata.
+    JSON and, as strings, into the safetensors metadata. ``progress``: ``None``
+    (default) shows a progress bar on stderr when the write takes longer than ~2 s and
+    stderr is a terminal, ``True`` also when it is not, ``False`` never.
     """
     from safetensors import SafetensorError
     from safetensors.torch import save_file
 
+    from .._progress import _track
     from .._version import __version__
 
     path = check_destination(path, plan=plan is not None)
@@ -170,9 +174,12 @@ def save_weights(
             raise OSError(f"save_weights: cannot write {str(path)!r}: {exc}") from None
         _canonical_header_(tmp)
 
-    _atomic_write(path, _write)
-    if ppath is not None:
-        _atomic_write(ppath, lambda tmp: tmp.write_text(text + "\n"))
+    steps = [("weights", path)] + ([("plan", ppath)] if ppath is not None else [])
+    for what, _dest in _track(steps, "save_weights", mode=progress, label=lambda s: s[1].name):
+        if what == "weights":
+            _atomic_write(path, _write)
+        else:
+            _atomic_write(ppath, lambda tmp: tmp.write_text(text + "\n"))
     return path, ppath
 
 
