@@ -130,3 +130,35 @@ def test_input_shape_the_model_rejects_is_a_user_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "torchinit report: error: mlp failed on a random batch of shape 8,3" in err
     assert "--input-shape B,D" in err and "Traceback" not in err
+
+
+def _report_to_pipe(tmp_path, *extra):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"), COLUMNS="")
+    env.pop("COLUMNS")  # rich reads it: the default for a pipe must not depend on the caller's shell
+    r = subprocess.run([sys.executable, "-m", "torchinit", "report", "mlp", "--kwargs", SMALL_MLP, "--policy",
+                        "xavier", "--out", str(tmp_path), "--batch", "16", "--threads", "1", *extra],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.splitlines()
+
+
+def test_report_to_a_pipe_is_not_cut_at_80_columns(tmp_path):
+    lines = _report_to_pipe(tmp_path)
+    # each verdict is one line and its fix one more, as on a wide terminal (rich's fallback cut them at 80)
+    verdict = next(ln for ln in lines if "warning vanishing (starts at" in ln)
+    assert len(verdict) > 80 and verdict.rstrip().endswith(".")
+    assert any(ln.lstrip().startswith("fix:") and len(ln) > 80 for ln in lines)
+    assert max(map(len, lines)) <= 200
+    narrow = _report_to_pipe(tmp_path, "--width", "60")
+    assert max(map(len, narrow)) <= 60
+
+
+def test_bad_width_fails_before_the_work(tmp_path, capsys):
+    assert main(["report", "mlp", "--width", "5", "--out", str(tmp_path / "w")]) == 2
+    assert "--width must be an integer >= 20, got 5" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()

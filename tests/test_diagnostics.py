@@ -851,10 +851,10 @@ def test_fingerprint_of_a_tensor_past_2_24_elements():
     from torchinit.evidence.diagnostics.params import _fingerprint
 
     t = torch.zeros(50257 * 768)  # n - 1 = 38597375 rounds to 38597376 in float32
-    shape, s, sq, picks = _fingerprint(t)
+    shape, picks = _fingerprint(t)
     assert len(picks) == 64 and shape == (t.numel(),)
-    assert _fingerprint(torch.arange(5.0))[3] == (0.0, 1.0, 2.0, 3.0, 4.0)
-    assert _fingerprint(torch.tensor([7.0]))[3] == (7.0,)
+    assert _fingerprint(torch.arange(5.0))[1] == (0.0, 1.0, 2.0, 3.0, 4.0)
+    assert _fingerprint(torch.tensor([7.0]))[1] == (7.0,)
 
 
 def test_diagnose_a_real_vocabulary_embedding():
@@ -862,3 +862,52 @@ def test_diagnose_a_real_vocabulary_embedding():
     model = nn.Sequential(nn.Embedding(50257, 768), nn.Linear(768, 4))
     rep = diagnose(model, torch.randint(0, 50257, (2, 8), generator=torch.Generator().manual_seed(0)))
     assert [r.name for r in rep.signal()] == ["1"]
+
+
+def test_identical_tensors_found_past_a_fingerprint_collision():
+    # the fingerprint reads 64 values only: a tensor that shares them with an earlier, different
+    # one must still be compared with every earlier candidate
+    from torchinit.evidence.diagnostics.params import _fingerprint
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 10), nn.Linear(10, 10), nn.Linear(10, 10))
+    w = model[0].weight.detach()
+    picked = set((torch.arange(64) * 99 // 63).tolist())
+    free = next(i for i in range(100) if i not in picked)
+    with torch.no_grad():
+        model[1].weight.copy_(w)
+        model[1].weight.view(-1)[free] += 1.0  # differs from layer 0 where the fingerprint does not look
+        model[2].weight.copy_(model[1].weight)
+    assert _fingerprint(model[0].weight) == _fingerprint(model[1].weight)
+    rep = diagnose(model, torch.randn(8, 10))
+    assert rep.param("1.weight").identical_to is None
+    assert rep.param("2.weight").identical_to == "1.weight"
+
+
+def test_channel_statistics_and_sampled_histogram_of_a_large_output():
+    # per-channel statistics are reduced in place (no movedim copy, no Welford var_mean) and
+    # the histogram of an output over _HIST_SAMPLE values is drawn from a fixed-seed sample
+    from torchinit.evidence.diagnostics import record
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+    inp = torch.randn(16, 3, 96, 96)
+    with torch.no_grad():
+        model[0].bias.copy_(torch.linspace(-1, 1, 8))  # channel means differ
+    rep = diagnose(model, inp)
+    y = model[0](inp).detach()
+    conv, relu = rep.layer("0"), rep.layer("1")
+    assert y.numel() > record._HIST_SAMPLE
+    assert conv.chan_var == pytest.approx(float(y.var(dim=(0, 2, 3), correction=0).mean()), rel=1e-4)
+    assert conv.sq_mean == pytest.approx(float((y.mean(dim=(0, 2, 3)) ** 2).mean()), rel=1e-5)
+    assert conv.std == pytest.approx(float(y.std(correction=0)), rel=1e-5)
+    assert conv.max_abs == pytest.approx(float(y.abs().max()), rel=1e-6)
+    assert relu.dead == pytest.approx(float((~(y.relu() > 0).any(dim=(0, 2, 3))).float().mean()))
+    assert sum(conv.hist) == record._HIST_SAMPLE
+    # the sample's histogram is the full one's, up to sampling noise
+    lo, hi = conv.hist_range
+    full = torch.histc(y.reshape(-1).clamp(lo, hi), bins=len(conv.hist), min=lo, max=hi)
+    p_full = full / full.sum()
+    p_sample = torch.tensor(conv.hist, dtype=torch.float32) / record._HIST_SAMPLE
+    assert float((p_full - p_sample).abs().max()) < 0.005
+    assert diagnose(model, inp).to_json() == rep.to_json()  # the sample is the same every call

@@ -18,6 +18,8 @@ from typing import Any
 
 from .report_cmd import (
     DEFAULT_SCHEMES,
+    add_width_argument,
+    console_for,
     diagnose_schemes,
     print_verdicts,
     std_table,
@@ -45,6 +47,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--out", "-o", default="torchinit-report", metavar="DIR",
                    help="folder for the plots and HTML pages (default: ./torchinit-report)")
     p.add_argument("--seed", "-s", type=int, default=0, help="seed of the inits and the random batch (default 0)")
+    add_width_argument(p)
     p.set_defaults(func=run)
     return p
 
@@ -68,11 +71,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from ..evidence.diagnostics.html import save_comparison
 
-    console = Console()
+    console = console_for(getattr(args, "width", None))
     t0 = time.perf_counter()
     out = Path(args.out)
     links = []

@@ -60,6 +60,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    "models on a busy machine)")
     p.add_argument("--fail-on", choices=("never", "warning", "error"), default="never",
                    help="exit with status 1 when a verdict of this severity (or worse) is found")
+    add_width_argument(p)
     p.set_defaults(func=run)
     return p
 
@@ -149,9 +150,12 @@ def diagnose_schemes(model_spec: str, schemes: Sequence[str], *, kwargs: Mapping
 
     from .. import zoo
 
+    from .._progress import _track
+
     reports: dict[str, Any] = {}
     inputs = None
-    for scheme in schemes:
+    # one bar over the schemes (diagnose's and lsuv_'s own stay silent inside it)
+    for scheme in _track(schemes, "report"):
         try:
             model, inputs, plan = build_and_init(model_spec, kwargs or {}, scheme, seed=seed, inputs=inputs,
                                                  batch=batch, input_shape=input_shape)
@@ -204,6 +208,32 @@ def _worst(reports: Mapping[str, Any]) -> str | None:
     return "error" if "error" in sev else "warning" if "warning" in sev else None
 
 
+#: Output width when stdout is not a terminal (a pipe, a file): wide enough that verdict
+#: lines and the layer table are not cut at rich's 80-column fallback (as ``plan``).
+PIPE_WIDTH = 200
+
+
+def add_width_argument(p: argparse.ArgumentParser) -> None:
+    """Add ``--width`` (shared by ``report`` and ``demo``)."""
+    p.add_argument("--width", type=int, default=None, metavar="N",
+                   help=f"output width in characters (default: the terminal's, {PIPE_WIDTH} when stdout is not "
+                   "a terminal)")
+
+
+def console_for(width: int | None) -> Any:
+    """A rich Console on stdout, ``width`` characters wide; ``None``: the terminal's width,
+    or :data:`PIPE_WIDTH` when stdout is a pipe or a file (rich would fall back to 80)."""
+    import sys
+
+    from rich.console import Console
+
+    if width is not None and (isinstance(width, bool) or not isinstance(width, int) or width < 20):
+        raise ValueError(f"--width must be an integer >= 20, got {width!r}")
+    if width is None and not sys.stdout.isatty():
+        width = PIPE_WIDTH
+    return Console(file=sys.stdout, width=width)
+
+
 class threads:
     """Context manager: ``torch.set_num_threads(n)`` inside (``n <= 0``: unchanged),
     the previous value restored on exit."""
@@ -231,10 +261,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from ..evidence.diagnostics.html import save_comparison
 
+    console = console_for(getattr(args, "width", None))  # before the work: a bad --width fails fast
     kwargs = parse_kwargs(args.kwargs)
     shape = _parse_shape(args.input_shape) if args.input_shape else None
     if args.compare:
@@ -247,7 +276,6 @@ def _run(args: argparse.Namespace) -> int:
         schemes = [args.policy or AS_BUILT]
     reports = diagnose_schemes(args.model, schemes, kwargs=kwargs, seed=args.seed, batch=args.batch,
                                input_shape=shape, backward=not args.no_backward)
-    console = Console()
     if len(reports) == 1:
         rep = next(iter(reports.values()))
         rep.print(console)

@@ -51,6 +51,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
+from .._progress import _track
 from ..core import specs as S
 from ..initializers import fill_
 from ..model.calls import call_model, first_tensor
@@ -365,7 +366,7 @@ def lsuv_(
         ratio = residual_ratio if residual_ratio is not None else (
             1.0 / math.sqrt(sum(n in ends for n in order)) if ends else None)
         ordered = []
-        for name in order:
+        for name in _track(order, "lsuv"):  # a progress bar on long runs
             m = by_name[name]
             layer = LSUVLayer(name, type(m).__name__)
             ordered.append(layer)

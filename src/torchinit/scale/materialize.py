@@ -47,8 +47,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import glob
-import sys
-import time
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
@@ -57,11 +55,12 @@ from torch import Tensor, nn
 from ..model.plan import Plan
 from ..model.policy import Policy
 from ..model.registry import DEFAULT_POLICY, PresetName
+# the bar shared with diagnose, lsuv_, weight files; PROGRESS_AFTER_S (seconds before it
+# appears) is read from this module at each call
+from .._progress import PROGRESS_AFTER_S, _Progress
 
 __all__ = ["materialize", "meta_tensors"]
 
-#: A progress bar appears when materialization has run longer than this many seconds.
-PROGRESS_AFTER_S = 2.0
 #: Modules are allocated, in order, until this many elements are pending, then initialized
 #: with one ``apply_plan`` call (allocated-but-unfilled memory is at most this batch, and it
 #: is part of the final model anyway: it does not raise the peak).
@@ -163,45 +162,6 @@ def _check_coverage(plan_obj: Any, meta_names: set[str]) -> None:
             f"(unmatched or 'keep' under policy {getattr(plan_obj, 'policy', '?')!r}{hint}); allocating them would "
             f"leave uninitialized memory. Add a rule for them, or allocate and set them before calling materialize"
         )
-
-
-class _Progress:
-    """Rich progress bar that appears only once the work has taken PROGRESS_AFTER_S."""
-
-    def __init__(self, total: int, mode: bool | None) -> None:
-        self.total, self.mode = total, mode
-        self.start = time.perf_counter()
-        self.bar: Any = None
-        self.task: Any = None
-        self.done = 0
-
-    def _enabled_now(self) -> bool:
-        if self.mode is False:
-            return False
-        if self.mode is None and not sys.stderr.isatty():
-            return False
-        return time.perf_counter() - self.start >= PROGRESS_AFTER_S
-
-    def advance(self, n: int, label: str) -> None:
-        self.done += n
-        if self.bar is None and self._enabled_now():
-            from rich.console import Console
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.bar = Progress(
-                TextColumn("materialize"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
-                TextColumn("{task.description}"), TimeElapsedColumn(),
-                console=Console(stderr=True), transient=False,
-            )
-            self.bar.start()
-            self.task = self.bar.add_task(label, total=self.total, completed=self.done)
-        elif self.bar is not None:
-            self.bar.update(self.task, completed=self.done, description=label)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, completed=self.total, description="done")
-            self.bar.stop()
 
 
 def _new_like(t: Tensor, device: torch.device) -> Tensor:
@@ -357,7 +317,7 @@ def materialize(
     whole_model = any(meth == HF_INIT_STEP for e in plan_obj.entries if e.initializer == "module"
                       for _, meth in (getattr(e, "code", None) or ()))
     limit = max(BATCH_ELEMENTS, -(-total // MAX_WHOLE_MODEL_PASSES)) if whole_model else BATCH_ELEMENTS
-    bar = _Progress(total, progress)
+    bar = _Progress("materialize", total, progress, after=PROGRESS_AFTER_S)
     pending: list[tuple[dict, str, Tensor]] = []  # (store, key, meta tensor) of the unfilled batch
     try:
         with torch.no_grad():

@@ -244,16 +244,20 @@ def save_weights(
     *,
     plan: Any = None,
     info: dict[str, Any] | None = None,
+    progress: bool | None = None,
 ) -> tuple[Path, Path | None]:
     """Write ``model.state_dict()`` to ``path`` (safetensors) and, if ``plan`` is given,
     the plan JSON beside it (:func:`plan_path`). Returns ``(weights_path, plan_path or None)``.
 
     ``info`` (JSON-serializable: model spec, policy, seed, ...) goes into the plan
-    JSON and, as strings, into the safetensors metadata.
+    JSON and, as strings, into the safetensors metadata. ``progress``: ``None``
+    (default) shows a progress bar on stderr when the write takes longer than ~2 s and
+    stderr is a terminal, ``True`` also when it is not, ``False`` never.
     """
     from safetensors import SafetensorError
     from safetensors.torch import save_file
 
+    from .._progress import _Progress
     from .._version import __version__
 
     path = check_destination(path, plan=plan is not None)
@@ -291,10 +295,22 @@ def save_weights(
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
 
+    bar = _Progress("save_weights", 2 if ppath is not None else 1, progress)
+
+    def _step(dest: Path, write: Any) -> Any:
+        def run(tmp: Path) -> None:
+            bar.set_label(dest.name)
+            write(tmp)
+            bar.advance(1)
+        return run
+
     _remove_stale_temporaries([path] + ([ppath] if ppath is not None else []))
     # weights renamed first: a kill between the renames leaves new weights naming a plan
     # (by hash) that is not the one beside them, which load_plan_file refuses
-    _publish([(path, _write)] + ([(ppath, _write_plan)] if ppath is not None else []))
+    try:
+        _publish([(path, _step(path, _write))] + ([(ppath, _step(ppath, _write_plan))] if ppath is not None else []))
+    finally:
+        bar.close()
     return path, ppath
 
 

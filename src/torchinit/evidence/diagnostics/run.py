@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..._progress import _Progress
 from ...model.calls import call_model, first_tensor
 from .params import _param_stats
 from .record import _FunctionalActivations, _Recorder
@@ -41,6 +42,7 @@ def diagnose(
     thresholds: Thresholds | None = None,
     max_cosine_samples: int = 64,
     label: str | None = None,
+    progress: bool | None = None,
 ) -> Report:
     """Measure how the signal propagates through ``model`` on ``inputs`` and judge it.
 
@@ -65,6 +67,9 @@ def diagnose(
         max_cosine_samples: samples used for the pairwise cosine similarity
             (cost ``O(k^2 d)`` per layer).
         label: the report's name (default: the model's class name).
+        progress: ``None`` (default): a progress bar (forward, backward, parameter
+            checks) on stderr when the run takes longer than ~2 s and stderr is a
+            terminal; ``True``: also when not a terminal; ``False``: never.
 
     Returns:
         a :class:`Report`.
@@ -73,6 +78,8 @@ def diagnose(
         raise TypeError(f"diagnose: model must be an nn.Module, got {type(model).__name__}")
     if isinstance(max_cosine_samples, bool) or not isinstance(max_cosine_samples, int) or max_cosine_samples < 2:
         raise ValueError(f"diagnose: max_cosine_samples must be an integer >= 2, got {max_cosine_samples!r}")
+    if progress is not None and not isinstance(progress, bool):
+        raise TypeError(f"diagnose: progress must be None, True or False, got {progress!r}")
     th = thresholds or Thresholds()
     if any(p.is_meta for p in model.parameters()):
         raise ValueError("diagnose: the model has parameters on the meta device; materialize it first "
@@ -96,12 +103,15 @@ def diagnose(
     # frozen layers need no parameter gradient: the recorder starts the graph at the first
     # output that does not require grad (_Recorder._grad_entry)
     rec = _Recorder(model, max_cosine_samples, backward)
+    bar = _Progress("diagnose", 3, progress)
+    bar.set_label("forward")
     loss_kind = None
     grad_note = None if backward else "backward=False: gradient statistics were not measured"
     try:
         rec.attach()  # inside try: hooks attached before a failure are removed in finally
         with torch.set_grad_enabled(backward), _FunctionalActivations(rec):
             out = call_model(model, inputs)
+        bar.advance(1, "backward")
         y = first_tensor(out)
         wrt = params + rec.leaves + ([x0] if x0 is not None and x0.requires_grad else [])
         if backward and y is not None and y.requires_grad and wrt:
@@ -131,6 +141,9 @@ def diagnose(
                 "does not depend differentiably on any recorded layer (computed under torch.no_grad() or detached)"
                 if floating else "is not a floating-point tensor")
         del out
+    except BaseException:
+        bar.close()
+        raise
     finally:
         rec.detach()
         rec.leaves.clear()
@@ -139,7 +152,11 @@ def diagnose(
                 if n in buffers:
                     b.copy_(buffers[n])
     rec.measure_recurrent()
-    pstats = _param_stats(model, plan, rec.records, rec.modules)
+    bar.advance(1, "parameter checks")
+    try:
+        pstats = _param_stats(model, plan, rec.records, rec.modules)
+    finally:
+        bar.close()
     if grad_note is None and backward and not any(r.grad_std is not None for r in rec.records) and rec.records:
         grad_note = "gradient statistics were not measured: no recorded layer output reaches the model output"
     verdicts = _verdicts(rec.records, pstats, input_std, input_cos, th)
