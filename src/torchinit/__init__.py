@@ -105,11 +105,14 @@ from .model import (  # noqa: E402
     init_model,
     keyed_init_mode,
     load_policy,
+    track_init,
+    IncompleteInitError,
     plan,
 )
 
 __all__ += ["plan", "init_model", "apply_plan", "Plan", "PlanEntry", "Policy", "PolicyError", "Rule",
-            "load_policy", "PRESETS", "get_preset", "keyed_init_mode"]
+            "load_policy", "PRESETS", "get_preset", "keyed_init_mode",
+            "track_init", "IncompleteInitError"]
 # Scale: meta-device materialization (sharded init lives in torchinit.sharding).
 from . import zoo  # noqa: E402
 from .scale import materialize  # noqa: E402

@@ -1,0 +1,59 @@
+"""Models with their own init code for the sharded routing / audit tests (imported by the
+test processes and their gloo ranks)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+SEED = 4321
+
+
+class OwnInit(nn.Module):
+    """Init code in every form the routing promises to shard: torch.nn.init, in-place
+    sampling methods, ``.data``, a box view, fills, a copy of a plain tensor, orthogonal_
+    (whole tensor), a fallback draw (bernoulli_), a computed buffer. Odd sizes: uneven
+    shards on 2, 3 and 4 ranks."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(10, 14)
+        self.fc2 = nn.Linear(14, 10)
+        self.emb = nn.Embedding(13, 6)
+        self.norm = nn.LayerNorm(10)
+        self.w = nn.Parameter(torch.empty(9, 7))
+        self.q = nn.Parameter(torch.empty(7, 5))
+        self.c = nn.Parameter(torch.empty(5, 4))
+        self.m = nn.Parameter(torch.empty(6, 3))
+        self.register_buffer("freqs", torch.empty(6), persistent=False)
+
+    def init_weights(self, skip_norm: bool = False):
+        nn.init.trunc_normal_(self.fc1.weight, std=0.02)
+        self.fc1.bias.data.uniform_(-0.1, 0.1)
+        self.fc2.weight.normal_(0.0, 0.05)
+        nn.init.zeros_(self.fc2.bias)
+        nn.init.kaiming_uniform_(self.emb.weight, a=math.sqrt(5))
+        if not skip_norm:
+            self.norm.weight.fill_(1.0)
+        self.norm.bias.zero_()
+        nn.init.xavier_normal_(self.w)
+        self.w[:, :3].uniform_(-1.0, 1.0)
+        nn.init.orthogonal_(self.q, gain=2.0)
+        self.c.copy_(torch.arange(20.0).reshape(5, 4))
+        self.m.bernoulli_(0.5)
+        self.freqs.copy_(1.0 / 10000 ** (torch.arange(0, 12, 2).float() / 12))
+
+    def forward(self, x):
+        return self.norm(self.fc2(torch.relu(self.fc1(x))))
+
+
+def reference(seed: int = SEED, **kw) -> dict[str, torch.Tensor]:
+    """One process: the model built on CPU, its init code under keyed_init_mode."""
+    import torchinit
+
+    m = OwnInit()
+    with torchinit.keyed_init_mode(m, seed=seed):
+        m.init_weights(**kw)
+    return {k: v.detach().clone() for k, v in m.state_dict(keep_vars=False).items()} | {"freqs": m.freqs.clone()}
