@@ -57,3 +57,32 @@ def reference(seed: int = SEED, **kw) -> dict[str, torch.Tensor]:
     with torchinit.keyed_init_mode(m, seed=seed):
         m.init_weights(**kw)
     return {k: v.detach().clone() for k, v in m.state_dict(keep_vars=False).items()} | {"freqs": m.freqs.clone()}
+
+
+GPT_KW = dict(n_layer=2, n_embd=24, n_head=2, vocab_size=37, block_size=8)  # 37 rows: uneven on 2 and 3 ranks
+
+
+def llama():
+    """A tiny Hugging Face Llama (rotary inv_freq: a computed non-persistent buffer); 37 rows."""
+    import transformers
+
+    cfg = transformers.LlamaConfig(vocab_size=37, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                                   num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16,
+                                   bos_token_id=0, eos_token_id=0, pad_token_id=None)
+    return transformers.LlamaForCausalLM(cfg)
+
+
+def llama_inv_freq() -> torch.Tensor:
+    """What the rotary embedding of :func:`llama` computes (head dim 8, base 10000)."""
+    return 1.0 / (10000.0 ** (torch.arange(0, 8, 2, dtype=torch.int64).float() / 8))
+
+
+def state(model) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer (non-persistent ones included), gathered if sharded."""
+    from torchinit.sharding import is_dtensor
+
+    out = {}
+    for k, v in list(model.named_parameters()) + list(model.named_buffers()):
+        v = v.detach()
+        out[k] = (v.full_tensor() if is_dtensor(v) else v).clone()
+    return out
