@@ -14,7 +14,8 @@ SEED = 4321
 class OwnInit(nn.Module):
     """Init code in every form the routing promises to shard: torch.nn.init, in-place
     sampling methods, ``.data``, a box view, fills, a copy of a plain tensor, orthogonal_
-    (whole tensor), a fallback draw (bernoulli_), a computed buffer. Odd sizes: uneven
+    (whole tensor), a fallback draw (bernoulli_), a computed buffer, slices across sharded
+    dimensions (a padding row, a block of rows). Odd sizes: uneven
     shards on 2, 3 and 4 ranks."""
 
     def __init__(self):
@@ -35,6 +36,8 @@ class OwnInit(nn.Module):
         self.fc2.weight.normal_(0.0, 0.05)
         nn.init.zeros_(self.fc2.bias)
         nn.init.kaiming_uniform_(self.emb.weight, a=math.sqrt(5))
+        self.emb.weight[3].zero_()  # a padding row (a slice across the sharded dim under FSDP2)
+        nn.init.normal_(self.fc1.weight[5:9], std=3.0)  # rows across shard boundaries
         if not skip_norm:
             self.norm.weight.fill_(1.0)
         self.norm.bias.zero_()

@@ -60,8 +60,9 @@ from ..core import specs as S
 from ..engines.dtensor import is_dtensor
 from .audit import InitAudit
 from .writes import _constant_of, _destination, _is_data_setter, _sampling_spec
-from .routing_shards import (ShardWriteError, _box_of, check_mode_model, copy_into_dtensor_, dtensor_regions,
-                             fill_dtensor_, storage_key, whole_tensor_fallback_)
+from .routing_shards import (ShardWriteError, _box_of, box_regions, check_mode_model, copy_into_dtensor_,
+                             dtensor_regions, fill_dtensor_, global_index, index_box, storage_key,
+                             whole_tensor_fallback_)
 
 __all__ = ["KeyedInitMode", "keyed_init_mode", "track_init"]
 
@@ -116,6 +117,11 @@ class _Target:
     full: bool
     #: DTensor targets: the parts of the base's local tensor written, with their global offsets
     regions: list | None = None
+    #: DTensor targets: what was written as an index of the global tensor (None: not known locally)
+    gindex: tuple | None = None
+    #: the written DTensor does not share the base's storage (a slice that DTensor redistributed):
+    #: the write is redirected into the base's local regions
+    redirect: bool = False
 
 
 @dataclass
@@ -151,6 +157,7 @@ class KeyedInitMode(TorchFunctionMode):
         self._counters: dict[str, int] = {}
         self._index: dict[int, list[tuple[str, Tensor]]] = {}
         self._by_id: dict[int, tuple[str, Tensor]] = {}  # DTensors by identity (an empty shard has no storage)
+        self._views: dict[int, tuple] = {}  # id(DTensor slice) -> (slice, name, base, global index, offsets, sizes)
         seen: set[int] = set()
         named: list[tuple[str, Tensor]] = []
         for name, t in list(model.named_parameters()) + list(model.named_buffers()):
@@ -169,6 +176,7 @@ class KeyedInitMode(TorchFunctionMode):
                 self._index.setdefault(ptr, []).append((name, t))
         #: every write into the model's tensors (see :mod:`torchinit.model.audit`)
         self.audit = InitAudit(named)
+        self._all_ids = {id(t) for _, t in named}
 
     # -- audit --------------------------------------------------------------------
     def missing(self) -> list[str]:
@@ -249,14 +257,56 @@ class KeyedInitMode(TorchFunctionMode):
         for name, base in cands:
             found = dtensor_regions(t, base)
             if found is not None:
-                return _Target(name, base, None, found[1], regions=found[0])
+                return _Target(name, base, None, found[1], regions=found[0],
+                               gindex=global_index(t, found[0], found[1]))
+        view = self._views.get(id(t))
+        if view is not None and view[0] is t:
+            _, name, base, gindex, offs, sizes = view
+            return _Target(name, base, None, False, regions=box_regions(base, offs, sizes), gindex=gindex,
+                           redirect=True)
         return None
+
+    def _note_view(self, t: Tensor, index: Any, res: Any) -> None:
+        """Remember where ``t[index]`` of a model DTensor sits globally: slicing a sharded dim
+        gives a redistributed copy (torch would lose a write into it); writes into it go to
+        the model's shards instead."""
+        target = self.attribute(t)
+        if target is None or target.regions is None or not target.full or not is_dtensor(res):
+            return
+        if storage_key(res) is not None and storage_key(res) == storage_key(t):
+            return  # a local view: found by its storage
+        box = index_box(index, tuple(target.base.shape))
+        if box is not None:
+            self._views[id(res)] = (res, target.name, target.base, *box)
+
+    def _redirected_write(self, func, args, kwargs, t: Tensor, target: _Target) -> Tensor:
+        """A non-random in-place op on a redistributed slice, applied to the shards it covers."""
+        others = [a for a in list(args[1:]) + list(kwargs.values()) if isinstance(a, Tensor)]
+        if func is torch.Tensor.copy_ and len(others) == 1:
+            src = others[0]
+            if is_dtensor(src):
+                if not all(type(p).__name__ == "Replicate" for p in src.placements):
+                    raise ShardWriteError(f"{target.name!r}: copy_ of a sharded DTensor into a slice of it")
+                src = src._local_tensor
+            copy_into_dtensor_(target.base, target.regions, target.gindex, t, src, target.name)
+            return t
+        if others:
+            raise ShardWriteError(
+                f"{target.name!r}: {getattr(func, '__name__', func)} with tensor arguments on a slice across "
+                "sharded dimensions cannot be applied to the shards; write the slice with fill_/zero_/copy_ or "
+                "a torch.nn.init function")
+        local = target.base._local_tensor
+        for sl, _ in target.regions:
+            func(local[sl], *args[1:], **kwargs)
+        return t
 
     def _outside(self, t: Any, what: str) -> None:
         """A random draw into a tensor that is not the model's: refused (before it writes) for
         DTensors (torch's per-rank RNG would make them depend on the sharding) and Parameters
         (another model's weights would silently get unkeyed values)."""
-        if isinstance(t, Tensor) and (is_dtensor(t) or isinstance(t, nn.Parameter)):
+        if not isinstance(t, Tensor) or t.numel() == 0 or id(t) in self._all_ids:
+            return  # nothing to write, or the model's own (an empty tensor is in no index)
+        if is_dtensor(t) or isinstance(t, nn.Parameter):
             kind = "DTensor" if is_dtensor(t) else "Parameter"
             mode = "keyed_init_mode" if self.route else "track_init"
             raise ShardWriteError(
@@ -278,7 +328,7 @@ class KeyedInitMode(TorchFunctionMode):
             return self._run_fallback(scope, func, a2, k2)
 
         run.__name__ = getattr(func, "__name__", "init code")
-        if not whole_tensor_fallback_(t, target.base, target.regions, target.full, target.name, run):
+        if not whole_tensor_fallback_(t, target.base, target.regions, target.gindex, target.name, run):
             self._fallback_seed(scope)  # nothing held here: keep the scope's counter in step with other ranks
         return t
 
@@ -365,6 +415,10 @@ class KeyedInitMode(TorchFunctionMode):
             # in torch.nn.init at call time, which is our wrapper while the mode is on (a call
             # through a reference taken before it was patched ends up here)
             return self.handle_init(name, _TORCH_INIT[name], args, kwargs)  # meta, protect, written: there
+        if name == "__getitem__" and len(args) == 2 and is_dtensor(args[0]):
+            res = func(*args, **kwargs)
+            self._note_view(args[0], args[1], res)
+            return res
         dest = _destination(func, args, kwargs)
         target = None
         sampling = func is torch.Tensor.uniform_ or func is torch.Tensor.normal_
@@ -397,8 +451,10 @@ class KeyedInitMode(TorchFunctionMode):
             return func(*args, **kwargs)
         if target is not None and target.regions is not None:
             t0 = dest[0][0]
+            if target.redirect and not sampling and func not in _RANDOM_METHODS:
+                return self._redirected_write(func, args, kwargs, t0, target)
             if func is torch.Tensor.copy_ and len(args) > 1 and isinstance(args[1], Tensor) and not is_dtensor(args[1]):
-                copy_into_dtensor_(target.base, target.regions, target.full, t0, args[1], target.name)
+                copy_into_dtensor_(target.base, target.regions, target.gindex, t0, args[1], target.name)
                 return t0
             if func is torch.eye and target.full and t0.dim() == 2:  # torch.nn.init.eye_ (out=)
                 fill_dtensor_(target.base, target.regions, S.Eye(), self.key(target.name))

@@ -27,7 +27,7 @@ from ..core import specs as S
 from ..engines.dtensor import is_dtensor, local_boxes
 
 __all__ = ["storage_key", "check_mode_model", "dtensor_regions", "fill_dtensor_", "whole_tensor_fallback_",
-           "copy_into_dtensor_", "ShardWriteError"]
+           "copy_into_dtensor_", "ShardWriteError", "global_index", "index_box", "box_regions"]
 
 Region = tuple[tuple[slice, ...], tuple[int, ...]]  # (slices into the base's local tensor, global offsets)
 
@@ -141,53 +141,106 @@ def fill_dtensor_(base: Tensor, regions: list[Region], spec: S.Spec, key: Any) -
         fill_region_(local[sl], spec, key, gshape, goff)
 
 
-def _global_origin(t: Tensor, regions: list[Region], full: bool) -> tuple[int, ...] | None:
-    """Where ``t``'s element (0, 0, ...) sits in the base's global tensor, or None when it
-    cannot be found locally (no local element, a view that drops dimensions, a strided shard)."""
+def global_index(t: Tensor, regions: list[Region], full: bool) -> tuple[slice, ...] | None:
+    """``t`` (a box view of the base found in local storage) as an index into the base's
+    global tensor, or None when its place cannot be found locally (no local element, a
+    view that drops dimensions, a strided shard)."""
     if full:
-        return (0,) * t.dim()
+        return tuple(slice(0, n) for n in t.shape)
     if len(regions) != 1 or t.dim() != len(regions[0][1]):
         return None
     tboxes = local_boxes(t)
     if len(tboxes) != 1:
         return None
-    # the single region starts at t's local element 0, which is t's global element toff
-    return tuple(g - o for g, o in zip(regions[0][1], tboxes[0][1]))
+    # the single region starts at t's local element 0, which is t's global element tboxes[0][1]
+    return tuple(slice(g - o, g - o + n) for g, o, n in zip(regions[0][1], tboxes[0][1], t.shape))
 
 
-def whole_tensor_fallback_(t: Tensor, base: Tensor, regions: list[Region], full: bool, name: str,
+def index_box(index: Any, shape: tuple[int, ...]) -> tuple[tuple, tuple[int, ...], tuple[int, ...]] | None:
+    """A basic index (ints and step-1 slices) of a tensor of ``shape`` as a global index with
+    explicit bounds, and the box it selects (offsets, sizes); None for anything else."""
+    idx = index if isinstance(index, tuple) else (index,)
+    if len(idx) > len(shape):
+        return None
+    gindex, offs, sizes = [], [], []
+    for d, n in enumerate(shape):
+        i = idx[d] if d < len(idx) else slice(None)
+        if isinstance(i, int) and not isinstance(i, bool):
+            if not -n <= i < n:
+                return None
+            gindex.append(i % n)
+            offs.append(i % n)
+            sizes.append(1)
+        elif isinstance(i, slice):
+            start, stop, step = i.indices(n)
+            if step != 1:
+                return None
+            stop = max(stop, start)
+            gindex.append(slice(start, stop))
+            offs.append(start)
+            sizes.append(stop - start)
+        else:
+            return None
+    return tuple(gindex), tuple(offs), tuple(sizes)
+
+
+def box_regions(base: Tensor, offsets: tuple[int, ...], sizes: tuple[int, ...]) -> list[Region]:
+    """The parts of the global box (``offsets``, ``sizes``) of ``base`` this rank holds."""
+    out: list[Region] = []
+    for index, goff, gsz in local_boxes(base):
+        sl, go = [], []
+        for s, o, n, a0, n0 in zip(index, goff, gsz, offsets, sizes):
+            ls = s.start or 0
+            a, b = max(a0, o), min(a0 + n0, o + n)
+            if a >= b:
+                break
+            sl.append(slice(ls + a - o, ls + b - o))
+            go.append(a)
+        else:
+            out.append((tuple(sl), tuple(go)))
+    return out
+
+
+def _box_of_index(gindex: tuple) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    offs = tuple(i if isinstance(i, int) else i.start for i in gindex)
+    sizes = tuple(1 if isinstance(i, int) else i.stop - i.start for i in gindex)
+    return offs, sizes
+
+
+def whole_tensor_fallback_(t: Tensor, base: Tensor, regions: list[Region], gindex: tuple | None, name: str,
                            run: Callable[[Tensor], Any]) -> bool:
     """An unkeyed write (``run(x)`` writes into ``x`` what one process's code writes into
-    ``t``), run on every rank over a full-size temporary of ``base``; each rank keeps its
-    part. Equal to one process when ``run`` is deterministic (the routed fallback seeds
-    it). Returns False when this rank holds nothing of ``t`` (``run`` was not called)."""
+    ``t``, which is ``base[gindex]`` globally), run on every rank over a full-size
+    temporary of ``base``; each rank keeps its part. Equal to one process when ``run`` is
+    deterministic (the routed fallback seeds it). Returns False when this rank holds
+    nothing of ``t`` (``run`` was not called)."""
     if not regions:
         return False
-    origin = _global_origin(t, regions, full)
-    if origin is None:
+    if gindex is None:
         raise ShardWriteError(
             f"{name!r}: cannot run this write on a view of the sharded tensor so that it equals one process "
             f"(the view's place in the global tensor is not known locally); write the whole tensor, or a "
             f"view that keeps its dimensions")
     whole = torch.zeros(tuple(base.shape), dtype=base.dtype, device=base._local_tensor.device)
-    run(whole[tuple(slice(o, o + s) for o, s in zip(origin, t.shape))])
+    run(whole[gindex])
     local = base._local_tensor
     for sl, goff in regions:
         local[sl].copy_(whole[tuple(slice(g, g + (s.stop - s.start)) for g, s in zip(goff, sl))])
     return True
 
 
-def copy_into_dtensor_(base: Tensor, regions: list[Region], full: bool, t: Tensor, src: Tensor, name: str) -> None:
-    """``t.copy_(src)`` for a plain ``src`` (broadcast to ``t``'s global shape, as one process does)."""
+def copy_into_dtensor_(base: Tensor, regions: list[Region], gindex: tuple | None, t: Tensor, src: Tensor,
+                       name: str) -> None:
+    """``t.copy_(src)`` for a plain ``src`` (broadcast to ``t``'s shape, as one process does)."""
     if not regions:
         return
-    origin = _global_origin(t, regions, full)
-    if origin is None:
+    if gindex is None:
         raise ShardWriteError(
             f"{name!r}: cannot copy a plain tensor into this view of the sharded tensor (its place in the global "
             f"tensor is not known locally); copy into the whole tensor instead")
-    src = src.detach().to(device=base._local_tensor.device).expand(tuple(t.shape))
+    offs, sizes = _box_of_index(gindex)
+    src = src.detach().to(device=base._local_tensor.device).expand(tuple(t.shape)).reshape(sizes)
     local = base._local_tensor
     for sl, goff in regions:
-        box = tuple(slice(g - o, g - o + (s.stop - s.start)) for g, o, s in zip(goff, origin, sl))
+        box = tuple(slice(g - o, g - o + (s.stop - s.start)) for g, o, s in zip(goff, offs, sl))
         local[sl].copy_(src[box])
