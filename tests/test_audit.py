@@ -111,3 +111,21 @@ def test_code_writing_outside_the_model_is_refused_before_it_writes(ctx):
     with enter():  # temporaries of the code itself stay fine (the fallback RNG / torch's)
         x = torch.empty(3).normal_()
     assert x.shape == (3,)
+
+
+def test_a_buffer_replaced_by_assignment_is_not_missing():
+    class Rope(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 2)
+            self.register_buffer("freqs", torch.empty(4), persistent=False)
+
+        def init_weights(self):
+            self.freqs = torch.arange(4.0)  # torchtitan's freqs_cis: recomputed by assignment
+            self.lin.reset_parameters()
+
+    m = Rope()
+    with torchinit.keyed_init_mode(m, seed=0) as mode:
+        m.init_weights()
+    assert mode.missing() == []
+    assert mode.report()["freqs"].writes == {("assigned", "a new tensor"): 1}

@@ -14,7 +14,8 @@ in-place ops, through ``.data`` or views). After the code ran:
 
 On sharded models each rank audits its own shards (no communication); names are the
 global qualified names and the measured std is that of the rank's local shard.
-Zero-element tensors and tensors still on the meta device hold no garbage: they are
+Zero-element tensors, tensors still on the meta device and tensors the code replaced by
+assignment (``self.freqs_cis = self._precompute_freqs_cis()``) hold no garbage: they are
 never reported missing.
 """
 
@@ -104,10 +105,20 @@ def _describe(what: Any) -> str:
 class InitAudit:
     """Records writes per tensor name (the mode calls :meth:`record`)."""
 
-    def __init__(self, tensors: list[tuple[str, Tensor]]):
+    def __init__(self, tensors: list[tuple[str, Tensor]], model: Any = None):
         #: (canonical name, tensor) for every distinct tensor of the model, in model order
         self.tensors = tensors
+        self.model = model
         self.entries: dict[str, TensorAudit] = {}
+
+    def _replaced(self) -> set[str]:
+        """Names whose tensor the code replaced by assignment (``self.freqs = compute()``,
+        ``module.weight = nn.Parameter(...)``): a new, computed tensor, not garbage."""
+        if self.model is None:
+            return set()
+        now = dict(self.model.named_parameters(remove_duplicate=False))
+        now.update(self.model.named_buffers(remove_duplicate=False))
+        return {n for n, t in self.tensors if n in now and now[n] is not t}
 
     def record(self, name: str, how: str, what: Any = None, *, whole: bool = True) -> None:
         e = self.entries.setdefault(name, TensorAudit(name))
@@ -121,7 +132,9 @@ class InitAudit:
 
     def missing(self) -> list[str]:
         """Qualified names of the tensors no recorded write touched (allocated, non-empty ones)."""
-        return [n for n, t in self.tensors if n not in self.entries and not t.is_meta and t.numel() > 0]
+        replaced = self._replaced()
+        return [n for n, t in self.tensors
+                if n not in self.entries and n not in replaced and not t.is_meta and t.numel() > 0]
 
     def raise_if_incomplete(self) -> None:
         missing = self.missing()
@@ -133,8 +146,11 @@ class InitAudit:
 
     def report(self) -> AuditReport:
         out = []
+        replaced = self._replaced()
         for name, t in self.tensors:
             e = self.entries.get(name) or TensorAudit(name)
+            if name in replaced:
+                e.writes[("assigned", "a new tensor")] = 1
             e.promised_std = _promised_std(e.spec, t)
             e.measured_std, e.local = _measured_std(t) if e.promised_std is not None else (None, False)
             out.append(e)

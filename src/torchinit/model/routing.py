@@ -175,7 +175,7 @@ class KeyedInitMode(TorchFunctionMode):
             if ptr is not None:
                 self._index.setdefault(ptr, []).append((name, t))
         #: every write into the model's tensors (see :mod:`torchinit.model.audit`)
-        self.audit = InitAudit(named)
+        self.audit = InitAudit(named, model)
         self._all_ids = {id(t) for _, t in named}
 
     # -- audit --------------------------------------------------------------------
