@@ -107,11 +107,14 @@ from .model import (  # noqa: E402
     keyed_init_mode,
     load_policy,
     PresetName,
+    track_init,
+    IncompleteInitError,
     plan,
 )
 
 __all__ += ["plan", "init_model", "apply_plan", "Plan", "PlanEntry", "Policy", "PolicyError", "Rule",
-            "load_policy", "PRESETS", "get_preset", "keyed_init_mode", "PresetName", "EngineName"]
+            "load_policy", "PRESETS", "get_preset", "keyed_init_mode", "PresetName", "EngineName",
+            "track_init", "IncompleteInitError"]
 from .model.nonlinearity import NonlinearityWarning  # noqa: E402
 
 __all__ += ["NonlinearityWarning"]

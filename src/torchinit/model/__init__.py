@@ -18,7 +18,9 @@ from .plan import EngineName, Plan, PlanEntry
 from .policy import Policy, Rule, load_policy
 from .registry import PRESETS, PresetName, get_preset
 from .resolve import plan
-from .routing import keyed_init_mode
+from .routing import keyed_init_mode, track_init
+from .audit import AuditReport, IncompleteInitError
 
 __all__ = ["presets", "apply_plan", "init_model", "PolicyError", "Plan", "PlanEntry", "Policy", "Rule",
-           "load_policy", "PRESETS", "get_preset", "plan", "keyed_init_mode", "PresetName", "EngineName"]
+           "load_policy", "PRESETS", "get_preset", "plan", "keyed_init_mode", "PresetName", "EngineName",
+           "track_init", "AuditReport", "IncompleteInitError"]

@@ -109,15 +109,6 @@ def _apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: EngineName =
             f"plan entries {', '.join(map(repr, on_meta[:3]))}{more} are on the meta device (no storage: "
             "nothing would be written); allocate and initialize them with "
             "torchinit.materialize(model, device, policy, seed=...)")
-    if engine == "keyed":
-        code_entry = next((e for e in plan.entries if e.initializer == "module"), None)
-        sharded = next((n for n, t in tensors.items() if is_dtensor(t)), None) if code_entry else None
-        if sharded is not None:
-            raise ValueError(
-                f"plan entry {code_entry.name!r}: the 'module' initializer runs the model's own init code, which "
-                f"cannot be routed through the keyed engine on a model with sharded (DTensor) tensors (first: "
-                f"{sharded!r}); give these tensors spec rules (every preset but 'module' does for standard layers) "
-                "or initialize the model before sharding it")
     needs_keyed = engine == "keyed" and any(
         (e.spec is not None and e.spec.random) or e.initializer == "module" for e in selected)
     if needs_keyed:
@@ -191,10 +182,9 @@ def _apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: EngineName =
 
 
 def _storage_ptr(t: Tensor) -> int | None:
-    try:
-        return t.untyped_storage().data_ptr()
-    except Exception:  # DTensor and other subclasses without a plain storage
-        return None
+    from .routing_shards import storage_key
+
+    return storage_key(t)  # a DTensor's: its local tensor's
 
 
 def _unwritten(model: nn.Module, entries: list[PlanEntry], before: dict[str, tuple[Tensor, int | None]],

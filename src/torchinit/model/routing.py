@@ -57,8 +57,14 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from ..core import specs as S
+from ..engines.dtensor import is_dtensor
+from .audit import InitAudit
+from .writes import _constant_of, _destination, _is_data_setter, _sampling_spec
+from .routing_shards import (ShardWriteError, _box_of, box_regions, check_mode_model, copy_into_dtensor_,
+                             dtensor_regions, fill_dtensor_, global_index, index_box, storage_key,
+                             whole_tensor_fallback_)
 
-__all__ = ["KeyedInitMode", "keyed_init_mode"]
+__all__ = ["KeyedInitMode", "keyed_init_mode", "track_init"]
 
 
 _INIT_RANDOM = ("uniform_", "normal_", "trunc_normal_", "xavier_uniform_", "xavier_normal_", "kaiming_uniform_",
@@ -109,6 +115,13 @@ class _Target:
     base: Tensor
     box: tuple[tuple[int, ...], tuple[int, ...]] | None  # (offsets, sizes) or None when full
     full: bool
+    #: DTensor targets: the parts of the base's local tensor written, with their global offsets
+    regions: list | None = None
+    #: DTensor targets: what was written as an index of the global tensor (None: not known locally)
+    gindex: tuple | None = None
+    #: the written DTensor does not share the base's storage (a slice that DTensor redistributed):
+    #: the write is redirected into the base's local regions
+    redirect: bool = False
 
 
 @dataclass
@@ -126,13 +139,16 @@ class RoutingLog:
 class KeyedInitMode(TorchFunctionMode):
     """The ``TorchFunctionMode`` behind :func:`keyed_init_mode` (see the module docstring)."""
 
-    def __init__(self, model: nn.Module, seed: int, protect: set[str] | None = None):
+    def __init__(self, model: nn.Module, seed: int, protect: set[str] | None = None, *, route: bool = True):
         super().__init__()
+        #: False: only audit the writes (:func:`track_init`), everything runs on torch's RNG
+        self.route = route
         #: names of model tensors the routed code must not change (its writes to them are skipped)
         self.protect = set(protect) if protect else set()
         # the range of Key(seed): checked here, before the routed code runs and writes anything
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
             raise ValueError(f"seed must be a non-negative int below 2**64, got {seed!r}")
+        check_mode_model(model, "keyed_init_mode" if route else "track_init")
         self.model = model
         self.seed = seed
         self.scope = ""
@@ -140,12 +156,44 @@ class KeyedInitMode(TorchFunctionMode):
         self._busy = False
         self._counters: dict[str, int] = {}
         self._index: dict[int, list[tuple[str, Tensor]]] = {}
+        self._by_id: dict[int, tuple[str, Tensor]] = {}  # DTensors by identity (an empty shard has no storage)
+        self._views: dict[int, tuple] = {}  # id(DTensor slice) -> (slice, name, base, global index, offsets, sizes)
         seen: set[int] = set()
+        named: list[tuple[str, Tensor]] = []
         for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-            if t is None or id(t) in seen or t.is_meta or t.numel() == 0:
+            if t is None or id(t) in seen:
                 continue
             seen.add(id(t))
-            self._index.setdefault(t.untyped_storage().data_ptr(), []).append((name, t))
+            named.append((name, t))
+            if t.is_meta:
+                continue
+            if is_dtensor(t):
+                self._by_id[id(t)] = (name, t)
+            elif t.numel() == 0:
+                continue
+            ptr = storage_key(t)
+            if ptr is not None:
+                self._index.setdefault(ptr, []).append((name, t))
+        #: every write into the model's tensors (see :mod:`torchinit.model.audit`)
+        self.audit = InitAudit(named, model)
+        self._all_ids = {id(t) for _, t in named}
+
+    # -- audit --------------------------------------------------------------------
+    def missing(self) -> list[str]:
+        """Qualified names of the model's (allocated, non-empty) tensors the code never wrote."""
+        return self.audit.missing()
+
+    def report(self):
+        """Per tensor: what wrote it and how often, conflicting specs, measured vs promised std."""
+        return self.audit.report()
+
+    def raise_if_incomplete(self) -> None:
+        """Raise ``IncompleteInitError`` naming every tensor the code never wrote."""
+        self.audit.raise_if_incomplete()
+
+    def _record(self, target: _Target, how: str, what: Any = None) -> None:
+        self.log.written.add(target.name)
+        self.audit.record(target.name, how, what, whole=target.full)
 
     # -- keys -------------------------------------------------------------------
     def key(self, name: str):
@@ -178,13 +226,16 @@ class KeyedInitMode(TorchFunctionMode):
     # -- attribution --------------------------------------------------------------
     def attribute(self, t: Any) -> _Target | None:
         """The model tensor that ``t`` (a parameter, its ``.data``, or a view) writes into."""
-        if not isinstance(t, Tensor) or t.is_meta or t.numel() == 0:
+        if not isinstance(t, Tensor) or t.is_meta:
             return None
-        try:
-            ptr = t.untyped_storage().data_ptr()
-        except Exception:  # tensor subclasses without a plain storage (DTensor, fakes, ...)
+        if is_dtensor(t):
+            return self._attribute_dtensor(t)
+        if t.numel() == 0:
             return None
-        for name, base in self._index.get(ptr, ()):
+        ptr = storage_key(t)
+        for name, base in self._index.get(ptr, ()) if ptr is not None else ():
+            if is_dtensor(base):
+                continue
             if base.dtype != t.dtype:
                 continue
             if (t.storage_offset() == base.storage_offset() and tuple(t.shape) == tuple(base.shape)
@@ -198,12 +249,105 @@ class KeyedInitMode(TorchFunctionMode):
                 return _Target(name, base, None, False)
         return None
 
+    def _attribute_dtensor(self, t: Tensor) -> _Target | None:
+        hit = self._by_id.get(id(t))
+        cands = [hit] if hit is not None and hit[1] is t else []
+        ptr = storage_key(t)
+        cands += [c for c in self._index.get(ptr, ()) if is_dtensor(c[1])] if ptr is not None else []
+        for name, base in cands:
+            found = dtensor_regions(t, base)
+            if found is not None:
+                return _Target(name, base, None, found[1], regions=found[0],
+                               gindex=global_index(t, found[0], found[1]))
+        view = self._views.get(id(t))
+        if view is not None and view[0] is t:
+            _, name, base, gindex, offs, sizes = view
+            return _Target(name, base, None, False, regions=box_regions(base, offs, sizes), gindex=gindex,
+                           redirect=True)
+        return None
+
+    def _note_view(self, t: Tensor, index: Any, res: Any) -> None:
+        """Remember where ``t[index]`` of a model DTensor sits globally: slicing a sharded dim
+        gives a redistributed copy (torch would lose a write into it); writes into it go to
+        the model's shards instead."""
+        target = self.attribute(t)
+        if target is None or target.regions is None or not target.full or not is_dtensor(res):
+            return
+        if storage_key(res) is not None and storage_key(res) == storage_key(t):
+            return  # a local view: found by its storage
+        box = index_box(index, tuple(target.base.shape))
+        if box is not None:
+            self._views[id(res)] = (res, target.name, target.base, *box)
+
+    def _redirected_write(self, func, args, kwargs, t: Tensor, target: _Target) -> Tensor:
+        """A non-random in-place op on a redistributed slice, applied to the shards it covers."""
+        others = [a for a in list(args[1:]) + list(kwargs.values()) if isinstance(a, Tensor)]
+        if func is torch.Tensor.copy_ and len(others) == 1:
+            src = others[0]
+            if is_dtensor(src):
+                if not all(type(p).__name__ == "Replicate" for p in src.placements):
+                    raise ShardWriteError(f"{target.name!r}: copy_ of a sharded DTensor into a slice of it")
+                src = src._local_tensor
+            copy_into_dtensor_(target.base, target.regions, target.gindex, t, src, target.name)
+            return t
+        if others:
+            raise ShardWriteError(
+                f"{target.name!r}: {getattr(func, '__name__', func)} with tensor arguments on a slice across "
+                "sharded dimensions cannot be applied to the shards; write the slice with fill_/zero_/copy_ or "
+                "a torch.nn.init function")
+        local = target.base._local_tensor
+        for sl, _ in target.regions:
+            func(local[sl], *args[1:], **kwargs)
+        return t
+
+    def _outside(self, t: Any, what: str) -> None:
+        """A random draw into a tensor that is not the model's: refused (before it writes) for
+        DTensors (torch's per-rank RNG would make them depend on the sharding) and Parameters
+        (another model's weights would silently get unkeyed values)."""
+        if not isinstance(t, Tensor) or t.numel() == 0 or id(t) in self._all_ids:
+            return  # nothing to write, or the model's own (an empty tensor is in no index)
+        if is_dtensor(t) or isinstance(t, nn.Parameter):
+            kind = "DTensor" if is_dtensor(t) else "Parameter"
+            mode = "keyed_init_mode" if self.route else "track_init"
+            raise ShardWriteError(
+                f"{mode}: {what} writes into a {kind} of shape {tuple(t.shape)} that is not a parameter or buffer of "
+                f"the model given to {mode} (nor a view of one whose place is known on this rank); pass the model "
+                f"that owns it, or initialize it outside the mode")
+
+    def _fallback_on(self, scope: str, func: Callable, args, kwargs, t: Any, target: _Target | None):
+        """Run ``func`` unkeyed (seeded fallback); a DTensor target is computed whole on every rank."""
+        if target is None:
+            self._outside(t, getattr(func, "__name__", "this call"))
+            return self._run_fallback(scope, func, args, kwargs)
+        if target.regions is None:
+            return self._run_fallback(scope, func, args, kwargs)
+
+        def run(x):
+            a2 = [x if a is t else a for a in args]
+            k2 = {k: (x if v is t else v) for k, v in kwargs.items()}
+            return self._run_fallback(scope, func, a2, k2)
+
+        run.__name__ = getattr(func, "__name__", "init code")
+        if not whole_tensor_fallback_(t, target.base, target.regions, target.gindex, target.name, run):
+            self._fallback_seed(scope)  # nothing held here: keep the scope's counter in step with other ranks
+        return t
+
     # -- filling ------------------------------------------------------------------
     def _fill(self, t: Tensor, spec: S.Spec, target: _Target, fallback: Callable[[], Any]) -> Tensor:
         from ..engines.keyed import fill_ as keyed_fill_
 
         key = self.key(target.name)
         with torch.no_grad():
+            if target.regions is not None and (target.full or not spec.needs_whole_tensor):
+                spec = spec.checked()
+                fill_dtensor_(target.base, target.regions, spec, key)
+                if target.full:
+                    self.log.specs.setdefault(target.name, []).append(spec)
+                else:
+                    self.log.regions[target.name] = self.log.regions.get(target.name, 0) + 1
+                return t
+            if target.regions is not None:
+                return fallback()
             if target.full:
                 spec = spec.checked()
                 spec.check_shape(tuple(t.shape))
@@ -231,19 +375,24 @@ class KeyedInitMode(TorchFunctionMode):
             return t  # nothing to write (see _dispatch)
         target = self.attribute(t)
         scope = target.name if target is not None else (self.scope or "<model>")
-
-        def fallback():
-            return self._run_fallback(scope, original, args, kwargs)
-
         if target is None:
-            return fallback()
+            if is_dtensor(t) and t._local_tensor.numel() == 0:
+                return t  # an alias of an empty shard: nothing to write on this rank
+            self._outside(t, f"torch.nn.init.{name}")
+            return self._run_fallback(scope, original, args, kwargs) if self.route else original(*args, **kwargs)
         if target.name in self.protect:
             return t
-        self.log.written.add(target.name)
         try:
             spec = _spec_of_init(name, tuple(t.shape), a)
         except (TypeError, ValueError):
             spec = None
+        self._record(target, name, spec)
+        if not self.route:
+            return original(*args, **kwargs)
+
+        def fallback():
+            return self._fallback_on(scope, original, args, kwargs, t, target)
+
         if spec is None:
             return fallback()  # let torch raise its own error / handle the edge case
         return self._fill(t, spec, target, fallback)
@@ -266,8 +415,13 @@ class KeyedInitMode(TorchFunctionMode):
             # in torch.nn.init at call time, which is our wrapper while the mode is on (a call
             # through a reference taken before it was patched ends up here)
             return self.handle_init(name, _TORCH_INIT[name], args, kwargs)  # meta, protect, written: there
+        if name == "__getitem__" and len(args) == 2 and is_dtensor(args[0]):
+            res = func(*args, **kwargs)
+            self._note_view(args[0], args[1], res)
+            return res
         dest = _destination(func, args, kwargs)
         target = None
+        sampling = func is torch.Tensor.uniform_ or func is torch.Tensor.normal_
         if dest is not None:
             tensors, skipped = dest
             if not _is_data_setter(func) and any(t.is_meta for t in tensors):
@@ -279,150 +433,60 @@ class KeyedInitMode(TorchFunctionMode):
             found = [f for f in attributed if f is not None]
             if any(f.name in self.protect for f in found):
                 return skipped
+            for t, f in zip(tensors, attributed):
+                if f is None and is_dtensor(t) and not _is_data_setter(func):
+                    if t._local_tensor.numel() == 0:
+                        return skipped  # an alias of an empty shard: nothing to write on this rank
+                    self._outside(t, name or "this write")
+                elif f is None and (func in _RANDOM_METHODS or sampling):
+                    self._outside(t, name or "this draw")
+            spec_now = None if sampling else _constant_of(name, args, kwargs)
             for f in found:
-                self.log.written.add(f.name)
+                if not sampling:
+                    self._record(f, name or "write", spec_now)
             target = attributed[0]  # once: the sampling branches below reuse it
-        if func is torch.Tensor.uniform_ or func is torch.Tensor.normal_:
+        if not self.route:
+            if sampling and target is not None:
+                self._record(target, name, _sampling_spec(func, args, kwargs))
+            return func(*args, **kwargs)
+        if target is not None and target.regions is not None:
+            t0 = dest[0][0]
+            if target.redirect and not sampling and func not in _RANDOM_METHODS:
+                return self._redirected_write(func, args, kwargs, t0, target)
+            if func is torch.Tensor.copy_ and len(args) > 1 and isinstance(args[1], Tensor) and not is_dtensor(args[1]):
+                copy_into_dtensor_(target.base, target.regions, target.gindex, t0, args[1], target.name)
+                return t0
+            if func is torch.eye and target.full and t0.dim() == 2:  # torch.nn.init.eye_ (out=)
+                fill_dtensor_(target.base, target.regions, S.Eye(), self.key(target.name))
+                return t0
+        if sampling:
             t = dest[0][0] if dest is not None else (args[0] if args else None)
             scope = target.name if target is not None else (self.scope or "<model>")
 
             def fallback():
-                return self._run_fallback(scope, func, args, kwargs)
+                return self._fallback_on(scope, func, args, kwargs, t, target)
 
-            if target is None or not isinstance(t, Tensor):
-                return fallback()
-            rest = list(args[1:])
-            try:
-                if func is torch.Tensor.uniform_:
-                    lo = rest[0] if len(rest) > 0 else kwargs.get("from", 0.0)
-                    hi = rest[1] if len(rest) > 1 else kwargs.get("to", 1.0)
-                    spec = S.Uniform(float(lo), float(hi))
-                else:
-                    mean = rest[0] if len(rest) > 0 else kwargs.get("mean", 0.0)
-                    std = rest[1] if len(rest) > 1 else kwargs.get("std", 1.0)
-                    spec = S.Normal(float(mean), float(std))
-            except (TypeError, ValueError):
+            spec = _sampling_spec(func, args, kwargs)
+            if target is not None:
+                self._record(target, name, spec)
+            if target is None or not isinstance(t, Tensor) or spec is None:
                 return fallback()
             return self._fill(t, spec, target, fallback)
-        if func in _RANDOM_METHODS or func in _RANDOM_FACTORIES:
-            # an in-place method's target (or a factory's out=) names the scope when it is the model's
+        if func in _RANDOM_METHODS:
+            # an in-place method's target names the scope when it is the model's
+            scope = target.name if target is not None else (self.scope or "<model>")
+            return self._fallback_on(scope, func, args, kwargs, dest[0][0] if dest else None, target)
+        if func in _RANDOM_FACTORIES:
+            for a in list(args) + list(kwargs.values()):
+                if is_dtensor(a):
+                    raise ShardWriteError(
+                        f"keyed_init_mode: {name}() on a DTensor of shape {tuple(a.shape)}: torch's DTensor RNG gives "
+                        f"values that depend on the sharding; draw into the model's tensor itself (p.normal_(), "
+                        f"torch.nn.init.*) or build the values from plain tensors")
+            # a factory's out= names the scope when it is the model's
             scope = target.name if target is not None else (self.scope or "<model>")
             return self._run_fallback(scope, func, args, kwargs)
         return func(*args, **kwargs)
-
-
-#: in-place by name (trailing underscore) but no write to the tensor's values
-_NOT_WRITES = frozenset({"requires_grad_", "share_memory_"})
-#: keyword names under which a function takes the tensor it writes in place: torch.nn.init's
-#: ``tensor``, torch's functions ``input`` (``torch.fill_(input=w, value=0)``); tensor methods
-#: (``self``) take it positionally only
-_TENSOR_KEYWORDS = ("tensor", "input", "self")
-_SIGNATURES: dict[Any, inspect.Signature | None] = {}
-
-
-def _signature(func) -> inspect.Signature | None:
-    try:
-        return _SIGNATURES[func]
-    except KeyError:
-        pass
-    except TypeError:  # unhashable
-        return None
-    try:
-        sig = inspect.signature(func)
-    except (TypeError, ValueError):  # builtins without a text signature
-        sig = None
-    _SIGNATURES[func] = sig
-    return sig
-
-
-def _is_data_setter(func) -> bool:
-    """``t.data = x`` (replaces the tensor's values; seen as ``data.__set__``)."""
-    return getattr(func, "__name__", None) == "__set__" and getattr(func, "__self__", None) is _DATA_DESCRIPTOR
-
-
-_DATA_DESCRIPTOR = torch._C.TensorBase.__dict__.get("data")
-
-
-def _destination(func, args: tuple, kwargs: dict) -> tuple[list[Tensor], Any] | None:
-    """The tensors a call writes into, and what to return when the write is skipped; None
-    when it writes none. Covers in-place functions and methods (``name_``, ``__setitem__``,
-    ``inplace=True``) whatever the form their tensor is passed in (``w.fill_(0)``,
-    ``torch.fill_(input=w, value=0)``, ``torch.nn.init.constant_(tensor=w, val=0)``, which
-    torch hands the mode with no positional argument at all), ``torch._foreach_*_`` lists,
-    ``out=`` and ``t.data = x``."""
-    name = getattr(func, "__name__", None) or ""
-    if _is_data_setter(func):
-        return ([args[0]], None) if args and isinstance(args[0], Tensor) else None
-    inplace = name == "__setitem__" or (name.endswith("_") and not name.startswith("__") and name not in _NOT_WRITES)
-    sig = None
-    if not inplace and "inplace" in kwargs:
-        inplace = kwargs["inplace"] is True
-    elif not inplace and getattr(func, "__module__", "") == "torch.nn.functional":
-        sig = _signature(func)  # F.relu(x, True), F.dropout(x, 0.5, True, True)
-        if sig is not None and "inplace" in sig.parameters:
-            try:
-                inplace = sig.bind(*args, **kwargs).arguments.get("inplace") is True
-            except TypeError:
-                inplace = False
-    tensors: list[Tensor] = []
-    skipped: Any = None
-    if inplace:
-        t = args[0] if args else None
-        if t is None:
-            sig = sig or _signature(func)
-            first = next(iter(sig.parameters), None) if sig is not None else None
-            for k in ((first,) if first else ()) + _TENSOR_KEYWORDS:
-                if k in kwargs:
-                    t = kwargs[k]
-                    break
-        if isinstance(t, Tensor):
-            tensors.append(t)
-            skipped = t
-        elif isinstance(t, (list, tuple)) and name.startswith("_foreach_"):  # torch._foreach_mul_([w, b], 0.5)
-            tensors.extend(x for x in t if isinstance(x, Tensor))  # these return None
-    out = kwargs.get("out")
-    if isinstance(out, Tensor):
-        outs = [out]
-    elif isinstance(out, (tuple, list)):  # torch.max(x, 0, out=(values, indices))
-        outs = [o for o in out if isinstance(o, Tensor)]
-    else:
-        outs = []
-    if outs:
-        tensors.extend(outs)
-        if skipped is None:
-            skipped = out
-    return (tensors, skipped) if tensors else None
-
-
-def _box_of(t: Tensor, base: Tensor) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
-    """(offsets, sizes) when ``t`` is a rectangular box of contiguous ``base``, else None."""
-    if not base.is_contiguous() or base.dim() == 0:
-        return None
-    delta = t.storage_offset() - base.storage_offset()
-    if delta < 0 or delta >= base.numel():
-        return None
-    shape, strides = tuple(base.shape), base.stride()
-    idx = []
-    rem = delta
-    for st in strides:
-        q, rem = divmod(rem, st) if st > 0 else (0, rem)
-        idx.append(q)
-    if rem != 0 or any(i >= s for i, s in zip(idx, shape)):
-        return None
-    sizes = [1] * len(shape)
-    d = 0
-    for size, st in zip(t.shape, t.stride()):
-        if size == 1:
-            continue
-        while d < len(shape) and not (strides[d] == st and shape[d] > 1):
-            d += 1
-        if d == len(shape) or idx[d] + size > shape[d]:
-            return None
-        sizes[d] = size
-        d += 1
-    if math.prod(sizes) != t.numel():
-        return None
-    return tuple(idx), tuple(sizes)
 
 
 def _wrap_init(mode: KeyedInitMode, name: str, original: Callable) -> Callable:
@@ -460,6 +524,13 @@ def keyed_init_mode(model: nn.Module, seed: int, *, protect: set[str] | None = N
     writes to them, random or not, are skipped).
     """
     mode = KeyedInitMode(model, seed, protect)
+    with _patched_init(mode), mode, torch.no_grad():
+        yield mode
+
+
+@contextlib.contextmanager
+def _patched_init(mode: KeyedInitMode) -> Iterator[None]:
+    """``torch.nn.init``'s random functions (and transformers' table of them) go through ``mode``."""
     patched: list[tuple[Any, str, Any]] = []
     try:
         for name in _INIT_RANDOM:
@@ -474,11 +545,32 @@ def keyed_init_mode(model: nn.Module, seed: int, *, protect: set[str] | None = N
                 if name in table:
                     patched.append((table, name, table[name]))
                     table[name] = _wrap_init(mode, name, _TORCH_INIT[name])
-        with mode, torch.no_grad():
-            yield mode
+        yield
     finally:
         for obj, name, orig in reversed(patched):
             if isinstance(obj, dict):
                 obj[name] = orig
             else:
                 setattr(obj, name, orig)
+
+
+@contextlib.contextmanager
+def track_init(model: nn.Module) -> Iterator[KeyedInitMode]:
+    """Audit init code that runs on torch's own RNG: nothing is keyed, no value changes.
+
+    >>> import torch, torchinit
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3))
+    >>> with torchinit.track_init(net) as audit:
+    ...     net[0].reset_parameters()
+    >>> audit.missing()
+    ['1.weight', '1.bias']
+
+    Every write into ``model``'s tensors is recorded as under :func:`keyed_init_mode`
+    (``missing()``, ``report()``, ``raise_if_incomplete()``; see
+    :mod:`torchinit.model.audit`), on sharded models too (each rank its shards, global
+    names). A random draw into a Parameter or DTensor that is not ``model``'s raises
+    before it writes. Not thread-safe (``torch.nn.init`` is patched meanwhile).
+    """
+    mode = KeyedInitMode(model, 0, route=False)
+    with _patched_init(mode), mode:
+        yield mode

@@ -1,0 +1,310 @@
+"""The model's own init code under ``keyed_init_mode`` on sharded models (issue 16): real
+gloo groups of 2, 3 and 4 processes (one forkserver per world size). Every rank gathers
+each tensor and compares it, bit for bit, with the same init code run by ONE process
+(the parent) under the same mode: FSDP2 (meta -> fully_shard -> to_empty -> init code),
+tensor parallel (Colwise/Rowwise, Shard(0)/Shard(1), Replicate), a 2-D mesh (FSDP over
+TP: _StridedShard), FSDP2 with CPUOffloadPolicy, ``init_model``/``materialize`` with
+``"module"``, and the init audit on shards."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import traceback
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(__file__))
+import _sharded_models as SM  # noqa: E402
+
+pytestmark = [
+    pytest.mark.distributed,
+    pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed + gloo"),
+]
+
+
+def _same_bits(a, b):
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    ints = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+    return torch.equal(a.contiguous().view(ints[a.element_size()]), b.contiguous().view(ints[b.element_size()]))
+
+
+def _gathered(model):
+    from torchinit.sharding import is_dtensor
+
+    out = {}
+    for k, v in list(model.state_dict().items()) + [("freqs", model.freqs)]:
+        out[k] = v.full_tensor() if is_dtensor(v) else v
+    return out
+
+
+def _compare(label, model, ref, failures):
+    got = _gathered(model)
+    for k, v in ref.items():
+        if k not in got:
+            failures.append(f"{label}: {k} missing from the sharded model")
+        elif not _same_bits(got[k], v):
+            failures.append(f"{label}: {k} differs from one process")
+
+
+@contextlib.contextmanager
+def _rank_report(rank, result_dir, failures):
+    try:
+        yield
+    except Exception:
+        failures.append(traceback.format_exc())
+    finally:
+        with open(os.path.join(result_dir, f"rank{rank}.txt"), "w") as fh:
+            fh.write("\n".join(failures))
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _fsdp(model, mesh, **kw):
+    from torch.distributed.fsdp import fully_shard
+
+    for mod in (model.fc1, model.fc2, model.emb):
+        fully_shard(mod, mesh=mesh, **kw)
+    fully_shard(model, mesh=mesh, **kw)
+    return model
+
+
+def _tp(model, mesh):
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+    parallelize_module(model, mesh, {"fc1": ColwiseParallel(), "fc2": RowwiseParallel()})
+    for name, pl in (("w", Replicate()), ("q", Shard(1)), ("c", Shard(0)), ("m", Shard(1))):
+        old = getattr(model, name)
+        setattr(model, name, nn.Parameter(distribute_tensor(old.detach(), mesh, [pl], src_data_rank=None)))
+    return model
+
+
+def _init(model, failures, label, skip_norm=False):
+    import torchinit
+
+    with torchinit.keyed_init_mode(model, seed=SM.SEED) as mode:
+        model.init_weights(skip_norm=skip_norm)
+    want = ["norm.weight"] if skip_norm else []
+    if mode.missing() != want:
+        failures.append(f"{label}: audit missing() = {mode.missing()}, expected {want}")
+    return mode
+
+
+def _worker(rank, world, init_method, refs, result_dir):
+    failures: list[str] = []
+    with _rank_report(rank, result_dir, failures):
+        torch.set_num_threads(1)
+        dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world)
+        from torch.distributed.device_mesh import init_device_mesh
+
+        import torchinit
+
+        ref, ref_skip = refs
+        mesh = init_device_mesh("cpu", (world,))
+
+        # FSDP2, the usual flow: meta -> fully_shard -> to_empty -> the model's init code
+        with torch.device("meta"):
+            m = SM.OwnInit()
+        _fsdp(m, mesh).to_empty(device="cpu")
+        torch.manual_seed(rank)  # the global RNG differs per rank: nothing may depend on it
+        _init(m, failures, "fsdp2")
+        _compare("fsdp2", m, ref, failures)
+        out = m(torch.randn(3, 10))  # the sharded model still runs
+        if not torch.isfinite(out).all():
+            failures.append("fsdp2: forward not finite")
+
+        # the audit on shards: a skipped norm weight is named, and nothing else
+        with torch.device("meta"):
+            m = SM.OwnInit()
+        _fsdp(m, mesh).to_empty(device="cpu")
+        _init(m, failures, "fsdp2 skip", skip_norm=True)
+        got = _gathered(m)
+        for k, v in ref_skip.items():
+            if k != "norm.weight" and not _same_bits(got[k], v):
+                failures.append(f"fsdp2 skip: {k} differs from one process")
+
+        rep = _init(m, failures, "fsdp2 skip again", skip_norm=True).report()
+        if rep.missing != ["norm.weight"] or not rep["fc1.weight"].local or rep.conflicting:
+            failures.append(f"fsdp2 skip: report {rep}")
+
+        # track_init on shards: torch's own RNG, the same audit with global names
+        with torch.device("meta"):
+            m = SM.OwnInit()
+        _fsdp(m, mesh).to_empty(device="cpu")
+        with torchinit.track_init(m) as audit, torch.no_grad():
+            for mod in (m.fc1, m.fc2, m.emb):
+                mod.reset_parameters()
+        want = ["w", "q", "c", "m", "norm.weight", "norm.bias", "freqs"]
+        if audit.missing() != want:
+            failures.append(f"track_init on shards: missing() = {audit.missing()}, expected {want}")
+
+        # a Partial placement: refused before the code runs, nothing written
+        from torch.distributed.tensor import DTensor, Partial
+
+        part = nn.Linear(4, 4)
+        part.weight = nn.Parameter(DTensor.from_local(torch.full((4, 4), 7.0), mesh, [Partial()], run_check=False))
+        bias0 = part.bias.detach().clone()
+        for ctx in (lambda: torchinit.keyed_init_mode(part, seed=0), lambda: torchinit.track_init(part)):
+            try:
+                with ctx():
+                    part.reset_parameters()
+                failures.append("a Partial placement was accepted")
+            except ValueError as exc:
+                if "Partial" not in str(exc) or "'weight'" not in str(exc):
+                    failures.append(f"Partial: unclear error {exc}")
+            if not bool((part.weight.to_local() == 7.0).all()) or not torch.equal(part.bias, bias0):
+                failures.append("Partial: the model was written before the error")
+
+        if world in (2, 4):
+            # tensor parallel on a 1-D mesh: Colwise (Shard(0)), Rowwise (Shard(1)), Replicate
+            with torch.device("meta"):
+                m = SM.OwnInit()
+            _tp(m, mesh).to_empty(device="cpu")
+            _init(m, failures, "tp")
+            _compare("tp", m, ref, failures)
+
+        if world == 4:
+            # 2-D: FSDP over TP (fc1/fc2 weights get _StridedShard on the dp dim)
+            mesh2 = init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "tp"))
+            with torch.device("meta"):
+                m = SM.OwnInit()
+            _tp(m, mesh2["tp"])
+            _fsdp(m, mesh2["dp"]).to_empty(device="cpu")
+            from torch.distributed.tensor.placement_types import _StridedShard
+
+            if not any(isinstance(p, _StridedShard) for p in m.fc1.weight.placements):
+                failures.append(f"2-D: expected a _StridedShard, got {m.fc1.weight.placements}")
+            _init(m, failures, "2-D")
+            _compare("2-D", m, ref, failures)
+
+
+def _run(world, fn, args, tmp_path):
+    import multiprocessing
+
+    import torch.multiprocessing as mp
+
+    multiprocessing.set_forkserver_preload(["torch", "torch.distributed.fsdp", "torch.distributed.tensor", "torchinit"])
+    init_method = f"file://{tmp_path / 'pg_init'}"
+    mp.start_processes(fn, args=(world, init_method, *args, str(tmp_path)), nprocs=world, join=True,
+                       start_method="forkserver")
+    report = {r: (tmp_path / f"rank{r}.txt").read_text() for r in range(world)}
+    bad = {r: txt for r, txt in report.items() if txt}
+    assert not bad, "\n".join(f"rank {r}:\n{txt}" for r, txt in bad.items())
+
+
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_own_init_code_on_shards_equals_one_process(world, tmp_path):
+    refs = (SM.reference(), SM.reference(skip_norm=True))
+    _run(world, _worker, (refs,), tmp_path)
+
+
+_NO_DETECTION = ("gpt2", "llama", "module", "pytorch")
+
+
+def _module_refs():
+    """One process: "module" on zoo models (init_model and materialize), and every preset
+    on a tiny HF Llama materialized from meta."""
+    import torchinit
+    from torchinit import zoo
+
+    refs = {}
+    for name, kw in (("gpt", SM.GPT_KW), ("mlp", dict(depth=3, width=10, in_features=7, out_features=5))):
+        m = zoo.build(name, **kw)
+        torchinit.init_model(m, "module", seed=SM.SEED)
+        refs[name] = SM.state(m)
+    for preset in sorted(torchinit.PRESETS):
+        with torch.device("meta"):
+            m = SM.llama()
+        refs[f"llama/{preset}/plan"] = torchinit.materialize(m, "cpu", preset, seed=SM.SEED, progress=False)
+        refs[f"llama/{preset}"] = SM.state(m)
+    return refs
+
+
+def _check_state(label, model, ref, failures):
+    got = SM.state(model)
+    if sorted(got) != sorted(ref):
+        failures.append(f"{label}: tensors {sorted(set(got) ^ set(ref))} on one side only")
+    for k in ref:
+        if k in got and not _same_bits(got[k], ref[k]):
+            failures.append(f"{label}: {k} differs from one process")
+
+
+def _module_worker(rank, world, init_method, refs, result_dir):
+    failures: list[str] = []
+    with _rank_report(rank, result_dir, failures):
+        torch.set_num_threads(1)
+        dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world)
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import CPUOffloadPolicy, fully_shard
+
+        import torchinit
+        from torchinit import zoo
+
+        mesh = init_device_mesh("cpu", (world,))
+        torch.manual_seed(rank)
+
+        # init_model(..., "module") and materialize(..., "module") on FSDP2-sharded zoo models
+        for name, kw in (("gpt", SM.GPT_KW), ("mlp", dict(depth=3, width=10, in_features=7, out_features=5))):
+            for meta in (False, True):
+                if meta:
+                    with torch.device("meta"):
+                        m = zoo.build(name, **kw)
+                else:
+                    m = zoo.build(name, **kw)
+                for mod in m.modules():
+                    if isinstance(mod, (nn.Linear, nn.Embedding)):
+                        fully_shard(mod, mesh=mesh)
+                fully_shard(m, mesh=mesh)
+                if meta:
+                    torchinit.materialize(m, "cpu", "module", seed=SM.SEED, progress=False)
+                else:
+                    torchinit.init_model(m, "module", seed=SM.SEED)
+                _check_state(f"{name}/module/{'materialize' if meta else 'init_model'}", m, refs[name], failures)
+
+        # HF Llama under FSDP2, materialized with every preset: the rotary inv_freq (computed in
+        # __init__, a meta buffer here) is recomputed by the model's own code, never garbage
+        inv = SM.llama_inv_freq()
+        for preset in sorted(torchinit.PRESETS):
+            with torch.device("meta"):
+                m = SM.llama()
+            for layer in m.model.layers:
+                fully_shard(layer, mesh=mesh)
+            fully_shard(m, mesh=mesh)
+            label = f"llama/{preset}"
+            # presets that detect nonlinearities by tracing get the unsharded model's plan: detection
+            # on a sharded HF model is issue 19's first item, not what this test is about
+            how = preset if preset in _NO_DETECTION else refs[f"{label}/plan"]
+            torchinit.materialize(m, "cpu", how, seed=SM.SEED, progress=False)
+            _check_state(label, m, refs[label], failures)
+            if not torch.equal(m.model.rotary_emb.inv_freq, inv):
+                failures.append(f"{label}: inv_freq {m.model.rotary_emb.inv_freq} != {inv}")
+            out = m(torch.zeros(1, 4, dtype=torch.long)).logits
+            if not torch.isfinite(out).all():
+                failures.append(f"{label}: forward not finite")
+
+        # FSDP2 with CPUOffloadPolicy: no identical shards, no hang, equal to one process
+        with torch.device("meta"):
+            m = SM.OwnInit()
+        _fsdp(m, mesh, offload_policy=CPUOffloadPolicy(pin_memory=False)).to_empty(device="cpu")
+        _init(m, failures, "fsdp2 cpu offload")
+        _compare("fsdp2 cpu offload", m, refs["own"], failures)
+        local = m.fc1.weight.to_local()
+        shards = [torch.empty_like(local) for _ in range(world)]
+        dist.all_gather(shards, local.contiguous())
+        if any(torch.equal(shards[0], s) for s in shards[1:]):
+            failures.append("fsdp2 cpu offload: ranks hold identical shards")
+
+
+def test_module_initializer_and_hf_llama_on_fsdp2(tmp_path):
+    """init_model/materialize with "module" on sharded models (refused before issue 16) and
+    HF Llama under FSDP2 with every preset (issue 19: inv_freq made every preset fail)."""
+    pytest.importorskip("transformers")
+    refs = _module_refs()
+    refs["own"] = SM.reference()
+    _run(2, _module_worker, (refs,), tmp_path)
