@@ -115,6 +115,10 @@ from . import zoo  # noqa: E402
 from .scale import materialize  # noqa: E402
 
 __all__ += ["materialize", "zoo"]
+# muP: width-aware init and learning rates (model/mup.py)
+from .model import MuP, MuRole  # noqa: E402
+
+__all__ += ["MuP", "MuRole"]
 # Evidence: diagnostics and data-dependent init.
 from .evidence import Report, class_prior, data_init_, diagnose, lsuv_, prior_bias_  # noqa: E402
 

@@ -14,6 +14,7 @@ Imports core, engines and the drop-in initializers; never scale, evidence or cli
 from . import presets  # registers the presets where policies look names up
 from .apply import apply_plan, init_model
 from .errors import PolicyError
+from .mup import MuP, MuRole
 from .plan import Plan, PlanEntry
 from .policy import Policy, Rule, load_policy
 from .registry import PRESETS, get_preset
@@ -22,3 +23,4 @@ from .routing import keyed_init_mode
 
 __all__ = ["presets", "apply_plan", "init_model", "PolicyError", "Plan", "PlanEntry", "Policy", "Rule",
            "load_policy", "PRESETS", "get_preset", "plan", "keyed_init_mode"]
+__all__ += ["MuP", "MuRole"]
