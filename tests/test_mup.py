@@ -271,3 +271,43 @@ def test_param_groups_refuse_bad_arguments():
         mup.param_groups(_mlp(32), lr=0.1, optimizer="lion")
     with pytest.raises(ValueError, match=r"lr must be a finite number >= 0, got -1"):
         mup.param_groups(_mlp(32), lr=-1)
+
+
+# -- the forward pass: attention logits 1/d ---------------------------------------------------
+
+class _MHA(nn.Module):
+    def __init__(self, w: int, heads: int):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(w, heads, batch_first=True)
+
+
+def test_attention_scale_refuses_multihead_attention_whose_head_dim_scales():
+    mup = torchinit.MuP(_meta(_MHA, 16, 2))
+    with pytest.raises(ValueError, match=r"'attn' is an nn.MultiheadAttention whose head dim scales \(8 -> 16\)"):
+        mup.attention_scale_(_MHA(32, 2))
+    assert torchinit.MuP(_meta(_MHA, 16, 2)).attention_scale_(_MHA(32, 4)) == []  # head dim fixed: nothing to do
+
+
+@pytest.mark.hf
+def test_attention_scale_sets_hugging_face_llama_scaling_to_one_over_d():
+    tr = pytest.importorskip("transformers")
+    tr.utils.logging.set_verbosity_error()
+
+    def llama(d):
+        torch.manual_seed(0)
+        return tr.LlamaForCausalLM(tr.LlamaConfig(vocab_size=50, hidden_size=d, intermediate_size=2 * d,
+                                                  num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                                                  max_position_embeddings=16, attn_implementation="eager"))
+
+    mup = torchinit.MuP(_meta(llama, 16))
+    model = llama(64)
+    ids = torch.randint(0, 50, (1, 8), generator=torch.Generator().manual_seed(0))
+    before = model(ids).logits
+    changed = mup.attention_scale_(model)
+    assert changed == ["model.layers.0.self_attn", "model.layers.1.self_attn"]
+    assert model.model.layers[0].self_attn.scaling == math.sqrt(8) / 32  # head dim 8 at the base, 32 here
+    assert not torch.allclose(model(ids).logits, before)  # the forward reads it
+    assert mup.attention_scale_(model) == []  # already muP's scale: left as it is
+    model.model.layers[1].self_attn.scaling = 0.5
+    with pytest.raises(ValueError, match=r"'model.layers.1.self_attn'.scaling is 0.5, neither 1/sqrt\(head_dim=32\)"):
+        mup.attention_scale_(model)

@@ -334,6 +334,51 @@ class MuP(Policy):
         return list(groups.values())
 
 
+    # -- the forward pass ----------------------------------------------------------------
+    def attention_scale_(self, model: nn.Module) -> list[str]:
+        """Give attention muP's logit scale ``sqrt(base_head_dim) / head_dim`` (1/d, anchored
+        at the base: the usual ``1/sqrt(head_dim)`` at the base width) where a module
+        exposes it cleanly: an int ``head_dim`` and a float ``scaling`` (Hugging Face
+        Llama-style attention, GPT-2's ``GPT2Attention``) or ``scale`` (timm) equal to
+        ``head_dim ** -0.5``. Returns the names of the modules changed; a module already
+        at muP's scale is left as it is. Where head_dim is the base's, 1/sqrt(d) differs
+        from 1/d by a constant and nothing changes.
+
+        Raises ValueError, before changing anything, for an ``nn.MultiheadAttention``
+        whose head dim scales (its forward has no scale to set) and for a scale that is
+        neither ``head_dim ** -0.5`` nor muP's.
+        """
+        changes: list[tuple[nn.Module, str, float, str]] = []
+        for name, mod in model.named_modules():
+            hd = getattr(mod, "head_dim", None)
+            if not isinstance(hd, int) or isinstance(hd, bool) or hd < 1:
+                continue
+            try:
+                base_hd = getattr(self._base.get_submodule(name), "head_dim", None)
+            except AttributeError:
+                base_hd = None
+            if not isinstance(base_hd, int) or base_hd == hd:
+                continue
+            attr = next((a for a in ("scaling", "scale") if isinstance(getattr(mod, a, None), float)), None)
+            if attr is None:
+                if isinstance(mod, nn.MultiheadAttention):
+                    raise ValueError(
+                        f"attention_scale_: {name!r} is an nn.MultiheadAttention whose head dim scales ({base_hd} -> "
+                        f"{hd}); its forward divides the logits by sqrt(head_dim) with no scale to set: keep head_dim "
+                        "fixed and scale num_heads with width, or use an attention module with a scale")
+                continue
+            old, want = getattr(mod, attr), math.sqrt(base_hd) / hd
+            if math.isclose(old, want, rel_tol=1e-12):
+                continue
+            if not math.isclose(old, hd ** -0.5, rel_tol=1e-12):
+                raise ValueError(f"attention_scale_: {name!r}.{attr} is {old:.6g}, neither 1/sqrt(head_dim={hd}) nor "
+                                 f"muP's sqrt({base_hd})/{hd}; set it yourself")
+            changes.append((mod, attr, want, name))
+        for mod, attr, want, _ in changes:
+            setattr(mod, attr, want)
+        return [n for *_, n in changes]
+
+
 def _base_entry(base: Plan, name: str) -> PlanEntry:
     try:
         return base[name]
