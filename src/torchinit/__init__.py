@@ -123,10 +123,17 @@ from . import zoo  # noqa: E402
 from .scale import materialize  # noqa: E402
 
 __all__ += ["materialize", "zoo"]
+# muP: width-aware init and learning rates (model/mup.py)
+from .model import MuP, MuRole  # noqa: E402
+
+__all__ += ["MuP", "MuRole"]
 # Evidence: diagnostics and data-dependent init.
 from .evidence import Report, class_prior, data_init_, diagnose, lsuv_, prior_bias_  # noqa: E402
 
 __all__ += ["diagnose", "Report", "lsuv_", "prior_bias_", "class_prior", "data_init_"]
+from .evidence import CoordCheck, coord_check  # noqa: E402
+
+__all__ += ["coord_check", "CoordCheck"]
 
 # the flat layout's module paths (torchinit.specs, torchinit.keyed, torchinit.sharding...)
 from . import _compat  # noqa: E402

@@ -14,6 +14,7 @@ Imports core, engines and the drop-in initializers; never scale, evidence or cli
 from . import presets  # registers the presets where policies look names up
 from .apply import apply_plan, init_model
 from .errors import PolicyError
+from .mup import MuP, MuRole
 from .plan import EngineName, Plan, PlanEntry
 from .policy import Policy, Rule, load_policy
 from .registry import PRESETS, PresetName, get_preset
@@ -24,3 +25,4 @@ from .audit import AuditReport, IncompleteInitError
 __all__ = ["presets", "apply_plan", "init_model", "PolicyError", "Plan", "PlanEntry", "Policy", "Rule",
            "load_policy", "PRESETS", "get_preset", "plan", "keyed_init_mode", "PresetName", "EngineName",
            "track_init", "AuditReport", "IncompleteInitError"]
+__all__ += ["MuP", "MuRole"]

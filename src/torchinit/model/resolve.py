@@ -361,6 +361,8 @@ def plan(model: nn.Module, policy: PresetName | Policy | str | Mapping | Sequenc
     when a rule cannot apply (e.g. fans of a 1-D bias).
     """
     pol = load_policy(policy)
+    if hasattr(pol, "_mup_plan"):  # a MuP (model/mup.py): the base policy's plan, rescaled per tensor role
+        return pol._mup_plan(model, example_inputs)
     ctx = _Context(model, example_inputs)
     aliases: dict[int, list[str]] = {}
     first: dict[int, str] = {}
