@@ -23,11 +23,6 @@
 #define MAXD 64
 #define SEG 2048 /* elements per inner batch (2048: 2-3% faster than 1024, the tail stages run longer loops) */
 
-#if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__)) && !defined(TORCHINIT_NO_CLONES)
-#define TC __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define TC
-#endif
 
 #define PM0 0xD2511F53u
 #define PM1 0xCD9E8D57u
@@ -406,13 +401,28 @@ __attribute__((target("avx2"))) static void fill_groups_direct(const job_t *J, u
 }
 #endif
 
-static int g_have_avx2 = 0;
+/* the kernel path in use: P_PORTABLE (plain C, whatever gcc vectorizes for the baseline
+   target), P_AVX2 (the hand-written AVX2 kernels, and the batch code compiled for AVX2) or
+   P_AVX512 (AVX-512 F/BW/DQ/VL + BF16 kernels). All give the same bits. PyInit picks the
+   best the CPU has; set_path forces one (tests run every path the machine has). */
+enum { P_PORTABLE = 0, P_AVX2 = 1, P_AVX512 = 2 };
+static int g_path = P_PORTABLE, g_max_path = P_PORTABLE;
+#define g_have_avx2 (g_path >= P_AVX2)
+#ifdef HAVE_AVX2_PATH
+static void philox_words_avx512(const job_t *J, uint64_t g0, int ng, uint32_t *w);
+static void fill_groups_direct512(const job_t *J, uint64_t g0, int ng, char *out);
+static int seg32_avx512(const job_t *J, const uint32_t *restrict wp, int n, char *out);
+#endif
 /* outputs of at least this many bytes are written with non-temporal stores */
 static double g_nt_min_bytes = 16.0 * 1024 * 1024;
 
 /* words of groups [g0, g0 + ng) into w (32 words per group) */
 static inline void gen_groups(const job_t *J, uint64_t g0, int ng, uint32_t *restrict w) {
 #ifdef HAVE_AVX2_PATH
+    if (g_path == P_AVX512) {
+        philox_words_avx512(J, g0, ng, w);
+        return;
+    }
     if (g_have_avx2) {
         philox_words_avx2(J, g0, ng, w);
         return;
@@ -965,8 +975,392 @@ static int seg32_avx2(const job_t *J, const uint32_t *restrict wp, int n, char *
 #pragma GCC pop_options
 #endif
 
+/* ---------------------------------------------------------------- AVX-512 path */
+#ifdef HAVE_AVX2_PATH
+/* AVX-512 F/BW/DQ/VL + BF16 (chosen at run time, P_AVX512). The same IEEE operations in
+   the same order as the scalar and AVX2 functions of the same name (the tests compare all
+   paths bit for bit); what differs is the width (16 lanes), masks instead of blends,
+   vpternlogd for Philox's three-way XORs, and vcvtne2ps2bf16 for the bfloat16 store. */
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,popcnt")
+
+/* Philox, one group (8 blocks) per state of 4 zmm registers: block b of the group in the
+   low 32 bits of 64-bit lane b (vpmuludq reads low halves only, so the high halves may hold
+   garbage). NG groups side by side give the core independent chains; with 32 zmm registers
+   nothing spills (4 NG state + 2 multiplier registers; the round keys are memory operands). */
+#define PHX5_NG 4
+static inline __attribute__((always_inline)) void phx5_rounds(int ng, const __m512i *KA, const __m512i *KB,
+                                                               __m512i x[][4]) {
+    const __m512i M0 = _mm512_set1_epi64(PM0), M1 = _mm512_set1_epi64(PM1);
+#pragma GCC unroll 10
+    for (int r = 0; r < 10; r++) {
+#pragma GCC unroll 4
+        for (int i = 0; i < ng; i++) {
+            __m512i p0 = _mm512_mul_epu32(x[i][0], M0), p1 = _mm512_mul_epu32(x[i][2], M1);
+            /* 0x96: a ^ b ^ c */
+            __m512i y0 = _mm512_ternarylogic_epi32(_mm512_srli_epi64(p1, 32), x[i][1], KA[r], 0x96);
+            __m512i y2 = _mm512_ternarylogic_epi32(_mm512_srli_epi64(p0, 32), x[i][3], KB[r], 0x96);
+            x[i][1] = p1;
+            x[i][3] = p0;
+            x[i][0] = y0;
+            x[i][2] = y2;
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) void phx5_init(const job_t *J, uint64_t g, __m512i x[4]) {
+    uint64_t blk = g * 8u; /* a multiple of 8: the low word plus b < 8 never carries */
+    x[0] = _mm512_add_epi64(_mm512_set1_epi64((uint32_t)blk), _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7));
+    x[1] = _mm512_set1_epi64((uint32_t)(blk >> 32));
+    x[2] = _mm512_set1_epi64(J->sub);
+    x[3] = _mm512_setzero_si512();
+}
+
+static inline void phx5_keys(const job_t *J, __m512i *KA, __m512i *KB) {
+    uint32_t ka = J->k0, kb = J->k1;
+    for (int r = 0; r < 10; r++) {
+        KA[r] = _mm512_set1_epi32((int)ka);
+        KB[r] = _mm512_set1_epi32((int)kb);
+        ka += PW0;
+        kb += PW1;
+    }
+}
+
+/* words 0-15 (lanes 0, 1) and 16-31 (lanes 2, 3) of a group: the low halves of two lane
+   registers, concatenated */
+static inline __attribute__((always_inline)) __m512i phx5_words(__m512i la, __m512i lb) {
+    const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    return _mm512_permutex2var_epi32(la, ev, lb);
+}
+
+/* bfloat16 of 32 float32 values (a: elements 0-15, b: 16-31), f32_to_bf16 on each.
+   vcvtne2ps2bf16 rounds to nearest even like f32_to_bf16 but reads subnormal inputs as
+   zero (checked on this hardware: 0x007FFFFF gives 0x0000, f32_to_bf16 0x0080); a vector
+   with a zero or subnormal lane (exponent field 0; rare: an exact 0, or a scale below
+   2^-126) takes the integer rounding instead. NaN never occurs in the stream; infinities
+   and values that round up to infinity agree. */
+static inline __m512i bf16_soft16(__m512i u) {
+    u = _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)),
+                         _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1)));
+    return _mm512_srli_epi32(u, 16);
+}
+
+static inline __attribute__((always_inline)) __m512i bf16x32(__m512 a, __m512 b) {
+    const __m512i E = _mm512_set1_epi32(0x7F800000);
+    __mmask16 ok = _mm512_test_epi32_mask(_mm512_castps_si512(a), E) & _mm512_test_epi32_mask(_mm512_castps_si512(b), E);
+    if (__builtin_expect(ok == 0xFFFF, 1)) return (__m512i)_mm512_cvtne2ps_pbh(b, a);
+    __m256i lo = _mm512_cvtepi32_epi16(bf16_soft16(_mm512_castps_si512(a)));
+    __m256i hi = _mm512_cvtepi32_epi16(bf16_soft16(_mm512_castps_si512(b)));
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+}
+
+typedef struct {
+    __m512 c0, c1s, lo, hi;
+    int clamp;
+} uk5_t;
+
+static inline __attribute__((always_inline)) __m512 unif16(const uk5_t *U, __m512i w) {
+    __m512 x = _mm512_add_ps(U->c0, _mm512_mul_ps(U->c1s, _mm512_cvtepi32_ps(_mm512_srli_epi32(w, 8))));
+    if (U->clamp) x = _mm512_min_ps(U->hi, _mm512_max_ps(U->lo, x)); /* as unif_bits8 */
+    return x;
+}
+
+static inline __attribute__((always_inline)) void st5(int nt, char *dst, __m512i v) {
+    if (nt)
+        _mm512_stream_si512((__m512i *)dst, v);
+    else
+        _mm512_storeu_si512(dst, v);
+}
+
+/* groups [g0, g0 + ng) of the uniform (or raw bits) output straight from the Philox
+   registers to out; per element the operations of emit_group */
+static inline __attribute__((always_inline)) void uniform_groups512(const job_t *J, const uk5_t *U, int dtype,
+                                                                     int nt, uint64_t g0, int ng, char *out) {
+    __m512i KA[10], KB[10];
+    phx5_keys(J, KA, KB);
+    const size_t gbytes = 32u * (size_t)(dtype == DT_BF16 ? 2 : 4);
+    int g = 0;
+    for (; g < ng;) {
+        __m512i x[PHX5_NG][4];
+        if (g + PHX5_NG <= ng) {
+            for (int i = 0; i < PHX5_NG; i++) phx5_init(J, g0 + (uint64_t)(g + i), x[i]);
+            phx5_rounds(PHX5_NG, KA, KB, x);
+        } else {
+            phx5_init(J, g0 + (uint64_t)g, x[0]);
+            phx5_rounds(1, KA, KB, x);
+        }
+        int m = g + PHX5_NG <= ng ? PHX5_NG : 1;
+        for (int i = 0; i < m; i++) {
+            char *dst = out + (size_t)(g + i) * gbytes;
+            __m512i w0 = phx5_words(x[i][0], x[i][1]), w1 = phx5_words(x[i][2], x[i][3]);
+            if (dtype == DT_U32) {
+                st5(nt, dst, w0);
+                st5(nt, dst + 64, w1);
+            } else if (dtype == DT_F32) {
+                st5(nt, dst, _mm512_castps_si512(unif16(U, w0)));
+                st5(nt, dst + 64, _mm512_castps_si512(unif16(U, w1)));
+            } else {
+                st5(nt, dst, bf16x32(unif16(U, w0), unif16(U, w1)));
+            }
+        }
+        g += m;
+    }
+}
+
+#define UNIF5_VARIANT(name, DT, NT)                                                        \
+    static void name(const job_t *J, const uk5_t *U, uint64_t g0, int ng, char *out) {    \
+        uniform_groups512(J, U, DT, NT, g0, ng, out);                                      \
+    }
+UNIF5_VARIANT(unif5_f32, DT_F32, 0)
+UNIF5_VARIANT(unif5_f32_nt, DT_F32, 1)
+UNIF5_VARIANT(unif5_bf16, DT_BF16, 0)
+UNIF5_VARIANT(unif5_bf16_nt, DT_BF16, 1)
+UNIF5_VARIANT(unif5_u32, DT_U32, 0)
+UNIF5_VARIANT(unif5_u32_nt, DT_U32, 1)
+
+static void philox_words_avx512(const job_t *J, uint64_t g0, int ng, uint32_t *w) {
+    uk5_t U;
+    memset(&U, 0, sizeof U); /* the uint32 output reads none of the value constants */
+    unif5_u32(J, &U, g0, ng, (char *)w);
+}
+
+static void fill_groups_direct512(const job_t *J, uint64_t g0, int ng, char *out) {
+    uk5_t U;
+    U.c0 = _mm512_set1_ps(J->cf[0]);
+    U.c1s = _mm512_set1_ps(J->cf[1] * 0x1p-24f);
+    U.lo = _mm512_set1_ps(J->lof);
+    U.hi = _mm512_set1_ps(J->hif);
+    U.clamp = uniform_clamp_needed(J);
+    int nt = J->nt && ((uintptr_t)out & 63u) == 0; /* every group starts 64-byte aligned then */
+    if (J->dtype == DT_U32)
+        (nt ? unif5_u32_nt : unif5_u32)(J, &U, g0, ng, out);
+    else if (J->dtype == DT_F32)
+        (nt ? unif5_f32_nt : unif5_f32)(J, &U, g0, ng, out);
+    else
+        (nt ? unif5_bf16_nt : unif5_bf16)(J, &U, g0, ng, out);
+}
+
+/* ---- normal and truncated normal (central mode), float32 / bfloat16: ppnd_seg8 at 16 lanes */
+#define NV5 2 /* vectors of 16 per step: 32 elements (bf16x32 packs a pair) */
+#define FOR5 for (int v = 0; v < NV5; v++)
+#define S1(x) _mm512_set1_ps((float)(x))
+#define SI(x) _mm512_set1_epi32((int)(x))
+#define ADD5 _mm512_add_ps
+#define SUB5 _mm512_sub_ps
+#define MUL5 _mm512_mul_ps
+
+static inline void log16(__m512 *x) {
+    __m512i e[NV5];
+    __m512 m[NV5], s[NV5], z[NV5], p[NV5], ef[NV5];
+    __mmask16 big[NV5];
+    FOR5 {
+        __m512i b = _mm512_castps_si512(x[v]); /* x > 0: b >> 23 is the biased exponent */
+        e[v] = _mm512_sub_epi32(_mm512_srli_epi32(b, 23), SI(127));
+        m[v] = _mm512_castsi512_ps(_mm512_or_si512(_mm512_and_si512(b, SI(0x7FFFFF)), SI(0x3F800000)));
+    }
+    FOR5 big[v] = _mm512_cmp_ps_mask(m[v], S1(F(SQRT2_D)), _CMP_GT_OQ);
+    FOR5 m[v] = _mm512_mask_mul_ps(m[v], big[v], m[v], S1(0.5f));
+    FOR5 e[v] = _mm512_mask_add_epi32(e[v], big[v], e[v], SI(1));
+    FOR5 s[v] = _mm512_div_ps(SUB5(m[v], S1(1.0f)), ADD5(m[v], S1(1.0f)));
+    FOR5 z[v] = MUL5(s[v], s[v]);
+    FOR5 p[v] = S1(LOGC_F[5]);
+    for (int c = 4; c >= 0; c--) FOR5 p[v] = ADD5(MUL5(p[v], z[v]), S1(LOGC_F[c]));
+    FOR5 ef[v] = _mm512_cvtepi32_ps(e[v]);
+    FOR5 x[v] = ADD5(MUL5(ef[v], S1(F(LN2HI_F))), ADD5(MUL5(ef[v], S1(F(LN2LO_F))), MUL5(s[v], p[v])));
+}
+
+static inline void tailr16(__m512 *l) {
+    __m512 nl[NV5], y[NV5], h[NV5];
+    FOR5 nl[v] = _mm512_max_ps(_mm512_xor_ps(l[v], S1(-0.0f)), S1(0x1p-126f)); /* a > b ? a : b */
+    FOR5 y[v] = _mm512_castsi512_ps(_mm512_sub_epi32(SI(0x5F3759DFu), _mm512_srli_epi32(_mm512_castps_si512(nl[v]), 1)));
+    FOR5 h[v] = MUL5(S1(0.5f), nl[v]);
+    for (int it = 0; it < 3; it++) FOR5 y[v] = MUL5(y[v], SUB5(S1(1.5f), MUL5(h[v], MUL5(y[v], y[v]))));
+    FOR5 l[v] = MUL5(nl[v], y[v]);
+}
+
+static inline void central16(const __m512 *q, __m512 *z) {
+    __m512 r[NV5], nc[NV5], dc[NV5];
+    FOR5 r[v] = SUB5(S1(F(0.180625)), MUL5(q[v], q[v]));
+    FOR5 nc[v] = ADD5(MUL5(S1(F(A7_3)), r[v]), S1(F(A7_2)));
+    FOR5 dc[v] = ADD5(MUL5(S1(F(B7_3)), r[v]), S1(F(B7_2)));
+    FOR5 nc[v] = ADD5(MUL5(nc[v], r[v]), S1(F(A7_1)));
+    FOR5 dc[v] = ADD5(MUL5(dc[v], r[v]), S1(F(B7_1)));
+    FOR5 nc[v] = ADD5(MUL5(nc[v], r[v]), S1(F(A7_0)));
+    FOR5 dc[v] = ADD5(MUL5(dc[v], r[v]), S1(1.0f));
+    FOR5 nc[v] = MUL5(q[v], nc[v]);
+    FOR5 z[v] = _mm512_div_ps(nc[v], dc[v]);
+}
+
+static inline void tail16(const __m512 *q, __m512 *rr) {
+    __m512 s[NV5], nt[NV5], dt[NV5];
+    __mmask16 big[NV5], neg[NV5];
+    FOR5 big[v] = _mm512_cmp_ps_mask(rr[v], S1(5.0f), _CMP_GT_OQ);
+    FOR5 s[v] = _mm512_mask_sub_ps(SUB5(rr[v], S1(F(1.6))), big[v], rr[v], S1(5.0f));
+#define SEL5(cc, ee) _mm512_mask_blend_ps(big[v], S1(F(cc)), S1(F(ee)))
+    FOR5 nt[v] = ADD5(MUL5(SEL5(C7_3, E7_3), s[v]), SEL5(C7_2, E7_2));
+    FOR5 dt[v] = ADD5(MUL5(SEL5(D7_2, F7_2), s[v]), SEL5(D7_1, F7_1));
+    FOR5 nt[v] = ADD5(MUL5(nt[v], s[v]), SEL5(C7_1, E7_1));
+    FOR5 dt[v] = ADD5(MUL5(dt[v], s[v]), S1(1.0f));
+    FOR5 nt[v] = ADD5(MUL5(nt[v], s[v]), SEL5(C7_0, E7_0));
+#undef SEL5
+    FOR5 neg[v] = _mm512_cmp_ps_mask(q[v], _mm512_setzero_ps(), _CMP_LT_OQ);
+    FOR5 nt[v] = _mm512_mask_xor_ps(nt[v], neg[v], nt[v], S1(-0.0f));
+    FOR5 rr[v] = _mm512_div_ps(nt[v], dt[v]);
+}
+
+typedef struct {
+    __m512 c0, c1, c2, c3, lo, hi;
+    int clamp, bf16, nt;
+} vk5_t;
+
+static inline void qt16(const vk5_t *K, int normal, const __m512i *w, __m512 *q, __m512 *t) {
+    if (normal) {
+        FOR5 {
+            __m512 hi = _mm512_cvtepi32_ps(_mm512_and_si512(w[v], SI(0x7FFFFF80)));
+            __m512 lo = ADD5(_mm512_cvtepi32_ps(_mm512_and_si512(w[v], SI(127))), S1(0.5f));
+            t[v] = MUL5(ADD5(hi, lo), S1(0x1p-32f));
+        }
+        FOR5 q[v] = SUB5(t[v], S1(0.5f));
+    } else {
+        FOR5 {
+            __m512 u = MUL5(ADD5(_mm512_cvtepi32_ps(_mm512_srli_epi32(w[v], 9)), S1(0.5f)), S1(0x1p-23f));
+            q[v] = ADD5(K->c2, MUL5(u, K->c3));
+        }
+        FOR5 t[v] = _mm512_max_ps(SUB5(S1(0.5f), _mm512_abs_ps(q[v])), S1(0x1p-126f));
+    }
+}
+
+static inline void sign_affine16(const vk5_t *K, int normal, const __m512i *w, __m512 *z) {
+    if (normal) FOR5 z[v] = _mm512_xor_ps(z[v], _mm512_castsi512_ps(_mm512_and_si512(w[v], SI(0x80000000u))));
+    FOR5 z[v] = ADD5(K->c0, MUL5(K->c1, z[v]));
+    if (K->clamp) FOR5 z[v] = _mm512_min_ps(K->hi, _mm512_max_ps(K->lo, z[v]));
+}
+
+/* the output of one step of 32 elements at element e (n of them valid; the last step of a
+   batch may be partial) */
+static inline __attribute__((always_inline)) void put16(const vk5_t *K, int nt, char *out, int e, int n,
+                                                         const __m512 *x) {
+    if (K->bf16) {
+        __m512i b = bf16x32(x[0], x[1]);
+        uint16_t *o = (uint16_t *)out + e;
+        if (n >= 32) {
+            st5(nt, (char *)o, b);
+        } else {
+            _mm512_mask_storeu_epi16(o, (__mmask32)((1ull << n) - 1u), b);
+        }
+        return;
+    }
+    float *o = (float *)out + e;
+    FOR5 {
+        int k = n - 16 * v;
+        if (k >= 16) {
+            if (nt)
+                _mm512_stream_ps(o + 16 * v, x[v]);
+            else
+                _mm512_storeu_ps(o + 16 * v, x[v]);
+        } else if (k > 0) {
+            _mm512_mask_storeu_ps(o + 16 * v, (__mmask16)((1u << k) - 1u), x[v]);
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) void load16(const uint32_t *wp, int n, __m512i *w) {
+    FOR5 {
+        int k = n - 16 * v;
+        __mmask16 m = k >= 16 ? (__mmask16)0xFFFF : k > 0 ? (__mmask16)((1u << k) - 1u) : 0;
+        w[v] = _mm512_maskz_loadu_epi32(m, wp + 16 * v); /* zero padding past the end */
+    }
+}
+
+/* ppnd_seg8's stages at 16 lanes: q for all and the tail elements' words packed
+   (vpcompressd), the central branch for all, the tail branch for the packed list, then
+   sign, affine map, clamp and store */
+static inline __attribute__((always_inline)) void ppnd_seg16(const vk5_t *K, int normal, const uint32_t *restrict wp,
+                                                              int n, char *out) {
+    _Alignas(64) uint32_t tw[SEG + 32];
+    _Alignas(64) int32_t idx[SEG + 32];
+    _Alignas(64) float qb[SEG + 32], zb[SEG + 48];
+    const __m512 lim = S1(F(0.425));
+    const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    int k = 0;
+    for (int e0 = 0; e0 < n; e0 += 16 * NV5) {
+        __m512i w[NV5];
+        __m512 q[NV5], t[NV5];
+        load16(wp + e0, n - e0, w);
+        qt16(K, normal, w, q, t);
+        FOR5 _mm512_store_ps(qb + e0 + 16 * v, q[v]);
+        FOR5 {
+            int valid = n - e0 - 16 * v;
+            __mmask16 vm = valid >= 16 ? (__mmask16)0xFFFF : valid > 0 ? (__mmask16)((1u << valid) - 1u) : 0;
+            __mmask16 m = _mm512_mask_cmp_ps_mask(vm, _mm512_abs_ps(q[v]), lim, _CMP_GT_OQ);
+            _mm512_storeu_si512(tw + k, _mm512_maskz_compress_epi32(m, w[v]));
+            _mm512_storeu_si512(idx + k, _mm512_maskz_compress_epi32(m, _mm512_add_epi32(SI(e0 + 16 * v), iota)));
+            k += __builtin_popcount((unsigned)m);
+        }
+    }
+    for (int e0 = 0; e0 < n; e0 += 16 * NV5) {
+        __m512 q[NV5], x[NV5];
+        FOR5 q[v] = _mm512_load_ps(qb + e0 + 16 * v);
+        central16(q, x);
+        FOR5 _mm512_store_ps(zb + e0 + 16 * v, x[v]);
+    }
+    _Alignas(64) float tq[SEG + 32], tt[SEG + 48];
+    int kp = (k + 16 * NV5 - 1) / (16 * NV5) * (16 * NV5);
+    for (int j = k; j < kp; j++) tw[j] = 0u;
+    for (int j0 = 0; j0 < kp; j0 += 16 * NV5) {
+        __m512i w[NV5];
+        __m512 q[NV5], t[NV5];
+        FOR5 w[v] = _mm512_load_si512(tw + j0 + 16 * v);
+        qt16(K, normal, w, q, t);
+        FOR5 _mm512_store_ps(tq + j0 + 16 * v, q[v]);
+        log16(t);
+        tailr16(t);
+        tail16(q, t);
+        FOR5 _mm512_store_ps(tt + j0 + 16 * v, t[v]);
+    }
+    for (int j = 0; j < k; j++) zb[idx[j]] = tt[j];
+    const int nt = K->nt && (((uintptr_t)out & 63u) == 0);
+    for (int e0 = 0; e0 < n; e0 += 16 * NV5) {
+        __m512i w[NV5];
+        __m512 x[NV5];
+        load16(wp + e0, n - e0, w);
+        FOR5 x[v] = _mm512_load_ps(zb + e0 + 16 * v);
+        sign_affine16(K, normal, w, x);
+        put16(K, nt, out, e0, n - e0, x);
+    }
+}
+
+static int seg32_avx512(const job_t *J, const uint32_t *restrict wp, int n, char *out) {
+    if (J->dtype != DT_F32 && J->dtype != DT_BF16) return 0;
+    if (J->kind != K_NORMAL && !(J->kind == K_TRUNC && J->mode == 0)) return 0;
+    vk5_t K;
+    K.c0 = _mm512_set1_ps(J->cf[0]);
+    K.c1 = _mm512_set1_ps(J->cf[1]);
+    K.c2 = _mm512_set1_ps(J->cf[2]);
+    K.c3 = _mm512_set1_ps(J->cf[3]);
+    K.lo = _mm512_set1_ps(J->lof);
+    K.hi = _mm512_set1_ps(J->hif);
+    K.clamp = J->clamp;
+    K.bf16 = J->dtype == DT_BF16;
+    K.nt = J->big;
+    if (J->kind == K_NORMAL)
+        ppnd_seg16(&K, 1, wp, n, out);
+    else
+        ppnd_seg16(&K, 0, wp, n, out);
+    return 1;
+}
+#undef NV5
+#undef FOR5
+#undef S1
+#undef SI
+#undef ADD5
+#undef SUB5
+#undef MUL5
+#pragma GCC pop_options
+#endif
+
 /* ---------------------------------------------------------------- one batch */
-TC static void process_seg_core(const job_t *J, int64_t g, int n, char *out) {
+static inline __attribute__((always_inline)) void process_seg_core_body(const job_t *J, int64_t g, int n, char *out) {
     uint32_t wbuf[2 * SEG + 64 + 16];
     float xs[SEG + 40];
     const int W = (J->dtype == DT_F64) ? 2 : 1;
@@ -1043,7 +1437,8 @@ TC static void process_seg_core(const job_t *J, int64_t g, int n, char *out) {
     }
 
 #ifdef HAVE_AVX2_PATH
-    if (g_have_avx2 && seg32_avx2(J, wp, n, out)) return;
+    if (g_path == P_AVX512 && seg32_avx512(J, wp, n, out)) return;
+    if (g_path == P_AVX2 && seg32_avx2(J, wp, n, out)) return;
 #endif
     /* float32 path (float32 / float16 / bfloat16 outputs). The normal transforms run in
        stages over the batch (log, sqrt, rational) so that independent elements overlap:
@@ -1143,6 +1538,35 @@ TC static void process_seg_core(const job_t *J, int64_t g, int n, char *out) {
     }
 }
 
+/* process_seg_core_body compiled once per path, so that forcing a path also forces the
+   code gcc vectorizes for the batch loops (the float64, float16 and tail-mode loops) */
+static void process_seg_core_portable(const job_t *J, int64_t g, int n, char *out) {
+    process_seg_core_body(J, g, n, out);
+}
+#ifdef HAVE_AVX2_PATH
+__attribute__((target("avx2"))) static void process_seg_core_avx2(const job_t *J, int64_t g, int n, char *out) {
+    process_seg_core_body(J, g, n, out);
+}
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"))) static void process_seg_core_avx512(const job_t *J, int64_t g,
+                                                                                                   int n, char *out) {
+    process_seg_core_body(J, g, n, out);
+}
+#endif
+
+static void process_seg_core(const job_t *J, int64_t g, int n, char *out) {
+#ifdef HAVE_AVX2_PATH
+    if (g_path == P_AVX512) {
+        process_seg_core_avx512(J, g, n, out);
+        return;
+    }
+    if (g_path == P_AVX2) {
+        process_seg_core_avx2(J, g, n, out);
+        return;
+    }
+#endif
+    process_seg_core_portable(J, g, n, out);
+}
+
 /* Large outputs: compute a batch into an L1-resident buffer, then write it with
    non-temporal stores (no read-for-ownership of the destination lines). Values are
    unchanged; only how the bytes reach memory differs. */
@@ -1181,7 +1605,7 @@ static void process_seg(const job_t *J, int64_t g, int n, char *out) {
         if (head > n) head = n;
         if (head) process_seg_buffered(J, g, head, out);
         int ng = (n - head) >> 5;
-        if (ng) fill_groups_direct(J, (uint64_t)(g + head) >> 5, ng, out + (size_t)head * J->esize);
+        if (ng) (g_path == P_AVX512 ? fill_groups_direct512 : fill_groups_direct)(J, (uint64_t)(g + head) >> 5, ng, out + (size_t)head * J->esize);
         int done = head + 32 * ng;
         if (done < n) process_seg_buffered(J, g + done, n - done, out + (size_t)done * J->esize);
         return;
@@ -1504,6 +1928,90 @@ static PyObject *py_populate(PyObject *self, PyObject *args) {
 #endif
 }
 
+/* the CPU features each path needs (gcc's names, as in __builtin_cpu_supports) */
+static const char *const PATH_NAMES[3] = {"portable", "avx2", "avx512"};
+
+static int cpu_has(const char *f) {
+#ifdef HAVE_AVX2_PATH
+    /* __builtin_cpu_supports needs a string literal */
+    if (!strcmp(f, "avx2")) return __builtin_cpu_supports("avx2");
+    if (!strcmp(f, "avx512f")) return __builtin_cpu_supports("avx512f");
+    if (!strcmp(f, "avx512bw")) return __builtin_cpu_supports("avx512bw");
+    if (!strcmp(f, "avx512dq")) return __builtin_cpu_supports("avx512dq");
+    if (!strcmp(f, "avx512vl")) return __builtin_cpu_supports("avx512vl");
+    if (!strcmp(f, "avx512bf16")) return __builtin_cpu_supports("avx512bf16");
+#endif
+    (void)f;
+    return 0;
+}
+
+static const char *const AVX2_FLAGS[] = {"avx2", NULL};
+static const char *const AVX512_FLAGS[] = {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512bf16", NULL};
+
+/* paths() -> dict: path name -> tuple of the CPU flags it needs that this CPU lacks (empty:
+   runnable; a build without the SIMD paths lists them as needing "x86-64 gcc build") */
+static PyObject *py_paths(PyObject *self, PyObject *args) {
+    (void)self;
+    (void)args;
+    PyObject *d = PyDict_New();
+    if (!d) return NULL;
+    const char *const *need[3] = {NULL, AVX2_FLAGS, AVX512_FLAGS};
+    for (int p = 0; p < 3; p++) {
+        PyObject *miss = PyList_New(0);
+        if (!miss) goto fail;
+        for (int i = 0; need[p] && need[p][i]; i++) {
+#ifdef HAVE_AVX2_PATH
+            if (cpu_has(need[p][i])) continue;
+#endif
+            PyObject *s = PyUnicode_FromString(need[p][i]);
+            if (!s || PyList_Append(miss, s) < 0) {
+                Py_XDECREF(s);
+                Py_DECREF(miss);
+                goto fail;
+            }
+            Py_DECREF(s);
+        }
+        PyObject *t = PyList_AsTuple(miss);
+        Py_DECREF(miss);
+        if (!t || PyDict_SetItemString(d, PATH_NAMES[p], t) < 0) {
+            Py_XDECREF(t);
+            goto fail;
+        }
+        Py_DECREF(t);
+    }
+    return d;
+fail:
+    Py_DECREF(d);
+    return NULL;
+}
+
+/* get_path() -> str: the kernel path in use */
+static PyObject *py_get_path(PyObject *self, PyObject *args) {
+    (void)self;
+    (void)args;
+    return PyUnicode_FromString(PATH_NAMES[g_path]);
+}
+
+/* set_path(name): force a path; ValueError for an unknown name, RuntimeError for a path
+   this CPU (or build) cannot run */
+static PyObject *py_set_path(PyObject *self, PyObject *args) {
+    (void)self;
+    const char *name;
+    if (!PyArg_ParseTuple(args, "s", &name)) return NULL;
+    for (int p = 0; p < 3; p++) {
+        if (strcmp(name, PATH_NAMES[p])) continue;
+        if (p > g_max_path) {
+            PyErr_Format(PyExc_RuntimeError, "kernel path '%s' is not available on this CPU/build (best: '%s')", name,
+                         PATH_NAMES[g_max_path]);
+            return NULL;
+        }
+        g_path = p;
+        Py_RETURN_NONE;
+    }
+    PyErr_Format(PyExc_ValueError, "kernel path must be 'portable', 'avx2' or 'avx512', got '%s'", name);
+    return NULL;
+}
+
 /* has_avx2() -> bool: whether the AVX2 Philox path is used */
 static PyObject *py_has_avx2(PyObject *self, PyObject *args) {
     (void)self;
@@ -1514,7 +2022,10 @@ static PyObject *py_has_avx2(PyObject *self, PyObject *args) {
 static PyMethodDef methods[] = {
     {"fill", py_fill, METH_VARARGS, "Fill a box of a keyed stream into raw memory (releases the GIL)."},
     {"philox", py_philox, METH_VARARGS, "One Philox4x32-10 block: philox(c0, c1, c2, c3, k0, k1)."},
-    {"has_avx2", py_has_avx2, METH_NOARGS, "Whether the AVX2 Philox path is active."},
+    {"has_avx2", py_has_avx2, METH_NOARGS, "Whether the AVX2 (or AVX-512) SIMD path is active."},
+    {"paths", py_paths, METH_NOARGS, "Kernel paths -> the CPU flags each lacks on this machine."},
+    {"get_path", py_get_path, METH_NOARGS, "The kernel path in use."},
+    {"set_path", py_set_path, METH_VARARGS, "Force a kernel path: 'portable', 'avx2' or 'avx512'."},
     {"populate", py_populate, METH_VARARGS, "Fault in the whole pages of a memory range for writing, optionally as transparent huge pages (releases the GIL)."},
     {NULL, NULL, 0, NULL}};
 
@@ -1524,8 +2035,15 @@ static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "_native", "torchinit
 PyMODINIT_FUNC PyInit__native(void) {
 #ifdef HAVE_AVX2_PATH
     __builtin_cpu_init();
-    g_have_avx2 = __builtin_cpu_supports("avx2") ? 1 : 0;
-    if (getenv("TORCHINIT_NATIVE_NO_AVX2")) g_have_avx2 = 0;
+    g_max_path = P_PORTABLE;
+    if (cpu_has("avx2")) {
+        g_max_path = P_AVX2;
+        int all = 1;
+        for (int i = 0; AVX512_FLAGS[i]; i++) all &= cpu_has(AVX512_FLAGS[i]) != 0;
+        if (all) g_max_path = P_AVX512;
+    }
+    g_path = g_max_path;
+    if (getenv("TORCHINIT_NATIVE_NO_AVX2")) g_path = P_PORTABLE; /* older switch, kept */
     if (getenv("TORCHINIT_NATIVE_NO_NT")) g_nt_min_bytes = 1e300;
 #endif
     init_lut();

@@ -3,6 +3,10 @@
 * ``TORCHINIT_BACKEND=reference|native`` (environment, read at import) or
   :func:`set_backend` chooses; the default is ``native`` when the extension
   loads, else ``reference`` with ONE warning.
+* ``TORCHINIT_KERNEL=portable|avx2|avx512`` (environment, read at the first fill) or
+  :func:`set_kernel_path` forces the native kernel's code path; the default is the best
+  the CPU has (:func:`kernel_paths` says which it has, :func:`get_kernel_path` which
+  runs). Every path gives the same bits; forcing one the CPU lacks is an error.
 * :func:`set_num_threads` sets the kernel's thread count (default:
   ``torch.get_num_threads()``). Results never depend on it.
 """
@@ -22,6 +26,9 @@ __all__ = [
     "get_num_threads",
     "set_chunk_size",
     "get_chunk_size",
+    "kernel_paths",
+    "get_kernel_path",
+    "set_kernel_path",
 ]
 
 _native = None
@@ -91,6 +98,10 @@ def get_backend() -> str:
     global _backend
     if _backend is None:
         _backend = _initial_backend()
+        if not _kernel_chosen:
+            env = os.environ.get("TORCHINIT_KERNEL", "").strip().lower()
+            if env:
+                _set_path(env, "TORCHINIT_KERNEL")
     if _backend == "reference" and _native is None and os.environ.get("TORCHINIT_BACKEND", "") != "reference":
         _warn_once(
             "torchinit: the native keyed-engine kernel is not available "
@@ -138,3 +149,48 @@ def get_chunk_size() -> int:
 def native_module():
     """The loaded extension module (or None)."""
     return _native
+
+
+_KERNEL_PATHS = ("portable", "avx2", "avx512")
+_kernel_chosen = False  # set_kernel_path was called: TORCHINIT_KERNEL no longer applies
+
+
+def kernel_paths() -> dict[str, tuple[str, ...]]:
+    """Each native kernel path (``portable``, ``avx2``, ``avx512``) -> the CPU flags it needs
+    that this machine lacks (an empty tuple: the path runs here). Empty dict without the
+    native kernel."""
+    return dict(_native.paths()) if _native is not None else {}
+
+
+def get_kernel_path() -> str | None:
+    """The native kernel path that runs (``None`` without the native kernel)."""
+    if _native is None:
+        return None
+    get_backend()  # applies TORCHINIT_KERNEL on first use
+    return _native.get_path()
+
+
+def _set_path(name: str, who: str) -> None:
+    if name not in _KERNEL_PATHS:
+        raise ValueError(f"{who} must be one of {', '.join(_KERNEL_PATHS)}, got {name!r}")
+    if _native is None:
+        raise RuntimeError(f"{who}={name!r}: the native kernel is not available ({_native_error})")
+    missing = _native.paths()[name]
+    if missing:
+        raise RuntimeError(f"{who}={name!r}: this CPU lacks {', '.join(missing)} (paths it has: "
+                           f"{', '.join(p for p, m in _native.paths().items() if not m)})")
+    _native.set_path(name)
+
+
+def set_kernel_path(name: str | None) -> None:
+    """Force the native kernel's code path (``None``: the best this CPU has). Values never
+    depend on it; it exists for tests and benchmarks. Raises ValueError for an unknown name
+    and RuntimeError (naming the missing CPU flags) for a path this machine cannot run."""
+    global _kernel_chosen
+    if name is None:
+        if _native is not None:
+            best = [p for p in _KERNEL_PATHS if not _native.paths()[p]][-1]
+            _native.set_path(best)
+    else:
+        _set_path(name, "set_kernel_path")
+    _kernel_chosen = True

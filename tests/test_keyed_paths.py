@@ -1,0 +1,184 @@
+"""Every native kernel path (portable C, AVX2, AVX-512 with BF16) gives the same bits.
+
+Each path the machine has is forced in turn (``set_kernel_path``) and compared bit for bit
+with the pure-torch reference backend (small boxes) and with the portable C path (boxes
+large enough for the non-temporal stores, which the reference is too slow to check). A
+path the CPU lacks is skipped with the missing CPU flags in the message.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from torchinit import specs as S
+from torchinit.keyed import Key, fill_, fill_region_, set_backend, set_chunk_size, set_num_threads
+from torchinit.keyed import backend as B
+
+native_only = pytest.mark.skipif(not B.native_available(), reason="native kernel not built")
+PATHS = ["portable", "avx2", "avx512"]
+DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
+KEY = Key(2026, "paths")
+
+SPECS = [
+    S.Uniform(-1.0, 1.0),
+    S.Uniform(0.25, 0.5),  # the clamp is a no-op: skipped by the direct uniform stores
+    S.Normal(0.0, 1.0),
+    S.Normal(-0.3, 0.02),
+    S.TruncatedNormal(0.0, 1.0, -2.0, 2.0),  # central mode
+    S.TruncatedNormal(0.0, 1.0, -0.1, 0.1),  # narrow: values pile at the bounds (clamp)
+    S.TruncatedNormal(1.0, 0.5, 1.2, 1.21),
+    S.TruncatedNormal(-3.0, 1.0, -0.5, 0.5),  # deep tail: tail mode
+    # subnormal outputs: vcvtne2ps2bf16 reads subnormal float32 as 0, the stream rounds them
+    S.Normal(0.0, 2.0**-124),
+    S.Uniform(0.0, 1e-39),  # scale itself subnormal: the batch path, not the direct stores
+]
+
+
+def _path(name: str) -> None:
+    missing = B.kernel_paths().get(name, ("native kernel",))
+    if missing:
+        pytest.skip(f"kernel path {name!r} not runnable here: the CPU lacks {', '.join(missing)}")
+    B.set_kernel_path(name)
+
+
+@pytest.fixture
+def restore_path(restore_backend):
+    p = B.get_kernel_path()
+    yield
+    B.set_kernel_path(p)
+
+
+def _fill(path, spec, dt, gshape, offs, sizes):
+    if path == "reference":
+        set_backend("reference")
+    else:
+        set_backend("native")
+        B.set_kernel_path(path)
+    return fill_region_(torch.empty(sizes, dtype=dt), spec, KEY, gshape, offs)
+
+
+# (global shape, offsets, sizes): starts and tails at every residue of the 16-lane and
+# 32-word group structure, rows that start mid-group, and a box of several rows
+BOXES = [
+    ((1,), (0,), (1,)),
+    ((100,), (0,), (15,)),
+    ((100,), (1,), (17,)),
+    ((1000,), (31,), (33,)),
+    ((1000,), (7,), (64 + 5,)),
+    ((5000,), (13,), (2048 + 2048 + 29,)),  # more than one batch (SEG = 2048)
+    ((37, 1000), (3, 5), (20, 777)),
+    ((4, 33, 65), (1, 2, 3), (2, 30, 61)),
+    ((10**12,), (10**12 - 70,), (70,)),  # counters above 2**32 blocks
+]
+
+
+@native_only
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("spec", SPECS, ids=repr)
+def test_path_matches_reference_bitwise(path, spec, restore_path, same_bits):
+    _path(path)
+    set_num_threads(1)
+    for dt in DTYPES:
+        for gshape, offs, sizes in BOXES:
+            ref = _fill("reference", spec, dt, gshape, offs, sizes)
+            got = _fill(path, spec, dt, gshape, offs, sizes)
+            same_bits(got, ref)
+
+
+# Uniform(a, a + 2**-102) with a = -2.5 * 2**-126: x = a + k 2**-126 for k = w >> 8, subnormal
+# for k = 2, 3 only (2 in 2**24 elements); element SUBNORMAL_AT is one (found by a scan),
+# inside whole 32-element groups, so the direct (register to memory) uniform stores write it
+SUBNORMAL_UNIFORM = S.Uniform(-2.5 * 2.0**-126, -2.5 * 2.0**-126 + 2.0**-102)
+SUBNORMAL_AT = 981855
+
+
+def _subnormal(t):
+    bits = t.view(torch.int16 if t.dtype == torch.bfloat16 else torch.int32).to(torch.int64)
+    mag, expo = (bits & 0x7FFF, 0x80) if t.dtype == torch.bfloat16 else (bits & 0x7FFFFFFF, 0x800000)
+    return (mag > 0) & (mag < expo)
+
+
+@native_only
+@pytest.mark.parametrize("path", PATHS)
+def test_subnormal_values_round_like_the_stream(path, restore_path, same_bits):
+    """The subnormal cases are not vacuous (the stream's bfloat16 output has subnormals
+    there, which vcvtne2ps2bf16 alone would flush to 0), and every path rounds them as the
+    stream does."""
+    _path(path)
+    cases = [(SUBNORMAL_UNIFORM, (1 << 26,), (SUBNORMAL_AT - 100,), (300,)),
+             (S.Normal(0.0, 2.0**-124), (5000,), (3,), (4000,))]
+    for spec, gshape, offs, sizes in cases:
+        for dt in (torch.float32, torch.bfloat16):
+            ref = _fill("reference", spec, dt, gshape, offs, sizes)
+            assert _subnormal(ref).any(), (spec, dt)
+            same_bits(_fill(path, spec, dt, gshape, offs, sizes), ref)
+    ref = _fill("reference", SUBNORMAL_UNIFORM, torch.float32, (1 << 26,), (SUBNORMAL_AT,), (1,))
+    assert _subnormal(ref).all()
+
+
+@native_only
+@pytest.mark.parametrize("path", ["avx2", "avx512"])
+def test_path_matches_portable_on_large_outputs(path, restore_path, same_bits):
+    """Outputs of 16 MiB and more take the non-temporal stores (aligned and, through a
+    one-element offset view, unaligned), with 2 threads and odd chunks."""
+    _path(path)
+    n = (1 << 22) + 77  # > 16 MiB as float32
+    set_num_threads(2)
+    set_chunk_size(1_000_003)
+    for spec in (S.Uniform(-2.0, 2.0), S.Normal(0.0, 1.0), S.TruncatedNormal(0.0, 1.0, -2.0, 2.0)):
+        for dt in (torch.float32, torch.bfloat16):
+            for start in (0, 1):
+                out = {}
+                for p in ("portable", path):
+                    B.set_kernel_path(p)
+                    buf = torch.empty(n + 1, dtype=dt)
+                    fill_(buf[start:start + n], spec, KEY)
+                    out[p] = buf[start:start + n]
+                same_bits(out[path], out["portable"])
+
+
+@native_only
+def test_set_kernel_path_errors_and_query(restore_path, monkeypatch):
+    best = [p for p in PATHS if not B.kernel_paths()[p]][-1]
+    B.set_kernel_path(None)
+    assert B.get_kernel_path() == best
+    B.set_kernel_path("portable")
+    assert B.get_kernel_path() == "portable"
+    with pytest.raises(ValueError, match=r"set_kernel_path must be one of portable, avx2, avx512, got 'sse'"):
+        B.set_kernel_path("sse")
+    assert B.get_kernel_path() == "portable"  # untouched by the failed call
+
+    class NoAvx512:  # a CPU without AVX-512 BF16, as the kernel reports it
+        def __getattr__(self, name):
+            return getattr(B.native_module(), name)
+
+        def paths(self):
+            return {"portable": (), "avx2": (), "avx512": ("avx512bf16",)}
+
+    monkeypatch.setattr(B, "_native", NoAvx512())
+    with pytest.raises(RuntimeError, match=r"set_kernel_path='avx512': this CPU lacks avx512bf16 "
+                                           r"\(paths it has: portable, avx2\)"):
+        B.set_kernel_path("avx512")
+
+
+@native_only
+@pytest.mark.parametrize("value", ["portable", "avx2", "avx512", "bogus"])
+def test_environment_variable_forces_the_path(value):
+    code = "from torchinit.keyed import backend as B; print(B.get_kernel_path())"
+    env = dict(os.environ, TORCHINIT_KERNEL=value)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    if value == "bogus":
+        assert r.returncode != 0
+        assert "TORCHINIT_KERNEL must be one of portable, avx2, avx512, got 'bogus'" in r.stderr
+        return
+    missing = B.kernel_paths()[value]
+    if missing:
+        assert r.returncode != 0 and f"this CPU lacks {', '.join(missing)}" in r.stderr
+    else:
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == value
