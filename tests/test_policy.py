@@ -205,7 +205,8 @@ def test_rule_bias_number_initializes_the_layers_bias():
         assert "bias=" in e.matched_as
         assert p[f"{layer}.weight"].initializer == "kaiming_normal"
     assert p.unmatched == ["4.weight", "4.bias"]  # the Linear is not selected: nor is its bias
-    torchinit.init_model(m, [rule], seed=0)
+    with pytest.warns(UserWarning, match=r"covers 2 tensor\(s\): '4.weight', '4.bias'"):
+        torchinit.init_model(m, [rule], seed=0)
     assert bool((m[0].bias == 0.25).all()) and bool((m[2].bias == 0.25).all())
 
 

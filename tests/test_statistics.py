@@ -173,6 +173,7 @@ def test_delta_orthogonal_conv_is_an_isometry():
     torch.testing.assert_close(F.conv2d(x, conv.weight, padding=1).norm(), 1.7 * x.norm(), rtol=1e-12, atol=0)
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
 def test_same_padding_pads_k_minus_1_over_2_on_the_left():
     # what the (k - 1) // 2 centre relies on: for an even kernel torch's padding="same"
     # puts (k - 1) // 2 zeros on the left and the rest on the right
@@ -185,6 +186,7 @@ def test_same_padding_pads_k_minus_1_over_2_on_the_left():
             assert torch.equal(y, x) == (c == (k - 1) // 2), (k, c)
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
 @pytest.mark.parametrize("engine", ["torch", "keyed"])
 @pytest.mark.parametrize("k", [4, 2, 3])
 def test_delta_orthogonal_same_padding_preserves_norm_through_depth(engine, k):

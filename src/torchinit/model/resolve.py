@@ -323,8 +323,25 @@ def _what(rule: Rule, res: Mapping[str, Any]) -> str:
     return f"{rule.init}" + (f" ({', '.join(m for _, m in res['code'])})" if res.get("code") else "")
 
 
-def _note_tied_conflict(ctx: _Context, pol: Policy, labels: list[str], q: str, best: tuple, others: list,
-                        rule: Rule, res: Mapping[str, Any], resolve: Any) -> None:
+def _resolve_named(ctx: _Context, pol: Policy, win: int, cq: str, cpath: str, cmod: nn.Module, clocal: str,
+                   t: Tensor) -> tuple[Rule, dict[str, Any]]:
+    """The rule ``pol.rules[win]`` (or what it says for the layer's bias) resolved for the tensor
+    ``t`` under its name ``cq``; errors name the policy, rule, tensor and field."""
+    rule = pol.rules[win]
+    rule = rule.bias_rule(cq, cpath) or rule  # Rule(..., bias=...): the layer's bias gets its own init
+    try:
+        return rule, _resolve(ctx, rule, cq, cpath, cmod, clocal, t)
+    except (PolicyError, ValueError, TypeError) as exc:
+        fld = getattr(exc, "field", None)
+        raise PolicyError(
+            f"policy {pol.name!r}: rule {win}" + (f" ({rule.name!r})" if rule.name else "")
+            + f" [{rule.init}] on {cq!r} (shape {tuple(t.shape)}, {type(cmod).__name__})"
+            + (f": field {fld!r}" if fld else "") + f": {exc}",
+            rule=win, name=rule.name, field=fld) from None
+
+
+def _note_tied_conflict(ctx: _Context, pol: Policy, labels: list[str], q: str, t: Tensor, best: tuple,
+                        others: list, rule: Rule, res: Mapping[str, Any]) -> None:
     """A note when the winning rules of a tied tensor's names give it different inits (the
     precedence picked one: say which, and how to choose another)."""
     chosen = _what(rule, res)
@@ -332,7 +349,7 @@ def _note_tied_conflict(ctx: _Context, pol: Policy, labels: list[str], q: str, b
     for hits, cq, cpath, cmod, clocal, _ in others:
         win = hits[-1][1]
         try:
-            orule, ores = resolve(win, cq, cpath, cmod, clocal)
+            orule, ores = _resolve_named(ctx, pol, win, cq, cpath, cmod, clocal, t)
             other = _what(orule, ores)
         except PolicyError as exc:  # the losing rule could not even apply under this name
             other = f"(not applicable: {exc})"
@@ -417,20 +434,7 @@ def plan(model: nn.Module, policy: PresetName | Policy | str | Mapping | Sequenc
             how = f"{how} (as {cq!r})"
         won_count[win] += 1
 
-        def resolve(win: int, cq: str, cpath: str, cmod: nn.Module, clocal: str) -> tuple[Rule, dict[str, Any]]:
-            rule = pol.rules[win]
-            rule = rule.bias_rule(cq, cpath) or rule  # Rule(..., bias=...): the layer's bias gets its own init
-            try:
-                return rule, _resolve(ctx, rule, cq, cpath, cmod, clocal, t)
-            except (PolicyError, ValueError, TypeError) as exc:
-                fld = getattr(exc, "field", None)
-                raise PolicyError(
-                    f"policy {pol.name!r}: rule {win}" + (f" ({rule.name!r})" if rule.name else "")
-                    + f" [{rule.init}] on {cq!r} (shape {tuple(t.shape)}, {type(cmod).__name__})"
-                    + (f": field {fld!r}" if fld else "") + f": {exc}",
-                    rule=win, name=rule.name, field=fld) from None
-
-        rule, res = resolve(win, cq, cpath, cmod, clocal)
+        rule, res = _resolve_named(ctx, pol, win, cq, cpath, cmod, clocal, t)
         if rule is not pol.rules[win]:
             how = f"{how} (rule's bias=)"
         others = [n for n in per_name if n is not best]
@@ -438,7 +442,7 @@ def plan(model: nn.Module, policy: PresetName | Policy | str | Mapping | Sequenc
         if others:
             overridden += [labels[n[0][-1][1]] for n in others if labels[n[0][-1][1]] not in overridden
                            and n[0][-1][1] != win]
-            _note_tied_conflict(ctx, pol, labels, q, best, others, rule, res, resolve)
+            _note_tied_conflict(ctx, pol, labels, q, t, best, others, rule, res)
         zero_rows: tuple[int, ...] = ()
         spec = res["spec"]
         if kind == "buffer" and spec is not None and spec.random and rule.role is None and rule.params is None:
