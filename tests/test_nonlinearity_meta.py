@@ -377,3 +377,38 @@ def test_a_loop_on_meta_values_ends_and_falls_back():
         m = _UntilDone()
     with pytest.warns(torchinit.NonlinearityWarning, match="fc1"):
         torchinit.plan(m, "kaiming", example_inputs=torch.randn(2, 4))
+
+
+class _Offloaded(nn.Module):
+    """fx-proof (a loop over a value) MLP whose fc1 carries old-style weight_norm (a pre-hook that
+    computes the weight) and whose fc2 has an accelerate-style forward set on the instance,
+    bound to the real module."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = torch.nn.utils.weight_norm(nn.Linear(4, 8))
+        self.act = nn.SiLU()
+        self.fc2 = nn.Linear(8, 2)
+        self.real_calls = 0
+        orig = self.fc2.forward
+
+        def offload_forward(*args, _m=self.fc2, **kwargs):  # functools.partial(new_forward, module) in accelerate
+            self.real_calls += 1
+            return orig(*args, **kwargs)
+
+        self.fc2.forward = offload_forward
+
+    def forward(self, x):
+        for _ in range(int(x.shape[0] > 0)):
+            x = self.act(self.fc1(x))
+        return self.fc2(x)
+
+
+def test_meta_view_keeps_weight_norm_and_drops_forwards_bound_to_the_model():
+    from torchinit.model.nonlinearity import detect_nonlinearities
+
+    m = _Offloaded()
+    det, notes = detect_nonlinearities(m, torch.randn(2, 4))
+    assert det["fc1"].nonlinearity == "silu" and det["fc2"].nonlinearity == "linear"
+    assert notes[-1].startswith("nonlinearity: detected from the data flow of a meta-device forward"), notes
+    assert m.real_calls == 0  # the model's own (offloading) forward never ran

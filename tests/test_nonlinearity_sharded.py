@@ -1,6 +1,7 @@
 """Nonlinearity detection does not depend on how the model is laid out: HF GPT-2 built on meta,
 ``fully_shard``-ed on 2 gloo ranks and materialized, gets the plan and (gathered) the tensors of
-the same model unsharded, bit for bit. Detection used to run a forward on the sharded meta
+the same model unsharded, bit for bit; HF Llama's plan under FSDP2 and under tensor
+parallelism equals the unsharded plan. Detection used to run a forward on the sharded meta
 model, fail, fall back to registration order and swap the MLP gains (c_fc std 0.177, not 0.272)."""
 
 from __future__ import annotations
@@ -26,12 +27,16 @@ SEED = 77
 PRESETS = ("kaiming", "xavier", "orthogonal")
 
 
-def _gpt2():
+def _meta(name):
     sys.path.insert(0, str(Path(__file__).parent))
     import hf_models
 
     with torch.device("meta"):
-        return hf_models.gpt2()
+        return getattr(hf_models, name)()
+
+
+def _gpt2():
+    return _meta("gpt2")
 
 
 def _signature(p):
@@ -90,6 +95,27 @@ def _worker(rank, world, init_method, result_dir):
                 if not (full.dtype == ref[k].dtype and full.shape == ref[k].shape
                         and torch.equal(full.view(-1).view(torch.uint8), ref[k].view(-1).view(torch.uint8))):
                     failures.append(f"{preset}: gathered {k} differs from single-process materialize")
+        # Llama's plan (detection) under FSDP2 and under tensor parallelism (Colwise / Rowwise
+        # DTensor shards, input/output redistribution hooks) equals the unsharded model's
+        from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+        want = _signature(torchinit.plan(_meta("llama"), "kaiming"))
+        for layout in ("fsdp2", "tp"):
+            m = _meta("llama")
+            if layout == "fsdp2":
+                for blk in m.model.layers:
+                    fully_shard(blk, mesh=mesh)
+                fully_shard(m, mesh=mesh)
+            else:
+                for blk in m.model.layers:
+                    parallelize_module(blk.mlp, mesh, {"gate_proj": ColwiseParallel(), "up_proj": ColwiseParallel(),
+                                                       "down_proj": RowwiseParallel()})
+            if not any(isinstance(p, DTensor) for p in m.parameters()):
+                failures.append(f"llama/{layout}: no DTensor parameter: the layout was not applied")
+            got = _signature(torchinit.plan(m, "kaiming"))
+            if got != want:
+                diff = [(a, b) for a, b in zip(got, want) if a != b][:2]
+                failures.append(f"llama/{layout}: plan differs from the unsharded model's: {diff}")
 
 
 def test_fsdp2_hf_gpt2_plans_and_initializes_like_the_unsharded_model(tmp_path):

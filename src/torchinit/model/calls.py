@@ -5,6 +5,7 @@ config (Hugging Face models), and how it finds the tensor in what the model retu
 from __future__ import annotations
 
 import inspect
+import types
 from typing import Any, Mapping
 
 import torch
@@ -60,6 +61,15 @@ def _plain_class(cls: type) -> type:
     return cls.__mro__[idx] if isinstance(idx, int) and idx < len(cls.__mro__) else cls
 
 
+def _computes_weight(hook: Any) -> bool:
+    """The pre-hook of ``torch.nn.utils.weight_norm`` / ``spectral_norm``: it sets the weight the
+    forward uses from the module's own parameters, so the view keeps it (every other hook goes)."""
+    from torch.nn.utils.spectral_norm import SpectralNorm
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    return isinstance(hook, (WeightNorm, SpectralNorm))
+
+
 def meta_view(model: nn.Module) -> nn.Module:
     """A structural copy of ``model`` on the meta device: the same module classes, names and
     attributes, every parameter, buffer and tensor attribute a meta tensor of its GLOBAL shape
@@ -92,9 +102,14 @@ def meta_view(model: nn.Module) -> nn.Module:
             elif k == "_modules":
                 v = type(v)((n, module(s)) for n, s in v.items())
             elif "hooks" in k and isinstance(v, dict):
-                v = type(v)()
+                v = type(v)((i, h) for i, h in v.items() if k == "_forward_pre_hooks" and _computes_weight(h))
             elif isinstance(v, Tensor):
                 v = tensor(v)
+            elif k == "forward":
+                if getattr(v, "__self__", None) is m:  # a method set on the instance: the view's own
+                    v = types.MethodType(v.__func__, view)
+                elif type(m).forward is not nn.Module.forward:
+                    continue  # a wrapper bound to the model (accelerate's offload hook): the class's forward
             state[k] = v
         view.__dict__.update(state)
         return view

@@ -17,7 +17,7 @@ The gain of He / Glorot init must match the activation that FOLLOWS the layer
    with a ``TorchFunctionMode``) a tagged tensor reaches is the layer's.
    The forward runs under ``no_grad`` in eval mode on a META-DEVICE VIEW of the model
    (:func:`~torchinit.model.calls.meta_view`: same classes, every tensor a meta tensor of
-   its global shape, no hooks), so it allocates nothing and gives the same answer for a
+   its global shape, no hooks but weight_norm's), so it allocates nothing and gives the same answer for a
    model on CPU, on meta or sharded (FSDP2, DTensor); ``.item()`` / ``bool()`` on meta
    values answer 1 / True. Without ``example_inputs``, inputs are built from the model's
    forward signature and config (``input_ids``, ``decoder_input_ids``, ``pixel_values``,

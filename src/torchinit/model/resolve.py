@@ -371,8 +371,12 @@ def plan(model: nn.Module, policy: PresetName | Policy | str | Mapping | Sequenc
     ``policy``: a :class:`Policy`, a preset name, a YAML/JSON path, a dict or a
     list of rules (see :func:`torchinit.load_policy`); default ``"pytorch"`` (torch's own
     per-layer init, the default of ``init_model``, ``materialize`` and the CLI too). ``example_inputs`` (a tensor,
-    tuple or dict of kwargs) lets ``nonlinearity="auto"`` fall back to forward hooks
-    when torch.fx cannot trace the model.
+    tuple or dict of kwargs) give ``nonlinearity="auto"`` a forward pass to follow when
+    torch.fx cannot trace the model; it runs on a meta-device view of the model, so the plan
+    is the same on CPU, on meta and sharded. Without them, inputs are built from the model's
+    forward signature and config where it can be (Hugging Face models). When neither works,
+    the activations are guessed from registration order and a
+    :class:`~torchinit.NonlinearityWarning` (also in ``notes``) names the layers.
 
     Raises :class:`~torchinit.policy.PolicyError` naming the rule, tensor and field
     when a rule cannot apply (e.g. fans of a 1-D bias).
