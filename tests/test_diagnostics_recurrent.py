@@ -123,6 +123,7 @@ def test_chrono_init_keeps_the_gradient_over_a_long_sequence():
                                      (nn.GRU, {"num_layers": 2, "bidirectional": True}),
                                      (nn.LSTM, {"bias": False, "bidirectional": True}),
                                      (nn.LSTM, {"proj_size": 8, "num_layers": 2})])
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
 def test_unroll_is_the_module(cls, kw):
     torch.manual_seed(0)
     m = cls(6, 12, batch_first=True, **kw)
