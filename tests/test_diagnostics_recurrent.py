@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import torchinit
-from torchinit.diagnostics import LayerStats, diagnose
+from torchinit.diagnostics import LayerStats, Report, diagnose
 from torchinit.evidence.diagnostics import verdicts as V
 from torchinit.evidence.diagnostics.recurrent import _probe, _unroll
 
@@ -71,6 +71,7 @@ def test_recurrent_layer_is_measured_like_any_layer(cls):
     assert r.hist_range == [-1.0, 1.0]  # a tanh-bounded output
     assert [x.name for x in rep.layers] == ["rnn", "head"]
     assert all(p.grad is None for p in model.parameters())
+    assert Report.from_json(rep.to_json()).to_json() == rep.to_json()
 
 
 @pytest.mark.parametrize("cls", [nn.RNN, nn.GRU, nn.LSTM])
@@ -122,6 +123,7 @@ def test_chrono_init_keeps_the_gradient_over_a_long_sequence():
                                      (nn.GRU, {"num_layers": 2, "bidirectional": True}),
                                      (nn.LSTM, {"bias": False, "bidirectional": True}),
                                      (nn.LSTM, {"proj_size": 8, "num_layers": 2})])
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
 def test_unroll_is_the_module(cls, kw):
     torch.manual_seed(0)
     m = cls(6, 12, batch_first=True, **kw)

@@ -29,8 +29,9 @@ deliberately, saying in its report what it did with each layer:
   :func:`torchinit.diagnose` (``LayerStats.residual``: added to a stream at least as
   large, or to any stream when named like one of the residual projections the
   ``gpt2``/``llama`` presets scale by depth: ``*.c_proj``, ``*.o_proj``,
-  ``*.down_proj``, ...). Such a layer is small by design (depth scaling such as GPT-2's ``0.02/sqrt(2 n_layer)``); unit
-  output would erase that. ``residual="skip"`` (default) leaves it as initialized,
+  ``*.down_proj``, ...). Such a layer is small by design (depth scaling such as
+  GPT-2's ``0.02/sqrt(2 n_layer)``); unit output would erase that.
+  ``residual="skip"`` (default) leaves it as initialized,
   ``residual="relative"`` scales it so that its output std is ``residual_ratio``
   times the stream's at the sum, ``residual="scale"`` treats it like any layer.
 
@@ -199,7 +200,7 @@ class LSUVReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"tol": self.tol, "max_iter": self.max_iter, "seed": self.seed,
-                "layers": [asdict(l) for l in self.layers]}
+                "layers": [asdict(l) for l in self.layers], "extra": dict(self.extra)}
 
     def table(self):
         from rich.table import Table

@@ -93,6 +93,11 @@ class Thresholds:
       per-sample shape (groups of >= 3 layers; the most extreme group is judged). In a
       residual network (>= 3 layers ending a branch) only those layers count: the
       gradient at their output is the residual stream's.
+    * the same ``grad_vanish`` / ``grad_explode`` judge a recurrent layer through time
+      (*vanishing_through_time* / *exploding_through_time*): for a loss on its last step's
+      output, the gradient norm at its first step's input over that at its last step's
+      (``LayerStats.time_grad_ratio``); for a cell called once per step, the gradient std
+      at its first call's output over that at its last call's.
     * ``collapse=0.99``: *collapse* when the mean pairwise cosine similarity of
       samples at a weight layer (other than the last) exceeds ``collapse`` while the input's is below
       ``collapse_input=0.9``; starts at the first layer above ``collapse_start=0.9``.
