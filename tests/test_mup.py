@@ -170,6 +170,7 @@ def test_away_from_the_base_width_hidden_variance_and_readout_scale_with_width()
     assert p["layers.0.weight"].spec == ref["layers.0.weight"].spec  # input: fan_in fixed
     z = torchinit.plan(model, torchinit.MuP(base, init="gpt2"))
     assert z["layers.4.weight"].spec == S.Constant(0.0) and z["layers.4.weight"].initializer == "zeros"
+    assert z["layers.4.weight"].args == {"mup_role": "output", "width_mult": 4.0, "readout": "zero"}
     # kaiming at base 16 scaled by 1/sqrt(4) is kaiming at 64 (in value, not necessarily in bits)
     k = torchinit.plan(model, torchinit.MuP(base))
     assert math.isclose(k["layers.2.weight"].spec.std, math.sqrt(2 / 64), rel_tol=1e-12)

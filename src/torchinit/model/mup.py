@@ -242,7 +242,8 @@ class MuP(Policy):
         i, o = dims
         other = [d for d in range(len(shape)) if d not in dims and scales[d]]
         if other:
-            raise ValueError(f"MuP: {name!r} (shape {shape}, base {base}): dim {other[0]} scales with width but "
+            also = f", delta {delta}" if delta is not None else ""
+            raise ValueError(f"MuP: {name!r} (shape {shape}, base {base}{also}): dim {other[0]} scales with width but "
                              f"is neither its fan-in dim ({i}) nor its fan-out dim ({o}); muP has no role for it")
         mi = ratio[i] if scales[i] else 1.0
         mo = ratio[o] if scales[o] else 1.0
@@ -280,7 +281,7 @@ class MuP(Policy):
                 entries.append(replace(e, args=args, spec=be.spec, code=be.code, initializer=be.initializer))
                 continue
             if c == 0.0:  # zero readout
-                args["readout"] = "zero"
+                args = {"mup_role": r.role, "width_mult": r.width_mult, "readout": "zero"}
                 entries.append(replace(e, args=args, spec=S.Constant(0.0), initializer="zeros", code=()))
                 continue
             be = _base_entry(base, e.name)
