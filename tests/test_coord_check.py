@@ -93,6 +93,13 @@ def test_table_plot_and_html(mlp_runs, tmp_path):
     html = sp.to_html()
     assert html.startswith("<section class='coord-check'>") and "data:image/png;base64," in html
     assert html.count("<tr>") == 1 + 4
+    # embedded in the diagnostics report page
+    from torchinit.diagnostics import save_comparison
+
+    model = _mlp(32)
+    rep = torchinit.diagnose(model, _mlp_batch()[0])
+    page = save_comparison({"mlp": rep}, tmp_path / "report", sections=[html]).read_text()
+    assert page.index("<h2>mlp</h2>") < page.index(html) < page.index("</body>")
 
 
 def test_bad_arguments_are_refused():
