@@ -101,6 +101,13 @@ def test_roles_of_hugging_face_models_built_from_configs():
         assert r[f"transformer.h.0.{n}.bias"] == "vector"
     assert "lm_head.weight" not in r  # tied: once, under its first name
     assert mup.roles(gpt2(32))["transformer.h.0.mlp.c_fc.weight"].fan_in_mult == 2.0
+    # planned and written like any policy: materialize on meta equals init_model, the tied readout is noted
+    ref = gpt2(32)
+    p = torchinit.init_model(ref, mup, seed=1)
+    assert any("'transformer.wte.weight' is tied to the output layer" in n for n in p.notes)
+    meta = _meta(gpt2, 32)
+    torchinit.materialize(meta, "cpu", mup, seed=1, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(meta.state_dict().values(), ref.state_dict().values()))
 
     mup = torchinit.MuP(_meta(llama, 16))
     r = _roles(mup, llama(64))
