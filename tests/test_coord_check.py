@@ -93,6 +93,13 @@ def test_table_plot_and_html(mlp_runs, tmp_path):
     html = sp.to_html()
     assert html.startswith("<section class='coord-check'>") and "data:image/png;base64," in html
     assert html.count("<tr>") == 1 + 4
+    # embedded in the diagnostics report page
+    from torchinit.diagnostics import save_comparison
+
+    model = _mlp(32)
+    rep = torchinit.diagnose(model, _mlp_batch()[0])
+    page = save_comparison({"mlp": rep}, tmp_path / "report", sections=[html]).read_text()
+    assert page.index("<h2>mlp</h2>") < page.index(html) < page.index("</body>")
 
 
 def test_bad_arguments_are_refused():
@@ -104,3 +111,31 @@ def test_bad_arguments_are_refused():
         torchinit.coord_check(_mlp, WIDTHS, _mlp_batch(), lr=1e-2, parametrization="ntk")
     with pytest.raises(TypeError, match="the parametrization factory must return a MuP, got str"):
         torchinit.coord_check(_mlp, WIDTHS, _mlp_batch(), lr=1e-2, parametrization=lambda b, d: "kaiming")
+
+
+def test_the_callers_global_rng_is_left_as_it_was():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    torchinit.coord_check(_mlp, (16, 32), _mlp_batch(), parametrization="sp", steps=1, lr=1e-3)
+    assert torch.equal(torch.rand(3), expected)
+
+
+class _Conv1x(nn.Module):  # a kernel dim that grows with width: muP has no role for it
+    def __init__(self, w: int):
+        super().__init__()
+        self.c = nn.Conv1d(4, 4, kernel_size=w // 8 + 1, padding="same")
+        self.fc = nn.Linear(4 * 8, 3)
+
+    def forward(self, x):
+        return self.fc(self.c(x).flatten(1))
+
+
+def test_sp_check_of_a_model_muP_cannot_type_puts_its_layers_in_one_group():
+    g = torch.Generator().manual_seed(0)
+    batch = torch.randn(8, 4, 8, generator=g), torch.randint(0, 3, (8,), generator=g)
+    r = torchinit.coord_check(_Conv1x, (16, 32), batch, parametrization="sp", steps=2, lr=1e-3)
+    assert r.groups == {"c": "layers", "fc": "layers"}
+    assert [ax.get_title().split(" (")[0] for ax in r.plot().axes] == ["layers"]
+    with pytest.raises(ValueError, match=r"'c.weight' \(shape \(4, 4, 3\), base \(4, 4, 3\), delta \(4, 4, 5\)\): dim 2 scales"):
+        torchinit.coord_check(_Conv1x, (16, 32), batch, parametrization="mup", steps=2, lr=1e-3)

@@ -101,6 +101,13 @@ def test_roles_of_hugging_face_models_built_from_configs():
         assert r[f"transformer.h.0.{n}.bias"] == "vector"
     assert "lm_head.weight" not in r  # tied: once, under its first name
     assert mup.roles(gpt2(32))["transformer.h.0.mlp.c_fc.weight"].fan_in_mult == 2.0
+    # planned and written like any policy: materialize on meta equals init_model, the tied readout is noted
+    ref = gpt2(32)
+    p = torchinit.init_model(ref, mup, seed=1)
+    assert any("'transformer.wte.weight' is tied to the output layer" in n for n in p.notes)
+    meta = _meta(gpt2, 32)
+    torchinit.materialize(meta, "cpu", mup, seed=1, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(meta.state_dict().values(), ref.state_dict().values()))
 
     mup = torchinit.MuP(_meta(llama, 16))
     r = _roles(mup, llama(64))
@@ -170,6 +177,7 @@ def test_away_from_the_base_width_hidden_variance_and_readout_scale_with_width()
     assert p["layers.0.weight"].spec == ref["layers.0.weight"].spec  # input: fan_in fixed
     z = torchinit.plan(model, torchinit.MuP(base, init="gpt2"))
     assert z["layers.4.weight"].spec == S.Constant(0.0) and z["layers.4.weight"].initializer == "zeros"
+    assert z["layers.4.weight"].args == {"mup_role": "output", "width_mult": 4.0, "readout": "zero"}
     # kaiming at base 16 scaled by 1/sqrt(4) is kaiming at 64 (in value, not necessarily in bits)
     k = torchinit.plan(model, torchinit.MuP(base))
     assert math.isclose(k["layers.2.weight"].spec.std, math.sqrt(2 / 64), rel_tol=1e-12)

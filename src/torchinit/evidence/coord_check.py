@@ -138,7 +138,7 @@ class CoordCheck:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
-        order = [g for g in ("input", "hidden", "vector", "output", "fixed") if g in self.groups.values()]
+        order = [g for g in ("input", "hidden", "vector", "output", "fixed", "layers") if g in self.groups.values()]
         fig = Figure(figsize=(3.2 * max(len(order), 1), 3.0), dpi=100, layout="constrained")
         FigureCanvasAgg(fig)
         axes = fig.subplots(1, max(len(order), 1), squeeze=False)[0]
@@ -200,6 +200,15 @@ def _loss(out: Any, target: Tensor) -> Tensor:
     return F.mse_loss(out.float(), target.float())
 
 
+def _roles_or_none(shaper: MuP, model: nn.Module) -> dict | None:
+    """muP roles group the layers for the plot; a model muP cannot type (a dim other than
+    the fans scales) is still checked, in one group."""
+    try:
+        return shaper.roles(model)
+    except ValueError:
+        return None
+
+
 def coord_check(build: Callable[[int], nn.Module], widths: Sequence[int], batch: tuple[Any, Tensor], *,
                 parametrization: str | Callable[[nn.Module, nn.Module], MuP] = "mup", base_width: int | None = None,
                 steps: int = 5, lr: float, optimizer: str = "adam", seed: int = 0, tol: float = 0.25) -> CoordCheck:
@@ -249,47 +258,48 @@ def coord_check(build: Callable[[int], nn.Module], widths: Sequence[int], batch:
     rms: dict[str, list[list[float]]] = {}
     groups: dict[str, str] = {}
     losses: list[list[float]] = []
-    for wi, w in enumerate(widths):
-        torch.manual_seed(seed)
-        model = build(w)
-        if mup is not None:
-            init_model(model, mup, seed=seed)
-            param_groups = mup.param_groups(model, lr=lr, optimizer=optimizer)
-        else:
-            param_groups = [{"params": list(model.parameters()), "lr": lr}]
-        opt = _OPTIMIZERS[optimizer](param_groups, lr=lr)
-        roles = shaper.roles(model)
-        layers = [(n, m) for n, m in model.named_modules()
-                  if not list(m.children()) and any(True for _ in m.parameters(recurse=False))]
-        seen: dict[str, float] = {}
-        hooks = []
-        for n, m in layers:
-            if wi == 0:
-                rms[n] = [[math.nan] * len(widths) for _ in range(steps)]
-                ws = [roles.get(f"{n}.{k}") for k in ("weight", "in_proj_weight") if f"{n}.{k}" in roles]
-                groups[n] = ws[0].role if ws else "fixed"
+    with torch.random.fork_rng(devices=[]):  # the caller's global RNG is left as it was
+        for wi, w in enumerate(widths):
+            torch.manual_seed(seed)
+            model = build(w)
+            if mup is not None:
+                init_model(model, mup, seed=seed)
+                param_groups = mup.param_groups(model, lr=lr, optimizer=optimizer)
+            else:
+                param_groups = [{"params": list(model.parameters()), "lr": lr}]
+            opt = _OPTIMIZERS[optimizer](param_groups, lr=lr)
+            roles = _roles_or_none(shaper, model)
+            layers = [(n, m) for n, m in model.named_modules()
+                      if not list(m.children()) and any(True for _ in m.parameters(recurse=False))]
+            seen: dict[str, float] = {}
+            hooks = []
+            for n, m in layers:
+                if wi == 0:
+                    rms[n] = [[math.nan] * len(widths) for _ in range(steps)]
+                    ws = [roles[f"{n}.{k}"] for k in ("weight", "in_proj_weight") if roles and f"{n}.{k}" in roles]
+                    groups[n] = (ws[0].role if ws else "fixed") if roles else "layers"
 
-            def hook(mod, inp, out, n=n):
-                t = _first_tensor(out)
-                if t is not None:
-                    seen[n] = t.detach().float().pow(2).mean().sqrt().item()
-            hooks.append(m.register_forward_hook(hook))
-        row = []
-        model.train()
-        try:
-            for s in range(steps):
-                seen.clear()
-                loss = _loss(model(*args), target)
-                for n, v in seen.items():
-                    if n in rms:
-                        rms[n][s][wi] = v
-                row.append(loss.item())
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-        finally:
-            for h in hooks:
-                h.remove()
-        losses.append(row)
+                def hook(mod, inp, out, n=n):
+                    t = _first_tensor(out)
+                    if t is not None:
+                        seen[n] = t.detach().float().pow(2).mean().sqrt().item()
+                hooks.append(m.register_forward_hook(hook))
+            row = []
+            model.train()
+            try:
+                for s in range(steps):
+                    seen.clear()
+                    loss = _loss(model(*args), target)
+                    for n, v in seen.items():
+                        if n in rms:
+                            rms[n][s][wi] = v
+                    row.append(loss.item())
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+            finally:
+                for h in hooks:
+                    h.remove()
+            losses.append(row)
     return CoordCheck(parametrization=label, widths=widths, steps=steps, rms=rms, groups=groups, losses=losses,
                       tol=tol)

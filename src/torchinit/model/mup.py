@@ -149,8 +149,9 @@ class MuP(Policy):
 
     Args:
         base: the same architecture at the base width (the width the hyperparameters
-            were tuned at); its tensors may be on meta. Nothing is kept from it but its
-            shapes and its plan under ``init``.
+            were tuned at); its tensors may be on meta (nothing is allocated). The MuP
+            keeps a reference to it: each plan plans it under ``init`` for the base
+            specs, and ``attention_scale_`` reads its head dims.
         delta: optional, the same architecture at another width: dims that differ
             between ``base`` and ``delta`` scale with width even where the target model
             has the base width (needed for a zero readout at the base width).
@@ -159,6 +160,8 @@ class MuP(Policy):
         readout: ``"zero"`` (output weights zero at every width, as Tensor Programs V
             recommends) or ``"scaled"`` (the base spec with its std divided by
             ``width_mult``: variance proportional to 1/fan_in^2).
+        example_inputs: for planning ``base`` where ``nonlinearity="auto"`` needs a
+            forward pass (default: the target model's ``example_inputs``).
 
     At the base width (every dim as in ``base``) a ``MuP`` plans exactly the base
     policy's specs, bit for bit, except a zero readout. Elsewhere hidden weights get
@@ -242,7 +245,8 @@ class MuP(Policy):
         i, o = dims
         other = [d for d in range(len(shape)) if d not in dims and scales[d]]
         if other:
-            raise ValueError(f"MuP: {name!r} (shape {shape}, base {base}): dim {other[0]} scales with width but "
+            also = f", delta {delta}" if delta is not None else ""
+            raise ValueError(f"MuP: {name!r} (shape {shape}, base {base}{also}): dim {other[0]} scales with width but "
                              f"is neither its fan-in dim ({i}) nor its fan-out dim ({o}); muP has no role for it")
         mi = ratio[i] if scales[i] else 1.0
         mo = ratio[o] if scales[o] else 1.0
@@ -280,7 +284,7 @@ class MuP(Policy):
                 entries.append(replace(e, args=args, spec=be.spec, code=be.code, initializer=be.initializer))
                 continue
             if c == 0.0:  # zero readout
-                args["readout"] = "zero"
+                args = {"mup_role": r.role, "width_mult": r.width_mult, "readout": "zero"}
                 entries.append(replace(e, args=args, spec=S.Constant(0.0), initializer="zeros", code=()))
                 continue
             be = _base_entry(base, e.name)

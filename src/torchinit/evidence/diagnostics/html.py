@@ -26,8 +26,10 @@ def _html_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def comparison_html(reports: Mapping[str, Report], images: Mapping[str, Path], title: str) -> str:
-    """A self-contained HTML page: images embedded as base64 PNGs, verdicts and layer tables."""
+def comparison_html(reports: Mapping[str, Report], images: Mapping[str, Path], title: str,
+                    sections: Sequence[str] = ()) -> str:
+    """A self-contained HTML page: images embedded as base64 PNGs, verdicts and layer tables,
+    then ``sections`` (HTML fragments such as ``CoordCheck.to_html()``), as given."""
     css = ("body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0;"
            "font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}"
            "td:nth-child(2),td:nth-child(3){text-align:left}.error{color:#b00}.warning{color:#a60}"
@@ -53,6 +55,7 @@ def comparison_html(reports: Mapping[str, Report], images: Mapping[str, Path], t
             ["#", "layer", "type", "mean", "std", "max|x|", "dead", "sat", "cos", "grad std"],
             ([i, r.name, r.type, _fmt(r.mean), _fmt(r.std), _fmt(r.max_abs), _pct(r.dead), _pct(r.saturated),
               _fmt(r.cosine, ".2f"), _fmt(r.grad_std)] for i, r in enumerate(rep.layers))))
+    parts.extend(sections)
     parts.append("</body></html>")
     return "".join(parts)
 
@@ -80,7 +83,7 @@ def _file_stems(names: Sequence[str]) -> dict[str, str]:
 
 
 def save_comparison(reports: Mapping[str, Report], directory: str | Path, *, title: str = "torchinit report",
-                    theory: Mapping[str, float] | None = None) -> Path:
+                    theory: Mapping[str, float] | None = None, sections: Sequence[str] = ()) -> Path:
     """Write the signal-propagation plot of all ``reports`` on one figure
     (``signal.png``), their histograms side by side (``histograms.png``),
     ``report[_NAME].json`` and a self-contained ``report.html``; returns the HTML path.
@@ -88,7 +91,8 @@ def save_comparison(reports: Mapping[str, Report], directory: str | Path, *, tit
     ``NAME`` is the report's name with characters other than letters, digits, ``-`` and
     ``_`` replaced by ``_``; names that would then share a file (``"a.b"`` and ``"a b"``,
     or differ only in case) get ``_`` and 8 hex digits of a hash of the exact name
-    appended, so no report overwrites another."""
+    appended, so no report overwrites another. ``sections``: HTML fragments appended to
+    the page (``torchinit.coord_check(...).to_html()``)."""
     from ..plots import activation_histograms, signal_propagation
 
     if not reports:
@@ -108,5 +112,5 @@ def save_comparison(reports: Mapping[str, Report], directory: str | Path, *, tit
         suffix = "" if single else f"_{stems[name]}"
         (d / f"report{suffix}.json").write_text(rep.to_json())
     out = d / "report.html"
-    out.write_text(comparison_html(reports, images, title), encoding="utf-8")
+    out.write_text(comparison_html(reports, images, title, sections=tuple(sections)), encoding="utf-8")
     return out
