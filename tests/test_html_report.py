@@ -186,4 +186,4 @@ def test_report_and_demo_share_the_layout(tmp_path, capsys):
     meta = dict(r[:2] for r in page.tables["run"][1:])
     assert meta["command"] == ("torchinit report gpt --kwargs '" + json.dumps(GPT) + "' --compare pytorch,gpt2 "
                                "--batch 4 --seed 0")
-    assert meta["compared"] == "pytorch, gpt2" and meta["input shape"] == "4x32"
+    assert meta["schemes"] == "pytorch, gpt2" and meta["input shape"] == "4x32" and meta["seed"] == "0"

@@ -224,8 +224,7 @@ def run_info(args: argparse.Namespace, schemes: Sequence[str]) -> dict[str, str]
     cmd += ["--seed", str(args.seed)]
     if args.no_backward:
         cmd.append("--no-backward")
-    return {"seed": str(args.seed), "policy" if not args.compare else "compared": ", ".join(schemes),
-            "command": shlex.join(cmd)}
+    return {"seed": str(args.seed), "command": shlex.join(cmd)}  # the schemes have their own row
 
 
 def _worst(reports: Mapping[str, Any]) -> str | None:
