@@ -187,3 +187,30 @@ def test_report_and_demo_share_the_layout(tmp_path, capsys):
     assert meta["command"] == ("torchinit report gpt --kwargs '" + json.dumps(GPT) + "' --compare pytorch,gpt2 "
                                "--batch 4 --seed 0")
     assert meta["schemes"] == "pytorch, gpt2" and meta["input shape"] == "4x32" and meta["seed"] == "0"
+
+
+def test_residual_stream_of_blocks_called_with_keyword_arguments():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln = nn.LayerNorm(16)
+            self.proj = nn.Linear(16, 16)
+
+        def forward(self, hidden_states):
+            return hidden_states + self.proj(self.ln(hidden_states))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList(Block() for _ in range(3))
+
+        def forward(self, x):
+            for b in self.blocks:
+                x = b(hidden_states=x)
+            return x
+
+    torch.manual_seed(0)
+    x = torch.randn(8, 16) * 3
+    stream = torchinit.diagnose(Net(), x).meta["stream"]
+    assert [s["name"] for s in stream] == ["blocks.0 (input)", "blocks.0", "blocks.1", "blocks.2"]
+    assert stream[0]["std"] == pytest.approx(float(x.std(correction=0)), rel=1e-5)

@@ -41,7 +41,7 @@ class _Stream:
         for name, m in self.model.named_modules():
             if not name or _kind(m) is not None or next(m.children(), None) is None:
                 continue  # the model itself, the recorded layers, leaves
-            self.handles.append(m.register_forward_hook(self._hook(name)))
+            self.handles.append(m.register_forward_hook(self._hook(name), with_kwargs=True))
 
     def detach(self) -> None:
         for h in self.handles:
@@ -50,8 +50,11 @@ class _Stream:
 
     def _hook(self, name: str):
         @torch.no_grad()
-        def hook(mod, args, out):
+        def hook(mod, args, kwargs, out):
+            # the input: the first tensor argument (a block called as block(hidden_states=x) has it in kwargs)
             x, y = first_tensor(args), first_tensor(out)
+            if x is None and kwargs:
+                x = first_tensor(list(kwargs.values()))
             if not (isinstance(x, Tensor) and isinstance(y, Tensor) and x.is_floating_point()
                     and y.is_floating_point() and x.shape == y.shape and y.numel() > 1):
                 return None
