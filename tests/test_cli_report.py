@@ -28,7 +28,7 @@ def test_compare_schemes_on_zoo_mlp(tmp_path, capsys):
     assert "xavier: warning vanishing (starts at layers.2)" in text.replace("\n", " ")
     assert "kaiming: ok" in text and "lsuv: ok" in text
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 2  # signal propagation + histograms
+    assert html.count("data:image/png;base64,") == 3  # forward, backward (beside it), histograms
     reports = {s: Report.from_json((out / f"report_{s}.json").read_text()) for s in ("pytorch", "xavier", "kaiming", "lsuv")}
     # the paper's lesson, measured: xavier (gain 1) vanishes with ReLU depth, kaiming holds, lsuv sets std 1
     last = {s: r.signal()[-2].std for s, r in reports.items()}
@@ -119,6 +119,12 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert "kaiming: ok" in text
     index = (out / "index.html").read_text()
     assert "mlp/report.html" in index and "cnn/report.html" in index
+    # the layout of torchinit report: summary, run, plots (forward beside backward), layers
+    page = (out / "mlp" / "report.html").read_text()
+    marks = ["<section id='summary'>", "<section id='run'>", "<figure id='fig-signal'>",
+             "<figure id='fig-gradients'>", "<figure id='fig-histograms'>", "<section id='layers'>"]
+    assert all(m in page for m in marks) and sorted(marks, key=page.index) == marks
+    assert "<td class='l'>command</td><td class='l'>torchinit demo --seed 0</td>" in page
     mlp = {s: Report.from_json((out / "mlp" / f"report_{s}.json").read_text()) for s in ("pytorch", "xavier", "kaiming")}
     assert len(mlp["kaiming"].signal()) == 30
     assert mlp["xavier"].by_kind("vanishing") and mlp["pytorch"].by_kind("vanishing")

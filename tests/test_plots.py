@@ -92,12 +92,12 @@ def test_report_save_writes_self_contained_html(tmp_path, reports):
     assert html_path.name == "report.html"
     text = html_path.read_text()
     imgs = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", text)
-    assert len(imgs) == 2
+    assert len(imgs) == 3  # forward, backward, histograms
     for b64 in imgs:
         assert base64.b64decode(b64)[:8] == PNG_MAGIC
     assert "http" not in text.replace("http-equiv", "")  # nothing fetched from outside
     assert "wrong_nonlinearity" in text
-    for name in ("signal.png", "histograms.png", "report.json"):
+    for name in ("signal.png", "gradients.png", "histograms.png", "report.json"):
         assert (tmp_path / "out" / name).stat().st_size > 0
     again = Report.from_json((tmp_path / "out" / "report.json").read_text())
     assert again.to_dict() == rep.to_dict()
@@ -108,7 +108,7 @@ def test_save_comparison_one_json_per_scheme(tmp_path, reports):
     for name in ("signal.png", "histograms.png", "report_xavier.json", "report_kaiming.json"):
         assert (tmp_path / name).stat().st_size > 0
     assert json.loads((tmp_path / "report_kaiming.json").read_text())["meta"]["label"] == "kaiming"
-    assert page.read_text().count("data:image/png;base64,") == 2
+    assert page.read_text().count("data:image/png;base64,") == 3  # forward, backward, histograms
     fig = activation_histograms(reports)
     assert [ax.get_title() for ax in fig.axes] == ["xavier", "kaiming"]  # one panel per scheme
     with pytest.raises(ValueError, match="reports is empty"):

@@ -78,7 +78,8 @@ class _Progress:
             self._show()  # the timer thread may not have run yet
         with _lock:
             if self.bar is not None:
-                self.bar.update(self.task, completed=self.done, description=self.label)
+                # drawn now, not at the next tick of rich's refresh thread: every step shows
+                self.bar.update(self.task, completed=self.done, description=self.label, refresh=True)
         if n and self.done >= self.total:
             self.close()
 

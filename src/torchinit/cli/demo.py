@@ -93,7 +93,8 @@ def _run(args: argparse.Namespace) -> int:
                           f"alike), Kaiming and LSUV hold.")
         else:
             console.print("BatchNorm re-normalizes every block, so all four schemes keep the forward signal.")
-        page = save_comparison(reports, out / name, title=f"torchinit demo: {name} ({what})")
+        run = {"seed": str(args.seed), "batch": str(batch), "command": f"torchinit demo --seed {args.seed}"}
+        page = save_comparison(reports, out / name, title=f"torchinit demo: {name} ({what})", run=run)
         links.append((name, what, page.relative_to(out)))
     index = out / "index.html"
     index.write_text(

@@ -17,7 +17,7 @@ from ._models import load_model, parse_kwargs
 if TYPE_CHECKING:  # pragma: no cover
     from rich.table import Table
 
-__all__ = ["register", "run", "make_inputs", "build_and_init", "diagnose_schemes", "std_table", "print_verdicts", "scheme_policy",
+__all__ = ["register", "run", "make_inputs", "build_and_init", "diagnose_schemes", "std_table", "run_info", "print_verdicts", "scheme_policy",
            "DEFAULT_SCHEMES"]
 
 DEFAULT_SCHEMES = ("pytorch", "xavier", "kaiming", "lsuv")
@@ -53,6 +53,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=64, help="batch size when --input-shape is not given (default 64)")
     p.add_argument("--out", "-o", default="torchinit-report", metavar="DIR",
                    help="folder for plots, JSON and report.html (default: ./torchinit-report)")
+    p.add_argument("--html", default=None, metavar="FILE",
+                   help="also write the self-contained HTML page (summary, run, plots, layers) to FILE")
     p.add_argument("--seed", "-s", type=int, default=0, help="seed of the init and of the random batch (default 0)")
     p.add_argument("--no-backward", action="store_true", help="forward statistics only (less memory)")
     p.add_argument("--threads", type=int, default=0,
@@ -145,14 +147,17 @@ def scheme_policy(scheme: str) -> Any:
 def diagnose_schemes(model_spec: str, schemes: Sequence[str], *, kwargs: Mapping[str, Any] | None = None,
                      seed: int = 0, batch: int = 64, input_shape: Sequence[int] | None = None,
                      backward: bool = True) -> dict[str, Any]:
-    """``{scheme: Report}``: each scheme on a fresh copy of the model, all on the same batch."""
+    """``{scheme: Report}`` (a :class:`~torchinit.diagnostics.Comparison`, which renders as HTML):
+    each scheme on a fresh copy of the model, all on the same batch."""
     import torchinit
+
+    from ..evidence.diagnostics.html import Comparison
 
     from .. import zoo
 
     from .._progress import _track
 
-    reports: dict[str, Any] = {}
+    reports = Comparison()
     inputs = None
     # one bar over the schemes (diagnose's and lsuv_'s own stay silent inside it)
     for scheme in _track(schemes, "report"):
@@ -201,6 +206,25 @@ def print_verdicts(console: Any, reports: Mapping[str, Any], title: str) -> None
             console.print(f"  [bold]{name}[/]: [{style.get(v.severity, '')}]{v.severity}[/] {v.kind} "
                           f"(starts at {v.layer}): {v.message}", highlight=False)
             console.print(f"      fix: {v.fix}", highlight=False)
+
+
+def run_info(args: argparse.Namespace, schemes: Sequence[str]) -> dict[str, str]:
+    """The run table's rows for a page made by ``torchinit report``: seed, scheme(s) and an
+    equivalent command line (rebuilt from the parsed arguments)."""
+    import shlex
+
+    cmd = ["torchinit", "report", args.model]
+    if args.kwargs:
+        cmd += ["--kwargs", args.kwargs]
+    cmd += ["--compare", ",".join(schemes)] if args.compare else (["--policy", args.policy] if args.policy else [])
+    if args.input_shape:
+        cmd += ["--input-shape", args.input_shape]
+    else:
+        cmd += ["--batch", str(args.batch)]
+    cmd += ["--seed", str(args.seed)]
+    if args.no_backward:
+        cmd.append("--no-backward")
+    return {"seed": str(args.seed), "command": shlex.join(cmd)}  # the schemes have their own row
 
 
 def _worst(reports: Mapping[str, Any]) -> str | None:
@@ -282,8 +306,12 @@ def _run(args: argparse.Namespace) -> int:
     else:
         console.print(std_table(reports, f"{args.model}: output std of each weight layer"))
         print_verdicts(console, reports, f"{args.model}: verdicts")
-    html = save_comparison(reports, Path(args.out), title=f"torchinit report: {args.model} ({', '.join(schemes)})")
+    title = f"torchinit report: {args.model} ({', '.join(schemes)})"
+    html = save_comparison(reports, Path(args.out), title=title, run=run_info(args, schemes))
     console.print(f"wrote {html} (plots and JSON in {Path(args.out)})")
+    if args.html:
+        Path(args.html).write_text(html.read_text(encoding="utf-8"), encoding="utf-8")
+        console.print(f"wrote {args.html}")
     worst = _worst(reports)
     if args.fail_on == "warning" and worst in ("warning", "error"):
         return 1

@@ -371,6 +371,40 @@ class Plan:
         return (f"Plan(policy={self.policy!r}, entries={len(self.entries)}, unmatched={len(self.unmatched)}, "
                 f"unused_rules={len(self.unused_rules)}, applied={self.applied})")
 
+    def _repr_html_(self, max_rows: int = 500) -> str:
+        """Notebook display: the table of :meth:`__rich__` as HTML (the first ``max_rows``
+        tensors; the count of the rest), its title and footnotes."""
+        import html
+
+        esc = html.escape
+        title = f"torchinit plan: policy {self.policy!r}, {len(self.entries)} tensors"
+        if self.applied:
+            title += f" (applied: engine={self.engine}, seed={self.seed})"
+        cols = ("tensor", "shape", "rule", "init", "fan in/out", "gain", "nonlinearity", "std", "bounds")
+        rows = []
+        for e in self.entries[:max_rows]:
+            b = e.bounds
+            bounds = "" if b is None else (f"[{_fmt(b[0])}, {_fmt(b[1])}]" if b[0] != b[1] else f"= {_fmt(b[0])}")
+            cells = (e.name + (f" (= {', '.join(e.aliases)})" if e.aliases else ""),
+                     ("x".join(map(str, e.shape)) if e.shape else "()") + (" buf" if e.kind == "buffer" else ""),
+                     (e.rule or "") + (f" > {', '.join(r.split(' ')[0] for r in e.overridden)}" if e.overridden else ""),
+                     self._init_text(e), f"{e.fans.fan_in}/{e.fans.fan_out}" if e.fans is not None else "",
+                     _fmt(e.gain), (e.nonlinearity or "") + (f" [{e.nonlinearity_source}]"
+                                                              if e.nonlinearity and e.nonlinearity_source else ""),
+                     _fmt(e.std), bounds)
+            rows.append("<tr>" + "".join(f"<td style='text-align:left'>{esc(str(c))}</td>" for c in cells) + "</tr>")
+        if len(self.entries) > max_rows:
+            rows.append(f"<tr><td colspan='{len(cols)}'>... {len(self.entries) - max_rows} more tensors</td></tr>")
+        foot = [f"unmatched (left as they are): {', '.join(self.unmatched)}"] if self.unmatched else []
+        if self.unused_rules:
+            foot.append(f"rules that matched nothing: {', '.join(self.unused_rules)}")
+        if self.shadowed_rules:
+            foot.append(f"rules always overridden: {', '.join(self.shadowed_rules)}")
+        foot.extend(self.notes)
+        head = "".join(f"<th style='text-align:left'>{c}</th>" for c in cols)
+        return (f"<div class='torchinit-plan'><b>{esc(title)}</b><table><thead><tr>{head}</tr></thead><tbody>"
+                + "".join(rows) + "</tbody></table>" + "".join(f"<p>{esc(f)}</p>" for f in foot) + "</div>")
+
     def print(self, file: IO[str] | None = None, width: int | None = None) -> None:
         """Print the table with rich (colours on a terminal)."""
         from rich.console import Console

@@ -5,12 +5,13 @@
 * :mod:`.params`: statistics of the parameters themselves;
 * :mod:`.verdicts`: the rules that turn statistics into verdicts;
 * :mod:`.report`: the data (thresholds, statistics, verdicts, Report);
-* :mod:`.run`: :func:`diagnose`; :mod:`.html`: comparison pages.
+* :mod:`.stream`: the residual stream between blocks;
+* :mod:`.run`: :func:`diagnose`; :mod:`.html`: the HTML report and notebook display.
 """
 
-from .html import comparison_html, save_comparison
+from .html import Comparison, comparison_html, save_comparison
 from .report import LayerStats, ParamStats, Report, Thresholds, Verdict
 from .run import diagnose
 
 __all__ = ["diagnose", "Report", "LayerStats", "ParamStats", "Verdict", "Thresholds", "save_comparison",
-           "comparison_html"]
+           "comparison_html", "Comparison"]

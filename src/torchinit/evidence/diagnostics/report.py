@@ -422,6 +422,31 @@ class Report:
 
         return activation_histograms(self, path, **kw)
 
+    def to_html(self, path: str | Path | None = None, *, title: str | None = None,
+                run: Mapping[str, Any] | None = None) -> str:
+        """The self-contained HTML page of this report (summary, run, plots, layers; see
+        :mod:`.html`); also written to ``path`` when given. ``run`` adds rows to its run
+        table (seed, policy, command, ...)."""
+        from .html import comparison_html  # html renders reports: imported when used
+
+        page = comparison_html({self.label: self}, title or f"torchinit report: {self.label}", run=run)
+        if path is not None:
+            Path(path).write_text(page, encoding="utf-8")
+        return page
+
+    def _repr_html_(self) -> str:
+        """Notebook display: the verdicts, the std table and the forward/backward plots."""
+        from .html import notebook_html
+
+        return notebook_html({self.label: self})
+
+    def __repr__(self) -> str:
+        kinds = list(dict.fromkeys(v.kind for v in self.verdicts))
+        found = f"{len(self.verdicts)} verdict{'s' if len(self.verdicts) != 1 else ''}" + (
+            f" ({', '.join(kinds)})" if kinds else "")
+        return (f"<Report {self.label!r}: {len(self.layers)} layers, {len(self.params)} parameters, {found}; "
+                f".print(), .to_html(), .save(dir)>")
+
     def save(self, directory: str | Path) -> Path:
         """Write ``signal.png``, ``histograms.png``, ``report.json`` and a self-contained
         ``report.html`` (PNGs embedded as base64) into ``directory``; returns the HTML path."""

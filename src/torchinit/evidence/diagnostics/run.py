@@ -10,10 +10,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..._progress import _Progress
+from ..._version import __version__
 from ...model.calls import call_model, first_tensor
 from .params import _param_stats
 from .record import _FunctionalActivations, _Recorder
 from .report import Report, Thresholds
+from .stream import _Stream
 from .verdicts import _verdicts
 
 __all__ = ["diagnose"]
@@ -103,12 +105,14 @@ def diagnose(
     # frozen layers need no parameter gradient: the recorder starts the graph at the first
     # output that does not require grad (_Recorder._grad_entry)
     rec = _Recorder(model, max_cosine_samples, backward)
+    stream = _Stream(model, rec._owner)
     bar = _Progress("diagnose", 3, progress)
     bar.set_label("forward")
     loss_kind = None
     grad_note = None if backward else "backward=False: gradient statistics were not measured"
     try:
         rec.attach()  # inside try: hooks attached before a failure are removed in finally
+        stream.attach()
         with torch.set_grad_enabled(backward), _FunctionalActivations(rec):
             out = call_model(model, inputs)
         bar.advance(1, "backward")
@@ -146,6 +150,7 @@ def diagnose(
         raise
     finally:
         rec.detach()
+        stream.detach()
         rec.leaves.clear()
         with torch.no_grad():
             for n, b in model.named_buffers():
@@ -169,5 +174,8 @@ def diagnose(
         "loss": loss_kind,
         "grad_note": grad_note,
         "thresholds": asdict(th),
+        # the std between the blocks of a residual network (stream.py); None without blocks
+        "stream": stream.result(rec.records),
+        "versions": {"torchinit": __version__, "torch": torch.__version__},
     }
     return Report(layers=rec.records, params=pstats, verdicts=verdicts, meta=meta)
