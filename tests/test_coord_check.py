@@ -99,7 +99,7 @@ def test_table_plot_and_html(mlp_runs, tmp_path):
     model = _mlp(32)
     rep = torchinit.diagnose(model, _mlp_batch()[0])
     page = save_comparison({"mlp": rep}, tmp_path / "report", sections=[html]).read_text()
-    assert page.index("<h2>mlp</h2>") < page.index(html) < page.index("</body>")
+    assert page.index("class='verdicts'") < page.index(html) < page.index("</body>")
 
 
 def test_bad_arguments_are_refused():
