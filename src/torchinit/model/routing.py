@@ -49,6 +49,7 @@ import hashlib
 import inspect
 import math
 import sys
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -157,7 +158,9 @@ class KeyedInitMode(TorchFunctionMode):
         self._counters: dict[str, int] = {}
         self._index: dict[int, list[tuple[str, Tensor]]] = {}
         self._by_id: dict[int, tuple[str, Tensor]] = {}  # DTensors by identity (an empty shard has no storage)
-        self._views: dict[int, tuple] = {}  # id(DTensor slice) -> (slice, name, base, global index, offsets, sizes)
+        # id(DTensor slice) -> (weakref to the slice, name, base, global index, offsets, sizes); weak: a
+        # redistributed slice is a full copy, which the table must not keep alive
+        self._views: dict[int, tuple] = {}
         seen: set[int] = set()
         named: list[tuple[str, Tensor]] = []
         for name, t in list(model.named_parameters()) + list(model.named_buffers()):
@@ -260,7 +263,7 @@ class KeyedInitMode(TorchFunctionMode):
                 return _Target(name, base, None, found[1], regions=found[0],
                                gindex=global_index(t, found[0], found[1]))
         view = self._views.get(id(t))
-        if view is not None and view[0] is t:
+        if view is not None and view[0]() is t:
             _, name, base, gindex, offs, sizes = view
             return _Target(name, base, None, False, regions=box_regions(base, offs, sizes), gindex=gindex,
                            redirect=True)
@@ -277,7 +280,7 @@ class KeyedInitMode(TorchFunctionMode):
             return  # a local view: found by its storage
         box = index_box(index, tuple(target.base.shape))
         if box is not None:
-            self._views[id(res)] = (res, target.name, target.base, *box)
+            self._views[id(res)] = (weakref.ref(res), target.name, target.base, *box)
 
     def _redirected_write(self, func, args, kwargs, t: Tensor, target: _Target) -> Tensor:
         """A non-random in-place op on a redistributed slice, applied to the shards it covers."""
