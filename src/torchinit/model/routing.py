@@ -196,7 +196,8 @@ class KeyedInitMode(TorchFunctionMode):
 
     def _record(self, target: _Target, how: str, what: Any = None) -> None:
         self.log.written.add(target.name)
-        self.audit.record(target.name, how, what, whole=target.full)
+        # w[index] = v writes a part of w whatever the index (the audit cannot tell w[:] from w[0])
+        self.audit.record(target.name, how, what, whole=target.full and how != "__setitem__")
 
     # -- keys -------------------------------------------------------------------
     def key(self, name: str):
@@ -302,6 +303,25 @@ class KeyedInitMode(TorchFunctionMode):
         for sl, _ in target.regions:
             func(local[sl], *args[1:], **kwargs)
         return t
+
+    def _setitem(self, args, target: _Target) -> None:
+        """``w[index] = value`` on a model DTensor: each rank writes its part of the box (DTensor
+        would redistribute a slice across a sharded dim)."""
+        t, index, value = args
+        box = index_box(index, tuple(target.base.shape))
+        if box is None:
+            raise ShardWriteError(f"{target.name!r}: w[index] = value on a sharded tensor supports ints and step-1 "
+                                  f"slices only, got {index!r}")
+        gindex, offs, sizes = box
+        regions = box_regions(target.base, offs, sizes)
+        if isinstance(value, Tensor) and is_dtensor(value):
+            if not all(type(p).__name__ == "Replicate" for p in value.placements):
+                raise ShardWriteError(f"{target.name!r}: w[index] = a sharded DTensor")
+            value = value._local_tensor
+        if not isinstance(value, Tensor):
+            value = torch.tensor(value)
+        shape = tuple(n for i, n in zip(gindex, sizes) if not isinstance(i, int))
+        copy_into_dtensor_(target.base, regions, gindex, shape, value, target.name)
 
     def _outside(self, t: Any, what: str) -> None:
         """A random draw into a tensor that is not the model's: refused (before it writes) for
@@ -456,6 +476,8 @@ class KeyedInitMode(TorchFunctionMode):
             t0 = dest[0][0]
             if target.redirect and not sampling and func not in _RANDOM_METHODS:
                 return self._redirected_write(func, args, kwargs, t0, target)
+            if name == "__setitem__" and target.full and len(args) == 3:
+                return self._setitem(args, target)
             if func is torch.Tensor.copy_ and len(args) > 1 and isinstance(args[1], Tensor) and not is_dtensor(args[1]):
                 copy_into_dtensor_(target.base, target.regions, target.gindex, t0, args[1], target.name)
                 return t0
