@@ -47,7 +47,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import inspect
-import math
 import sys
 import weakref
 from dataclasses import dataclass, field
@@ -60,7 +59,7 @@ from torch.overrides import TorchFunctionMode
 from ..core import specs as S
 from ..engines.dtensor import is_dtensor
 from .audit import InitAudit
-from .writes import _constant_of, _destination, _is_data_setter, _sampling_spec
+from .writes import _constant_of, _destination, _is_data_setter, _sampling_spec, _spec_of_init
 from .routing_shards import (ShardWriteError, _box_of, box_regions, check_mode_model, copy_into_dtensor_,
                              dtensor_regions, fill_dtensor_, global_index, index_box, storage_key,
                              whole_tensor_fallback_)
@@ -86,28 +85,6 @@ _RANDOM_FACTORIES = {
 def _derived_seed(seed: int, path: str) -> int:
     h = hashlib.blake2b(f"{seed}/{path}".encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") & ((1 << 63) - 1)
-
-
-def _spec_of_init(name: str, shape: tuple[int, ...], a: dict[str, Any]) -> S.Spec | None:
-    """The spec torch's ``torch.nn.init.<name>`` would draw for a tensor of ``shape``."""
-    if name == "uniform_":
-        return S.Uniform(a["a"], a["b"])
-    if name == "normal_":
-        return S.Normal(a["mean"], a["std"])
-    if name == "trunc_normal_":
-        return S.TruncatedNormal(a["mean"], a["std"], a["a"], a["b"])
-    if name in ("xavier_uniform_", "xavier_normal_"):
-        return S.xavier(shape, a["gain"], "uniform" if name == "xavier_uniform_" else "normal")
-    if name in ("kaiming_uniform_", "kaiming_normal_"):
-        if 0 in shape:
-            return None
-        return S.kaiming(shape, a["a"], a["mode"], a["nonlinearity"],
-                         "uniform" if name == "kaiming_uniform_" else "normal")
-    if name == "orthogonal_":
-        return S.Orthogonal(a["gain"]) if len(shape) >= 2 else None
-    if name == "sparse_":
-        return S.Sparse(a["sparsity"], a["std"]) if len(shape) == 2 else None
-    return None
 
 
 @dataclass
