@@ -37,6 +37,7 @@ class OwnInit(nn.Module):
         nn.init.zeros_(self.fc2.bias)
         nn.init.kaiming_uniform_(self.emb.weight, a=math.sqrt(5))
         self.emb.weight[3].zero_()  # a padding row (a slice across the sharded dim under FSDP2)
+        self.emb.weight[10:12, 1:] = 0.5  # __setitem__ of a box across shards
         nn.init.normal_(self.fc1.weight[5:9], std=3.0)  # rows across shard boundaries
         if not skip_norm:
             self.norm.weight.fill_(1.0)

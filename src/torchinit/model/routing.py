@@ -47,8 +47,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import inspect
-import math
 import sys
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -59,7 +59,7 @@ from torch.overrides import TorchFunctionMode
 from ..core import specs as S
 from ..engines.dtensor import is_dtensor
 from .audit import InitAudit
-from .writes import _constant_of, _destination, _is_data_setter, _sampling_spec
+from .writes import _constant_of, _destination, _is_data_setter, _sampling_spec, _spec_of_init
 from .routing_shards import (ShardWriteError, _box_of, box_regions, check_mode_model, copy_into_dtensor_,
                              dtensor_regions, fill_dtensor_, global_index, index_box, storage_key,
                              whole_tensor_fallback_)
@@ -85,28 +85,6 @@ _RANDOM_FACTORIES = {
 def _derived_seed(seed: int, path: str) -> int:
     h = hashlib.blake2b(f"{seed}/{path}".encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") & ((1 << 63) - 1)
-
-
-def _spec_of_init(name: str, shape: tuple[int, ...], a: dict[str, Any]) -> S.Spec | None:
-    """The spec torch's ``torch.nn.init.<name>`` would draw for a tensor of ``shape``."""
-    if name == "uniform_":
-        return S.Uniform(a["a"], a["b"])
-    if name == "normal_":
-        return S.Normal(a["mean"], a["std"])
-    if name == "trunc_normal_":
-        return S.TruncatedNormal(a["mean"], a["std"], a["a"], a["b"])
-    if name in ("xavier_uniform_", "xavier_normal_"):
-        return S.xavier(shape, a["gain"], "uniform" if name == "xavier_uniform_" else "normal")
-    if name in ("kaiming_uniform_", "kaiming_normal_"):
-        if 0 in shape:
-            return None
-        return S.kaiming(shape, a["a"], a["mode"], a["nonlinearity"],
-                         "uniform" if name == "kaiming_uniform_" else "normal")
-    if name == "orthogonal_":
-        return S.Orthogonal(a["gain"]) if len(shape) >= 2 else None
-    if name == "sparse_":
-        return S.Sparse(a["sparsity"], a["std"]) if len(shape) == 2 else None
-    return None
 
 
 @dataclass
@@ -157,7 +135,9 @@ class KeyedInitMode(TorchFunctionMode):
         self._counters: dict[str, int] = {}
         self._index: dict[int, list[tuple[str, Tensor]]] = {}
         self._by_id: dict[int, tuple[str, Tensor]] = {}  # DTensors by identity (an empty shard has no storage)
-        self._views: dict[int, tuple] = {}  # id(DTensor slice) -> (slice, name, base, global index, offsets, sizes)
+        # id(DTensor slice) -> (weakref to the slice, name, base, global index, offsets, sizes); weak: a
+        # redistributed slice is a full copy, which the table must not keep alive
+        self._views: dict[int, tuple] = {}
         seen: set[int] = set()
         named: list[tuple[str, Tensor]] = []
         for name, t in list(model.named_parameters()) + list(model.named_buffers()):
@@ -193,7 +173,8 @@ class KeyedInitMode(TorchFunctionMode):
 
     def _record(self, target: _Target, how: str, what: Any = None) -> None:
         self.log.written.add(target.name)
-        self.audit.record(target.name, how, what, whole=target.full)
+        # w[index] = v writes a part of w whatever the index (the audit cannot tell w[:] from w[0])
+        self.audit.record(target.name, how, what, whole=target.full and how != "__setitem__")
 
     # -- keys -------------------------------------------------------------------
     def key(self, name: str):
@@ -260,7 +241,7 @@ class KeyedInitMode(TorchFunctionMode):
                 return _Target(name, base, None, found[1], regions=found[0],
                                gindex=global_index(t, found[0], found[1]))
         view = self._views.get(id(t))
-        if view is not None and view[0] is t:
+        if view is not None and view[0]() is t:
             _, name, base, gindex, offs, sizes = view
             return _Target(name, base, None, False, regions=box_regions(base, offs, sizes), gindex=gindex,
                            redirect=True)
@@ -277,7 +258,7 @@ class KeyedInitMode(TorchFunctionMode):
             return  # a local view: found by its storage
         box = index_box(index, tuple(target.base.shape))
         if box is not None:
-            self._views[id(res)] = (res, target.name, target.base, *box)
+            self._views[id(res)] = (weakref.ref(res), target.name, target.base, *box)
 
     def _redirected_write(self, func, args, kwargs, t: Tensor, target: _Target) -> Tensor:
         """A non-random in-place op on a redistributed slice, applied to the shards it covers."""
@@ -299,6 +280,25 @@ class KeyedInitMode(TorchFunctionMode):
         for sl, _ in target.regions:
             func(local[sl], *args[1:], **kwargs)
         return t
+
+    def _setitem(self, args, target: _Target) -> None:
+        """``w[index] = value`` on a model DTensor: each rank writes its part of the box (DTensor
+        would redistribute a slice across a sharded dim)."""
+        t, index, value = args
+        box = index_box(index, tuple(target.base.shape))
+        if box is None:
+            raise ShardWriteError(f"{target.name!r}: w[index] = value on a sharded tensor supports ints and step-1 "
+                                  f"slices only, got {index!r}")
+        gindex, offs, sizes = box
+        regions = box_regions(target.base, offs, sizes)
+        if isinstance(value, Tensor) and is_dtensor(value):
+            if not all(type(p).__name__ == "Replicate" for p in value.placements):
+                raise ShardWriteError(f"{target.name!r}: w[index] = a sharded DTensor")
+            value = value._local_tensor
+        if not isinstance(value, Tensor):
+            value = torch.tensor(value)
+        shape = tuple(n for i, n in zip(gindex, sizes) if not isinstance(i, int))
+        copy_into_dtensor_(target.base, regions, gindex, shape, value, target.name)
 
     def _outside(self, t: Any, what: str) -> None:
         """A random draw into a tensor that is not the model's: refused (before it writes) for
@@ -453,6 +453,8 @@ class KeyedInitMode(TorchFunctionMode):
             t0 = dest[0][0]
             if target.redirect and not sampling and func not in _RANDOM_METHODS:
                 return self._redirected_write(func, args, kwargs, t0, target)
+            if name == "__setitem__" and target.full and len(args) == 3:
+                return self._setitem(args, target)
             if func is torch.Tensor.copy_ and len(args) > 1 and isinstance(args[1], Tensor) and not is_dtensor(args[1]):
                 copy_into_dtensor_(target.base, target.regions, target.gindex, t0, args[1], target.name)
                 return t0

@@ -229,9 +229,10 @@ def whole_tensor_fallback_(t: Tensor, base: Tensor, regions: list[Region], ginde
     return True
 
 
-def copy_into_dtensor_(base: Tensor, regions: list[Region], gindex: tuple | None, t: Tensor, src: Tensor,
+def copy_into_dtensor_(base: Tensor, regions: list[Region], gindex: tuple | None, t: Any, src: Tensor,
                        name: str) -> None:
-    """``t.copy_(src)`` for a plain ``src`` (broadcast to ``t``'s shape, as one process does)."""
+    """``t.copy_(src)`` for a plain ``src`` (broadcast to ``t``'s shape, as one process does;
+    ``t`` may also be that shape itself)."""
     if not regions:
         return
     if gindex is None:
@@ -239,7 +240,8 @@ def copy_into_dtensor_(base: Tensor, regions: list[Region], gindex: tuple | None
             f"{name!r}: cannot copy a plain tensor into this view of the sharded tensor (its place in the global "
             f"tensor is not known locally); copy into the whole tensor instead")
     offs, sizes = _box_of_index(gindex)
-    src = src.detach().to(device=base._local_tensor.device).expand(tuple(t.shape)).reshape(sizes)
+    shape = tuple(t.shape) if isinstance(t, Tensor) else tuple(t)
+    src = src.detach().to(device=base._local_tensor.device, dtype=base.dtype).expand(shape).reshape(sizes)
     local = base._local_tensor
     for sl, goff in regions:
         box = tuple(slice(g - o, g - o + (s.stop - s.start)) for g, o, s in zip(goff, offs, sl))

@@ -122,3 +122,25 @@ def _destination(func, args: tuple, kwargs: dict) -> tuple[list[Tensor], Any] | 
         if skipped is None:
             skipped = out
     return (tensors, skipped) if tensors else None
+
+
+def _spec_of_init(name: str, shape: tuple[int, ...], a: dict[str, Any]) -> S.Spec | None:
+    """The spec torch's ``torch.nn.init.<name>`` would draw for a tensor of ``shape``."""
+    if name == "uniform_":
+        return S.Uniform(a["a"], a["b"])
+    if name == "normal_":
+        return S.Normal(a["mean"], a["std"])
+    if name == "trunc_normal_":
+        return S.TruncatedNormal(a["mean"], a["std"], a["a"], a["b"])
+    if name in ("xavier_uniform_", "xavier_normal_"):
+        return S.xavier(shape, a["gain"], "uniform" if name == "xavier_uniform_" else "normal")
+    if name in ("kaiming_uniform_", "kaiming_normal_"):
+        if 0 in shape:
+            return None
+        return S.kaiming(shape, a["a"], a["mode"], a["nonlinearity"],
+                         "uniform" if name == "kaiming_uniform_" else "normal")
+    if name == "orthogonal_":
+        return S.Orthogonal(a["gain"]) if len(shape) >= 2 else None
+    if name == "sparse_":
+        return S.Sparse(a["sparsity"], a["std"]) if len(shape) == 2 else None
+    return None
