@@ -42,15 +42,20 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", default="1,2", help="kernel thread counts to measure")
     ap.add_argument("--dtypes", default="float32,bfloat16,float64")
+    ap.add_argument("--kernel", default=None, choices=["portable", "avx2", "avx512"],
+                    help="force the native kernel path (default: the best this CPU runs)")
     args = ap.parse_args(argv)
+    if args.kernel:
+        B.set_kernel_path(args.kernel)
     n = int(args.n)
     threads = [int(x) for x in args.threads.split(",")]
     dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
     key = Key(0, "bench")
 
     print(f"# keyed engine benchmark: n={n:.3g}, best of {args.repeat}, backend={get_backend()}, "
-          f"avx2={B.native_module().has_avx2() if B.native_available() else None}, "
           f"torch {torch.__version__}, torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}")
+    print(f"# kernel path: {B.get_kernel_path()} (paths this CPU runs: "
+          f"{', '.join(p for p, miss in B.kernel_paths().items() if not miss) or 'none'}); CPU: {_host.cpu_name()}")
     host_checks = [_host.report("before")]
     t32 = torch.empty(n)
     base = {
