@@ -38,6 +38,23 @@ def cpu_scaling(rounds: int = 7) -> float:
     return best[1] / best[2]
 
 
+def cpu_name() -> str:
+    """The CPU's model name and its SIMD level (every figure names the CPU it ran on)."""
+    name, flags = "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name") and name == "unknown CPU":
+                    name = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    simd = "AVX-512 BF16" if "avx512_bf16" in flags else "AVX-512" if "avx512f" in flags else (
+        "AVX2" if "avx2" in flags else "no AVX2")
+    return f"{name} ({simd})"
+
+
 def report(when: str) -> float:
     """Print one line on the host's state (``when``: "before" / "after") and return the scaling."""
     s = round(cpu_scaling(), 2)  # judged as printed

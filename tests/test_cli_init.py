@@ -73,7 +73,7 @@ def test_init_huge_pages_flag_reaches_materialize_and_never_changes_values(tmp_p
         argv = ["init", "mlp", "--kwargs", '{"depth": 2, "width": 1024}', "--policy", "kaiming", "-q",
                 "--seed", "4", "--out", str(outs[-1])]
         assert main(argv + ([flag] if flag else [])) == 0
-    assert seen == [True, False, True]  # on by default; 4 MiB weights: the huge-page path runs
+    assert seen == [True, False, False]  # off by default; 4 MiB weights: the huge-page path runs with the flag
     assert outs[0].read_bytes() == outs[1].read_bytes() == outs[2].read_bytes()
 
 

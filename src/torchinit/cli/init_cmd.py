@@ -45,10 +45,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    "factories that cannot run on meta: the same result where the policy covers every tensor; "
                    "tensors it leaves alone keep the constructors' values, built after torch.manual_seed(SEED), "
                    "which --meta refuses")
-    p.add_argument("--huge-pages", action=argparse.BooleanOptionalAction, default=True,
+    p.add_argument("--huge-pages", action=argparse.BooleanOptionalAction, default=False,
                    help="with --meta on CPU, put tensors of 1 MiB or more on transparent huge pages where the "
-                   "kernel offers them (default; faster page faults, no memory added); --no-huge-pages for a "
-                   "machine whose fragmented memory makes the kernel's compaction stall. Values never depend on it")
+                   "kernel offers them (no memory added). Off by default: where the kernel compacts memory for "
+                   "huge pages on demand the faults stall (docs/scale.md). Values never depend on it")
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing on success")
     p.set_defaults(func=run)
     return p

@@ -221,7 +221,7 @@ def materialize(
     seed: int,
     progress: bool | None = None,
     example_inputs: Any = None,
-    huge_pages: bool = True,
+    huge_pages: bool = False,
 ) -> Any:
     """Allocate the meta tensors of ``model`` on ``device`` and initialize them with
     ``policy`` and the keyed engine, in module order; returns the applied ``Plan``.
@@ -241,10 +241,12 @@ def materialize(
         example_inputs: passed to ``torchinit.plan`` (policies that trace the model).
         huge_pages: on CPU, back each tensor of 1 MiB or more with transparent huge pages
             where the kernel offers them (``madvise`` of the tensor's huge-page-aligned
-            interior: no memory is added). Faster first-touch faults and fewer TLB misses
-            later; ``False`` on a machine whose memory is so fragmented that the kernel's
-            compaction for huge pages stalls (see ``/sys/kernel/mm/transparent_hugepage/``).
-            Values never depend on it.
+            interior: no memory is added). Off by default: where the kernel compacts memory
+            to find huge pages on demand (``defrag`` ``madvise``, the common setting) the
+            faults stall, 1.3-4x slower than small pages on the project machine
+            (docs/scale.md); ``True`` wins where huge pages come free (``defrag`` ``defer``
+            or ``never``, unfragmented memory) and for the TLB misses saved later. Values
+            never depend on it.
 
     Peak memory: the final size of the allocated tensors plus the keyed engine's
     working memory for one tensor. dtypes are those of the meta tensors (convert

@@ -1931,8 +1931,8 @@ static PyObject *py_populate(PyObject *self, PyObject *args) {
 /* the CPU features each path needs (gcc's names, as in __builtin_cpu_supports) */
 static const char *const PATH_NAMES[3] = {"portable", "avx2", "avx512"};
 
-static int cpu_has(const char *f) {
 #ifdef HAVE_AVX2_PATH
+static int cpu_has(const char *f) {
     /* __builtin_cpu_supports needs a string literal */
     if (!strcmp(f, "avx2")) return __builtin_cpu_supports("avx2");
     if (!strcmp(f, "avx512f")) return __builtin_cpu_supports("avx512f");
@@ -1940,10 +1940,9 @@ static int cpu_has(const char *f) {
     if (!strcmp(f, "avx512dq")) return __builtin_cpu_supports("avx512dq");
     if (!strcmp(f, "avx512vl")) return __builtin_cpu_supports("avx512vl");
     if (!strcmp(f, "avx512bf16")) return __builtin_cpu_supports("avx512bf16");
-#endif
-    (void)f;
     return 0;
 }
+#endif
 
 static const char *const AVX2_FLAGS[] = {"avx2", NULL};
 static const char *const AVX512_FLAGS[] = {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512bf16", NULL};
@@ -1962,8 +1961,11 @@ static PyObject *py_paths(PyObject *self, PyObject *args) {
         for (int i = 0; need[p] && need[p][i]; i++) {
 #ifdef HAVE_AVX2_PATH
             if (cpu_has(need[p][i])) continue;
-#endif
             PyObject *s = PyUnicode_FromString(need[p][i]);
+#else
+            if (i > 0) break;
+            PyObject *s = PyUnicode_FromString("a kernel built with its SIMD paths (x86-64, gcc)");
+#endif
             if (!s || PyList_Append(miss, s) < 0) {
                 Py_XDECREF(s);
                 Py_DECREF(miss);
