@@ -14,6 +14,8 @@ orthogonal (semi-)orthogonal times the auto-detected gain (Saxe et al.); zero bi
 gpt2       N(0, 0.02); residual output projections N(0, 0.02/sqrt(2 n_layer)); zero biases
 llama      torchtitan: trunc_normal(0.02); output projections 0.02/sqrt(2 (layer+1));
            embeddings N(0, 1); output head std dim^-0.5 truncated at 3 std (a tied embedding/head too)
+rnn        xavier (layers); RNN/LSTM/GRU: weight_ih xavier uniform, weight_hh orthogonal per gate,
+           biases 0, LSTM forget-gate bias 1
 ========== ===================================================================================
 """
 
@@ -221,6 +223,37 @@ def llama_preset(std: float | None = None, depth_init: bool = True, cutoff: floa
                                                        "depth_init": depth_init, "cutoff": cutoff})
 
 
+_RNNS = ("RNNBase", "RNNCellBase")
+
+
+def _rnn_gate_rules(input_init: str, forget_bias: float) -> list[Rule]:
+    return [
+        Rule(input_init, modules=_RNNS, params=("weight_ih*", "weight_hr*"), name="rnn input weights"),
+        Rule("orthogonal_per_gate", modules=_RNNS, params="weight_hh*", name="rnn recurrent weights per gate"),
+        Rule("zeros", modules=_RNNS, params="bias_*", name="rnn biases"),
+        Rule("lstm_bias", {"forget": forget_bias}, modules=("LSTM", "LSTMCell"), params="bias_ih*",
+             name="lstm forget-gate bias"),
+    ]
+
+
+def rnn_preset(input_init: str = "xavier_uniform", forget_bias: float = 1.0) -> Policy:
+    """Recurrent networks: RNN/LSTM/GRU (and cells) ``weight_ih`` (and an LSTM's projection
+    ``weight_hr``) ``input_init`` (xavier_uniform, xavier_normal, lecun_uniform or lecun_normal),
+    ``weight_hh`` an independent orthogonal matrix per gate block (each gate's ``W W^T = I``),
+    biases 0 except an LSTM's forget gate: ``bias_ih[H:2H] = forget_bias`` (``bias_hh`` 0, so
+    the sum torch adds is ``forget_bias``; Jozefowicz et al. 2015). Other layers as ``xavier``."""
+    inits = ("xavier_uniform", "xavier_normal", "lecun_uniform", "lecun_normal")
+    if input_init not in inits:
+        raise PolicyError(f"preset 'rnn': input_init must be one of {', '.join(inits)}, got {input_init!r}")
+    if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float)) or not math.isfinite(forget_bias):
+        raise PolicyError(f"preset 'rnn': forget_bias must be a finite number, got {forget_bias!r}")
+    w = Rule("xavier_uniform", {"nonlinearity": "auto", "fans": "module"}, modules=_LAYERS, params="weight",
+             name="layer weight")
+    base = _standard("rnn", w, rnn=False)
+    return Policy(base.rules + tuple(_rnn_gate_rules(input_init, float(forget_bias))), name="rnn",
+                  options={"input_init": input_init, "forget_bias": forget_bias})
+
+
 # the presets register where policies look names up (torchinit.model.registry)
 PRESETS.update({
     "pytorch": pytorch_preset,
@@ -231,4 +264,5 @@ PRESETS.update({
     "orthogonal": orthogonal_preset,
     "gpt2": gpt2_preset,
     "llama": llama_preset,
+    "rnn": rnn_preset,
 })
