@@ -16,6 +16,8 @@ llama      torchtitan: trunc_normal(0.02); output projections 0.02/sqrt(2 (layer
            embeddings N(0, 1); output head std dim^-0.5 truncated at 3 std (a tied embedding/head too)
 rnn        xavier (layers); RNN/LSTM/GRU: weight_ih xavier uniform, weight_hh orthogonal per gate,
            biases 0, LSTM forget-gate bias 1
+vit        timm/HF ViT: trunc_normal(0.02) Linear/patch-embed weights, cls_token, pos_embed; zero
+           biases; ``style="jax"``: xavier uniform, N(0, 1e-6) MLP biases, lecun patch embed, zero head
 ========== ===================================================================================
 """
 
@@ -254,6 +256,64 @@ def rnn_preset(input_init: str = "xavier_uniform", forget_bias: float = 1.0) -> 
                   options={"input_init": input_init, "forget_bias": forget_bias})
 
 
+#: Class token, position embeddings and distillation token of timm (``cls_token``, ``pos_embed``),
+#: Hugging Face (``position_embeddings``) and torchvision (``class_token``, ``pos_embedding``) ViTs.
+_VIT_TOKENS = ("cls_token", "class_token", "dist_token")
+_VIT_POS = ("pos_embed", "position_embeddings", "pos_embedding")
+_VIT_HEADS = ("head.weight", "classifier.weight", "heads.head.weight")
+#: MLP biases (timm ``blocks.N.mlp.fc1/fc2``, HF ``intermediate.dense`` / ``layer.N.output.dense``).
+_VIT_MLP_BIASES = ("*mlp.*bias", "*.intermediate.dense.bias", "*.output.dense.bias")
+
+
+def vit_preset(style: str = "timm", std: float | None = None, head_bias: float = 0.0) -> Policy:
+    """Vision transformers (timm ``init_weights_vit_timm`` / Hugging Face ``ViTPreTrainedModel``).
+
+    ``style="timm"``: Linear and patch-embedding conv weights, ``cls_token`` / ``pos_embed`` /
+    ``position_embeddings`` (and ``dist_token``, torchvision's ``class_token`` / ``pos_embedding``)
+    trunc_normal(std) with torch's absolute bounds [-2, 2]; biases 0; norms 1/0; ``mask_token`` 0;
+    ``reg_token`` N(0, 1e-6). ``std`` defaults to ``config.initializer_range``, else 0.02.
+    ``style="jax"`` (timm ``init_weights_vit_jax``, the original JAX ViT): Linear weights xavier
+    uniform, biases 0 except the MLP's N(0, 1e-6); patch embedding lecun normal (truncated,
+    variance 1/fan_in), bias 0; the classifier head weight 0 and bias ``head_bias``;
+    ``pos_embed`` trunc_normal(std); ``cls_token`` N(0, 1e-6)."""
+    if style not in ("timm", "jax"):
+        raise PolicyError(f"preset 'vit': style must be 'timm' or 'jax', got {style!r}")
+    if isinstance(head_bias, bool) or not isinstance(head_bias, (int, float)) or not math.isfinite(head_bias):
+        raise PolicyError(f"preset 'vit': head_bias must be a finite number, got {head_bias!r}")
+    std = "config" if std is None else std
+    tn = {"std": std}
+    rules = [
+        Rule("trunc_normal", tn, modules=_LAYERS, params="weight", name="layer weight"),
+        Rule("zeros", modules=_LAYERS, params="bias", name="layer bias"),
+        *_norm_rules(),
+        Rule("trunc_normal", tn, modules=_EMBEDDINGS, params="weight", name="embedding"),
+        Rule("trunc_normal", tn, modules="MultiheadAttention",
+             params=("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"), name="mha in_proj"),
+        Rule("zeros", modules="MultiheadAttention", params=("in_proj_bias", "out_proj.bias", "bias_k", "bias_v"),
+             name="mha biases"),
+        Rule("trunc_normal", tn, params=_VIT_POS, name="position embedding"),
+        Rule("trunc_normal", tn, params=_VIT_TOKENS, name="class token"),
+        Rule("zeros", params="mask_token", name="mask token"),
+        Rule("normal", {"std": 1e-6}, params="reg_token", name="register tokens"),
+    ]
+    if style == "jax":
+        rules += [
+            Rule("xavier_uniform", modules=("Linear", "Conv1D"), params="weight", name="linear weight (jax)"),
+            Rule("xavier_uniform", modules="MultiheadAttention",
+                 params=("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"),
+                 name="mha in_proj (jax)"),
+            Rule("lecun_normal", modules="_ConvNd", params="weight", name="patch embedding (jax)"),
+            Rule("normal", {"std": 1e-6}, qualnames=_VIT_MLP_BIASES, name="mlp bias (jax)"),
+            Rule("zeros", qualnames="*.attention.output.dense.bias", name="attention output bias (jax)"),
+            Rule("normal", {"std": 1e-6}, params=_VIT_TOKENS, name="class token (jax)"),
+            Rule("zeros", qualnames=_VIT_HEADS, name="head weight (jax)"),
+            Rule("constant", {"val": float(head_bias)}, qualnames=tuple(h[:-6] + "bias" for h in _VIT_HEADS),
+                 name="head bias (jax)"),
+        ]
+    return Policy(tuple(rules), name="vit", options={"style": style, "std": None if std == "config" else std,
+                                                     "head_bias": head_bias})
+
+
 # the presets register where policies look names up (torchinit.model.registry)
 PRESETS.update({
     "pytorch": pytorch_preset,
@@ -265,4 +325,5 @@ PRESETS.update({
     "gpt2": gpt2_preset,
     "llama": llama_preset,
     "rnn": rnn_preset,
+    "vit": vit_preset,
 })
