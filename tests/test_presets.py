@@ -17,7 +17,7 @@ import torchinit
 from torchinit import PolicyError, get_preset
 from torchinit import specs as S
 
-PRESETS = ["pytorch", "module", "kaiming", "xavier", "lecun", "orthogonal", "gpt2", "llama"]
+PRESETS = ["pytorch", "module", "kaiming", "xavier", "lecun", "orthogonal", "gpt2", "llama", "rnn", "vit"]
 
 
 def _models():

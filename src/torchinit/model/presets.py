@@ -275,7 +275,7 @@ def vit_preset(style: str = "timm", std: float | None = None, head_bias: float =
     ``style="jax"`` (timm ``init_weights_vit_jax``, the original JAX ViT): Linear weights xavier
     uniform, biases 0 except the MLP's N(0, 1e-6); patch embedding lecun normal (truncated,
     variance 1/fan_in), bias 0; the classifier head weight 0 and bias ``head_bias``;
-    ``pos_embed`` trunc_normal(std); ``cls_token`` N(0, 1e-6)."""
+    ``pos_embed`` trunc_normal(std); ``cls_token`` N(0, 1e-6). Recurrent layers as ``kaiming``."""
     if style not in ("timm", "jax"):
         raise PolicyError(f"preset 'vit': style must be 'timm' or 'jax', got {style!r}")
     if isinstance(head_bias, bool) or not isinstance(head_bias, (int, float)) or not math.isfinite(head_bias):
@@ -291,6 +291,7 @@ def vit_preset(style: str = "timm", std: float | None = None, head_bias: float =
              params=("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"), name="mha in_proj"),
         Rule("zeros", modules="MultiheadAttention", params=("in_proj_bias", "out_proj.bias", "bias_k", "bias_v"),
              name="mha biases"),
+        *_rnn_rules(),
         Rule("trunc_normal", tn, params=_VIT_POS, name="position embedding"),
         Rule("trunc_normal", tn, params=_VIT_TOKENS, name="class token"),
         Rule("zeros", params="mask_token", name="mask token"),
