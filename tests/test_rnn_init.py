@@ -254,3 +254,15 @@ def test_orthogonal_per_gate_rule_needs_gates_outside_rnns():
     lin = nn.Linear(3, 6)
     ti.init_model(lin, pol, seed=0)
     assert _max_gate_error(lin.weight, 2) < 1e-5
+
+
+def test_diagnose_promises_the_per_gate_std():
+    # without the per-gate rule in diagnostics, weight_hh had no promised std (the spec's std depends on the shape)
+    m = _Recurrent()
+    plan = ti.init_model(m, "rnn", seed=0)
+    report = ti.diagnose(m, torch.randn(4, 7, 6), plan=plan)
+    hh = [p for p in report.params if ".weight_hh" in p.name]
+    assert len(hh) == 11  # lstm 4, gru 4, rnn 2, cell 1
+    for p in hh:
+        assert p.promised_std == pytest.approx(8 ** -0.5), p.name
+        assert p.std == pytest.approx(p.promised_std, rel=0.05), p.name
