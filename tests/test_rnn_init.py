@@ -159,6 +159,12 @@ def test_lstm_bias_rule_in_a_policy():
     assert p["bias_ih_l0"].spec == GateConstant((0.0, 2.0, 0.0, 0.0))
     with pytest.raises(ti.PolicyError, match="forget"):
         ti.Rule("lstm_bias", {"forget": "one"})
+    # a GRU's bias is 3H = 12 rows here, divisible by 4: refused, not filled in the wrong gate
+    gru_rule = ti.Policy((ti.Rule("zeros", modules="GRU", params="*"),
+                          ti.Rule("lstm_bias", modules="GRU", params="bias_ih*")))
+    with pytest.raises(ti.PolicyError, match=r"lstm_bias: expected an LSTM bias of 4 \* hidden_size rows .* "
+                                             r"got shape \(12,\) in GRU \(hidden_size 4\)"):
+        ti.plan(nn.GRU(3, 4), gru_rule)
 
 
 # --------------------------------------------------------------------------- the "rnn" preset

@@ -271,6 +271,11 @@ def _resolve(ctx: _Context, rule: Rule, q: str, mod_path: str, mod: nn.Module, l
         out.update(gain=spec.gain)
         shown["gates"] = gates
     elif init == "lstm_bias":
+        h = getattr(mod, "hidden_size", None)
+        if len(shape) != 1 or not isinstance(h, int) or shape[0] != 4 * h:
+            # a GRU's 3H bias may divide by 4 too: the forget slice would land in the wrong gate
+            raise PolicyError(f"lstm_bias: expected an LSTM bias of 4 * hidden_size rows (gates i, f, g, o), got "
+                              f"shape {shape} in {type(mod).__name__} (hidden_size {h})", field="init")
         spec = GateConstant((0.0, float(args["forget"]), 0.0, 0.0))
     elif init == "sparse":
         spec = S.Sparse(args["sparsity"], args["std"])
