@@ -583,7 +583,8 @@ class _RawScale(nn.Module):
         return self.lin(x) * self.scale
 
 
-@pytest.mark.parametrize("preset", ["pytorch", "module", "kaiming", "xavier", "lecun", "orthogonal", "gpt2", "llama"])
+@pytest.mark.parametrize("preset", ["pytorch", "module", "kaiming", "xavier", "lecun", "orthogonal", "gpt2", "llama",
+                                    "rnn", "vit"])
 def test_init_model_warns_naming_tensors_no_rule_covers(preset):
     # issue 15: the NaN 'scale' kept its value under every preset without a word
     m = _RawScale()

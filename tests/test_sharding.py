@@ -18,6 +18,7 @@ from torch import nn
 import torchinit
 from torchinit import specs as S
 from torchinit import zoo
+from torchinit.core.gate_specs import GateConstant, OrthogonalPerGate
 
 pytestmark = [
     pytest.mark.distributed,
@@ -42,6 +43,8 @@ TENSORS = [
     ("sparse", (9, 5), S.Sparse(0.3, 0.5), torch.float32),
     ("delta", (6, 4, 3, 3), S.DeltaOrthogonal(1.0), torch.float32),
     ("dirac", (4, 2, 3, 3), S.Dirac(2), torch.float32),
+    ("ortho_gates", (12, 3), OrthogonalPerGate(4, 1.5), torch.float32),  # issue 15: per-gate, whole tensor
+    ("gate_const", (8, 2), GateConstant((0.0, 1.0, 0.0, 0.0)), torch.float32),
 ]
 
 
@@ -234,7 +237,7 @@ def _worker(rank, world, init_method, refs, result_dir):
                 getattr(torchinit, fn)(dt, **kw)
                 if not torch.equal(dt.full_tensor(), ref):
                     failures.append(f"torchinit.{fn} on a DTensor {pl}: differs from single-process")
-        for fn, kw in (("orthogonal_", {}), ("sparse_", {"sparsity": 0.5})):
+        for fn, kw in (("orthogonal_", {}), ("sparse_", {"sparsity": 0.5}), ("orthogonal_per_gate_", {"gates": 2})):
             dt = distribute_tensor(torch.full((6, 4), 7.0), mesh1, [Shard(0)], src_data_rank=None)
             try:
                 getattr(torchinit, fn)(dt, **kw)

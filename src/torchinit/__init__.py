@@ -24,9 +24,11 @@ from .initializers import (
     kaiming_uniform_,
     lecun_normal_,
     lecun_uniform_,
+    lstm_forget_bias_,
     normal_,
     ones_,
     orthogonal_,
+    orthogonal_per_gate_,
     sparse_,
     trunc_normal_,
     trunc_normal_std_units_,
@@ -83,6 +85,9 @@ __all__ = [
     "lecun_uniform_",
     "lecun_normal_",
     "delta_orthogonal_",
+    # recurrent layers: per-gate orthogonal, LSTM forget-gate bias
+    "orthogonal_per_gate_",
+    "lstm_forget_bias_",
     # torch.nn.init's deprecated names without the underscore (FutureWarning)
     *_DEPRECATED_NAMES,
 ]

@@ -25,6 +25,7 @@ from torch.overrides import handle_torch_function, has_torch_function_variadic
 from .core import specs as S
 from .core.fans import Fans
 from .core.gains import calculate_gain
+from .core.gate_specs import OrthogonalPerGate
 from .engines.argcheck import (
     check_keyed_overflow,
     is_real,
@@ -58,6 +59,8 @@ __all__ = [
     "lecun_uniform_",
     "lecun_normal_",
     "delta_orthogonal_",
+    "orthogonal_per_gate_",
+    "lstm_forget_bias_",
     "fill_",
 ]
 #: torch.nn.init's deprecated names without the trailing underscore (defined at the end)
@@ -493,6 +496,73 @@ def delta_orthogonal_(
     spec = S.DeltaOrthogonal(gain)
     spec.check_shape(tuple(tensor.shape))
     return fill_(tensor, spec, generator=generator, key=key)
+
+
+def orthogonal_per_gate_(
+    tensor: Tensor,
+    gates: int,
+    gain: float = 1,
+    generator: torch.Generator | None = None,
+    *,
+    key: "Key | None" = None,
+) -> Tensor:
+    r"""Orthogonal init of a recurrent weight, one independent block per gate.
+
+    ``tensor`` (flattened to ``(rows, cols)``; an RNN's ``weight_hh_l*`` is ``(gates * H, H)``:
+    LSTM 4 gates i, f, g, o; GRU 3, r, z, n; RNN 1) is split along dim 0 into ``gates`` blocks
+    of ``H = rows / gates`` rows; block ``g`` becomes a Haar (semi-)orthogonal ``(H, cols)``
+    matrix times ``gain``: :math:`W_g W_g^\top = \text{gain}^2 I_H` for every gate (if
+    ``H <= cols``), element std ``gain / sqrt(max(H, cols))``. (``orthogonal_`` on the stacked
+    matrix gives orthonormal columns of length 4H instead: no gate block is orthogonal.)
+    Without ``key``: the blocks in gate order from ``generator`` (the values of
+    ``torch.nn.init.orthogonal_`` on each block in turn); with ``key``: block ``g`` from
+    ``key.child(f"gate{g}")``, the same on any thread count.
+    """
+    _require_float(tensor, "orthogonal_per_gate_")
+    spec = OrthogonalPerGate(gates, gain)
+    spec.check_shape(tuple(tensor.shape))
+    return fill_(tensor, spec, generator=generator, key=key)
+
+
+def lstm_forget_bias_(lstm_or_tensor: "torch.nn.Module | Tensor", value: float = 1.0) -> "torch.nn.Module | Tensor":
+    r"""Set the forget-gate bias of an LSTM to ``value`` (Jozefowicz et al. 2015: 1), in place.
+
+    torch computes :math:`f_t = \sigma(W_{if} x_t + b_{if} + W_{hf} h_{t-1} + b_{hf})`, gates
+    stacked ``(i, f, g, o)``: the forget bias is ``bias_ih[H:2H] + bias_hh[H:2H]``. For an
+    ``nn.LSTM`` (every layer and direction) or ``nn.LSTMCell``: ``bias_ih[H:2H] = value``,
+    ``bias_hh[H:2H] = 0``, so the sum is exactly ``value``; for a 1-D ``4H`` tensor: its rows
+    ``H:2H``. Other gates are left as they are. Returns its argument; checks before writing.
+    """
+    nn = torch.nn
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"lstm_forget_bias_: value must be a finite real number, got {value!r}")
+    if isinstance(lstm_or_tensor, Tensor):
+        t = lstm_or_tensor
+        if t.dim() != 1 or t.shape[0] % 4 != 0 or not t.is_floating_point():
+            raise ValueError(f"lstm_forget_bias_: expected an LSTM bias, a 1-D floating-point tensor of 4 * "
+                             f"hidden_size elements (gates i, f, g, o), got shape {tuple(t.shape)}, dtype {t.dtype}")
+        h = t.shape[0] // 4
+        with torch.no_grad():
+            t[h:2 * h].fill_(value)
+        return t
+    m = lstm_or_tensor
+    if isinstance(m, nn.LSTM):
+        suffixes = [f"_l{k}{d}" for k in range(m.num_layers) for d in (("", "_reverse") if m.bidirectional else ("",))]
+    elif isinstance(m, nn.LSTMCell):
+        suffixes = [""]
+    else:
+        raise TypeError(f"lstm_forget_bias_: expected an nn.LSTM, nn.LSTMCell or a bias tensor, got "
+                        f"{type(m).__name__}")
+    if not m.bias:
+        raise ValueError(f"lstm_forget_bias_: the {type(m).__name__} was built with bias=False: it has no forget-gate "
+                         "bias to set")
+    h = m.hidden_size
+    pairs = [(getattr(m, f"bias_ih{s}"), getattr(m, f"bias_hh{s}")) for s in suffixes]
+    with torch.no_grad():
+        for b_ih, b_hh in pairs:
+            b_ih[h:2 * h].fill_(value)
+            b_hh[h:2 * h].zero_()
+    return m
 
 
 def _deprecated_alias(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:

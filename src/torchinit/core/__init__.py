@@ -6,7 +6,9 @@ number or knows about modules beyond their shapes; every other layer builds on i
 """
 
 from . import specs
+from . import gate_specs  # registers the gate specs' kinds for spec_from_dict
 from .fans import Fans, compute_fans, module_fans, torch_fans
 from .gains import calculate_gain, second_moment_gain
 
-__all__ = ["specs", "Fans", "compute_fans", "module_fans", "torch_fans", "calculate_gain", "second_moment_gain"]
+__all__ = ["specs", "gate_specs", "Fans", "compute_fans", "module_fans", "torch_fans", "calculate_gain",
+           "second_moment_gain"]

@@ -1,4 +1,4 @@
-"""Structured, random-free fills shared by the engines (Dirac kernels)."""
+"""Structured, random-free fills shared by the engines (Dirac kernels, per-gate constants)."""
 
 from __future__ import annotations
 
@@ -16,4 +16,14 @@ def _dirac_(tensor: Tensor, groups: int) -> Tensor:
     for g in range(groups):
         for d in range(min_dim):
             tensor[(g * out_chans_per_grp + d, d) + centre] = 1
+    return tensor
+
+
+def _gate_constant_(tensor: Tensor, values: tuple[float, ...]) -> Tensor:
+    """Block ``g`` of dim 0 (``size(0) / len(values)`` rows) set to ``values[g]``; any strides."""
+    if tensor.is_meta:
+        return tensor
+    h = tensor.shape[0] // len(values)
+    for g, v in enumerate(values):
+        tensor[g * h:(g + 1) * h].fill_(v)
     return tensor

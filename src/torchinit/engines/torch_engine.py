@@ -34,7 +34,8 @@ from ..core.specs import (
     TruncatedNormal,
     Uniform,
 )
-from .structured import _dirac_
+from ..core.gate_specs import GateConstant, OrthogonalPerGate
+from .structured import _dirac_, _gate_constant_
 
 __all__ = ["torch_fill_"]
 
@@ -98,6 +99,10 @@ def torch_fill_(tensor: Tensor, spec: Spec, generator: torch.Generator | None = 
             q.mul_(spec.gain)
             target.copy_(q)
             return tensor
+        if isinstance(spec, OrthogonalPerGate):
+            return _orthogonal_per_gate_(tensor, spec, generator)
+        if isinstance(spec, GateConstant):
+            return _gate_constant_(tensor, spec.values)
         if isinstance(spec, DeltaOrthogonal):
             if tensor.numel() == 0 or tensor.is_meta:
                 return tensor
@@ -127,6 +132,21 @@ def torch_fill_(tensor: Tensor, spec: Spec, generator: torch.Generator | None = 
                 tensor[zero_indices, col_idx] = 0
             return tensor
     raise TypeError(f"the torch engine cannot fill spec {spec!r}")
+
+
+def _orthogonal_per_gate_(tensor: Tensor, spec: OrthogonalPerGate, generator) -> Tensor:
+    """One orthogonal block per gate, drawn in gate order: the same generator use and bits as
+    ``torch.nn.init.orthogonal_`` on each block in turn (for float32/float64 tensors)."""
+    if tensor.numel() == 0 or tensor.is_meta:
+        return tensor
+    rows = tensor.size(0)
+    h, cols = rows // spec.gates, tensor.numel() // rows
+    # LAPACK's QR has no float16/bfloat16 kernels: draw and factor in float32, then round once
+    like = tensor if tensor.dtype in (torch.float32, torch.float64) else tensor.new_empty(0, dtype=torch.float32)
+    blocks = [_orthogonal_matrix(h, cols, like, generator).mul_(spec.gain) for _ in range(spec.gates)]
+    # every block is drawn before the first write: a failing QR leaves the tensor untouched
+    tensor.copy_(torch.cat(blocks).view(tensor.shape))
+    return tensor
 
 
 def _dtensor_fill_(tensor: Tensor, spec: Spec) -> Tensor:

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core import specs as S
+from ..core.gate_specs import OrthogonalPerGate
 from .plan import ENGINES, EngineName, Plan, PlanEntry
 from .policy import Policy, PolicyError
 from .registry import DEFAULT_POLICY, PresetName
@@ -79,7 +80,7 @@ def _apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: EngineName =
                 raise ValueError(f"plan entry {e.name!r}: spec {e.spec!r} does not fit: {exc}") from None
             if e.spec.random and not t.is_floating_point():
                 raise ValueError(f"plan entry {e.name!r}: random spec for dtype {t.dtype}")
-            if (engine == "torch" and isinstance(e.spec, (S.Orthogonal, S.DeltaOrthogonal))
+            if (engine == "torch" and isinstance(e.spec, (S.Orthogonal, S.DeltaOrthogonal, OrthogonalPerGate))
                     and t.dtype not in (torch.float32, torch.float64) and not t.is_meta):
                 raise ValueError(f"plan entry {e.name!r}: engine='torch' cannot draw {type(e.spec).__name__} "
                                  f"for dtype {t.dtype} (torch's QR needs float32/float64); use engine='keyed'")

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from ..core import specs as S
+from ..core.gate_specs import OrthogonalPerGate, gate_block_std
 
 __all__ = ["InitAudit", "TensorAudit", "AuditReport", "IncompleteInitError"]
 
@@ -163,6 +164,8 @@ def _promised_std(spec: S.Spec | None, t: Tensor) -> float | None:
     if isinstance(spec, S.Orthogonal) and t.dim() >= 2:  # unit-norm rows or columns: std = gain / sqrt(max dim)
         rows, cols = t.shape[0], math.prod(t.shape[1:])
         return float(spec.gain) / math.sqrt(max(rows, cols)) if rows and cols else None
+    if isinstance(spec, OrthogonalPerGate):
+        return gate_block_std(spec, tuple(t.shape))
     std = spec.std
     return float(std) if std is not None else None
 

@@ -27,6 +27,7 @@ from typing import IO, Any, Literal, Mapping
 
 from ..core import specs as S
 from ..core.fans import Fans
+from ..core.gate_specs import OrthogonalPerGate, gate_block_std
 from .policy import INITIALIZERS
 
 __all__ = ["PlanEntry", "Plan", "EngineName"]
@@ -76,6 +77,8 @@ class PlanEntry:
         if isinstance(self.spec, S.Orthogonal) and len(self.shape) >= 2 and rows:
             cols = math.prod(self.shape) // rows
             return abs(self.spec.gain) / math.sqrt(max(rows, cols)) if cols else 0.0
+        if isinstance(self.spec, OrthogonalPerGate):  # each gate block its own orthogonal matrix
+            return gate_block_std(self.spec, self.shape)
         if isinstance(self.spec, S.DeltaOrthogonal) and len(self.shape) >= 3 and rows:
             # gain * Q at one kernel position: out * in values of mean square gain^2 / out in a tensor
             # of out * in * k

@@ -114,6 +114,9 @@ INITIALIZERS: dict[str, InitializerInfo] = {
         InitializerInfo("orthogonal", {"gain": 1.0, "nonlinearity": None}, "gain * Haar semi-orthogonal"),
         InitializerInfo("delta_orthogonal", {"gain": 1.0, "nonlinearity": None},
                         "orthogonal (out, in) at the kernel centre, 0 elsewhere"),
+        InitializerInfo("orthogonal_per_gate", {"gain": 1.0, "gates": None},
+                        "gain * Haar orthogonal per gate block of dim 0 (gates: the RNN's, by default)"),
+        InitializerInfo("lstm_bias", {"forget": 1.0}, "forget-gate rows H:2H = forget, other gates 0", random=False),
         InitializerInfo("sparse", {"sparsity": REQUIRED, "std": 0.01}, "N(0, std^2), ceil(s*rows) zeros per column"),
         InitializerInfo("fan_in_uniform", {}, "U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in of the module's weight (torch bias default)"),
         InitializerInfo("rnn_uniform", {}, "U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)) (torch RNN default)"),
@@ -214,7 +217,7 @@ def _check_args(init: str, args: Mapping[str, Any]) -> dict[str, Any]:
                 raise PolicyError(f"field 'args': {init}: std must be a number, '1/sqrt(fan_in)' or 'config', got "
                                   f"{v!r}", field="args")
             continue
-        if k in ("a", "b", "mean", "val", "gain") or (k == "std" and init in ("uniform",)):
+        if k in ("a", "b", "mean", "val", "gain", "forget") or (k == "std" and init in ("uniform",)):
             _check_number(init, k, v)
         if k in ("std", "scale", "cutoff"):
             _check_number(init, k, v, positive=(k != "std" or init != "sparse"))
@@ -224,7 +227,7 @@ def _check_args(init: str, args: Mapping[str, Any]) -> dict[str, Any]:
             _check_number(init, k, v)
             if not 0 <= v <= 1:
                 raise PolicyError(f"field 'args': {init}: sparsity must be in [0, 1], got {v!r}", field="args")
-        if k in ("n_layer", "groups") and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+        if k in ("n_layer", "groups", "gates") and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise PolicyError(f"field 'args': {init}: {k} must be a positive int, got {v!r}", field="args")
         if k == "spec":
             from ..core.specs import spec_from_dict

@@ -14,6 +14,10 @@ orthogonal (semi-)orthogonal times the auto-detected gain (Saxe et al.); zero bi
 gpt2       N(0, 0.02); residual output projections N(0, 0.02/sqrt(2 n_layer)); zero biases
 llama      torchtitan: trunc_normal(0.02); output projections 0.02/sqrt(2 (layer+1));
            embeddings N(0, 1); output head std dim^-0.5 truncated at 3 std (a tied embedding/head too)
+rnn        xavier (layers); RNN/LSTM/GRU: weight_ih xavier uniform, weight_hh orthogonal per gate,
+           biases 0, LSTM forget-gate bias 1
+vit        timm/HF ViT: trunc_normal(0.02) Linear/patch-embed weights, cls_token, pos_embed; zero
+           biases; ``style="jax"``: xavier uniform, N(0, 1e-6) MLP biases, lecun patch embed, zero head
 ========== ===================================================================================
 """
 
@@ -221,6 +225,96 @@ def llama_preset(std: float | None = None, depth_init: bool = True, cutoff: floa
                                                        "depth_init": depth_init, "cutoff": cutoff})
 
 
+_RNNS = ("RNNBase", "RNNCellBase")
+
+
+def _rnn_gate_rules(input_init: str, forget_bias: float) -> list[Rule]:
+    return [
+        Rule(input_init, modules=_RNNS, params=("weight_ih*", "weight_hr*"), name="rnn input weights"),
+        Rule("orthogonal_per_gate", modules=_RNNS, params="weight_hh*", name="rnn recurrent weights per gate"),
+        Rule("zeros", modules=_RNNS, params="bias_*", name="rnn biases"),
+        Rule("lstm_bias", {"forget": forget_bias}, modules=("LSTM", "LSTMCell"), params="bias_ih*",
+             name="lstm forget-gate bias"),
+    ]
+
+
+def rnn_preset(input_init: str = "xavier_uniform", forget_bias: float = 1.0) -> Policy:
+    """Recurrent networks: RNN/LSTM/GRU (and cells) ``weight_ih`` (and an LSTM's projection
+    ``weight_hr``) ``input_init`` (xavier_uniform, xavier_normal, lecun_uniform or lecun_normal),
+    ``weight_hh`` an independent orthogonal matrix per gate block (each gate's ``W W^T = I``),
+    biases 0 except an LSTM's forget gate: ``bias_ih[H:2H] = forget_bias`` (``bias_hh`` 0, so
+    the sum torch adds is ``forget_bias``; Jozefowicz et al. 2015). Other layers as ``xavier``."""
+    inits = ("xavier_uniform", "xavier_normal", "lecun_uniform", "lecun_normal")
+    if input_init not in inits:
+        raise PolicyError(f"preset 'rnn': input_init must be one of {', '.join(inits)}, got {input_init!r}")
+    if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float)) or not math.isfinite(forget_bias):
+        raise PolicyError(f"preset 'rnn': forget_bias must be a finite number, got {forget_bias!r}")
+    w = Rule("xavier_uniform", {"nonlinearity": "auto", "fans": "module"}, modules=_LAYERS, params="weight",
+             name="layer weight")
+    base = _standard("rnn", w, rnn=False)
+    return Policy(base.rules + tuple(_rnn_gate_rules(input_init, float(forget_bias))), name="rnn",
+                  options={"input_init": input_init, "forget_bias": forget_bias})
+
+
+#: Class token, position embeddings and distillation token of timm (``cls_token``, ``pos_embed``),
+#: Hugging Face (``position_embeddings``) and torchvision (``class_token``, ``pos_embedding``) ViTs.
+_VIT_TOKENS = ("cls_token", "class_token", "dist_token")
+_VIT_POS = ("pos_embed", "position_embeddings", "pos_embedding")
+_VIT_HEADS = ("head.weight", "classifier.weight", "heads.head.weight")
+#: MLP biases (timm ``blocks.N.mlp.fc1/fc2``, HF ``intermediate.dense`` / ``layer.N.output.dense``).
+_VIT_MLP_BIASES = ("*mlp.*bias", "*.intermediate.dense.bias", "*.output.dense.bias")
+
+
+def vit_preset(style: str = "timm", std: float | None = None, head_bias: float = 0.0) -> Policy:
+    """Vision transformers (timm ``init_weights_vit_timm`` / Hugging Face ``ViTPreTrainedModel``).
+
+    ``style="timm"``: Linear and patch-embedding conv weights, ``cls_token`` / ``pos_embed`` /
+    ``position_embeddings`` (and ``dist_token``, torchvision's ``class_token`` / ``pos_embedding``)
+    trunc_normal(std) with torch's absolute bounds [-2, 2]; biases 0; norms 1/0; ``mask_token`` 0;
+    ``reg_token`` N(0, 1e-6). ``std`` defaults to ``config.initializer_range``, else 0.02.
+    ``style="jax"`` (timm ``init_weights_vit_jax``, the original JAX ViT): Linear weights xavier
+    uniform, biases 0 except the MLP's N(0, 1e-6); patch embedding lecun normal (truncated,
+    variance 1/fan_in), bias 0; the classifier head weight 0 and bias ``head_bias``;
+    ``pos_embed`` trunc_normal(std); ``cls_token`` N(0, 1e-6). Recurrent layers as ``kaiming``."""
+    if style not in ("timm", "jax"):
+        raise PolicyError(f"preset 'vit': style must be 'timm' or 'jax', got {style!r}")
+    if isinstance(head_bias, bool) or not isinstance(head_bias, (int, float)) or not math.isfinite(head_bias):
+        raise PolicyError(f"preset 'vit': head_bias must be a finite number, got {head_bias!r}")
+    std = "config" if std is None else std
+    tn = {"std": std}
+    rules = [
+        Rule("trunc_normal", tn, modules=_LAYERS, params="weight", name="layer weight"),
+        Rule("zeros", modules=_LAYERS, params="bias", name="layer bias"),
+        *_norm_rules(),
+        Rule("trunc_normal", tn, modules=_EMBEDDINGS, params="weight", name="embedding"),
+        Rule("trunc_normal", tn, modules="MultiheadAttention",
+             params=("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"), name="mha in_proj"),
+        Rule("zeros", modules="MultiheadAttention", params=("in_proj_bias", "out_proj.bias", "bias_k", "bias_v"),
+             name="mha biases"),
+        *_rnn_rules(),
+        Rule("trunc_normal", tn, params=_VIT_POS, name="position embedding"),
+        Rule("trunc_normal", tn, params=_VIT_TOKENS, name="class token"),
+        Rule("zeros", params="mask_token", name="mask token"),
+        Rule("normal", {"std": 1e-6}, params="reg_token", name="register tokens"),
+    ]
+    if style == "jax":
+        rules += [
+            Rule("xavier_uniform", modules=("Linear", "Conv1D"), params="weight", name="linear weight (jax)"),
+            Rule("xavier_uniform", modules="MultiheadAttention",
+                 params=("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"),
+                 name="mha in_proj (jax)"),
+            Rule("lecun_normal", modules="_ConvNd", params="weight", name="patch embedding (jax)"),
+            Rule("normal", {"std": 1e-6}, qualnames=_VIT_MLP_BIASES, name="mlp bias (jax)"),
+            Rule("zeros", qualnames="*.attention.output.dense.bias", name="attention output bias (jax)"),
+            Rule("normal", {"std": 1e-6}, params=_VIT_TOKENS, name="class token (jax)"),
+            Rule("zeros", qualnames=_VIT_HEADS, name="head weight (jax)"),
+            Rule("constant", {"val": float(head_bias)}, qualnames=tuple(h[:-6] + "bias" for h in _VIT_HEADS),
+                 name="head bias (jax)"),
+        ]
+    return Policy(tuple(rules), name="vit", options={"style": style, "std": None if std == "config" else std,
+                                                     "head_bias": head_bias})
+
+
 # the presets register where policies look names up (torchinit.model.registry)
 PRESETS.update({
     "pytorch": pytorch_preset,
@@ -231,4 +325,6 @@ PRESETS.update({
     "orthogonal": orthogonal_preset,
     "gpt2": gpt2_preset,
     "llama": llama_preset,
+    "rnn": rnn_preset,
+    "vit": vit_preset,
 })

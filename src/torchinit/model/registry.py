@@ -15,7 +15,8 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["PRESETS", "DEFAULT_POLICY", "PresetName", "get_preset", "preset_names", "register_preset"]
 
 #: The built-in presets' names, for signatures (IDEs complete them; any registered name is accepted too).
-PresetName = Literal["pytorch", "module", "kaiming", "xavier", "lecun", "orthogonal", "gpt2", "llama"]
+PresetName = Literal["pytorch", "module", "kaiming", "xavier", "lecun", "orthogonal", "gpt2", "llama", "rnn",
+                     "vit"]
 
 #: The policy of plan(), init_model(), materialize() and the CLI when none is given: torch's own
 #: per-layer defaults, what the model gets from its constructors anyway, so that leaving the policy

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from ..core import specs as S
 from ..core.fans import Fans, compute_fans, module_fans, torch_fans
 from ..core.gains import TORCH_NONLINEARITIES, second_moment_gain
+from ..core.gate_specs import GateConstant, OrthogonalPerGate
 from .nonlinearity import (Detection, NonlinearityWarning, auto_gain, detect_nonlinearities, is_weight_layer,
                            order_fallback_warning)
 from .plan import Plan, PlanEntry
@@ -164,6 +165,16 @@ def _nonlinearity(ctx: _Context, args: Mapping[str, Any], mod_path: str, mod: nn
     return nl, param, float(second_moment_gain(nl, param)), "rule"
 
 
+def _rnn_gates(mod: nn.Module, shape: tuple[int, ...]) -> int:
+    """The gate count of a recurrent layer's tensor: rows / hidden_size (LSTM 4, GRU 3, RNN 1)."""
+    h = getattr(mod, "hidden_size", None)
+    if not isinstance(h, int) or h < 1 or not shape or shape[0] % h:
+        raise PolicyError(f"orthogonal_per_gate: cannot tell the gates of a tensor of shape {shape} in "
+                          f"{type(mod).__name__} (no hidden_size dividing dim 0); give args {{gates: n}}",
+                          field="args")
+    return shape[0] // h
+
+
 def _resolve(ctx: _Context, rule: Rule, q: str, mod_path: str, mod: nn.Module, local: str,
              t: Tensor) -> dict[str, Any]:
     init, args = rule.init, dict(rule.args)
@@ -254,6 +265,18 @@ def _resolve(ctx: _Context, rule: Rule, q: str, mod_path: str, mod: nn.Module, l
         gain = float(args["gain"]) if gain is None else gain
         spec = S.Orthogonal(gain) if init == "orthogonal" else S.DeltaOrthogonal(gain)
         out.update(gain=gain, nonlinearity=nl, nonlinearity_source=src)
+    elif init == "orthogonal_per_gate":
+        gates = args.get("gates") or _rnn_gates(mod, shape)
+        spec = OrthogonalPerGate(gates, float(args["gain"]))
+        out.update(gain=spec.gain)
+        shown["gates"] = gates
+    elif init == "lstm_bias":
+        h = getattr(mod, "hidden_size", None)
+        if len(shape) != 1 or not isinstance(h, int) or shape[0] != 4 * h:
+            # a GRU's 3H bias may divide by 4 too: the forget slice would land in the wrong gate
+            raise PolicyError(f"lstm_bias: expected an LSTM bias of 4 * hidden_size rows (gates i, f, g, o), got "
+                              f"shape {shape} in {type(mod).__name__} (hidden_size {h})", field="init")
+        spec = GateConstant((0.0, float(args["forget"]), 0.0, 0.0))
     elif init == "sparse":
         spec = S.Sparse(args["sparsity"], args["std"])
     elif init == "fan_in_uniform":

@@ -19,7 +19,8 @@ import torch
 from torch import Tensor
 
 from ...core import specs as S
-from ..structured import _dirac_
+from ...core.gate_specs import GateConstant, OrthogonalPerGate
+from ..structured import _dirac_, _gate_constant_
 from . import _constants as K
 from . import backend as B
 from .key import Key
@@ -412,6 +413,16 @@ def _full_values(spec: S.Spec, key: Key, gshape, dtype: torch.dtype, device) -> 
         centre = tuple((k - 1) // 2 for k in gshape[2:])  # padding="same"'s left pad (torch engine)
         full[(slice(None), slice(None)) + centre] = q * spec.gain
         return full
+    if isinstance(spec, OrthogonalPerGate):
+        # block g from the child key "gate{g}": each gate a pure function of (key, g)
+        rows = gshape[0]
+        h, cols = rows // spec.gates, (math.prod(gshape) // rows if rows else 0)
+        if h == 0 or cols == 0:
+            return torch.zeros(gshape, dtype=cd, device=device)
+        blocks = [_orthonormal(h, cols, key.child(f"gate{g}"), cd, device) for g in range(spec.gates)]
+        return (torch.cat(blocks) * spec.gain).reshape(gshape)
+    if isinstance(spec, GateConstant):
+        return _gate_constant_(torch.empty(gshape, dtype=dtype, device=device), spec.values)
     if isinstance(spec, S.Dirac):
         return _dirac_(torch.zeros(gshape, dtype=dtype, device=device), spec.groups)
     raise TypeError(f"the keyed engine cannot fill spec {spec!r}")  # pragma: no cover
@@ -453,8 +464,8 @@ def fill_region_(out: Tensor, spec: S.Spec, key: Key, global_shape: Sequence[int
     For Uniform, Normal and TruncatedNormal element ``x`` with logical row-major
     index ``i = sum_d (offsets[d] + j_d) * stride_d`` of the global tensor gets
     ``value(key, i, spec)``: exactly what :func:`fill_` writes there, whatever
-    the box, thread count or backend. Orthogonal and DeltaOrthogonal compute the
-    whole tensor (Gaussian draw + QR) and copy the box; Sparse draws the zero
+    the box, thread count or backend. Orthogonal, OrthogonalPerGate and DeltaOrthogonal
+    compute the whole tensor (Gaussian draw + QR) and copy the box; Sparse draws the zero
     positions of the box's columns only (all rows of those columns).
     """
     _check_key(key)

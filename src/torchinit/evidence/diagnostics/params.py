@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ...core.fans import module_fans
+from ...core.gate_specs import gate_block_std
 from .classify import _expected_gain, _kind
 from .report import LayerStats, ParamStats
 
@@ -25,6 +26,8 @@ def _promised_std(spec: Any, shape: Sequence[int]) -> float | None:
             k = int(math.prod(shape[2:]))
             return gain * math.sqrt(1.0 / (max(rows, shape[1]) * k)) if k else None
         return gain / math.sqrt(max(rows, cols))
+    if kind == "orthogonal_per_gate":
+        return gate_block_std(spec, tuple(shape))
     if kind == "sparse":
         rows = shape[0]
         zeros = math.ceil(spec.sparsity * rows)
