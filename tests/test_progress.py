@@ -82,6 +82,16 @@ def test_report_shows_one_bar_over_its_schemes(tmp_path, capsys, at_once, monkey
     from torchinit.cli import main
 
     _terminal(monkeypatch)
+    # every label change draws a frame: rich redraws on a 10 Hz timer, and whether a frame fell
+    # inside the (fast) lsuv scheme was luck (the test failed after other tests had warmed up imports)
+    set_label = _Progress.set_label
+
+    def set_label_and_draw(self, label):
+        set_label(self, label)
+        if self.bar is not None:
+            self.bar.refresh()
+
+    monkeypatch.setattr(_Progress, "set_label", set_label_and_draw)
     # diagnose and lsuv_ run inside report's bar: a second live display would raise rich's LiveError
     assert main(["report", "mlp", "--kwargs", '{"depth": 3, "width": 8}', "--compare", "kaiming,lsuv",
                  "--out", str(tmp_path), "--batch", "8"]) == 0
