@@ -80,6 +80,8 @@ def test_log_refuses_other_writers_before_writing(tmp_path):
     with SummaryWriter(str(tmp_path)) as w:
         with pytest.raises(ValueError, match=r"step must be None or an int >= 0, got -1"):
             rep.log(w, step=-1)
+        with pytest.raises(TypeError, match=r"model must be an nn.Module \(its weights are logged\) or None, got str"):
+            rep.log(w, step=0, model="mlp")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     ea = EventAccumulator(str(tmp_path))

@@ -113,12 +113,20 @@ def log_report(report: Report, writer: Any, *, step: int | None = None, model: n
     _check_step(step)
     if not isinstance(prefix, str) or not prefix:
         raise ValueError(f"Report.log: prefix must be a non-empty string, got {prefix!r}")
+    if model is not None and not callable(getattr(model, "named_parameters", None)):
+        raise TypeError(f"Report.log: model must be an nn.Module (its weights are logged) or None, "
+                        f"got {type(model).__name__}")
+    # everything that can fail (weights, figures) is computed before the first write
+    weights = _weights(model)
+    images = {f"{prefix}/signal_propagation": _image(report.plot_signal()),
+              f"{prefix}/histograms": _image(report.plot_histograms())}
     if kind == "tensorboard":
-        return _tensorboard(report, writer, step, model, prefix)
-    return _wandb(report, writer, step, model, prefix)
+        return _tensorboard(report, writer, step, weights, images, prefix)
+    return _wandb(report, writer, step, weights, images, prefix)
 
 
-def _tensorboard(report: Report, w: Any, step: int | None, model: nn.Module | None, prefix: str) -> list[str]:
+def _tensorboard(report: Report, w: Any, step: int | None, weights: list[tuple[str, Any]], images: dict[str, Any],
+                 prefix: str) -> list[str]:
     tags = []
 
     def scalar(tag: str, value: float) -> None:
@@ -140,22 +148,22 @@ def _tensorboard(report: Report, w: Any, step: int | None, model: nn.Module | No
                             sum=float(r.mean) * num, sum_squares=(float(r.std) ** 2 + float(r.mean) ** 2) * num,
                             bucket_limits=edges[1:], bucket_counts=list(r.hist), global_step=step)
         tags.append(f"{prefix}/activation_hist/{name}")
-    for name, values in _weights(model):
+    for name, values in weights:
         w.add_histogram(f"{prefix}/weight_hist/{name}", values, step)
         tags.append(f"{prefix}/weight_hist/{name}")
     for sev in _SEVERITIES:
         scalar(f"{prefix}/verdict_count/{sev}", float(sum(v.severity == sev for v in report.verdicts)))
     w.add_text(f"{prefix}/verdicts", _verdict_markdown(report), step)
     tags.append(f"{prefix}/verdicts")
-    for tag, fig in ((f"{prefix}/signal_propagation", report.plot_signal()),
-                     (f"{prefix}/histograms", report.plot_histograms())):
-        w.add_image(tag, _image(fig), step, dataformats="HWC")
+    for tag, image in images.items():
+        w.add_image(tag, image, step, dataformats="HWC")
         tags.append(tag)
     w.flush()
     return tags
 
 
-def _wandb(report: Report, run: Any, step: int | None, model: nn.Module | None, prefix: str) -> list[str]:
+def _wandb(report: Report, run: Any, step: int | None, weights: list[tuple[str, Any]], images: dict[str, Any],
+           prefix: str) -> list[str]:
     wandb = sys.modules.get("wandb") or importlib.import_module("wandb")
     payload: dict[str, Any] = {}
     layers = _named_layers(report)
@@ -166,7 +174,7 @@ def _wandb(report: Report, run: Any, step: int | None, model: nn.Module | None, 
     for name, r in layers:
         if sum(r.hist) and len(r.hist_range) == 2 and all(map(math.isfinite, r.hist_range)):
             payload[f"{prefix}/activation_hist/{name}"] = wandb.Histogram(np_histogram=(list(r.hist), _edges(r)))
-    for name, values in _weights(model):
+    for name, values in weights:
         payload[f"{prefix}/weight_hist/{name}"] = wandb.Histogram(values.reshape(-1).numpy())
     for sev in _SEVERITIES:
         payload[f"{prefix}/verdict_count/{sev}"] = sum(v.severity == sev for v in report.verdicts)
@@ -177,8 +185,8 @@ def _wandb(report: Report, run: Any, step: int | None, model: nn.Module | None, 
     payload[f"{prefix}/verdicts"] = wandb.Table(
         columns=["severity", "kind", "layer", "message", "fix"],
         data=[[v.severity, v.kind, v.layer, v.message, v.fix] for v in report.verdicts])
-    payload[f"{prefix}/signal_propagation"] = wandb.Image(_image(report.plot_signal()))
-    payload[f"{prefix}/histograms"] = wandb.Image(_image(report.plot_histograms()))
+    for tag, image in images.items():
+        payload[tag] = wandb.Image(image)
     if step is None:
         run.log(payload)
     else:
