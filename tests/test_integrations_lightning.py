@@ -5,6 +5,7 @@ module, a broken (all-zero) init stopped with its verdict named."""
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -162,6 +163,40 @@ def test_fail_on_none_only_logs(tmp_path):
     assert "torchinit/verdict_count/error" in text and "torchinit/activation_std/0" in text
 
 
+def test_trainer_empty_init_garbage_is_initialized(tmp_path):
+    # on one device, empty_init allocates the tensors and skips their init: garbage until torchinit
+    snap = Snapshot()
+    trainer = _trainer(tmp_path, [InitCallback("kaiming", seed=SEED, module="model"), snap])
+    with trainer.init_module(empty_init=True):
+        module = Eager()
+    trainer.fit(module, _loader())
+    _same(snap.start, _expected())
+
+
+def test_wandb_logger_gets_the_report(tmp_path, monkeypatch):
+    pytest.importorskip("wandb", reason="the [wandb] extra is not installed")
+    import wandb
+    from lightning.pytorch.loggers import WandbLogger
+    from test_integrations_logging import _wandb_records
+
+    for k, v in {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_CONSOLE": "off"}.items():
+        monkeypatch.setenv(k, v)
+    logger = WandbLogger(project="torchinit-test", save_dir=str(tmp_path), offline=True)
+    cb = InitCallback("kaiming", seed=SEED, module="model")
+    try:
+        _trainer(tmp_path, [cb], logger=logger, steps=1).fit(Eager(), _loader())
+        run_dir = logger.experiment.dir
+    finally:
+        wandb.finish()
+        wandb.teardown()
+    records = _wandb_records(Path(run_dir).parent)
+    keys = {(i.key or "/".join(i.nested_key)) for r in records if r.WhichOneof("record_type") == "history"
+            for i in r.history.item}
+    assert {"torchinit/activation_std/0", "torchinit/grad_std/4", "torchinit/verdict_count/error",
+            "torchinit/layers/_type", "torchinit/verdicts/_type", "torchinit/signal_propagation/_type",
+            "torchinit/weight_hist/0.weight/_type"} <= keys
+
+
 def test_callback_arguments_are_checked_before_training():
     with pytest.raises(ValueError, match=r"fail_on must be None or one of \('info', 'warning', 'error'\), got 'fatal'"):
         InitCallback("kaiming", seed=0, fail_on="fatal")
@@ -169,6 +204,15 @@ def test_callback_arguments_are_checked_before_training():
         InitCallback("kaiming")
     with pytest.raises(torchinit.PolicyError):
         InitCallback("no-such-preset", seed=0)
+
+
+def test_a_missing_submodule_is_named(tmp_path):
+    module = Eager()
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    with pytest.raises(ValueError, match=r"InitCallback\(module='net'\): Eager has no submodule 'net' "
+                                         r"\(after configure_model\); its submodules: \['model'\]"):
+        _trainer(tmp_path, [InitCallback("kaiming", seed=SEED, module="net")]).fit(module, _loader())
+    _same(module.state_dict(), before)
 
 
 def test_fabric_empty_init_module(tmp_path):

@@ -56,7 +56,16 @@ def _writers(loggers: Any) -> list[Any]:
 
 
 def _target(pl_module: nn.Module, module: str | None) -> nn.Module:
-    return pl_module if module is None else pl_module.get_submodule(module)
+    if module is None:
+        return pl_module
+    try:
+        target = pl_module.get_submodule(module)
+    except AttributeError:
+        target = None
+    if not isinstance(target, nn.Module):  # also a submodule configure_model left as None
+        raise ValueError(f"InitCallback(module={module!r}): {type(pl_module).__name__} has no submodule "
+                         f"{module!r} (after configure_model); its submodules: {[n for n, _ in pl_module.named_children()]}")
+    return target
 
 
 class InitCallback(Callback):
