@@ -13,7 +13,7 @@ from ..evidence.writers import writer_kind
 from ..model.apply import init_model
 from ..scale.materialize import materialize
 
-__all__ = ["InitVerdictError", "check_fail_on", "failing", "init_module", "default_inputs", "diagnose_inputs", "log_to",
+__all__ = ["InitVerdictError", "check_fail_on", "failing", "init_module", "sharded_params", "unsharded_hint", "default_inputs", "diagnose_inputs", "log_to",
            "raise_on_verdicts", "report_scalars"]
 
 #: severities from the mildest; ``fail_on`` stops a run at its level and above
@@ -73,6 +73,19 @@ def init_module(module: nn.Module, policy: Any, *, seed: int, device: torch.devi
     if has_meta(module):
         return materialize(module, device, policy, seed=seed, progress=False)
     return init_model(module, policy, seed=seed, strict=strict)
+
+
+def sharded_params(module: nn.Module) -> list[str]:
+    """Names of the DTensor parameters of ``module`` (FSDP2, tensor parallel): ``diagnose``
+    measures whole tensors and cannot judge them."""
+    return [n for n, p in module.named_parameters() if hasattr(p, "to_local") and hasattr(p, "device_mesh")]
+
+
+def unsharded_hint(names: list[str]) -> str:
+    return (f"diagnose measures whole tensors and cannot judge DTensor-sharded parameters ({names[0]}"
+            f"{f' and {len(names) - 1} more' if len(names) > 1 else ''}); diagnose an unsharded copy "
+            "instead: the keyed engine gives it the same values (the same policy and seed on a "
+            "single-process model)")
 
 
 def default_inputs(batch: Any) -> Any:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from typing import Any, Callable
 
 import torch
@@ -21,7 +22,7 @@ from transformers import TrainerCallback
 from ..evidence.diagnostics import Report, Thresholds
 from ..scale.materialize import materialize
 from .checks import (InitVerdictError, check_fail_on, default_inputs, diagnose_inputs, log_to, raise_on_verdicts,
-                     report_scalars)
+                     report_scalars, sharded_params, unsharded_hint)
 
 __all__ = ["DiagnoseCallback", "InitVerdictError", "from_config"]
 
@@ -103,6 +104,11 @@ class DiagnoseCallback(TrainerCallback):
             raise ValueError("DiagnoseCallback: the Trainer passed no model or train_dataloader to on_train_begin")
         with torch.random.fork_rng(devices=[]):  # the run draws the same numbers as without us
             batch = next(iter(train_dataloader))
+        sharded = sharded_params(model)
+        if sharded:  # said, not silently passed: the check does not run
+            warnings.warn(f"DiagnoseCallback: the first-batch check is skipped: {unsharded_hint(sharded)}",
+                          stacklevel=2)
+            return
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         plan = self.plan if self.plan is not None else getattr(model, "torchinit_plan", None)
         self.report = diagnose_inputs(model, _to(self.batch_to_inputs(batch), device), plan=plan,

@@ -18,6 +18,7 @@ on the first batch.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Any, Callable
 
 from lightning.pytorch.callbacks import Callback
@@ -28,7 +29,7 @@ from ..evidence.diagnostics import Report, Thresholds
 from ..evidence.writers import writer_kind
 from ..model.policy import load_policy
 from .checks import (InitVerdictError, check_fail_on, default_inputs, diagnose_inputs, failing, init_module,
-                     log_to, raise_on_verdicts)
+                     log_to, raise_on_verdicts, sharded_params, unsharded_hint)
 
 __all__ = ["InitCallback", "InitVerdictError", "init_fabric_module", "diagnose_batch"]
 
@@ -144,6 +145,10 @@ class InitCallback(Callback):
             return
         self._diagnosed = True
         target = _target(pl_module, self.module)
+        sharded = sharded_params(target)
+        if sharded:  # said, not silently passed: the check did not run
+            warnings.warn(f"InitCallback: the first-batch check is skipped: {unsharded_hint(sharded)}", stacklevel=2)
+            return
         self.report = diagnose_inputs(target, self.batch_to_inputs(batch), plan=self.plan,
                                       thresholds=self.thresholds, loss_fn=self.loss_fn)
         if trainer.is_global_zero:
@@ -176,6 +181,9 @@ def diagnose_batch(fabric: Any, module: nn.Module, batch: Any, *, plan: Any = No
     first ``optimizer.step()``."""
     check_fail_on(fail_on)
     target = getattr(module, "_original_module", module)
+    sharded = sharded_params(target)
+    if sharded:
+        raise ValueError(f"diagnose_batch: {unsharded_hint(sharded)}")
     report = diagnose_inputs(target, (batch_to_inputs or default_inputs)(batch), plan=plan,
                              thresholds=thresholds, loss_fn=loss_fn)
     if fabric.is_global_zero:
