@@ -1,7 +1,7 @@
 """InitCallback under Lightning's ModelParallelStrategy (FSDP2) on CPU: 2 gloo processes, the model
 built on the meta device and sharded in configure_model, materialized shard-locally by the
 callback before the optimizer; the gathered weights training starts from are bitwise those of
-single-process init with the same seed."""
+single-process init with the same seed. Then DDP: a verdict found on one rank stops every rank."""
 
 from __future__ import annotations
 
@@ -86,6 +86,22 @@ def _worker(rank: int, world: int, port: int, result_dir: str) -> None:
             warnings.simplefilter("always")
             trainer.fit(Sharded(), loader)
         out["warnings"] = [str(w.message) for w in caught if "InitCallback" in str(w.message)]
+
+        # DDP in the same process group: rank 1 diagnoses an all-zero input (zero biases: every
+        # ReLU unit dead there), rank 0 a normal one; both ranks stop, rank 0 saying another rank failed
+        class Replicated(Sharded):
+            def configure_model(self):
+                if self.model is None:
+                    self.model = _net()
+
+        ddp_cb = InitCallback("kaiming", seed=SEED, module="model", batch_to_inputs=lambda b: b[0] * (rank == 0))
+        trainer = L.Trainer(strategy="ddp", accelerator="cpu", devices=world, max_steps=1, logger=False,
+                            callbacks=[ddp_cb],
+                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+        try:
+            trainer.fit(Replicated(), loader)
+        except Exception as exc:  # noqa: BLE001 - the type and message are what is checked
+            out["ddp"] = f"{type(exc).__name__}: {exc}"
     except Exception:
         out["error"] = traceback.format_exc()
     torch.save(out, os.path.join(result_dir, f"rank{rank}.pt"))
@@ -108,5 +124,11 @@ def test_fsdp2_configure_model_is_initialized_shard_locally(tmp_path):
         for k, v in ref.state_dict().items():
             assert torch.equal(out["start"][k], v), (rank, k)
         # the first-batch check cannot judge DTensors: it says so instead of passing silently
+        assert out["ddp"].startswith("InitVerdictError: torchinit: the initialization failed the check of the first "
+                                     "training batch: ")
+        if rank == 0:
+            assert "another rank found a verdict at or above 'error' (its error names it)" in out["ddp"]
+        else:
+            assert "[error] dead_units at 1:" in out["ddp"]
         assert len(out["warnings"]) == 1 and "cannot judge DTensor-sharded parameters (0.weight and 5 more)" in \
             out["warnings"][0]

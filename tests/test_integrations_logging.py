@@ -119,7 +119,7 @@ def test_wandb_offline_run_has_the_report(tmp_path, monkeypatch):
                  "WANDB_CONSOLE": "off"}.items():
         monkeypatch.setenv(k, v)
     model, rep = _report()
-    run = wandb.init(project="torchinit-test", dir=str(tmp_path))
+    run = wandb.init(project="torchinit-test", dir=str(tmp_path), mode="offline")  # explicit: W&B keeps the settings of its first init
     try:
         keys = rep.log(run, step=3, model=model)
         files = Path(run.dir)

@@ -13,8 +13,8 @@ from ..evidence.writers import writer_kind
 from ..model.apply import init_model
 from ..scale.materialize import materialize
 
-__all__ = ["InitVerdictError", "check_fail_on", "failing", "init_module", "sharded_params", "unsharded_hint", "default_inputs", "diagnose_inputs", "log_to",
-           "raise_on_verdicts", "report_scalars"]
+__all__ = ["InitVerdictError", "check_fail_on", "failing", "init_module", "sharded_params", "unsharded_hint",
+           "default_inputs", "diagnose_inputs", "log_to", "raise_on_verdicts", "report_scalars"]
 
 #: severities from the mildest; ``fail_on`` stops a run at its level and above
 SEVERITIES = ("info", "warning", "error")
@@ -28,11 +28,13 @@ class InitVerdictError(RuntimeError):
         self.report = report
         self.verdicts = list(verdicts)
         self.fail_on = fail_on
-        found = "\n".join(f"  {v}" for v in self.verdicts) or "  (found on another rank)"
-        super().__init__(
-            f"torchinit: the initialization failed the check of {where}: "
-            f"{len(self.verdicts)} verdict(s) at or above {fail_on!r}:\n{found}\n"
-            f"(fail_on={fail_on!r} stops the run; fail_on=None only logs the verdicts)")
+        if self.verdicts:
+            found = f"{len(self.verdicts)} verdict(s) at or above {fail_on!r}:\n" + "\n".join(
+                f"  {v}" for v in self.verdicts)
+        else:  # every rank stops when one does; that rank's error names the verdicts
+            found = f"another rank found a verdict at or above {fail_on!r} (its error names it)"
+        super().__init__(f"torchinit: the initialization failed the check of {where}: {found}\n"
+                         f"(fail_on={fail_on!r} stops the run; fail_on=None only logs the verdicts)")
 
 
 def check_fail_on(fail_on: str | None) -> str | None:
