@@ -150,3 +150,28 @@ def test_wandb_offline_run_has_the_report(tmp_path, monkeypatch):
     assert [row[:3] for row in table["data"]] == [["error", "symmetry", "2.weight"]]
     (layers,) = files.glob("media/table/torchinit/layers_*.table.json")
     assert [row[0] for row in json.loads(layers.read_text())["data"]] == [r.name for r in rep.layers]
+
+
+def test_a_module_called_twice_gets_one_tag_per_call(tmp_path):
+    pytest.importorskip("tensorboard", reason="the [tensorboard] extra is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(8, 8)
+
+        def forward(self, x):
+            return self.lin(torch.tanh(self.lin(x)))
+
+    m = Twice()
+    torchinit.init_model(m, "xavier", seed=0)
+    rep = torchinit.diagnose(m, torch.randn(16, 8, generator=torch.Generator().manual_seed(0)), progress=False)
+    assert [r.name for r in rep.signal()] == ["lin", "lin#2"]
+    with SummaryWriter(str(tmp_path)) as w:
+        rep.log(w, step=0)
+    ea = EventAccumulator(str(tmp_path))
+    ea.Reload()
+    stds = [ea.Scalars(f"torchinit/activation_std/{t}")[0].value for t in ("lin", "lin#2")]
+    assert stds == pytest.approx([r.std for r in rep.signal()], rel=1e-6) and stds[0] != stds[1]

@@ -6,7 +6,7 @@ Neither package is imported here: the writer is recognized by what it is (a
 the ``wandb`` package with ``log``), so torchinit keeps its dependencies.
 
 What is written, under ``prefix`` (default ``"torchinit"``), ``<layer>`` being a recorded
-layer's name (``#k`` appended to the k-th repeated call of one module):
+layer's name (``name#k`` for the k-th call of a module called more than once):
 
 * ``<prefix>/activation_std/<layer>`` and ``<prefix>/grad_std/<layer>``: the std of the
   layer's output and of the loss gradient at it (scalars; the gradient where measured);
@@ -52,14 +52,9 @@ def writer_kind(writer: Any) -> str:
 
 
 def _named_layers(report: Report) -> list[tuple[str, Any]]:
-    """(unique name, LayerStats): a module called k times gets ``name#1``... after the first call."""
-    seen: dict[str, int] = {}
-    out = []
-    for r in report.layers:
-        k = seen.get(r.name, 0)
-        seen[r.name] = k + 1
-        out.append((r.name if k == 0 else f"{r.name}#{k}", r))
-    return out
+    """(name, LayerStats) of every record; the recorder names the k-th call of a module ``name#k``
+    (k >= 2), so names are unique."""
+    return [(r.name, r) for r in report.layers]
 
 
 def _edges(r: Any) -> list[float]:
