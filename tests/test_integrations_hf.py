@@ -100,3 +100,6 @@ def test_zeroed_mlp_weights_stop_the_run_naming_the_verdict(tmp_path):
 def test_diagnose_callback_arguments():
     with pytest.raises(ValueError, match=r"fail_on must be None or one of"):
         DiagnoseCallback(fail_on="fatal")
+    with pytest.raises(TypeError, match=r"cannot log a report to a builtins\.dict: pass a TensorBoard SummaryWriter, "
+                                        r"a W&B run, or a logger with log_metrics\(dict, step\)"):
+        DiagnoseCallback(writers=[{}])

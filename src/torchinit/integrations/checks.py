@@ -14,7 +14,7 @@ from ..model.apply import init_model
 from ..scale.materialize import materialize
 
 __all__ = ["InitVerdictError", "check_fail_on", "failing", "init_module", "sharded_params", "unsharded_hint",
-           "default_inputs", "diagnose_inputs", "log_to", "raise_on_verdicts", "report_scalars"]
+           "default_inputs", "diagnose_inputs", "log_to", "raise_on_verdicts", "report_scalars", "writer_target"]
 
 #: severities from the mildest; ``fail_on`` stops a run at its level and above
 SEVERITIES = ("info", "warning", "error")
@@ -120,23 +120,27 @@ def report_scalars(report: Report, prefix: str = "torchinit") -> dict[str, float
     return out
 
 
-def log_to(report: Report, writers: Iterable[Any], *, step: int, model: nn.Module | None) -> list[Any]:
-    """Write ``report`` to each writer: a TensorBoard ``SummaryWriter`` or W&B run through
-    :meth:`Report.log` (W&B at its own current step: its steps must only grow), a logger with
-    ``log_metrics`` (Lightning's CSV and others) as scalars; returns the writers used."""
-    used = []
-    for w in writers:
-        try:
-            kind = writer_kind(w)
-        except TypeError:
-            kind = None
+def writer_target(w: Any) -> str:
+    """``"tensorboard"``, ``"wandb"`` (:meth:`Report.log`) or ``"metrics"`` (an object with
+    ``log_metrics``: Lightning's loggers); ``TypeError`` naming the object otherwise."""
+    try:
+        return writer_kind(w)
+    except TypeError:
+        if callable(getattr(w, "log_metrics", None)):
+            return "metrics"
+        raise TypeError(f"cannot log a report to a {type(w).__module__}.{type(w).__qualname__}: pass a "
+                        "TensorBoard SummaryWriter, a W&B run, or a logger with log_metrics(dict, step)") from None
+
+
+def log_to(report: Report, writers: Iterable[Any], *, step: int, model: nn.Module | None) -> None:
+    """Write ``report`` to each writer (all checked first, see :func:`writer_target`): a
+    TensorBoard ``SummaryWriter`` or W&B run through :meth:`Report.log` (W&B at its own current
+    step: its steps must only grow), a logger with ``log_metrics`` as scalars."""
+    kinds = [(w, writer_target(w)) for w in writers]
+    for w, kind in kinds:
         if kind == "tensorboard":
             report.log(w, step=step, model=model)
         elif kind == "wandb":
             report.log(w, model=model)
-        elif callable(getattr(w, "log_metrics", None)):
-            w.log_metrics(report_scalars(report), step=step)
         else:
-            continue
-        used.append(w)
-    return used
+            w.log_metrics(report_scalars(report), step=step)

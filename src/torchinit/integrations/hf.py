@@ -22,7 +22,7 @@ from transformers import TrainerCallback
 from ..evidence.diagnostics import Report, Thresholds
 from ..scale.materialize import materialize
 from .checks import (InitVerdictError, check_fail_on, default_inputs, diagnose_inputs, log_to, raise_on_verdicts,
-                     report_scalars, sharded_params, unsharded_hint)
+                     report_scalars, sharded_params, unsharded_hint, writer_target)
 
 __all__ = ["DiagnoseCallback", "InitVerdictError", "from_config"]
 
@@ -77,8 +77,10 @@ class DiagnoseCallback(TrainerCallback):
                  thresholds: Thresholds | None = None) -> None:
         self.fail_on = check_fail_on(fail_on)
         self.plan = plan
-        if writers != "auto" and not isinstance(writers, (list, tuple)):
-            writers = [writers]
+        if not (isinstance(writers, str) and writers == "auto"):
+            writers = list(writers) if isinstance(writers, (list, tuple)) else [writers]
+            for w in writers:  # a writer that cannot take the report fails here, not after training began
+                writer_target(w)
         self.writers = writers
         self.batch_to_inputs = batch_to_inputs or default_inputs
         self.loss_fn = loss_fn
@@ -102,22 +104,23 @@ class DiagnoseCallback(TrainerCallback):
                        train_dataloader: Any = None, **kwargs: Any) -> None:
         if model is None or train_dataloader is None:
             raise ValueError("DiagnoseCallback: the Trainer passed no model or train_dataloader to on_train_begin")
-        with torch.random.fork_rng(devices=[]):  # the run draws the same numbers as without us
-            batch = next(iter(train_dataloader))
         sharded = sharded_params(model)
         if sharded:  # said, not silently passed: the check does not run
             warnings.warn(f"DiagnoseCallback: the first-batch check is skipped: {unsharded_hint(sharded)}",
                           stacklevel=2)
             return
+        with torch.random.fork_rng(devices=[]):  # the run draws the same numbers as without us
+            batch = next(iter(train_dataloader))
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         plan = self.plan if self.plan is not None else getattr(model, "torchinit_plan", None)
         self.report = diagnose_inputs(model, _to(self.batch_to_inputs(batch), device), plan=plan,
                                       thresholds=self.thresholds, loss_fn=self.loss_fn)
         if state.is_world_process_zero:
-            writers = self._auto_writers(args) if self.writers == "auto" else list(self.writers)
+            auto = isinstance(self.writers, str)
+            writers = self._auto_writers(args) if auto else self.writers
             log_to(self.report, writers, step=state.global_step, model=model)
             for w in writers:
-                if self.writers == "auto" and hasattr(w, "add_scalar"):
+                if auto and hasattr(w, "add_scalar"):
                     w.close()  # ours: opened for this report
             state.log_history.append({**report_scalars(self.report), "step": state.global_step})
         raise_on_verdicts(self.report, self.fail_on, "the first training batch")
