@@ -15,7 +15,7 @@ $(PY):
 
 $(STAMP): $(PY) pyproject.toml setup.py $(CONSTRAINTS)
 	$(PIP) install -q -c $(CONSTRAINTS) torch==2.13.0
-	$(PIP) install -q -c $(CONSTRAINTS) -e ".[test,hf]"
+	$(PIP) install -q -c $(CONSTRAINTS) -e ".[test,integrations]"
 	@rm -f $(VENV)/.installed-*; touch $@
 
 install: $(STAMP)

@@ -12,7 +12,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "torchinit"
 
 #: bottom to top; a module may import its own layer and the layers below it
-LAYERS = ("core", "engines", "initializers", "model", "scale", "evidence", "cli")
+LAYERS = ("core", "engines", "initializers", "model", "scale", "evidence", "integrations", "cli")
 #: top-level modules outside the layers, and what they may import
 FREE = {"_version": (), "_progress": (), "zoo": (), "_compat": None, "__init__": None, "__main__": ("cli",)}
 

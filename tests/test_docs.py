@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
+#: pages whose samples need optional extras (`make install` installs them): skipped, saying which, without
+REQUIRES = {"integrations.md": ("lightning", "transformers", "accelerate", "tensorboard", "wandb")}
 FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 
 
@@ -34,6 +36,8 @@ def test_docs_exist():
 
 @pytest.mark.parametrize("path", sorted(DOCS.glob("*.md")) + [DOCS.parent / "README.md"], ids=lambda p: p.name)
 def test_doc_samples_run(path, tmp_path, monkeypatch):
+    for module in REQUIRES.get(path.name, ()):
+        pytest.importorskip(module, reason=f"{path.name} needs the optional {module}")
     monkeypatch.chdir(tmp_path)
     namespace: dict = {"__name__": f"docs.{path.stem}"}
     for line, source in python_blocks(path.read_text(encoding="utf-8")):

@@ -274,8 +274,9 @@ class Report:
 
     ``print()`` shows rich tables, ``to_dict()``/``to_json()`` serialize
     (``from_dict``/``from_json`` invert them), ``plot_signal()`` /
-    ``plot_histograms()`` draw matplotlib figures and ``save(dir)`` writes PNGs,
-    ``report.json`` and a self-contained ``report.html``.
+    ``plot_histograms()`` draw matplotlib figures, ``save(dir)`` writes PNGs,
+    ``report.json`` and a self-contained ``report.html``, and ``log(writer, step=...)``
+    writes to TensorBoard or W&B.
     """
 
     layers: list[LayerStats]
@@ -446,6 +447,17 @@ class Report:
             f" ({', '.join(kinds)})" if kinds else "")
         return (f"<Report {self.label!r}: {len(self.layers)} layers, {len(self.params)} parameters, {found}; "
                 f".print(), .to_html(), .save(dir)>")
+    def log(self, writer: Any, *, step: int | None = None, model: Any = None,
+            prefix: str = "torchinit") -> list[str]:
+        """Write this report to a TensorBoard ``SummaryWriter`` or a W&B run: per-layer
+        activation and gradient std scalars, activation histograms (and weight histograms of
+        ``model``'s parameters when given), verdict counts and the verdicts, and the
+        signal-propagation and histogram figures as images; returns the tags written. See
+        :mod:`torchinit.evidence.writers`. ``TypeError`` (before anything is written) for any
+        other writer."""
+        from ..writers import log_report  # the writers are used only here: imported when used
+
+        return log_report(self, writer, step=step, model=model, prefix=prefix)
 
     def save(self, directory: str | Path) -> Path:
         """Write ``signal.png``, ``histograms.png``, ``report.json`` and a self-contained
