@@ -83,3 +83,33 @@ def test_kaiming_plan_on_meta_equals_cpu_and_gains_follow_the_activation(name, b
         assert e.gain == pytest.approx(auto_gain(want)), e.name
         assert e.spec.std == pytest.approx(e.gain / math.sqrt(e.fans.fan_in), rel=1e-6), e.name  # He, fan_in
     assert all(hit.values()), hit  # every pattern named a layer of the model
+
+
+def _inputs(name: str, model: torch.nn.Module) -> dict:
+    """A small real batch for the model (seeded): token ids below the real vocabulary size,
+    pixels for the vision models, log-mel features for Whisper; decoder inputs where the
+    architecture has a decoder."""
+    g = torch.Generator().manual_seed(0)
+    cfg = model.config
+    if name in ("vit", "convnext", "resnet"):
+        return {"pixel_values": torch.randn(2, 3, 32, 32, generator=g)}
+    if name == "whisper":
+        return {"input_features": torch.randn(2, cfg.num_mel_bins, 2 * cfg.max_source_positions, generator=g),
+                "decoder_input_ids": torch.randint(0, cfg.vocab_size, (2, 8), generator=g)}
+    ids = torch.randint(0, cfg.vocab_size, (2, 8), generator=g)
+    return {"input_ids": ids, "decoder_input_ids": ids} if name in ("t5", "bart") else {"input_ids": ids}
+
+
+@pytest.mark.parametrize("preset", ["gpt2", "llama"])
+@pytest.mark.parametrize("name,build", HF_MODELS, ids=HF_IDS)
+def test_llm_presets_give_logits_of_order_one(name, build, preset):
+    # the output head (tied to the embedding or not, whatever the model calls it: lm_head, BERT's
+    # cls.predictions.decoder, Whisper's proj_out) must not get the N(0, 1) of an embedding: logits
+    # std would be sqrt(hidden) at init (4 here, 28 at BERT-base's 768)
+    torch.manual_seed(0)
+    model = build().eval()
+    torchinit.init_model(model, preset, seed=0)
+    with torch.no_grad():
+        logits = model(**_inputs(name, model)).logits
+    std = logits.double().std().item()
+    assert 0 < std < 3, (name, preset, std)
