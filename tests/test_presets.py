@@ -238,6 +238,9 @@ def test_llama_output_head_reaches_the_models_own_output_layer_under_any_name():
     r = torchinit.load_policy({"rules": [{"qualnames": "@output_head", "init": "zeros"}]})
     assert [x.name for x in torchinit.plan(model, r).entries] == ["emb.weight"]
     assert torchinit.Policy.from_dict(r.to_dict()) == r
+    with pytest.raises(PolicyError, match="field 'qualnames': unknown selector '@output-head'; the one there is: "
+                                          "'@output_head'"):  # a typo would otherwise match nothing, quietly
+        torchinit.load_policy({"rules": [{"qualnames": "@output-head", "init": "zeros"}]})
 
 
 def test_preset_and_engine_names_are_literal_types_in_public_signatures():

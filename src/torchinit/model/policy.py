@@ -320,6 +320,9 @@ class Rule:
             object.__setattr__(self, "args", _check_args(init, self.args))
             object.__setattr__(self, "modules", _as_tuple(self.modules, "modules", allow_types=True))
             object.__setattr__(self, "qualnames", _as_tuple(self.qualnames, "qualnames"))
+            for q in (q for q in self.qualnames or () if q.startswith("@") and q != OUTPUT_HEAD):  # no name has "@"
+                raise PolicyError(f"field 'qualnames': unknown selector {q!r}; the one there is: {OUTPUT_HEAD!r}",
+                                  field="qualnames")
             object.__setattr__(self, "params", _as_tuple(self.params, "params"))
             if self.role is not None and self.role not in ROLES:
                 raise PolicyError(f"field 'role': unknown role {self.role!r}; use one of {', '.join(ROLES)}",
