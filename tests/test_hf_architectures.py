@@ -1,11 +1,13 @@
 """Real architectures at real vocabulary sizes (tests/hf_models.py: GPT-2 50257 tied, Llama 32000
 untied, Qwen2 151936 tied, T5 32128 encoder-decoder, BERT 30522 encoder-only, ViT, ConvNeXt,
-ResNet, BART, Whisper; tiny hidden sizes, built from configs, no downloads).
+ResNet, BART, Whisper; tiny hidden sizes, built from configs, no downloads; the heads' variants
+where the architecture has one: ForMaskedLM, ForImageClassification, ForConditionalGeneration).
 
 For each: the ``kaiming`` plan of the model built on meta equals the plan of the model built on
 CPU, and every weight layer whose output reaches an activation gets that activation's gain
-(every other one gain 1). Other checks on these models (logits std under the LLM presets, the
-``module`` preset against the model's own init) import the same list."""
+(every other one gain 1); the ``gpt2`` and ``llama`` presets give logits of std below 3 at init;
+the ``module`` preset (``init_model`` and ``materialize`` from meta) gives each tensor the
+distribution the model's own ``post_init()`` gives it."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from scipy import stats
 
 import torchinit
 from torchinit.core.gains import auto_gain
@@ -83,3 +86,95 @@ def test_kaiming_plan_on_meta_equals_cpu_and_gains_follow_the_activation(name, b
         assert e.gain == pytest.approx(auto_gain(want)), e.name
         assert e.spec.std == pytest.approx(e.gain / math.sqrt(e.fans.fan_in), rel=1e-6), e.name  # He, fan_in
     assert all(hit.values()), hit  # every pattern named a layer of the model
+
+
+def _inputs(name: str, model: torch.nn.Module) -> dict:
+    """A small real batch for the model (seeded): token ids below the real vocabulary size,
+    pixels for the vision models, log-mel features for Whisper; decoder inputs where the
+    architecture has a decoder."""
+    g = torch.Generator().manual_seed(0)
+    cfg = model.config
+    if name in ("vit", "convnext", "resnet"):
+        return {"pixel_values": torch.randn(2, 3, 32, 32, generator=g)}
+    if name == "whisper":
+        return {"input_features": torch.randn(2, cfg.num_mel_bins, 2 * cfg.max_source_positions, generator=g),
+                "decoder_input_ids": torch.randint(0, cfg.vocab_size, (2, 8), generator=g)}
+    ids = torch.randint(0, cfg.vocab_size, (2, 8), generator=g)
+    return {"input_ids": ids, "decoder_input_ids": ids} if name in ("t5", "bart") else {"input_ids": ids}
+
+
+# materialize from meta for the language models (the LLM presets have no rule for ViT's cls_token or
+# ConvNeXt's layer scale: materialize refuses those, naming them)
+_LOGITS = [(n, b, "init_model") for n, b in HF_MODELS] + [(n, b, "materialize") for n, b in HF_MODELS if n in VOCAB]
+
+
+@pytest.mark.parametrize("preset", ["gpt2", "llama"])
+@pytest.mark.parametrize("name,build,how", _LOGITS, ids=[f"{n}-{h}" for n, _, h in _LOGITS])
+def test_llm_presets_give_logits_of_order_one(name, build, how, preset):
+    # the output head (tied to the embedding or not, whatever the model calls it: lm_head, BERT's
+    # cls.predictions.decoder, Whisper's proj_out) must not get the N(0, 1) of an embedding: logits
+    # std would be sqrt(hidden) at init (4 here, 28 at BERT-base's 768); on meta too (materialize)
+    torch.manual_seed(0)
+    if how == "init_model":
+        model = build()
+        torchinit.init_model(model, preset, seed=0)
+    else:
+        with torch.device("meta"):
+            model = build()
+        torchinit.materialize(model, "cpu", preset, seed=0)
+    model.eval()
+    with torch.no_grad():
+        logits = model(**_inputs(name, model)).logits
+    std = logits.double().std().item()
+    assert 0 < std < 3, (name, preset, std)
+
+
+def _own_vs_module(ref: torch.nn.Module, model: torch.nn.Module) -> list[str]:
+    """What differs between the model's own init (``ref``) and ``model``, tensor by tensor: a
+    constant (norms, biases, zero rows) must be equal exactly; a random tensor must have the
+    same distribution (two-sample KS, p > 1e-4, on at most 50k evenly spaced elements; seeds fixed) and, with >= 1000 elements, a std
+    within 10% and a mean within 0.1 std of the reference."""
+    ours = dict(model.named_parameters()) | dict(model.named_buffers())
+    theirs = dict(ref.named_parameters()) | dict(ref.named_buffers())
+    assert ours.keys() == theirs.keys()
+    bad = []
+    for n, r in theirs.items():
+        if not r.is_floating_point() or r.numel() == 0:
+            assert torch.equal(ours[n], r), n
+            continue
+        a, b = r.detach().double().flatten(), ours[n].detach().double().flatten()
+        step = -(-a.numel() // 50_000)  # KS on every step-th element: 50k of a 2.4M-row embedding suffice
+        if not torch.isfinite(b).all():
+            bad.append(f"{n}: not finite (left unwritten)")
+        elif bool((a == a[0]).all()):
+            if not torch.equal(a, b):
+                bad.append(f"{n}: constant {a[0].item():g} in the model's own init, here std {b.std().item():.3g} "
+                           f"mean {b.mean().item():.3g}")
+        elif (p := stats.ks_2samp(a[::step].numpy(), b[::step].numpy()).pvalue) < 1e-4:
+            bad.append(f"{n}: KS p = {p:.2g} (std {b.std().item():.4g} vs {a.std().item():.4g})")
+        elif a.numel() >= 1000:
+            sa, sb = a.std().item(), b.std().item()
+            if abs(sb - sa) > 0.1 * sa or abs(b.mean().item() - a.mean().item()) > 0.1 * sa:
+                bad.append(f"{n}: std {sb:.4g} vs {sa:.4g}, mean {b.mean().item():.3g} vs {a.mean().item():.3g}")
+    return bad
+
+
+@pytest.mark.parametrize("how", ["init_model", "init_model-torch", "materialize"])
+@pytest.mark.parametrize("name,build", HF_MODELS, ids=HF_IDS)
+def test_module_preset_matches_the_models_own_init(name, build, how):
+    torch.manual_seed(0)
+    ref = build()  # the model's own init: post_init() at construction
+    if how.startswith("init_model"):
+        torch.manual_seed(1)
+        model = build()
+        with torch.no_grad():  # nothing of the construction's values may survive unnoticed
+            for t in [*model.parameters(), *model.buffers()]:
+                if t.is_floating_point():
+                    t.fill_(float("nan"))
+        torchinit.init_model(model, "module", seed=0, engine="torch" if how.endswith("torch") else "keyed")
+    else:
+        with torch.device("meta"):
+            model = build()
+        torchinit.materialize(model, "cpu", "module", seed=0)
+    bad = _own_vs_module(ref, model)
+    assert not bad, "\n".join(bad)

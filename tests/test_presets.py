@@ -201,6 +201,48 @@ def test_glob_options_given_as_one_string_are_one_glob():
         get_preset("gpt2", residual=[])
 
 
+class _MaskedLM(nn.Module):
+    """An encoder with a tied MLM head under a name no glob of the llama preset knows (BERT's
+    ``cls.predictions.decoder``); it says which layer is its output through
+    ``get_output_embeddings()``, as Hugging Face models do."""
+
+    def __init__(self, vocab: int = 500, d: int = 16):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.body = nn.Linear(d, d)
+        self.norm = nn.LayerNorm(d)
+        self.decoder = nn.Linear(d, vocab)
+        self.decoder.weight = self.emb.weight
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.decoder
+
+    def forward(self, ids):
+        return self.decoder(self.norm(self.body(self.emb(ids))))
+
+
+def test_llama_output_head_reaches_the_models_own_output_layer_under_any_name():
+    # issue 15: under llama BERT's tied cls.predictions.decoder (Whisper's proj_out) got the
+    # embedding's N(0, 1): logits std sqrt(d); "@output_head" selects get_output_embeddings().weight
+    model = _MaskedLM()
+    p = torchinit.init_model(model, "llama", seed=0)
+    e = p["emb.weight"]
+    assert e.aliases == ("decoder.weight",) and e.rule.endswith("output head")
+    assert e.spec == S.TruncatedNormal(0.0, 0.25, -0.75, 0.75)  # d^-0.5 = 0.25, truncated at 3 std
+    assert any(n.startswith("tied tensor 'emb.weight'") and "output head" in n for n in p.notes)
+    with torch.no_grad():
+        assert model(torch.arange(64)).std() < 3
+    plain = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8))  # no get_output_embeddings: nothing is the head
+    q = torchinit.plan(plain, "llama")
+    assert not any(x.rule.endswith("output head") for x in q.entries)
+    r = torchinit.load_policy({"rules": [{"qualnames": "@output_head", "init": "zeros"}]})
+    assert [x.name for x in torchinit.plan(model, r).entries] == ["emb.weight"]
+    assert torchinit.Policy.from_dict(r.to_dict()) == r
+    with pytest.raises(PolicyError, match="field 'qualnames': unknown selector '@output-head'; the one there is: "
+                                          "'@output_head'"):  # a typo would otherwise match nothing, quietly
+        torchinit.load_policy({"rules": [{"qualnames": "@output-head", "init": "zeros"}]})
+
+
 def test_preset_and_engine_names_are_literal_types_in_public_signatures():
     # issue 15: IDEs complete Literal values; the Literals list exactly the built-in names
     import inspect

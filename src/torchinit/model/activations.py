@@ -1,6 +1,7 @@
 """What counts as a weight layer, an activation and a "transparent" operation (one that passes a
 layer's output on unchanged in kind: norms, dropout, pooling, reshapes, residual ``+``, gating
-``*``): the vocabulary nonlinearity detection (:mod:`.nonlinearity`, :mod:`.forward_flow`) shares."""
+``*``): the vocabulary nonlinearity detection (:mod:`.nonlinearity`, :mod:`.forward_flow`) shares;
+and which layer is a model's output layer (:func:`output_layer`, the ``"@output_head"`` selector)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-__all__ = ["Detection", "is_weight_layer", "activation_of_module", "activation_of_call", "transparent_module",
+__all__ = ["Detection", "is_weight_layer", "activation_of_module", "activation_of_call", "transparent_module", "output_layer",
            "TRANSPARENT_FUNCS", "TRANSPARENT_METHODS"]
 
 
@@ -31,6 +32,20 @@ class Detection:
 
     def describe(self) -> str:
         return f"{self.source}: {self.via}"
+
+
+def output_layer(model: nn.Module) -> nn.Module | None:
+    """The module ``model`` names as its output layer through ``get_output_embeddings()``
+    (Hugging Face's API: ``lm_head``, BERT's ``cls.predictions.decoder``, Whisper's
+    ``proj_out``); None for a model without that method or without a head."""
+    get = getattr(model, "get_output_embeddings", None)
+    if not callable(get):
+        return None
+    try:
+        head = get()
+    except (NotImplementedError, AttributeError):  # backbones without a head say so this way
+        return None
+    return head if isinstance(head, nn.Module) else None
 
 
 def is_weight_layer(m: nn.Module) -> bool:

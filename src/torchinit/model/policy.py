@@ -4,7 +4,8 @@ A :class:`Policy` is an ordered list of :class:`Rule` objects. A rule has
 
 * a **selector**: ``modules`` (class names or classes, subclasses included, globs
   allowed on class names: ``"*RMSNorm"``), ``qualnames`` (globs on the qualified
-  tensor name, ``"blocks.*.attn.proj.weight"``), ``params`` (the tensor's name
+  tensor name, ``"blocks.*.attn.proj.weight"``; ``"@output_head"``: the model's output
+  layer's weight, see :data:`OUTPUT_HEAD`), ``params`` (the tensor's name
   relative to the matched module: ``"weight"``, ``"bias"``, ``"weight_hh_*"``,
   ``"out_proj.bias"``) and ``role`` (``"weight"``: a parameter with 2 or more
   dims; ``"bias"``: a parameter whose name contains "bias"; ``"scale"``: any other
@@ -43,6 +44,7 @@ from typing import Any, Mapping, Sequence
 
 from torch import nn
 
+from .activations import output_layer
 from .errors import PolicyError, _short, _suggest
 from .policy_files import parse_policy_text, read_policy_text
 from .registry import PresetName, get_preset
@@ -53,8 +55,12 @@ __all__ = [
     "PolicyError",
     "INITIALIZERS",
     "ROLES",
+    "OUTPUT_HEAD",
     "load_policy",
 ]
+
+#: A ``qualnames`` entry: the weight of the model's output layer under any name (``get_output_embeddings()``).
+OUTPUT_HEAD = "@output_head"
 
 #: Tensor roles a rule may select.
 ROLES = ("weight", "bias", "scale", "buffer")
@@ -317,6 +323,9 @@ class Rule:
             object.__setattr__(self, "args", _check_args(init, self.args))
             object.__setattr__(self, "modules", _as_tuple(self.modules, "modules", allow_types=True))
             object.__setattr__(self, "qualnames", _as_tuple(self.qualnames, "qualnames"))
+            for q in (q for q in self.qualnames or () if q.startswith("@") and q != OUTPUT_HEAD):  # no name has "@"
+                raise PolicyError(f"field 'qualnames': unknown selector {q!r}; the one there is: {OUTPUT_HEAD!r}",
+                                  field="qualnames")
             object.__setattr__(self, "params", _as_tuple(self.params, "params"))
             if self.role is not None and self.role not in ROLES:
                 raise PolicyError(f"field 'role': unknown role {self.role!r}; use one of {', '.join(ROLES)}",
@@ -352,9 +361,11 @@ class Rule:
         if (role == "buffer" and self.role is None and self.params is None and self.qualnames is None
                 and self.init != "module"):
             return None  # buffers (running stats, ...) are only selected explicitly
-        if self.qualnames is not None and not any(fnmatch.fnmatchcase(qualname, g) for g in self.qualnames):
-            return None
         local = qualname[len(owner_path) + 1:] if owner_path else qualname
+        if self.qualnames is not None and not any(
+                (local == "weight" and owner is output_layer(chain[0][1])) if g == OUTPUT_HEAD
+                else fnmatch.fnmatchcase(qualname, g) for g in self.qualnames):
+            return None
         candidates = [chain[-1]] if self.params is None or self.modules is None else list(reversed(chain))
         for path, mod in candidates:
             rel = qualname[len(path) + 1:] if path else qualname

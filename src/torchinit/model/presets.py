@@ -27,7 +27,7 @@ import math
 from typing import Any
 
 from .errors import PolicyError
-from .policy import Policy, Rule
+from .policy import OUTPUT_HEAD, Policy, Rule
 from .registry import PRESETS, get_preset, preset_names
 
 __all__ = ["PRESETS", "get_preset", "preset_names", "RESIDUAL_PROJECTIONS"]
@@ -195,13 +195,15 @@ def gpt2_preset(std: float | None = None, n_layer: int | None = None,
 
 def llama_preset(std: float | None = None, depth_init: bool = True, cutoff: float | None = None,
                  residual: tuple[str, ...] = RESIDUAL_PROJECTIONS + ("*.w3.weight", "*.up_proj.weight"),
-                 output: tuple[str, ...] = ("output.weight", "lm_head.weight")) -> Policy:
+                 output: tuple[str, ...] = ("output.weight", "lm_head.weight", OUTPUT_HEAD)) -> Policy:
     """torchtitan's Llama init: Linear weights ``trunc_normal_(std=0.02)`` (torch's
     default ABSOLUTE bounds [-2, 2]: effectively untruncated; ``cutoff=k`` truncates
     at +-k std instead); output projections (wo, w2, w3 / o_proj, down_proj, up_proj)
     std ``0.02 / sqrt(2 (layer_id + 1))`` (``depth_init``) or ``0.02 / sqrt(2 n_layer)``;
     token embeddings N(0, 1); norms 1; the output head std ``dim^-0.5`` truncated
-    at +-3 std; biases 0. ``std`` defaults to the model's ``config.initializer_range`` (as
+    at +-3 std (the head: ``output`` globs; ``"@output_head"``, the default's last, is the
+    weight of ``model.get_output_embeddings()`` under any name, BERT's
+    ``cls.predictions.decoder``, Whisper's ``proj_out``); biases 0. ``std`` defaults to the model's ``config.initializer_range`` (as
     for ``gpt2``), else 0.02."""
     std = "config" if std is None else std
     base = {"std": std} if cutoff is None else {"std": std, "cutoff": cutoff}
