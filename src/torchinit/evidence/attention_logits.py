@@ -29,14 +29,15 @@ calls in one module pool their squares. Deterministic: no randomness, fixed subs
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["LogitRecorder", "SUFFIX", "GROUP"]
+__all__ = ["GROUP", "SUFFIX", "LogitRecorder"]
 
 #: suffix of a logits record's name, and the layer group the coordinate check files it under
 SUFFIX = ":logits"
