@@ -7,6 +7,11 @@ under standard parametrization with Adam it grows with width from the first upda
 :func:`coord_check` measures it and fits, per layer and step, the exponent ``g`` of
 ``rms ~ width**g`` (least squares on log-log); ``.growth`` is each layer's largest
 exponent over the steps, ``.stable`` says whether every one is within ``tol`` of 0.
+
+Besides the leaf layers' outputs it records the attention logits (the pre-softmax scores
+``q @ k^T * scale``, ``attention_logits.LogitRecorder``) as ``"<attention module>:logits"``
+in the group ``"attention logits"``: the only place a missing muP ``1/head_dim`` scale
+shows (they grow like ``sqrt(head_dim)`` once trained).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from torch import Tensor, nn
 
 from ..model.apply import init_model
 from ..model.mup import MuP
+from .attention_logits import GROUP, LogitRecorder
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -53,7 +59,9 @@ class CoordCheck:
 
     ``rms[layer][step][i]``: RMS of ``layer``'s output at ``step`` (the forward pass
     after ``step`` updates) for ``widths[i]``; ``groups[layer]``: the layer's muP role
-    (input, hidden, output, vector, fixed) used for the plot's panels; ``losses[i][step]``.
+    (input, hidden, output, vector, fixed) used for the plot's panels, or
+    ``"attention logits"`` for an attention module's pre-softmax scores
+    (``"<module>:logits"``); ``losses[i][step]``.
     """
 
     parametrization: str
@@ -138,7 +146,7 @@ class CoordCheck:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
-        order = [g for g in ("input", "hidden", "vector", "output", "fixed", "layers") if g in self.groups.values()]
+        order = [g for g in ("input", "hidden", GROUP, "vector", "output", "fixed", "layers") if g in self.groups.values()]
         fig = Figure(figsize=(3.2 * max(len(order), 1), 3.0), dpi=100, layout="constrained")
         FigureCanvasAgg(fig)
         axes = fig.subplots(1, max(len(order), 1), squeeze=False)[0]
@@ -212,7 +220,10 @@ def _roles_or_none(shaper: MuP, model: nn.Module) -> dict | None:
 def coord_check(build: Callable[[int], nn.Module], widths: Sequence[int], batch: tuple[Any, Tensor], *,
                 parametrization: str | Callable[[nn.Module, nn.Module], MuP] = "mup", base_width: int | None = None,
                 steps: int = 5, lr: float, optimizer: str = "adam", seed: int = 0, tol: float = 0.25) -> CoordCheck:
-    """Train ``build(width)`` for ``steps`` steps at each width and measure activation sizes.
+    """Train ``build(width)`` for ``steps`` steps at each width and measure activation sizes:
+    the RMS of each leaf layer's output and of each attention module's logits
+    (``F.scaled_dot_product_attention``, a softmax inside an ``*Attention`` module,
+    ``nn.MultiheadAttention``; see :mod:`.attention_logits`).
 
     Args:
         build: ``width -> model`` (called under ``torch.device("meta")`` for the base and
@@ -284,12 +295,21 @@ def coord_check(build: Callable[[int], nn.Module], widths: Sequence[int], batch:
                     if t is not None:
                         seen[n] = t.detach().float().pow(2).mean().sqrt().item()
                 hooks.append(m.register_forward_hook(hook))
+            logits = LogitRecorder(model)
             row = []
             model.train()
             try:
                 for s in range(steps):
                     seen.clear()
-                    loss = _loss(model(*args), target)
+                    logits.clear()
+                    with logits:
+                        out = model(*args)
+                    loss = _loss(out, target)
+                    for n, v in logits.rms().items():
+                        if n not in rms:  # attention logits: known once a forward has run
+                            rms[n] = [[math.nan] * len(widths) for _ in range(steps)]
+                            groups[n] = GROUP
+                        seen[n] = v
                     for n, v in seen.items():
                         if n in rms:
                             rms[n][s][wi] = v
@@ -300,6 +320,7 @@ def coord_check(build: Callable[[int], nn.Module], widths: Sequence[int], batch:
             finally:
                 for h in hooks:
                     h.remove()
+                logits.close()
             losses.append(row)
     return CoordCheck(parametrization=label, widths=widths, steps=steps, rms=rms, groups=groups, losses=losses,
                       tol=tol)
