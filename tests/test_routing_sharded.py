@@ -204,9 +204,6 @@ def test_own_init_code_on_shards_equals_one_process(world, tmp_path):
     _run(world, _worker, (refs,), tmp_path)
 
 
-_NO_DETECTION = ("gpt2", "llama", "module", "pytorch")
-
-
 def _module_refs():
     """One process: "module" on zoo models (init_model and materialize), and every preset
     on a tiny HF Llama materialized from meta."""
@@ -233,6 +230,16 @@ def _check_state(label, model, ref, failures):
     for k in ref:
         if k in got and not _same_bits(got[k], ref[k]):
             failures.append(f"{label}: {k} differs from one process")
+
+
+def _check_plan(label, got, ref, failures):
+    """The plan a sharded model gets (nonlinearity detection included) is the unsharded one's."""
+    def sig(p):
+        return [(e.name, e.nonlinearity, e.nonlinearity_source, e.gain, e.spec) for e in p.entries]
+
+    diff = [(a, b) for a, b in zip(sig(got), sig(ref)) if a != b][:2]
+    if diff or len(got.entries) != len(ref.entries):
+        failures.append(f"{label}: plan differs from the unsharded model's: {diff}")
 
 
 def _module_worker(rank, world, init_method, refs, result_dir):
@@ -277,10 +284,10 @@ def _module_worker(rank, world, init_method, refs, result_dir):
                 fully_shard(layer, mesh=mesh)
             fully_shard(m, mesh=mesh)
             label = f"llama/{preset}"
-            # presets that detect nonlinearities by tracing get the unsharded model's plan: detection
-            # on a sharded HF model is issue 19's first item, not what this test is about
-            how = preset if preset in _NO_DETECTION else refs[f"{label}/plan"]
-            torchinit.materialize(m, "cpu", how, seed=SM.SEED, progress=False)
+            # every preset by name, detection included: the plan of the sharded model must be the
+            # unsharded one's (issue 19), so the gathered tensors equal one process bit for bit
+            plan = torchinit.materialize(m, "cpu", preset, seed=SM.SEED, progress=False)
+            _check_plan(label, plan, refs[f"{label}/plan"], failures)
             _check_state(label, m, refs[label], failures)
             if not torch.equal(m.model.rotary_emb.inv_freq, inv):
                 failures.append(f"{label}: inv_freq {m.model.rotary_emb.inv_freq} != {inv}")
