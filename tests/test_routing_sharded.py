@@ -204,9 +204,6 @@ def test_own_init_code_on_shards_equals_one_process(world, tmp_path):
     _run(world, _worker, (refs,), tmp_path)
 
 
-_NO_DETECTION = ("gpt2", "llama", "module", "pytorch")
-
-
 def _module_refs():
     """One process: "module" on zoo models (init_model and materialize), and every preset
     on a tiny HF Llama materialized from meta."""
@@ -233,6 +230,16 @@ def _check_state(label, model, ref, failures):
     for k in ref:
         if k in got and not _same_bits(got[k], ref[k]):
             failures.append(f"{label}: {k} differs from one process")
+
+
+def _check_plan(label, got, ref, failures):
+    """The plan a sharded model gets (nonlinearity detection included) is the unsharded one's."""
+    def sig(p):
+        return [(e.name, e.nonlinearity, e.nonlinearity_source, e.gain, e.spec) for e in p.entries]
+
+    diff = [(a, b) for a, b in zip(sig(got), sig(ref)) if a != b][:2]
+    if diff or len(got.entries) != len(ref.entries):
+        failures.append(f"{label}: plan differs from the unsharded model's: {diff}")
 
 
 def _module_worker(rank, world, init_method, refs_path, result_dir):
@@ -278,10 +285,10 @@ def _module_worker(rank, world, init_method, refs_path, result_dir):
                 fully_shard(layer, mesh=mesh)
             fully_shard(m, mesh=mesh)
             label = f"llama/{preset}"
-            # presets that detect nonlinearities by tracing get the unsharded model's plan: detection
-            # on a sharded HF model is issue 19's first item, not what this test is about
-            how = preset if preset in _NO_DETECTION else refs[f"{label}/plan"]
-            torchinit.materialize(m, "cpu", how, seed=SM.SEED, progress=False)
+            # every preset by name, detection included: the plan of the sharded model must be the
+            # unsharded one's (issue 19), so the gathered tensors equal one process bit for bit
+            plan = torchinit.materialize(m, "cpu", preset, seed=SM.SEED, progress=False)
+            _check_plan(label, plan, refs[f"{label}/plan"], failures)
             _check_state(label, m, refs[label], failures)
             if not torch.equal(m.model.rotary_emb.inv_freq, inv):
                 failures.append(f"{label}: inv_freq {m.model.rotary_emb.inv_freq} != {inv}")
@@ -312,3 +319,101 @@ def test_module_initializer_and_hf_llama_on_fsdp2(tmp_path):
     # rnn and vit presets they passed the forkserver's limit ("too many fds")
     torch.save(refs, tmp_path / "refs.pt")
     _run(2, _module_worker, (str(tmp_path / "refs.pt"),), tmp_path)
+
+
+class _Convs(nn.Module):
+    """Conv weights with uneven channel counts (7 over 2 ranks), 1-D, 2-D and 3-D kernels."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv1d(4, 7, 5)
+        self.c2 = nn.Conv2d(6, 10, 3)
+        self.c3 = nn.Conv3d(3, 6, (3, 2, 4))
+        self.c4 = nn.Conv2d(5, 9, 3)
+
+
+def _dirac_init(m):
+    nn.init.dirac_(m.c1.weight)
+    nn.init.dirac_(m.c2.weight, groups=2)
+    nn.init.dirac_(m.c3.weight, groups=3)
+    nn.init.dirac_(m.c4.weight[2:8])  # a view: torch's Dirac of the view's own shape, in place
+    for c in (m.c1, m.c2, m.c3, m.c4):
+        nn.init.zeros_(c.bias)
+
+
+def _dirac_reference():
+    import torchinit
+
+    torch.manual_seed(0)
+    m = _Convs()
+    m.c4.weight.data.fill_(3.0)  # what the view leaves alone
+    with torchinit.keyed_init_mode(m, seed=SM.SEED):
+        _dirac_init(m)
+    return {k: v.clone() for k, v in m.state_dict().items()}
+
+
+def _dirac_worker(rank, world, init_method, ref, result_dir):
+    failures: list[str] = []
+    with _rank_report(rank, result_dir, failures):
+        torch.set_num_threads(1)
+        dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world)
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.tensor import Shard, distribute_tensor
+
+        import torchinit
+
+        mesh = init_device_mesh("cpu", (world,))
+        for layout in ("fsdp2", "shard1", "shard2"):
+            torch.manual_seed(rank)
+            m = _Convs()
+            m.c4.weight.data.fill_(3.0)
+            if layout == "fsdp2":
+                for c in (m.c1, m.c2, m.c3, m.c4):
+                    fully_shard(c, mesh=mesh)
+            else:
+                dim = int(layout[-1])
+                for c in (m.c1, m.c2, m.c3, m.c4):
+                    c.weight = nn.Parameter(distribute_tensor(c.weight.detach(), mesh, [Shard(dim)]))
+            for c in (m.c1, m.c2, m.c3):  # garbage in what the init must overwrite
+                c.weight.data.normal_()
+            with torchinit.keyed_init_mode(m, seed=SM.SEED) as mode:
+                _dirac_init(m)
+            got = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v) for k, v in m.state_dict().items()}
+            for k, v in ref.items():
+                if not _same_bits(got[k], v):
+                    failures.append(f"dirac/{layout}: {k} differs from one process")
+            # one routed write per weight, audited as Dirac (not a zero_ plus a __setitem__ per one)
+            rep = mode.report()
+            for name, groups in (("c1.weight", 1), ("c2.weight", 2), ("c3.weight", 3)):
+                writes = dict(rep[name].writes)
+                if writes != {("dirac_", f"Dirac(groups={groups})"): 1}:
+                    failures.append(f"dirac/{layout}: {name} audited as {writes}")
+            if mode.missing():
+                failures.append(f"dirac/{layout}: missing {mode.missing()}")
+
+
+def test_dirac_on_shards_is_routed_and_equals_one_process(tmp_path):
+    """torch.nn.init.dirac_ on DTensors under keyed_init_mode (FSDP2 uneven Shard(0), Shard(1),
+    Shard(2), a view of a weight) is one routed write per tensor: each rank writes its part
+    from global indices, gathered equal to one process bit for bit."""
+    _run(2, _dirac_worker, (_dirac_reference(),), tmp_path)
+
+
+@pytest.mark.parametrize("shape,groups", [((10, 6, 3, 3), 2), ((7, 4, 5), 1), ((6, 3, 3, 2, 4), 3),
+                                          ((4, 9, 2, 2), 4), ((8, 2, 3), 4)])
+def test_dirac_region_is_the_box_of_the_whole_tensor(shape, groups):
+    """fill_region_ with Dirac writes a box from its global indices (no full temporary):
+    every box equals that box of torch's dirac_ of the whole tensor, in every dtype."""
+    from torchinit.core import specs as S
+    from torchinit.engines.keyed import Key, fill_region_
+
+    full = torch.nn.init.dirac_(torch.empty(shape), groups)
+    g = torch.Generator().manual_seed(len(shape) * 7 + groups)
+    for _ in range(30):
+        offs = [int(torch.randint(0, n, (1,), generator=g)) for n in shape]
+        sizes = [int(torch.randint(0, n - o + 1, (1,), generator=g)) for n, o in zip(shape, offs)]
+        for dt in (torch.float32, torch.bfloat16, torch.float64):
+            out = torch.full(sizes, 7.0, dtype=dt)
+            fill_region_(out, S.Dirac(groups), Key(0), shape, offs)
+            assert torch.equal(out, full[tuple(slice(o, o + s) for o, s in zip(offs, sizes))].to(dt)), (offs, sizes)

@@ -199,3 +199,44 @@ def test_live_process_temporaries_are_left_alone(tmp_path):
     assert (tmp_path / f".w.safetensors.torchinit-tmp-{os.getppid()}").exists()
     assert (tmp_path / ".w.safetensors.tmp-1").exists()
     assert plan_path(tmp_path / "w.safetensors").exists()
+
+
+# -- the tensor digests are computed while the weights are written (issue 19 follow-up) --------------
+
+def test_plan_hash_replaces_the_placeholder_and_saves_are_byte_identical(tmp_path):
+    """The weights header gets the plan's SHA-256 once the digests (hashed during the write)
+    are known: never the placeholder, the same header length, the same bytes every save."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    pa, ppa = _pair(tmp_path / "a", 3)
+    pb, ppb = _pair(tmp_path / "b", 3)
+    assert pa.read_bytes() == pb.read_bytes() and ppa.read_bytes() == ppb.read_bytes()
+    raw = pa.read_bytes()
+    meta = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])["__metadata__"]
+    assert meta["torchinit.plan_sha256"] == hashlib.sha256(ppa.read_bytes()).hexdigest() != "0" * 64
+    assert load_plan_file(pa)["tensor_digests"]["tensors"] == _file_digests(pa)
+    assert load_weights(pa)  # verified against the plan
+
+
+def test_failed_hashing_during_the_write_leaves_no_file(tmp_path, monkeypatch):
+    """A digest that fails while the weights are being written: the save raises, the previous
+    pair stays as it was, no temporary is left behind."""
+    from torchinit.scale import weights as W
+
+    path, ppath = _pair(tmp_path, 0)
+    old = (path.read_bytes(), ppath.read_bytes())
+    real = W._start_digests
+
+    def broken(tensors, pool):
+        wait = real(tensors, pool)
+
+        def result():
+            wait()
+            raise MemoryError("hashing failed")
+        return result
+
+    monkeypatch.setattr(W, "_start_digests", broken)
+    with pytest.raises(MemoryError, match="hashing failed"):
+        _pair(tmp_path, 1)
+    assert (path.read_bytes(), ppath.read_bytes()) == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, ppath.name])

@@ -8,7 +8,8 @@ in a parameter or buffer of the model comes from the keyed engine with the key
 ``Key(seed).child(qualified_name)``:
 
 * ``torch.nn.init.*`` (``uniform_``, ``normal_``, ``trunc_normal_``,
-  ``xavier_*``, ``kaiming_*``, ``orthogonal_``, ``sparse_``): temporarily wrapped
+  ``xavier_*``, ``kaiming_*``, ``orthogonal_``, ``sparse_``, and the deterministic
+  ``dirac_``, so that a DTensor gets its shard in one write): temporarily wrapped
   in ``torch.nn.init`` and in ``transformers.initialization`` (and, for the ones
   that dispatch to torch-function modes, also caught by the ``TorchFunctionMode``
   when called through a reference taken earlier); the spec is computed from the
@@ -69,7 +70,10 @@ __all__ = ["KeyedInitMode", "keyed_init_mode", "track_init"]
 
 _INIT_RANDOM = ("uniform_", "normal_", "trunc_normal_", "xavier_uniform_", "xavier_normal_", "kaiming_uniform_",
                 "kaiming_normal_", "orthogonal_", "sparse_")
-_TORCH_INIT = {n: getattr(torch.nn.init, n) for n in _INIT_RANDOM}
+#: deterministic, routed so that a DTensor gets its shard from global indices in one write
+_INIT_STRUCTURED = ("dirac_",)
+_INIT_ROUTED = _INIT_RANDOM + _INIT_STRUCTURED
+_TORCH_INIT = {n: getattr(torch.nn.init, n) for n in _INIT_ROUTED}
 _SIGS = {n: inspect.signature(f) for n, f in _TORCH_INIT.items()}
 
 _RANDOM_METHODS = {
@@ -378,6 +382,8 @@ class KeyedInitMode(TorchFunctionMode):
         if target is None:
             if is_dtensor(t) and t._local_tensor.numel() == 0:
                 return t  # an alias of an empty shard: nothing to write on this rank
+            if name in _INIT_STRUCTURED:  # no RNG: torch's code, no fallback seed used
+                return original(*args, **kwargs)
             self._outside(t, f"torch.nn.init.{name}")
             return self._run_fallback(scope, original, args, kwargs) if self.route else original(*args, **kwargs)
         if target.name in self.protect:
@@ -395,7 +401,22 @@ class KeyedInitMode(TorchFunctionMode):
 
         if spec is None:
             return fallback()  # let torch raise its own error / handle the edge case
+        if not spec.random and not (target.full and target.regions is not None):
+            return self._structured_view(t, target, original, args, kwargs)
         return self._fill(t, spec, target, fallback)
+
+    def _structured_view(self, t: Tensor, target: _Target, original: Callable, args, kwargs) -> Tensor:
+        """``dirac_`` into a plain tensor or into a view: torch's values for the view's own
+        shape (not a box of the whole tensor's); no RNG, so no fallback seed is used. A view
+        of a DTensor: every rank computes it on a full-size temporary and keeps its part."""
+        if target.regions is None:
+            return original(*args, **kwargs)
+
+        def run(x):
+            return original(*[x if a is t else a for a in args], **{k: (x if v is t else v) for k, v in kwargs.items()})
+
+        whole_tensor_fallback_(t, target.base, target.regions, target.gindex, target.name, run)
+        return t
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -535,7 +556,7 @@ def _patched_init(mode: KeyedInitMode) -> Iterator[None]:
     """``torch.nn.init``'s random functions (and transformers' table of them) go through ``mode``."""
     patched: list[tuple[Any, str, Any]] = []
     try:
-        for name in _INIT_RANDOM:
+        for name in _INIT_ROUTED:
             cur = getattr(torch.nn.init, name)
             if not getattr(cur, "__torchinit_routed__", False):
                 patched.append((torch.nn.init, name, cur))
@@ -543,7 +564,7 @@ def _patched_init(mode: KeyedInitMode) -> Iterator[None]:
         hf = sys.modules.get("transformers.initialization")
         table = getattr(hf, "TORCH_INIT_FUNCTIONS", None) if hf is not None else None
         if isinstance(table, dict):
-            for name in _INIT_RANDOM:
+            for name in _INIT_ROUTED:
                 if name in table:
                     patched.append((table, name, table[name]))
                     table[name] = _wrap_init(mode, name, _TORCH_INIT[name])

@@ -143,4 +143,8 @@ def _spec_of_init(name: str, shape: tuple[int, ...], a: dict[str, Any]) -> S.Spe
         return S.Orthogonal(a["gain"]) if len(shape) >= 2 else None
     if name == "sparse_":
         return S.Sparse(a["sparsity"], a["std"]) if len(shape) == 2 else None
+    if name == "dirac_":  # torch's own errors (groups=0, 2.0, shape) come from its code: None
+        spec = S.Dirac(a["groups"])
+        spec.check_shape(shape)
+        return spec
     return None

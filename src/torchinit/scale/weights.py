@@ -15,7 +15,8 @@
 
 The two files are a pair that cannot be mixed up silently:
 
-* the plan JSON records a SHA-256 digest of every tensor's bytes (``"tensor_digests"``), and
+* the plan JSON records a SHA-256 digest of every tensor's bytes (``"tensor_digests"``,
+  hashed on a thread pool while the weights are written), and
   the weights file's metadata records the SHA-256 of the plan file's bytes
   (``"torchinit.plan_sha256"``): :func:`load_plan_file` refuses a plan that is not the
   one written with the weights beside it, :func:`load_weights` refuses a tensor whose
@@ -106,8 +107,13 @@ def _state_for_file(model: nn.Module) -> dict[str, Tensor]:
     return out
 
 
-def _canonical_header_(path: Path) -> None:
-    """Rewrite the safetensors JSON header of ``path`` in place with sorted keys.
+#: ``torchinit.plan_sha256`` while the weights are written (a SHA-256 hex digest's length)
+_PLACEHOLDER = "0" * 64
+
+
+def _canonical_header_(path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Rewrite the safetensors JSON header of ``path`` in place with sorted keys (and
+    ``metadata`` values replacing those of the same keys and lengths).
 
     safetensors serializes its header from hash maps, so the key order (and the
     file's bytes) varies between runs; sorting makes identical weights give
@@ -122,10 +128,14 @@ def _canonical_header_(path: Path) -> None:
         raw = fh.read(n)
         text = raw.rstrip(b" ")
         header = json.loads(text)
+        if metadata:
+            header["__metadata__"].update(metadata)
         canon = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
         if len(canon) == len(text):
             fh.seek(8)
             fh.write(canon + raw[len(text):])
+        elif metadata:  # never leave the placeholder in a file  # pragma: no cover
+            raise OSError(f"save_weights: cannot record the plan's hash in {str(path)!r}: the header changed size")
 
 
 def _tmp_name(path: Path) -> Path:
@@ -188,11 +198,17 @@ _DIGEST = {"algorithm": "sha256 of the SHA-256 digests of the chunks of the tens
            "chunk_bytes": _CHUNK}
 
 
-def _tensor_digests(tensors: dict[str, Tensor]) -> dict[str, str]:
-    """``{name: digest}`` of CPU tensors' bytes as safetensors stores them (contiguous,
-    native order), by :data:`_DIGEST`'s scheme."""
+def _digest_pool() -> Any:
     from concurrent.futures import ThreadPoolExecutor
 
+    return ThreadPoolExecutor(max_workers=max(1, min(16, os.cpu_count() or 1)))
+
+
+def _start_digests(tensors: dict[str, Tensor], pool: Any) -> Any:
+    """Submit the chunk hashes of CPU tensors' bytes as safetensors stores them (contiguous,
+    native order) to ``pool``; the returned function waits and gives ``{name: digest}`` by
+    :data:`_DIGEST`'s scheme. hashlib releases the GIL, so the hashing runs while the caller
+    goes on (save_weights writes the file meanwhile: one pass less on the clock)."""
     views: dict[str, memoryview] = {}
     for name, t in tensors.items():
         t = t.detach().contiguous()
@@ -203,12 +219,21 @@ def _tensor_digests(tensors: dict[str, Tensor]) -> dict[str, str]:
         name, i = job
         return hashlib.sha256(views[name][i * _CHUNK:(i + 1) * _CHUNK]).digest()
 
-    with ThreadPoolExecutor(max_workers=max(1, min(16, os.cpu_count() or 1))) as pool:
-        parts = list(pool.map(chunk, jobs))
-    out: dict[str, list[bytes]] = {}
-    for (name, _), d in zip(jobs, parts):
-        out.setdefault(name, []).append(d)
-    return {name: hashlib.sha256(b"".join(ds)).hexdigest() for name, ds in sorted(out.items())}
+    futures = [pool.submit(chunk, job) for job in jobs]
+
+    def result() -> dict[str, str]:
+        out: dict[str, list[bytes]] = {}
+        for (name, _), f in zip(jobs, futures):
+            out.setdefault(name, []).append(f.result())
+        return {name: hashlib.sha256(b"".join(ds)).hexdigest() for name, ds in sorted(out.items())}
+
+    return result
+
+
+def _tensor_digests(tensors: dict[str, Tensor]) -> dict[str, str]:
+    """``{name: digest}`` of CPU tensors' bytes, by :data:`_DIGEST`'s scheme."""
+    with _digest_pool() as pool:
+        return _start_digests(tensors, pool)()
 
 
 def _publish(pairs: list[tuple[Path, Any]]) -> None:
@@ -273,27 +298,36 @@ def save_weights(
     metadata = {"format": "pt", "torchinit_version": __version__}
     metadata.update({f"torchinit.{k}": (v if isinstance(v, str) else json.dumps(v)) for k, v in info.items()})
     ppath = None
-    text = ""
+    plan_text: list[str] = []  # the plan JSON, made once the tensor digests are known
+    pool = digests = None
     if plan is not None:
         ppath = plan_path(path)
         metadata["torchinit.plan_file"] = ppath.name
         plan_dict = plan.to_dict() if hasattr(plan, "to_dict") else plan
+        json.dumps(plan_dict, default=str)  # fails (TypeError) before anything is written
+        # hashed while the weights are written; their header gets the plan's hash afterwards,
+        # in place of a placeholder of the same length (the data offsets do not move)
+        pool = _digest_pool()
+        digests = _start_digests(tensors, pool)
+        metadata["torchinit.plan_sha256"] = _PLACEHOLDER
+
+    def _finish_plan() -> dict[str, str]:
         doc = {"format": PLAN_FORMAT, "torchinit_version": __version__, "weights": path.name, **info,
-               "tensor_digests": {**_DIGEST, "tensors": _tensor_digests(tensors)}, "plan": plan_dict}
-        text = json.dumps(doc, indent=1, sort_keys=False, default=str) + "\n"
+               "tensor_digests": {**_DIGEST, "tensors": digests()}, "plan": plan_dict}
+        plan_text.append(json.dumps(doc, indent=1, sort_keys=False, default=str) + "\n")
         # the weights name their plan by content: a plan beside them that is not this one is detected
-        metadata["torchinit.plan_sha256"] = hashlib.sha256(text.encode()).hexdigest()
+        return {"torchinit.plan_sha256": hashlib.sha256(plan_text[0].encode()).hexdigest()}
 
     def _write(tmp: Path) -> None:
         try:
             save_file(tensors, str(tmp), metadata=metadata)
         except SafetensorError as exc:  # I/O errors (disk full, read-only file system, ...)
             raise OSError(f"save_weights: cannot write {str(path)!r}: {exc}") from None
-        _canonical_header_(tmp)
+        _canonical_header_(tmp, _finish_plan() if ppath is not None else None)
 
     def _write_plan(tmp: Path) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+            f.write(plan_text[0])
 
     bar = _Progress("save_weights", 2 if ppath is not None else 1, progress)
 
@@ -311,6 +345,8 @@ def save_weights(
         _publish([(path, _step(path, _write))] + ([(ppath, _step(ppath, _write_plan))] if ppath is not None else []))
     finally:
         bar.close()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)  # a failed write: no hashing left running
     return path, ppath
 
 

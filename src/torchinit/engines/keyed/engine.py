@@ -446,6 +446,26 @@ def _sparse_region_(out: Tensor, spec: S.Sparse, key: Key, gshape, offsets) -> T
     return out.masked_fill_(mask[r0:r0 + rs], 0)
 
 
+def _dirac_region_(out: Tensor, groups: int, gshape, offsets) -> Tensor:
+    """The box of the Dirac tensor at ``offsets``: zeros, and a one at each
+    ``(g * out/groups + d, d, *centre)`` inside it (a function of the global index alone,
+    no full-size temporary)."""
+    per_group = gshape[0] // groups
+    n = min(per_group, gshape[1])
+    out.zero_()
+    if n == 0:
+        return out
+    d = torch.arange(n, dtype=torch.int64).repeat(groups)
+    row = torch.arange(groups, dtype=torch.int64).repeat_interleave(n) * per_group + d
+    idx = [row, d] + [torch.full_like(d, k // 2) for k in gshape[2:]]
+    inside = torch.ones_like(d, dtype=torch.bool)
+    for i, o, s in zip(idx, offsets, out.shape):
+        inside &= (i >= o) & (i < o + s)
+    local = tuple((i[inside] - o).to(out.device) for i, o in zip(idx, offsets))
+    out[local] = 1
+    return out
+
+
 def _eye_region_(out: Tensor, offsets) -> Tensor:
     rs, cs = out.shape
     i = torch.arange(offsets[0], offsets[0] + rs, device=out.device).unsqueeze(1)
@@ -464,8 +484,9 @@ def fill_region_(out: Tensor, spec: S.Spec, key: Key, global_shape: Sequence[int
     For Uniform, Normal and TruncatedNormal element ``x`` with logical row-major
     index ``i = sum_d (offsets[d] + j_d) * stride_d`` of the global tensor gets
     ``value(key, i, spec)``: exactly what :func:`fill_` writes there, whatever
-    the box, thread count or backend. Orthogonal, OrthogonalPerGate and DeltaOrthogonal
-    compute the whole tensor (Gaussian draw + QR) and copy the box; Sparse draws the zero
+    the box, thread count or backend. Eye and Dirac write the box from its global
+    indices. Orthogonal, OrthogonalPerGate and DeltaOrthogonal compute the whole
+    tensor (Gaussian draw + QR) and copy the box; Sparse draws the zero
     positions of the box's columns only (all rows of those columns).
     """
     _check_key(key)
@@ -493,6 +514,8 @@ def fill_region_(out: Tensor, spec: S.Spec, key: Key, global_shape: Sequence[int
             return out.fill_(spec.value)
         if isinstance(spec, S.Eye):
             return _eye_region_(out, offs)
+        if isinstance(spec, S.Dirac):
+            return _dirac_region_(out, spec.groups, gshape, offs)
         full = _full_values(spec, key, gshape, out.dtype, out.device)
         return out.copy_(full[_slices(offs, out.shape)])
 
