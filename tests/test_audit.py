@@ -129,3 +129,41 @@ def test_a_buffer_replaced_by_assignment_is_not_missing():
         m.init_weights()
     assert mode.missing() == []
     assert mode.report()["freqs"].writes == {("assigned", "a new tensor"): 1}
+
+
+@pytest.mark.parametrize("ctx", ["keyed", "track"])
+def test_a_tensor_written_in_part_is_reported_with_its_unwritten_count(ctx):
+    with torch.device("meta"):
+        m = nn.Linear(8, 8)
+    m.to_empty(device="cpu")
+    enter = (lambda: torchinit.keyed_init_mode(m, seed=0)) if ctx == "keyed" else (lambda: torchinit.track_init(m))
+    with enter() as mode, torch.no_grad():
+        nn.init.normal_(m.weight)
+        m.bias[:4].zero_()  # bias[4:] keeps whatever to_empty left there
+    assert mode.missing() == []
+    assert mode.partial() == {"bias": 4}
+    with pytest.raises(torchinit.IncompleteInitError, match=r"only in part: 'bias' \(4 element\(s\) unwritten\)"):
+        mode.raise_if_incomplete()
+    rep = mode.report()
+    assert rep.partial == {"bias": 4} and rep["bias"].unwritten == 4
+    assert "PARTIAL  bias: zero_(Constant(value=0)); 4 element(s) never written" in str(rep)
+
+    # parts that together cover the tensor: boxes, strided views, w[index] = v, a boolean mask
+    with enter() as mode, torch.no_grad():
+        m.bias[:4].zero_()
+        m.bias[4:].fill_(1.0)
+        m.weight[torch.arange(8) % 2 == 0] = 1.0  # even rows
+        m.weight.t()[1::2].zero_()  # odd columns: 16 of them in odd rows
+    assert mode.partial() == {"weight": 16}
+    with enter() as mode, torch.no_grad():
+        m.weight[:, ::2] = 0.0
+        m.weight.t()[1::2][:3].zero_()  # columns 1, 3, 5
+        m.weight[1::2, 7] = 2.0  # column 7, odd rows
+        m.bias.zero_()
+    assert mode.partial() == {"weight": 4}
+    with enter() as mode, torch.no_grad():
+        m.weight[:4].normal_()
+        m.weight[4:] = 0.0
+        m.bias[:] = 1.0
+    assert mode.partial() == {} and mode.missing() == []
+    mode.raise_if_incomplete()

@@ -93,6 +93,8 @@ def _init(model, failures, label, skip_norm=False):
     want = ["norm.weight"] if skip_norm else []
     if mode.missing() != want:
         failures.append(f"{label}: audit missing() = {mode.missing()}, expected {want}")
+    if mode.partial():  # the box, row and slice writes all land on fully written tensors
+        failures.append(f"{label}: audit partial() = {mode.partial()}, expected none")
     return mode
 
 
@@ -132,6 +134,25 @@ def _worker(rank, world, init_method, refs, result_dir):
         rep = _init(m, failures, "fsdp2 skip again", skip_norm=True).report()
         if rep.missing != ["norm.weight"] or not rep["fc1.weight"].local or rep.conflicting:
             failures.append(f"fsdp2 skip: report {rep}")
+
+        # tensors written only in part on shards: each rank counts the unwritten elements of its
+        # shard; summed over the ranks they are those of one process (emb 78 - 6 [- 10], fc1 140 - 40)
+        for kind in ("keyed", "track"):
+            with torch.device("meta"):
+                m = SM.OwnInit()
+            _fsdp(m, mesh).to_empty(device="cpu")
+            ctx = torchinit.keyed_init_mode(m, seed=SM.SEED) if kind == "keyed" else torchinit.track_init(m)
+            with ctx as mode, torch.no_grad():
+                m.emb.weight[3].zero_()
+                if kind == "keyed":  # (torch's DTensor has no w[box] = scalar: track_init runs torch's op)
+                    m.emb.weight[10:12, 1:] = 0.5
+                nn.init.normal_(m.fc1.weight[5:9], std=3.0)
+            part = mode.partial()
+            counts = torch.tensor([part.get("emb.weight", 0), part.get("fc1.weight", 0)])
+            dist.all_reduce(counts)
+            want = [62 if kind == "keyed" else 72, 100]
+            if counts.tolist() != want or set(part) - {"emb.weight", "fc1.weight"}:
+                failures.append(f"{kind} partial on shards: {part}, summed {counts.tolist()}, expected {want}")
 
         # track_init on shards: torch's own RNG, the same audit with global names
         with torch.device("meta"):

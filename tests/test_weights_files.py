@@ -240,3 +240,23 @@ def test_failed_hashing_during_the_write_leaves_no_file(tmp_path, monkeypatch):
         _pair(tmp_path, 1)
     assert (path.read_bytes(), ppath.read_bytes()) == old
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, ppath.name])
+def test_save_without_a_plan_removes_the_stale_plan_and_load_plan_file_refuses_one(tmp_path):
+    from torch import nn
+
+    path = tmp_path / "m.safetensors"
+    a = nn.Linear(4, 4)
+    _, ppath = save_weights(a, path, plan=torchinit.plan(a, "kaiming"))
+    old_plan = ppath.read_bytes()
+    assert load_plan_file(path)["plan"]
+    # another model saved to the same name without a plan: the [4, 4] plan must not survive beside it
+    assert save_weights(nn.Linear(8, 8), path) == (path, None)
+    assert sorted(os.listdir(tmp_path)) == ["m.safetensors"]
+    with pytest.raises(FileNotFoundError, match="plan file not found"):
+        load_plan_file(path)
+    # a kill after the weights' rename but before the removal leaves the old plan beside weights
+    # that record no plan: refused, naming both files
+    ppath.write_bytes(old_plan)
+    with pytest.raises(ValueError, match=rf"^{ppath} is not the plan of '{path}' beside it \(the weights record no "
+                                         r"plan"):
+        load_plan_file(ppath)
+    assert load_weights(path)["weight"].shape == (8, 8)  # the weights themselves load

@@ -28,6 +28,8 @@ from .core.gains import calculate_gain
 from .core.gate_specs import OrthogonalPerGate
 from .engines.argcheck import (
     check_keyed_overflow,
+    check_torch_overflow,
+    first_nonfinite,
     is_real,
     refuse_nonfinite,
     refuse_trunc_garbage,
@@ -89,6 +91,7 @@ def _fill(tensor: Tensor, spec: S.Spec, generator: torch.Generator | None, key: 
     the keyed engine refuses a spec that overflows the dtype."""
     if key is None:
         spec.check_shape(tuple(tensor.shape))
+        check_torch_overflow(fn, tensor, spec, origin=origin)
         return torch_fill_(tensor, spec, generator)
     if generator is not None:
         raise ValueError("pass either generator= (torch engine) or key= (keyed engine), not both")
@@ -137,6 +140,9 @@ def uniform_(
         return handle_torch_function(uniform_, (tensor,), tensor=tensor, a=a, b=b, generator=generator, **kw)
     if key is not None and is_real(a) and is_real(b) and math.isfinite(a) and math.isfinite(b) and a <= b:
         check_keyed_overflow("uniform_", tensor, S.Uniform(a, b), {"low": "a", "high": "b"})
+    if key is None:  # torch: "from is out of bounds" / "to is out of bounds", naming neither
+        refuse_nonfinite("uniform_", tensor, first_nonfinite(a=a, b=b),
+                          lambda x: x.uniform_(0.0, 1.0, generator=throwaway_generator(x)))
     return fill_(tensor, S.Uniform._unchecked(low=a, high=b), generator=generator, key=key)
 
 
@@ -154,13 +160,9 @@ def normal_(
         return handle_torch_function(
             normal_, (tensor,), tensor=tensor, mean=mean, std=std, generator=generator, **kw
         )
-    if key is None:
-        bad = None
-        if is_real(std) and std == math.inf:
-            bad = ("std", std)
-        elif is_real(mean) and not math.isfinite(mean):
-            bad = ("mean", mean)
-        refuse_nonfinite("normal_", tensor, bad, lambda x: x.normal_(mean, std, generator=throwaway_generator(x)))
+    if key is None:  # torch fills nan/inf (mean nan/inf, std inf) or fails on std >= 0 (std nan / -inf)
+        refuse_nonfinite("normal_", tensor, first_nonfinite(mean=mean, std=std),
+                          lambda x: x.normal_(0.0, 1.0, generator=throwaway_generator(x)))
     return _fill(tensor, S.Normal._unchecked(mean_=mean, std_=std), generator, key, "normal_")
 
 
@@ -182,6 +184,10 @@ def trunc_normal_(
     in standard units (JAX, ``timm.trunc_normal_tf_``) use
     :func:`trunc_normal_std_units_`.
     """
+    if key is None and tensor.is_floating_point():  # a nan bound: torch's uniform_ fails naming neither
+        refuse_nonfinite("trunc_normal_", tensor, first_nonfinite(**{n: v for n, v in (("a", a), ("b", b))
+                                                              if is_real(v) and math.isnan(v)}),
+                          lambda x: x.uniform_(0.0, 1.0, generator=throwaway_generator(x)))
     refuse_trunc_garbage(tensor, mean, std, a, b)
     return _fill(tensor, S.TruncatedNormal._unchecked(mean_=mean, std_=std, a=a, b=b), generator, key, "trunc_normal_")
 
@@ -273,6 +279,10 @@ def xavier_uniform_(
     Drop-in for ``torch.nn.init.xavier_uniform_`` (torch's fan convention).
     """
     _check_keyed_scale("xavier_uniform_", "gain", gain, key)
+    if key is None:  # torch: "from is out of bounds", not naming gain
+        refuse_nonfinite("xavier_uniform_", tensor, first_nonfinite(gain=gain),
+                          lambda x: (S.xavier(tensor.shape, 1.0, "uniform", check=False),
+                                     x.uniform_(0.0, 1.0, generator=throwaway_generator(x))))
     return _fill(tensor, S.xavier(tensor.shape, gain, "uniform", check=False), generator, key, "xavier_uniform_",
                  f" (from gain={gain})")
 
@@ -290,9 +300,9 @@ def xavier_normal_(
     """
     _check_keyed_scale("xavier_normal_", "gain", gain, key)
     spec = S.xavier(tensor.shape, gain, "normal", check=False)
-    if key is None and is_real(gain) and spec.std_ == math.inf:  # gain=inf: torch fills +-inf
-        refuse_nonfinite("xavier_normal_", tensor, ("gain", gain),
-                          lambda x: x.normal_(0, spec.std_, generator=throwaway_generator(x)))
+    if key is None:  # gain=inf: torch fills +-inf; nan / -inf: it fails on std >= 0, not naming gain
+        refuse_nonfinite("xavier_normal_", tensor, first_nonfinite(gain=gain),
+                          lambda x: x.normal_(0.0, 1.0, generator=throwaway_generator(x)))
     return _fill(tensor, spec, generator, key, "xavier_normal_", f" (from gain={gain})")
 
 
@@ -302,12 +312,13 @@ def _kaiming(tensor, a, mode, nonlinearity, generator, key, distribution):
         return tensor
     _check_keyed_scale(f"kaiming_{distribution}_", "a", a, key)
     spec = S.kaiming(tensor.shape, a, mode, nonlinearity, distribution, check=False)
-    if nonlinearity == "leaky_relu" and is_real(a) and math.isinf(a):
-        # gain sqrt(2 / (1 + a^2)) = 0: torch writes all zeros (before torch's own checks: its errors win)
-        bound = spec.high if distribution == "uniform" else spec.std_
-        refuse_nonfinite(f"kaiming_{distribution}_", tensor, ("a", a),
-                          lambda x: x.uniform_(-bound, bound, generator=throwaway_generator(x)) if distribution == "uniform"
-                          else x.normal_(0, bound, generator=throwaway_generator(x)), "zeros: gain sqrt(2 / (1 + a^2)) = 0")
+    if nonlinearity == "leaky_relu" and key is None:
+        # a=+-inf: gain sqrt(2 / (1 + a^2)) = 0, torch writes all zeros; a=nan: a nan bound / std, on which
+        # torch fails naming neither (torch's dtype errors win: the probe)
+        refuse_nonfinite(f"kaiming_{distribution}_", tensor, first_nonfinite(a=a),
+                          lambda x: x.uniform_(0.0, 1.0, generator=throwaway_generator(x)) if distribution == "uniform"
+                          else x.normal_(0.0, 1.0, generator=throwaway_generator(x)),
+                          "zeros: gain sqrt(2 / (1 + a^2)) = 0" if is_real(a) and math.isinf(a) else None)
     return _fill(tensor, spec, generator, key, f"kaiming_{distribution}_")
 
 
@@ -400,9 +411,9 @@ def sparse_(
             pass
         else:
             raise ValueError(f"sparse_: sparsity must be in [0, 1], got {sparsity}")
-    if key is None and is_real(std) and std == math.inf:  # torch fills +-inf (nan / < 0: torch raises)
-        refuse_nonfinite("sparse_", tensor, ("std", std), lambda x: (
-            math.ceil(s * tensor.shape[0]), x.normal_(0, std, generator=throwaway_generator(x))))
+    if key is None:  # std=inf: torch fills +-inf; nan sparsity / std, -inf std: it fails naming neither
+        refuse_nonfinite("sparse_", tensor, first_nonfinite(sparsity=s, std=std),
+                          lambda x: x.normal_(0.0, 1.0, generator=throwaway_generator(x)))
     spec = S.Sparse._unchecked(sparsity=sparsity, std_=std)
     return fill_(tensor, spec, generator=generator, key=key)
 

@@ -1,8 +1,10 @@
-"""Argument checks of the drop-ins (:mod:`torchinit.initializers`): arguments torch accepts
-but turns into nan/inf/garbage are refused before writing, except where torch itself would
-raise for the same call (found by running torch's first steps on a one-element scratch tensor
-with a throwaway generator), so that torch's own error is kept; and specs whose values
-overflow the tensor's dtype under the keyed engine."""
+"""Argument checks of the drop-ins (:mod:`torchinit.initializers`): a nan/inf argument is
+refused before writing with a ``ValueError`` naming it (torch either writes nan/inf/zeros or
+fails with an error that does not name it), except where torch would raise for the same call
+whatever that argument's value (an integer dtype, no half-precision QR: found by running
+torch's first steps with finite stand-ins on a one-element scratch tensor with a throwaway
+generator), so that torch's own error is kept; and normal / uniform specs whose values
+overflow the tensor's dtype."""
 
 from __future__ import annotations
 
@@ -14,19 +16,29 @@ from torch import Tensor
 
 from ..core import specs as S
 
-__all__ = ["is_real", "refuse_nonfinite", "throwaway_generator", "check_keyed_overflow", "refuse_trunc_garbage"]
+__all__ = ["is_real", "first_nonfinite", "refuse_nonfinite", "throwaway_generator", "check_keyed_overflow",
+           "check_torch_overflow", "refuse_trunc_garbage"]
 
 
 def is_real(x: object) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
+def first_nonfinite(**args: object) -> "tuple[str, float] | None":
+    """The first ``(name, value)`` of ``args`` that is a real nan or +-inf, else None."""
+    for name, value in args.items():
+        if is_real(value) and not math.isfinite(value):
+            return name, value  # type: ignore[return-value]
+    return None
+
+
 def refuse_nonfinite(fn: str, tensor: Tensor, bad: "tuple[str, float] | None", probe: Callable[[Tensor], object],
                       fills: str | None = None) -> None:
-    """Raise ``ValueError`` naming the argument ``bad = (name, value)`` (a nan/inf that torch
-    accepts and writes as nan/inf values) before anything is written. ``probe`` runs torch's own
-    first steps on a one-element scratch tensor: where torch itself raises for this call (an
-    integer dtype, no half-precision QR, a nan std), its error is kept, for parity."""
+    """Raise ``ValueError`` naming the argument ``bad = (name, value)`` (a nan/inf: torch fills
+    nan/inf, or raises an error that does not name it) before anything is written. ``probe``
+    runs torch's own first steps, with finite stand-ins for ``bad``, on a one-element scratch
+    tensor: where torch raises whatever the value (an integer dtype, no half-precision QR), its
+    error is kept, for parity. ``fills``: what torch would write, when it writes."""
     if bad is None:
         return
     scratch = tensor.new_empty(1)
@@ -35,8 +47,20 @@ def refuse_nonfinite(fn: str, tensor: Tensor, bad: "tuple[str, float] | None", p
     except (RuntimeError, NotImplementedError, TypeError, ValueError, ArithmeticError):
         return
     name, value = bad
-    fills = fills or f"{'nan' if value != value else 'inf'} values"
-    raise ValueError(f"{fn}: {name} must be finite, got {name}={value} (torch.nn.init would fill {fills})")
+    why = f" (torch.nn.init would fill {fills})" if fills else ""
+    raise ValueError(f"{fn}: {name} must be finite, got {name}={value}{why}")
+
+
+def check_torch_overflow(fn: str, tensor: Tensor, spec: S.Spec, origin: str = "") -> None:
+    """The torch engine's :func:`check_keyed_overflow` for normal and truncated normal specs
+    with real, finite arguments (torch draws them in the tensor's dtype: ``normal_`` in
+    float32 with mean 1e300, or in float16 with std 1e5, writes inf). Other arguments are
+    left to the drop-ins' own checks and torch's errors."""
+    if not isinstance(spec, (S.Normal, S.TruncatedNormal)):
+        return
+    nums = [spec.mean_, spec.std_] + ([spec.a, spec.b] if isinstance(spec, S.TruncatedNormal) else [])
+    if all(is_real(v) for v in nums) and math.isfinite(spec.mean_) and math.isfinite(spec.std_) and spec.std_ >= 0:
+        check_keyed_overflow(fn, tensor, spec, origin=origin)
 
 
 def throwaway_generator(t: Tensor) -> "torch.Generator | None":

@@ -10,7 +10,13 @@ in-place ops, through ``.data`` or views). After the code ran:
   how many times it happened; tensors written more than once with DIFFERENT specs
   are flagged (the later write silently replaced the earlier one); the std the last
   whole-tensor write promised next to the std measured in the tensor.
-* ``mode.raise_if_incomplete()``: ``RuntimeError`` naming every missing tensor.
+* ``mode.partial()``: tensors written only in part (``w[:4].zero_()`` and nothing else),
+  with how many of their elements no write covered.
+* ``mode.raise_if_incomplete()``: ``RuntimeError`` naming every missing or partial tensor.
+
+Coverage is tracked per element: a write that covers the whole tensor costs nothing; the
+first partial write allocates a boolean mask the size of the tensor (its local shard on
+a sharded model), and each partial write marks its box, index or strided view in it.
 
 On sharded models each rank audits its own shards (no communication); names are the
 global qualified names and the measured std is that of the rank's local shard.
@@ -30,6 +36,7 @@ from torch import Tensor
 
 from ..core import specs as S
 from ..core.gate_specs import OrthogonalPerGate, gate_block_std
+from .routing_shards import box_regions, index_box
 
 __all__ = ["InitAudit", "TensorAudit", "AuditReport", "IncompleteInitError"]
 
@@ -53,6 +60,8 @@ class TensorAudit:
     measured_std: float | None = None
     #: True when the measured std is that of this rank's local shard of a DTensor
     local: bool = False
+    #: elements (of this rank's shard, on a sharded model) that no write covered
+    unwritten: int = 0
 
     @property
     def count(self) -> int:
@@ -70,6 +79,8 @@ class AuditReport:
 
     tensors: list[TensorAudit]
     missing: list[str]
+    #: name -> number of elements never written, for tensors written only in part
+    partial: dict[str, int] = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> TensorAudit:
         for t in self.tensors:
@@ -83,7 +94,7 @@ class AuditReport:
 
     def __str__(self) -> str:
         lines = [f"init audit: {len(self.tensors)} tensors, {len(self.missing)} never written, "
-                 f"{len(self.conflicting)} written with conflicting specs"]
+                 f"{len(self.partial)} written in part, {len(self.conflicting)} written with conflicting specs"]
         for t in self.tensors:
             if t.name in self.missing:
                 lines.append(f"  MISSING  {t.name}: never written (holds uninitialized memory)")
@@ -93,6 +104,9 @@ class AuditReport:
             if t.promised_std is not None and t.measured_std is not None:
                 std = f"  std {t.measured_std:.4g}{' (local shard)' if t.local else ''} vs promised {t.promised_std:.4g}"
             flag = "CONFLICT " if t.conflicting else "ok       "
+            if t.name in self.partial:
+                flag = "PARTIAL  "
+                ws += f"; {self.partial[t.name]} element(s) never written (hold uninitialized memory)"
             lines.append(f"  {flag}{t.name}: {ws}{std}")
         return "\n".join(lines)
 
@@ -111,6 +125,8 @@ class InitAudit:
         self.tensors = tensors
         self.model = model
         self.entries: dict[str, TensorAudit] = {}
+        #: name -> bool mask of the elements written so far (the local shard's shape); None: all of them
+        self._covered: dict[str, Tensor | None] = {}
 
     def _replaced(self) -> set[str]:
         """Names whose tensor the code replaced by assignment (``self.freqs = compute()``,
@@ -121,8 +137,22 @@ class InitAudit:
         now.update(self.model.named_buffers(remove_duplicate=False))
         return {n for n, t in self.tensors if n in now and now[n] is not t}
 
-    def record(self, name: str, how: str, what: Any = None, *, whole: bool = True) -> None:
+    def record(self, name: str, how: str, what: Any = None, *, whole: bool = True, base: Tensor | None = None,
+               view: Tensor | None = None, box: tuple | None = None, regions: list | None = None,
+               index: Any = None) -> None:
+        """One write into tensor ``name``. ``whole=False``: it wrote the part of ``base`` that
+        ``index`` (``base[index] = v``), else ``regions`` (a DTensor's local slices), else ``box``
+        (offsets, sizes), else the strided ``view`` of ``base``'s storage selects."""
         e = self.entries.setdefault(name, TensorAudit(name))
+        if whole or base is None:
+            self._covered[name] = None
+        elif name not in self._covered or self._covered[name] is not None:
+            local = base._local_tensor if regions is not None else base
+            mask = self._covered.get(name)
+            if mask is None:
+                mask = torch.zeros(tuple(local.shape), dtype=torch.bool, device=local.device)
+            _mark(mask, base, local, view, box, regions, index)
+            self._covered[name] = None if bool(mask.all()) else mask
         key = (how, _describe(what))
         e.writes[key] = e.writes.get(key, 0) + 1
         spec = what if isinstance(what, S.Spec) else None
@@ -137,25 +167,68 @@ class InitAudit:
         return [n for n, t in self.tensors
                 if n not in self.entries and n not in replaced and not t.is_meta and t.numel() > 0]
 
+    def partial(self) -> dict[str, int]:
+        """Tensors written only in part: qualified name -> number of elements no write covered
+        (on a sharded model: of this rank's shard)."""
+        replaced = self._replaced()
+        return {n: int((~m).sum()) for n, m in self._covered.items() if m is not None and n not in replaced}
+
     def raise_if_incomplete(self) -> None:
-        missing = self.missing()
-        if missing:
+        missing, partial = self.missing(), self.partial()
+        if missing or partial:
+            what = []
+            if missing:
+                what.append(f"left {len(missing)} tensor(s) unwritten: {', '.join(map(repr, missing))}")
+            if partial:
+                what.append(f"wrote {len(partial)} tensor(s) only in part: "
+                            + ", ".join(f"{n!r} ({k} element(s) unwritten)" for n, k in partial.items()))
             raise IncompleteInitError(
-                f"init code left {len(missing)} tensor(s) unwritten: {', '.join(map(repr, missing))}; after "
-                "to_empty() they hold uninitialized memory. Initialize them in the model's init code (or with "
+                f"init code {'; '.join(what)}; after to_empty() unwritten elements hold uninitialized memory. "
+                "Initialize them in the model's init code (or with "
                 "torchinit.init_model(model, policy, seed=..., only=...))")
 
     def report(self) -> AuditReport:
         out = []
         replaced = self._replaced()
+        partial = self.partial()
         for name, t in self.tensors:
             e = self.entries.get(name) or TensorAudit(name)
             if name in replaced:
                 e.writes[("assigned", "a new tensor")] = 1
             e.promised_std = _promised_std(e.spec, t)
             e.measured_std, e.local = _measured_std(t) if e.promised_std is not None else (None, False)
+            e.unwritten = partial.get(name, 0)
             out.append(e)
-        return AuditReport(out, self.missing())
+        return AuditReport(out, self.missing(), partial)
+
+
+def _extent(t: Tensor) -> int:
+    """Storage elements from ``t``'s first to its last element, inclusive."""
+    return 1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride())) if t.numel() else 0
+
+
+def _mark(mask: Tensor, base: Tensor, local: Tensor, view: Tensor | None, box: tuple | None,
+          regions: list | None, index: Any) -> None:
+    """Set the elements of ``mask`` (shaped like ``local``) that a partial write covered."""
+    if regions is not None:  # a DTensor: the local slices written
+        if index is not None:
+            found = index_box(index, tuple(base.shape))
+            if found is None:  # an index the routed write refuses on shards; track_init lets torch run it
+                mask.fill_(True)
+                return
+            regions = box_regions(base, found[1], found[2])
+        for sl, _ in regions:
+            mask[sl] = True
+    elif index is not None:  # base[index] = value: the same index on the mask selects the same elements
+        mask[index] = True
+    elif box is not None:
+        offsets, sizes = box
+        mask[tuple(slice(o, o + n) for o, n in zip(offsets, sizes))] = True
+    elif view is not None and view.numel():  # any other view of base's storage: mark it in a storage-sized scratch
+        off = view.storage_offset() - local.storage_offset()
+        scratch = torch.zeros(max(_extent(local), off + _extent(view)), dtype=torch.bool, device=mask.device)
+        scratch.as_strided(tuple(view.shape), view.stride(), off).fill_(True)
+        mask |= scratch.as_strided(tuple(local.shape), local.stride(), 0)
 
 
 def _promised_std(spec: S.Spec | None, t: Tensor) -> float | None:

@@ -209,6 +209,9 @@ class MuP(Policy):
         return new
 
     def to_dict(self) -> dict[str, Any]:
+        """Refused: a policy file cannot hold a MuP (its rules depend on the base model's
+        shapes, which a file does not carry). Raises ``TypeError``; save the plan instead,
+        ``torchinit.plan(model, mup).to_json()``."""
         raise TypeError("a MuP cannot be written as a policy file (it needs the base model's shapes); "
                         "save its plan instead: torchinit.plan(model, mup).to_json()")
 

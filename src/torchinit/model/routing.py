@@ -59,7 +59,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..core import specs as S
 from ..engines.dtensor import is_dtensor
-from .audit import InitAudit
+from .audit import AuditReport, InitAudit
 from .writes import _constant_of, _destination, _is_data_setter, _sampling_spec, _spec_of_init
 from .routing_shards import (ShardWriteError, _box_of, box_regions, check_mode_model, copy_into_dtensor_,
                              dtensor_regions, fill_dtensor_, global_index, index_box, storage_key,
@@ -167,18 +167,25 @@ class KeyedInitMode(TorchFunctionMode):
         """Qualified names of the model's (allocated, non-empty) tensors the code never wrote."""
         return self.audit.missing()
 
-    def report(self):
+    def report(self) -> AuditReport:
         """Per tensor: what wrote it and how often, conflicting specs, measured vs promised std."""
         return self.audit.report()
 
+    def partial(self) -> dict[str, int]:
+        """Tensors the code wrote only in part: qualified name -> elements never written."""
+        return self.audit.partial()
+
     def raise_if_incomplete(self) -> None:
-        """Raise ``IncompleteInitError`` naming every tensor the code never wrote."""
+        """Raise ``IncompleteInitError`` naming every tensor the code never wrote or wrote in part."""
         self.audit.raise_if_incomplete()
 
-    def _record(self, target: _Target, how: str, what: Any = None) -> None:
+    def _record(self, target: _Target, how: str, what: Any = None, t: Any = None, args: tuple = ()) -> None:
         self.log.written.add(target.name)
-        # w[index] = v writes a part of w whatever the index (the audit cannot tell w[:] from w[0])
-        self.audit.record(target.name, how, what, whole=target.full and how != "__setitem__")
+        # w[index] = v writes the part of w that index selects (the audit marks it element by element)
+        index = args[1] if how == "__setitem__" and target.full and len(args) == 3 else None
+        self.audit.record(target.name, how, what, whole=target.full and how != "__setitem__", base=target.base,
+                          view=t if isinstance(t, Tensor) else None, box=target.box, regions=target.regions,
+                          index=index)
 
     # -- keys -------------------------------------------------------------------
     def key(self, name: str):
@@ -392,7 +399,7 @@ class KeyedInitMode(TorchFunctionMode):
             spec = _spec_of_init(name, tuple(t.shape), a)
         except (TypeError, ValueError):
             spec = None
-        self._record(target, name, spec)
+        self._record(target, name, spec, t)
         if not self.route:
             return original(*args, **kwargs)
 
@@ -462,13 +469,13 @@ class KeyedInitMode(TorchFunctionMode):
                 elif f is None and (func in _RANDOM_METHODS or sampling):
                     self._outside(t, name or "this draw")
             spec_now = None if sampling else _constant_of(name, args, kwargs)
-            for f in found:
-                if not sampling:
-                    self._record(f, name or "write", spec_now)
+            for t, f in zip(tensors, attributed):
+                if f is not None and not sampling:
+                    self._record(f, name or "write", spec_now, t, args)
             target = attributed[0]  # once: the sampling branches below reuse it
         if not self.route:
             if sampling and target is not None:
-                self._record(target, name, _sampling_spec(func, args, kwargs))
+                self._record(target, name, _sampling_spec(func, args, kwargs), dest[0][0])
             return func(*args, **kwargs)
         if target is not None and target.regions is not None:
             t0 = dest[0][0]
@@ -491,7 +498,7 @@ class KeyedInitMode(TorchFunctionMode):
 
             spec = _sampling_spec(func, args, kwargs)
             if target is not None:
-                self._record(target, name, spec)
+                self._record(target, name, spec, t)
             if target is None or not isinstance(t, Tensor) or spec is None:
                 return fallback()
             return self._fill(t, spec, target, fallback)

@@ -236,11 +236,12 @@ def _tensor_digests(tensors: dict[str, Tensor]) -> dict[str, str]:
         return _start_digests(tensors, pool)()
 
 
-def _publish(pairs: list[tuple[Path, Any]]) -> None:
+def _publish(pairs: list[tuple[Path, Any]], remove: Path | None = None) -> None:
     """Write every ``(path, write)`` to its temporary, fsync them all, then rename each into
-    place in order. Until the first rename nothing under a final name has changed: a failure
-    before it (disk full, ...) removes the temporaries and leaves the previous files as they
-    were, raising ``OSError`` naming the file being written."""
+    place in order, then delete ``remove`` (a stale plan file) if it is a file. Until the
+    first rename nothing under a final name has changed: a failure before it (disk full, ...)
+    removes the temporaries and leaves the previous files as they were, raising ``OSError``
+    naming the file being written."""
     tmps = [(path, _tmp_name(path)) for path, _ in pairs]
     try:
         for (path, tmp), (_, write) in zip(tmps, pairs):
@@ -256,6 +257,12 @@ def _publish(pairs: list[tuple[Path, Any]]) -> None:
                 raise OSError(exc.errno, f"save_weights: cannot write {str(path)!r}: {exc.strerror or exc}") from None
         for path, tmp in tmps:
             os.replace(tmp, path)
+        if remove is not None and (remove.is_file() or remove.is_symlink()):
+            try:
+                remove.unlink()
+            except OSError as exc:
+                raise OSError(exc.errno, f"save_weights: wrote {str(tmps[0][0])!r} but cannot remove the stale plan "
+                                         f"{str(remove)!r} beside it: {exc.strerror or exc}") from None
         _fsync_dir(tmps[0][0].parent)
     finally:
         for _, tmp in tmps:
@@ -340,9 +347,12 @@ def save_weights(
 
     _remove_stale_temporaries([path] + ([ppath] if ppath is not None else []))
     # weights renamed first: a kill between the renames leaves new weights naming a plan
-    # (by hash) that is not the one beside them, which load_plan_file refuses
+    # (by hash) that is not the one beside them, which load_plan_file refuses. Saved without
+    # a plan, the plan file of an earlier save beside them is removed (a kill before that
+    # leaves weights that record no plan, whose plan load_plan_file refuses too)
     try:
-        _publish([(path, _step(path, _write))] + ([(ppath, _step(ppath, _write_plan))] if ppath is not None else []))
+        _publish([(path, _step(path, _write))] + ([(ppath, _step(ppath, _write_plan))] if ppath is not None else []),
+                 remove=plan_path(path) if ppath is None else None)
     finally:
         bar.close()
         if pool is not None:
@@ -537,8 +547,9 @@ def load_plan_file(path: str | os.PathLike) -> dict[str, Any]:
     weights path). ``Plan.from_dict(doc["plan"])`` rebuilds the Plan.
 
     When the weights file the plan names is beside it, the plan must be the one written
-    with those weights (the SHA-256 they record): otherwise ``ValueError`` naming both
-    (a later save replaced one of the pair, or was interrupted between the two)."""
+    with those weights (the SHA-256 they record): otherwise, or when those weights record
+    no plan at all, ``ValueError`` naming both (a later save replaced one of the pair, or
+    was interrupted between the two)."""
     p = Path(path)
     if p.suffix == ".safetensors":
         p = plan_path(p)
@@ -557,8 +568,11 @@ def load_plan_file(path: str | os.PathLike) -> dict[str, Any]:
         wpath = p.with_name(wname)
         meta = _read_header(wpath).get("__metadata__") or {}
         digest = meta.get("torchinit.plan_sha256")
-        if (meta.get("torchinit.plan_file") == p.name and isinstance(digest, str)
-                and digest != hashlib.sha256(raw).hexdigest()):
+        if not isinstance(digest, str):
+            raise ValueError(f"{str(p)} is not the plan of {str(wpath)!r} beside it (the weights record no plan: "
+                             "they were saved later without one, or that save was interrupted); write the pair "
+                             "again")
+        if digest != hashlib.sha256(raw).hexdigest():
             raise ValueError(f"{str(p)} is not the plan of {str(wpath)!r} beside it (the weights record another "
                              "plan's SHA-256: a later save replaced one of the two, or was interrupted between "
                              "them); write the pair again")
