@@ -85,21 +85,26 @@ class _Context:
         ``init_std``), times ``initializer_factor`` where present; 0.02 without either (noted)."""
         if self._config_std is None:
             cfg = getattr(self.model, "config", None)
-            std, src = 0.02, []
+            std, base = 0.02, None
             for attr in ("initializer_range", "init_std"):
                 v = getattr(cfg, attr, None) if cfg is not None else None
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0:
                     std = float(v)
-                    src.append(f"model.config.{attr} = {v}")
+                    base = f"model.config.{attr} = {v}"
                     break
             f = getattr(cfg, "initializer_factor", None) if cfg is not None else None
-            if isinstance(f, (int, float)) and not isinstance(f, bool) and math.isfinite(f) and f > 0:
+            factor = isinstance(f, (int, float)) and not isinstance(f, bool) and math.isfinite(f) and f > 0
+            if factor:
                 std *= float(f)
-                src.append(f"times model.config.initializer_factor = {f}")
             self._config_std = std
-            self.notes.append(f"std = {std:g} (from {', '.join(src)})" if src else
-                              "std = 0.02 (the default: the model has no config.initializer_range, init_std or "
-                              "initializer_factor)")
+            # the note reads as the product it is: "0.02 (default) x model.config.initializer_factor = 1.0"
+            if factor:
+                self.notes.append(f"std = {std:g} ({base or '0.02 (default)'} x model.config.initializer_factor = {f})")
+            elif base:
+                self.notes.append(f"std = {std:g} (from {base})")
+            else:
+                self.notes.append("std = 0.02 (the default: the model has no config.initializer_range, init_std or "
+                                  "initializer_factor)")
         return self._config_std
 
     def layer_index(self, module_path: str) -> int | None:
