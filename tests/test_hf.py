@@ -270,10 +270,11 @@ def test_llm_presets_give_a_tied_head_logits_of_order_one(arch, preset):
     assert model.lm_head.weight is model.get_input_embeddings().weight
     assert _logits_std(model, vocab) < 3
     assert "lm_head.weight" in p[emb].aliases
-    if preset == "llama":  # the output head rule won across the names, and was not "unused"
-        assert p[emb].rule.endswith("output head") and "(as 'lm_head.weight')" in p[emb].matched_as
+    if preset == "llama":  # the tied embedding/head rule (the head's spec) wins under every name: no conflict
+        assert p[emb].rule.endswith("tied embedding/head") and p[emb].matched_as == "tied embedding/head"
+        assert p[emb].spec.std_ == pytest.approx(model.config.hidden_size ** -0.5)
         assert not any("output head" in r for r in p.unused_rules)
-        assert any(n.startswith(f"tied tensor {emb!r}") and "output head" in n for n in p.notes)
+        assert not any(n.startswith(f"tied tensor {emb!r}") for n in p.notes)
 
 
 @pytest.mark.parametrize("arch", sorted(_TIED))

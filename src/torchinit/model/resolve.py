@@ -322,6 +322,17 @@ def _owner(ctx: _Context, name: str) -> tuple[str, str, nn.Module, str]:
     return name, path, ctx.modules[path], local
 
 
+def _is_tied_head(names: Sequence[tuple[str, str, nn.Module, str]], t: Tensor) -> bool:
+    """One 2-D tensor registered as an input embedding's weight AND as another module's weight
+    (an output projection: BERT's ``cls.predictions.decoder``, GPT-2's ``lm_head``), found by
+    identity whatever the names are."""
+    if len(names) < 2 or t.dim() != 2:
+        return False
+    emb = [isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and loc == "weight" for _, _, m, loc in names]
+    head = [not e and loc == "weight" for e, (_, _, _, loc) in zip(emb, names)]
+    return any(emb) and any(head)
+
+
 def _what(rule: Rule, res: Mapping[str, Any]) -> str:
     if res.get("spec") is not None:
         return res["spec"].describe()
@@ -415,15 +426,17 @@ def plan(model: nn.Module, policy: PresetName | Policy | str | Mapping | Sequenc
         # name (highest priority, then the later rule; the first name on a tie), and when they give
         # different inits the plan says so (BERT's MLM bias: the head's own name matches no preset
         # rule, the decoder Linear's bias does)
+        names = [(q, mpath, mod, local)] + [_owner(ctx, a) for a in aliases.get(id(t), ())]
+        tied_head = _is_tied_head(names, t)
         per_name = []
-        for cq, cpath, cmod, clocal in [(q, mpath, mod, local)] + [_owner(ctx, a) for a in aliases.get(id(t), ())]:
+        for cq, cpath, cmod, clocal in names:
             parts = cpath.split(".") if cpath else []
             chain = [("", model)] + [(".".join(parts[:i + 1]), ctx.modules[".".join(parts[:i + 1])])
                                      for i in range(len(parts))]
             role = _role(kind, clocal, t)
             hits = []
             for i, rule in enumerate(pol.rules):
-                how = rule.match(cq, role, chain)
+                how = rule.match(cq, role, chain, tied_head)
                 if how is None:
                     continue
                 if rule.init == "module" and not ctx.code_for(cpath):
