@@ -47,3 +47,45 @@ def test_tied_mlm_decoder_conflict_is_noted_by_other_presets(preset):
     p = torchinit.plan(_bert_mlm(), preset)
     note = [n for n in p.notes if n.startswith("tied tensor 'bert.embeddings.word_embeddings.weight'")]
     assert note and "'cls.predictions.decoder.weight'" in note[0] and "disagree" in note[0]
+
+
+_POS = "model.encoder.embed_positions.weight"  # Whisper's frozen sinusoidal table
+
+
+def _whisper():
+    from hf_models import whisper
+
+    return whisper()
+
+
+@pytest.mark.parametrize("preset", ["gpt2", "llama", "kaiming", "pytorch"])
+def test_frozen_sinusoidal_table_is_kept_by_the_presets(preset):
+    m = _whisper()
+    table = m.get_parameter(_POS)
+    assert not table.requires_grad
+    before = table.detach().clone()
+    p = torchinit.init_model(m, preset, seed=0)
+    assert torch.equal(m.get_parameter(_POS), before)  # N(0, 0.02) / N(0, 1) overwrote the sinusoids
+    assert _POS not in p.unmatched
+    if preset != "pytorch":  # kept, with a note naming it
+        assert _POS not in [e.name for e in p.entries]
+        assert any(n.startswith(f"kept: frozen (requires_grad=False) {_POS!r}") and "embedding" in n
+                   for n in p.notes), p.notes
+    else:  # its own init code (Whisper's _init_weights recomputes the sinusoids) instead of N(0, 1)
+        assert p[_POS].initializer == "module"
+
+
+def test_frozen_table_is_initialized_when_a_rule_names_it():
+    m = _whisper()
+    p = torchinit.init_model(m, {"preset": "gpt2", "rules": [{"qualnames": _POS, "init": "zeros"}]}, seed=0)
+    assert p[_POS].initializer == "zeros" and torch.all(m.get_parameter(_POS) == 0)
+    assert not any("kept: frozen" in n for n in p.notes)
+
+
+def test_frozen_table_on_meta_gets_its_own_code():
+    ref = _whisper().get_parameter(_POS).detach().clone()
+    with torch.device("meta"):
+        m = _whisper()
+    torchinit.materialize(m, policy="gpt2", seed=0)
+    got = m.get_parameter(_POS)
+    assert not got.requires_grad and torch.equal(got, ref)

@@ -428,6 +428,12 @@ def plan(model: nn.Module, policy: PresetName | Policy | str | Mapping | Sequenc
         # rule, the decoder Linear's bias does)
         names = [(q, mpath, mod, local)] + [_owner(ctx, a) for a in aliases.get(id(t), ())]
         tied_head = _is_tied_head(names, t)
+        # a frozen embedding table (Whisper's sinusoidal positions, requires_grad=False) is computed, not
+        # learned: rules selecting it by module type pass it by (kept, noted); a rule naming it (qualnames)
+        # or the module's own code (which knows how to compute it) still applies
+        frozen = (kind == "parameter" and not t.requires_grad
+                  and any(isinstance(m, (nn.Embedding, nn.EmbeddingBag)) for _, _, m, _ in names))
+        kept_from: list[str] = []
         per_name = []
         for cq, cpath, cmod, clocal in names:
             parts = cpath.split(".") if cpath else []
@@ -441,11 +447,24 @@ def plan(model: nn.Module, policy: PresetName | Policy | str | Mapping | Sequenc
                     continue
                 if rule.init == "module" and not ctx.code_for(cpath):
                     continue
+                if frozen and rule.qualnames is None and rule.init != "module":
+                    kept_from.append(labels[i])
+                    continue
                 hits.append((rule.priority, i, how))
                 matched_count[i] += 1
             if hits:
                 per_name.append((sorted(hits), cq, cpath, cmod, clocal, role))
+        if kept_from:
+            passed = ", ".join(dict.fromkeys(kept_from))
+            ctx.notes.append(
+                (f"kept: frozen (requires_grad=False) {q!r} ({type(mod).__name__}): a computed table, not a learned "
+                 f"one; rule {passed} would have overwritten it" if not per_name else
+                 f"frozen (requires_grad=False) {q!r} ({type(mod).__name__}): rule {passed} passes it by, its "
+                 f"module's own init code applies")
+                + f". A rule naming it (qualnames: {q!r}) initializes it")
         if not per_name:
+            if kept_from:
+                continue  # kept: not unmatched
             if kind == "parameter" or (local in _RESETTABLE_BUFFERS and isinstance(mod, nn.modules.batchnorm._NormBase)):
                 unmatched.append(q)
             continue
