@@ -270,10 +270,11 @@ def test_llm_presets_give_a_tied_head_logits_of_order_one(arch, preset):
     assert model.lm_head.weight is model.get_input_embeddings().weight
     assert _logits_std(model, vocab) < 3
     assert "lm_head.weight" in p[emb].aliases
-    if preset == "llama":  # the output head rule won across the names, and was not "unused"
-        assert p[emb].rule.endswith("output head") and "(as 'lm_head.weight')" in p[emb].matched_as
+    if preset == "llama":  # the tied embedding/head rule (the head's spec) wins under every name: no conflict
+        assert p[emb].rule.endswith("tied embedding/head") and p[emb].matched_as == "tied embedding/head"
+        assert p[emb].spec.std_ == pytest.approx(model.config.hidden_size ** -0.5)
         assert not any("output head" in r for r in p.unused_rules)
-        assert any(n.startswith(f"tied tensor {emb!r}") and "output head" in n for n in p.notes)
+        assert not any(n.startswith(f"tied tensor {emb!r}") for n in p.notes)
 
 
 @pytest.mark.parametrize("arch", sorted(_TIED))
@@ -329,6 +330,13 @@ def test_config_std_reads_init_std_and_initializer_factor():
     m.config = type("Cfg", (), {"init_std": 0.04, "initializer_factor": 0.5})()
     p = torchinit.plan(m, "gpt2")
     assert p["0.weight"].spec.std_ == pytest.approx(0.02)
-    assert "std = 0.02 (from model.config.init_std = 0.04, times model.config.initializer_factor = 0.5)" in p.notes
+    assert "std = 0.02 (model.config.init_std = 0.04 x model.config.initializer_factor = 0.5)" in p.notes
+    # T5's config has initializer_factor only: the note reads as the product (0.02 default x factor)
+    t5 = torch.nn.Sequential(torch.nn.Linear(8, 8))
+    t5.config = type("Cfg", (), {"initializer_factor": 1.0})()
+    q = torchinit.plan(t5, "gpt2")
+    assert q["0.weight"].spec.std_ == 0.02
+    assert "std = 0.02 (0.02 (default) x model.config.initializer_factor = 1.0)" in q.notes
+    assert not [n for n in q.notes if "from times" in n]
     bare = torchinit.plan(torch.nn.Sequential(torch.nn.Linear(8, 8)), "gpt2")
     assert bare["0.weight"].spec.std_ == 0.02 and any("std = 0.02 (the default" in n for n in bare.notes)

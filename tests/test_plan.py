@@ -197,8 +197,8 @@ def test_tied_parameter_falls_back_to_its_other_names_when_the_first_matches_not
     e = p["head.bias"]
     assert e.aliases == ("head.decoder.bias",) and e.spec == S.Constant(0.0)
     assert e.rule.endswith("layer bias") and e.matched_as == "Linear (as 'head.decoder.bias')"
-    w = p["emb.weight"]  # the first name matches: the embedding rule, padding row and all
-    assert w.rule.endswith("embedding") and w.zero_rows == (0,) and w.matched_as == "Embedding"
+    w = p["emb.weight"]  # an embedding tied to a Linear head: the preset's tied rule, padding row and all
+    assert w.rule.endswith("tied embedding/head") and w.zero_rows == (0,) and w.matched_as == "tied embedding/head"
     torchinit.apply_plan(m, p, seed=0)
     assert torch.all(m["head"].bias == 0)
 

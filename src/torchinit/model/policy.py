@@ -9,7 +9,9 @@ A :class:`Policy` is an ordered list of :class:`Rule` objects. A rule has
   relative to the matched module: ``"weight"``, ``"bias"``, ``"weight_hh_*"``,
   ``"out_proj.bias"``) and ``role`` (``"weight"``: a parameter with 2 or more
   dims; ``"bias"``: a parameter whose name contains "bias"; ``"scale"``: any other
-  0/1-D parameter such as a norm's weight; ``"buffer"``); every given field must
+  0/1-D parameter such as a norm's weight; ``"buffer"``; ``"tied_head"``: one weight
+  tensor that is both an input embedding's weight and an output projection's (an LM
+  head tied to the token embedding), found by identity whatever its names); every given field must
   match, absent fields match anything (without ``params`` a module rule matches the
   module's own tensors only). Buffers are selected only explicitly: by
   ``role="buffer"``, ``params`` or ``qualnames`` (or by a ``"module"`` rule);
@@ -63,7 +65,7 @@ __all__ = [
 OUTPUT_HEAD = "@output_head"
 
 #: Tensor roles a rule may select.
-ROLES = ("weight", "bias", "scale", "buffer")
+ROLES = ("weight", "bias", "scale", "buffer", "tied_head")
 
 _FANS = ("torch", "module", "x@w")
 _MODES = ("fan_in", "fan_out")
@@ -346,17 +348,23 @@ class Rule:
             raise PolicyError(where + str(exc), name=self.name, field=exc.field) from None
 
     # -- matching ---------------------------------------------------------------
-    def match(self, qualname: str, role: str, chain: Sequence[tuple[str, nn.Module]]) -> str | None:
+    def match(self, qualname: str, role: str, chain: Sequence[tuple[str, nn.Module]],
+              tied_head: bool = False) -> str | None:
         """How this rule matches the tensor ``qualname`` (None if it does not).
 
-        ``chain`` lists ``(module_path, module)`` from the root to the tensor's owner.
+        ``chain`` lists ``(module_path, module)`` from the root to the tensor's owner;
+        ``tied_head``: the tensor is an embedding's weight tied to an output projection's
+        (role ``"tied_head"`` selects those, under every name; other rules see a ``"weight"``).
         """
         owner_path, owner = chain[-1]
         if self.bias is not None and qualname == (f"{owner_path}.bias" if owner_path else "bias") \
                 and "weight" in owner._parameters:
             # the layer's own bias goes with its weight: matched as the weight would be (see bias_rule)
             return self.match(qualname[:-4] + "weight", "weight", chain)
-        if self.role is not None and self.role != role:
+        if self.role == "tied_head":
+            if not tied_head:
+                return None
+        elif self.role is not None and self.role != role:
             return None
         if (role == "buffer" and self.role is None and self.params is None and self.qualnames is None
                 and self.init != "module"):
@@ -378,7 +386,7 @@ class Rule:
                 if hit is None:
                     continue
                 return f"{type(mod).__name__}" + (f"/{rel}" if rel != local else "")
-            return "any"
+            return "tied embedding/head" if self.role == "tied_head" else "any"
         return None
 
     def bias_rule(self, qualname: str, owner_path: str) -> "Rule | None":

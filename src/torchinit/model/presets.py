@@ -189,6 +189,8 @@ def gpt2_preset(std: float | None = None, n_layer: int | None = None,
         *_rnn_rules(),
         Rule("normal", depth, qualnames=_globs("gpt2", "residual", residual), role="weight",
              name="residual projection"),
+        # an embedding tied to its output head, whatever the names (BERT's cls.predictions.decoder)
+        Rule("normal", {"std": std}, role="tied_head", name="tied embedding/head"),
     ]
     return Policy(tuple(rules), name="gpt2", options={"std": None if std == "config" else std, "n_layer": n_layer})
 
@@ -222,6 +224,9 @@ def llama_preset(std: float | None = None, depth_init: bool = True, cutoff: floa
              name="output projection"),
         Rule("trunc_normal", {"std": "1/sqrt(fan_in)", "cutoff": 3.0}, qualnames=_globs("llama", "output", output),
              role="weight", name="output head"),
+        # an embedding tied to an output projection gets the head's spec whatever the names (BERT's
+        # cls.predictions.decoder, RoBERTa's lm_head.decoder): N(0, 1) as a head gives logits std ~sqrt(dim)
+        Rule("trunc_normal", {"std": "1/sqrt(fan_in)", "cutoff": 3.0}, role="tied_head", name="tied embedding/head"),
     ]
     return Policy(tuple(rules), name="llama", options={"std": None if std == "config" else std,
                                                        "depth_init": depth_init, "cutoff": cutoff})

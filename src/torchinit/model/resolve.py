@@ -86,21 +86,26 @@ class _Context:
         ``init_std``), times ``initializer_factor`` where present; 0.02 without either (noted)."""
         if self._config_std is None:
             cfg = getattr(self.model, "config", None)
-            std, src = 0.02, []
+            std, base = 0.02, None
             for attr in ("initializer_range", "init_std"):
                 v = getattr(cfg, attr, None) if cfg is not None else None
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0:
                     std = float(v)
-                    src.append(f"model.config.{attr} = {v}")
+                    base = f"model.config.{attr} = {v}"
                     break
             f = getattr(cfg, "initializer_factor", None) if cfg is not None else None
-            if isinstance(f, (int, float)) and not isinstance(f, bool) and math.isfinite(f) and f > 0:
+            factor = isinstance(f, (int, float)) and not isinstance(f, bool) and math.isfinite(f) and f > 0
+            if factor:
                 std *= float(f)
-                src.append(f"times model.config.initializer_factor = {f}")
             self._config_std = std
-            self.notes.append(f"std = {std:g} (from {', '.join(src)})" if src else
-                              "std = 0.02 (the default: the model has no config.initializer_range, init_std or "
-                              "initializer_factor)")
+            # the note reads as the product it is: "0.02 (default) x model.config.initializer_factor = 1.0"
+            if factor:
+                self.notes.append(f"std = {std:g} ({base or '0.02 (default)'} x model.config.initializer_factor = {f})")
+            elif base:
+                self.notes.append(f"std = {std:g} (from {base})")
+            else:
+                self.notes.append("std = 0.02 (the default: the model has no config.initializer_range, init_std or "
+                                  "initializer_factor)")
         return self._config_std
 
     def layer_index(self, module_path: str) -> int | None:
@@ -340,6 +345,17 @@ def _owner(ctx: _Context, name: str) -> tuple[str, str, nn.Module, str]:
     return name, path, ctx.modules[path], local
 
 
+def _is_tied_head(names: Sequence[tuple[str, str, nn.Module, str]], t: Tensor) -> bool:
+    """One 2-D tensor registered as an input embedding's weight AND as another module's weight
+    (an output projection: BERT's ``cls.predictions.decoder``, GPT-2's ``lm_head``), found by
+    identity whatever the names are."""
+    if len(names) < 2 or t.dim() != 2:
+        return False
+    emb = [isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and loc == "weight" for _, _, m, loc in names]
+    head = [not e and loc == "weight" for e, (_, _, _, loc) in zip(emb, names)]
+    return any(emb) and any(head)
+
+
 def _what(rule: Rule, res: Mapping[str, Any]) -> str:
     if res.get("spec") is not None:
         return res["spec"].describe()
@@ -433,24 +449,45 @@ def plan(model: nn.Module, policy: PresetName | Policy | str | Mapping | Sequenc
         # name (highest priority, then the later rule; the first name on a tie), and when they give
         # different inits the plan says so (BERT's MLM bias: the head's own name matches no preset
         # rule, the decoder Linear's bias does)
+        names = [(q, mpath, mod, local)] + [_owner(ctx, a) for a in aliases.get(id(t), ())]
+        tied_head = _is_tied_head(names, t)
+        # a frozen embedding table (Whisper's sinusoidal positions, requires_grad=False) is computed, not
+        # learned: rules selecting it by module type pass it by (kept, noted); a rule naming it (qualnames)
+        # or the module's own code (which knows how to compute it) still applies
+        frozen = (kind == "parameter" and not t.requires_grad
+                  and any(isinstance(m, (nn.Embedding, nn.EmbeddingBag)) for _, _, m, _ in names))
+        kept_from: list[str] = []
         per_name = []
-        for cq, cpath, cmod, clocal in [(q, mpath, mod, local)] + [_owner(ctx, a) for a in aliases.get(id(t), ())]:
+        for cq, cpath, cmod, clocal in names:
             parts = cpath.split(".") if cpath else []
             chain = [("", model)] + [(".".join(parts[:i + 1]), ctx.modules[".".join(parts[:i + 1])])
                                      for i in range(len(parts))]
             role = _role(kind, clocal, t)
             hits = []
             for i, rule in enumerate(pol.rules):
-                how = rule.match(cq, role, chain)
+                how = rule.match(cq, role, chain, tied_head)
                 if how is None:
                     continue
                 if rule.init == "module" and not ctx.code_for(cpath):
+                    continue
+                if frozen and rule.qualnames is None and rule.init != "module":
+                    kept_from.append(labels[i])
                     continue
                 hits.append((rule.priority, i, how))
                 matched_count[i] += 1
             if hits:
                 per_name.append((sorted(hits), cq, cpath, cmod, clocal, role))
+        if kept_from:
+            passed = ", ".join(dict.fromkeys(kept_from))
+            ctx.notes.append(
+                (f"kept: frozen (requires_grad=False) {q!r} ({type(mod).__name__}): a computed table, not a learned "
+                 f"one; rule {passed} would have overwritten it" if not per_name else
+                 f"frozen (requires_grad=False) {q!r} ({type(mod).__name__}): rule {passed} passes it by, its "
+                 f"module's own init code applies")
+                + f". A rule naming it (qualnames: {q!r}) initializes it")
         if not per_name:
+            if kept_from:
+                continue  # kept: not unmatched
             if kind == "parameter" or (local in _RESETTABLE_BUFFERS and isinstance(mod, nn.modules.batchnorm._NormBase)):
                 unmatched.append(q)
             continue

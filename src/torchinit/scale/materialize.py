@@ -135,16 +135,21 @@ def _plan_with_buffer_code(model: nn.Module, policy: Any, plan_obj: Any, meta_na
     from ..model.resolve import plan as _plan
 
     buffers = {n for n, _ in model.named_buffers()}
-    wanted = [n for n in _uncovered(plan_obj, meta_names) if n in buffers]
+    # frozen tables the presets keep (Whisper's sinusoidal positions) have nothing to keep on meta
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    wanted = [n for n in _uncovered(plan_obj, meta_names) if n in buffers or n in frozen]
     if not wanted:
         return plan_obj
-    rule = Rule("module", qualnames=tuple(glob.escape(n) for n in wanted), role="buffer", priority=-1,
-                name="materialize: buffers without a rule, own init code")
-    new = _plan(model, load_policy(policy) + rule, example_inputs)
+    pol = load_policy(policy)
+    for role, names in (("buffer", [n for n in wanted if n in buffers]), (None, [n for n in wanted if n in frozen])):
+        if names:
+            pol = pol + Rule("module", qualnames=tuple(glob.escape(n) for n in names), role=role, priority=-1,
+                             name=f"materialize: {'buffers' if role else 'frozen tables'} without a rule, own init code")
+    new = _plan(model, pol, example_inputs)
     still = set(_uncovered(new, meta_names))
     got = [n for n in wanted if n not in still]
     if got:
-        new.notes.append(f"materialize: {len(got)} buffer(s) the policy has no rule for ({', '.join(got[:3])}"
+        new.notes.append(f"materialize: {len(got)} buffer(s)/frozen table(s) the policy has no rule for ({', '.join(got[:3])}"
                          f"{', ...' if len(got) > 3 else ''}) are initialized by their module's own init code")
     return new
 

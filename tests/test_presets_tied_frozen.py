@@ -1,0 +1,91 @@
+"""Presets on real Hugging Face heads and tables: an embedding tied to an output projection
+under any name (BERT/RoBERTa MLM decoders) gets a spec sane in both roles; frozen tables kept."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import torchinit
+
+T = pytest.importorskip("transformers")
+
+
+def _bert_mlm():
+    cfg = T.BertConfig(num_hidden_layers=1, hidden_size=768, num_attention_heads=12, intermediate_size=3072,
+                       max_position_embeddings=32)
+    return T.BertForMaskedLM(cfg).eval()
+
+
+def _roberta_mlm():
+    cfg = T.RobertaConfig(num_hidden_layers=1, hidden_size=768, num_attention_heads=12, intermediate_size=3072,
+                          max_position_embeddings=40)
+    return T.RobertaForMaskedLM(cfg).eval()
+
+
+@pytest.mark.parametrize("build,head", [(_bert_mlm, "cls.predictions.decoder.weight"),
+                                        (_roberta_mlm, "lm_head.decoder.weight")], ids=["bert", "roberta"])
+@pytest.mark.parametrize("preset", ["llama", "gpt2"])
+def test_tied_mlm_decoder_logits_of_order_one(build, head, preset):
+    m = build()
+    p = torchinit.plan(m, preset)
+    emb = m.get_input_embeddings().weight
+    assert m.get_output_embeddings().weight is emb  # the decoder IS the embedding (tied by identity)
+    torchinit.init_model(m, preset, seed=0)
+    with torch.no_grad():
+        ids = torch.randint(5, 1000, (2, 16), generator=torch.Generator().manual_seed(0))
+        logits = m(input_ids=ids).logits
+    assert logits.std().item() < 3  # N(0, 1) as the head gave ~28
+    entry = next(e for e in p.entries if head in (e.name, *e.aliases))
+    assert "tied embedding/head" in entry.rule  # the same rule under every name: no conflict
+    if preset == "llama":  # the head's spec: dim^-0.5, truncated at 3 std
+        assert entry.spec.std_ == pytest.approx(768 ** -0.5)
+
+
+@pytest.mark.parametrize("preset", ["kaiming", "pytorch"])
+def test_tied_mlm_decoder_conflict_is_noted_by_other_presets(preset):
+    p = torchinit.plan(_bert_mlm(), preset)
+    note = [n for n in p.notes if n.startswith("tied tensor 'bert.embeddings.word_embeddings.weight'")]
+    assert note and "'cls.predictions.decoder.weight'" in note[0] and "disagree" in note[0]
+
+
+_POS = "model.encoder.embed_positions.weight"  # Whisper's frozen sinusoidal table
+
+
+def _whisper():
+    from hf_models import whisper
+
+    return whisper()
+
+
+@pytest.mark.parametrize("preset", ["gpt2", "llama", "kaiming", "pytorch"])
+def test_frozen_sinusoidal_table_is_kept_by_the_presets(preset):
+    m = _whisper()
+    table = m.get_parameter(_POS)
+    assert not table.requires_grad
+    before = table.detach().clone()
+    p = torchinit.init_model(m, preset, seed=0)
+    assert torch.equal(m.get_parameter(_POS), before)  # N(0, 0.02) / N(0, 1) overwrote the sinusoids
+    assert _POS not in p.unmatched
+    if preset != "pytorch":  # kept, with a note naming it
+        assert _POS not in [e.name for e in p.entries]
+        assert any(n.startswith(f"kept: frozen (requires_grad=False) {_POS!r}") and "embedding" in n
+                   for n in p.notes), p.notes
+    else:  # its own init code (Whisper's _init_weights recomputes the sinusoids) instead of N(0, 1)
+        assert p[_POS].initializer == "module"
+
+
+def test_frozen_table_is_initialized_when_a_rule_names_it():
+    m = _whisper()
+    p = torchinit.init_model(m, {"preset": "gpt2", "rules": [{"qualnames": _POS, "init": "zeros"}]}, seed=0)
+    assert p[_POS].initializer == "zeros" and torch.all(m.get_parameter(_POS) == 0)
+    assert not any("kept: frozen" in n for n in p.notes)
+
+
+def test_frozen_table_on_meta_gets_its_own_code():
+    ref = _whisper().get_parameter(_POS).detach().clone()
+    with torch.device("meta"):
+        m = _whisper()
+    torchinit.materialize(m, policy="gpt2", seed=0)
+    got = m.get_parameter(_POS)
+    assert not got.requires_grad and torch.equal(got, ref)
