@@ -227,9 +227,13 @@ def test_llama_output_head_reaches_the_models_own_output_layer_under_any_name():
     model = _MaskedLM()
     p = torchinit.init_model(model, "llama", seed=0)
     e = p["emb.weight"]
-    assert e.aliases == ("decoder.weight",) and e.rule.endswith("output head")
+    # tied: the "tied embedding/head" rule (found by identity) gives the head's spec
+    assert e.aliases == ("decoder.weight",) and e.rule.endswith("tied embedding/head")
     assert e.spec == S.TruncatedNormal(0.0, 0.25, -0.75, 0.75)  # d^-0.5 = 0.25, truncated at 3 std
-    assert any(n.startswith("tied tensor 'emb.weight'") and "output head" in n for n in p.notes)
+    untied = _MaskedLM()
+    untied.decoder.weight = nn.Parameter(torch.empty(500, 16))
+    u = torchinit.plan(untied, "llama")["decoder.weight"]  # untied, odd name: "@output_head"
+    assert u.rule.endswith("output head") and u.spec == S.TruncatedNormal(0.0, 0.25, -0.75, 0.75)
     with torch.no_grad():
         assert model(torch.arange(64)).std() < 3
     plain = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8))  # no get_output_embeddings: nothing is the head

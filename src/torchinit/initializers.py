@@ -594,14 +594,7 @@ def _deprecated_alias(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
     return alias
 
 
-uniform = _deprecated_alias(uniform_)
-normal = _deprecated_alias(normal_)
-constant = _deprecated_alias(constant_)
-eye = _deprecated_alias(eye_)
-dirac = _deprecated_alias(dirac_)
-xavier_uniform = _deprecated_alias(xavier_uniform_)
-xavier_normal = _deprecated_alias(xavier_normal_)
-kaiming_uniform = _deprecated_alias(kaiming_uniform_)
-kaiming_normal = _deprecated_alias(kaiming_normal_)
-orthogonal = _deprecated_alias(orthogonal_)
-sparse = _deprecated_alias(sparse_)
+for _fn in (uniform_, normal_, constant_, eye_, dirac_, xavier_uniform_, xavier_normal_, kaiming_uniform_,
+            kaiming_normal_, orthogonal_, sparse_):
+    globals()[_fn.__name__[:-1]] = _deprecated_alias(_fn)
+del _fn

@@ -40,7 +40,6 @@ import functools
 import json
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -48,7 +47,7 @@ from torch import nn
 
 from .activations import output_layer
 from .errors import PolicyError, _short, _suggest
-from .policy_files import parse_policy_text, read_policy_text
+from .policy_files import _is_inline, parse_policy_text, read_policy_text
 from .registry import PresetName, get_preset
 
 __all__ = [
@@ -558,13 +557,6 @@ class Policy:
         if isinstance(data, list):  # a bare list of rules
             data = {"rules": data}
         return cls.from_dict(data)
-
-
-def _is_inline(text: str) -> bool:
-    """Whether ``text`` is a policy's JSON/YAML text rather than a preset name or a path: it
-    starts with ``{`` or ``[``, spans lines, or starts with a ``key: `` of YAML."""
-    head = text.lstrip()
-    return head.startswith(("{", "[")) or "\n" in head.rstrip() or re.match(r"^[A-Za-z_]\w*:\s", head) is not None
 
 
 def load_policy(obj: "PresetName | Policy | str | os.PathLike | Mapping | Sequence", **options: Any) -> Policy:

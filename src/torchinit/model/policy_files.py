@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 from typing import Any
 
 from .errors import PolicyError, _short
@@ -191,3 +192,10 @@ def check_sizes(data: Any, where: str) -> None:
             raise PolicyError(f"{where}: too large once YAML aliases are expanded ({nodes:,} values, {chars:,} "
                               f"characters; at most {MAX_NODES:,} and {MAX_CHARS:,}): a policy is a short list of "
                               "rules")
+
+
+def _is_inline(text: str) -> bool:
+    """Whether ``text`` is a policy's JSON/YAML text rather than a preset name or a path: it
+    starts with ``{`` or ``[``, spans lines, or starts with a ``key: `` of YAML."""
+    head = text.lstrip()
+    return head.startswith(("{", "[")) or "\n" in head.rstrip() or re.match(r"^[A-Za-z_]\w*:\s", head) is not None

@@ -46,7 +46,6 @@ Not thread-safe: ``torch.nn.init`` attributes are patched for the duration.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import inspect
 import sys
 import weakref
@@ -60,7 +59,8 @@ from torch.overrides import TorchFunctionMode
 from ..core import specs as S
 from ..engines.dtensor import is_dtensor
 from .audit import AuditReport, InitAudit
-from .writes import _constant_of, _destination, _is_data_setter, _sampling_spec, _spec_of_init
+from .writes import (_RANDOM_FACTORIES, _RANDOM_METHODS, _constant_of, _derived_seed, _destination,
+                     _is_data_setter, _sampling_spec, _spec_of_init)
 from .routing_shards import (ShardWriteError, _box_of, box_regions, check_mode_model, copy_into_dtensor_,
                              dtensor_regions, fill_dtensor_, global_index, index_box, storage_key,
                              whole_tensor_fallback_)
@@ -75,21 +75,6 @@ _INIT_STRUCTURED = ("dirac_",)
 _INIT_ROUTED = _INIT_RANDOM + _INIT_STRUCTURED
 _TORCH_INIT = {n: getattr(torch.nn.init, n) for n in _INIT_ROUTED}
 _SIGS = {n: inspect.signature(f) for n, f in _TORCH_INIT.items()}
-
-_RANDOM_METHODS = {
-    torch.Tensor.bernoulli_, torch.Tensor.random_, torch.Tensor.exponential_, torch.Tensor.geometric_,
-    torch.Tensor.log_normal_, torch.Tensor.cauchy_,
-}
-_RANDOM_FACTORIES = {
-    torch.rand, torch.randn, torch.randint, torch.randperm, torch.rand_like, torch.randn_like, torch.randint_like,
-    torch.normal, torch.bernoulli, torch.multinomial, torch.poisson, torch.Tensor.bernoulli, torch.Tensor.multinomial,
-}
-
-
-def _derived_seed(seed: int, path: str) -> int:
-    h = hashlib.blake2b(f"{seed}/{path}".encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") & ((1 << 63) - 1)
-
 
 @dataclass
 class _Target:

@@ -4,6 +4,7 @@ the init audit). Pure functions of the call; no state."""
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import math
 from typing import Any
@@ -148,3 +149,19 @@ def _spec_of_init(name: str, shape: tuple[int, ...], a: dict[str, Any]) -> S.Spe
         spec.check_shape(shape)
         return spec
     return None
+
+
+#: torch calls that draw from torch's RNG: routed to a seed derived from the tensor's name
+_RANDOM_METHODS = {
+    torch.Tensor.bernoulli_, torch.Tensor.random_, torch.Tensor.exponential_, torch.Tensor.geometric_,
+    torch.Tensor.log_normal_, torch.Tensor.cauchy_,
+}
+_RANDOM_FACTORIES = {
+    torch.rand, torch.randn, torch.randint, torch.randperm, torch.rand_like, torch.randn_like, torch.randint_like,
+    torch.normal, torch.bernoulli, torch.multinomial, torch.poisson, torch.Tensor.bernoulli, torch.Tensor.multinomial,
+}
+
+
+def _derived_seed(seed: int, path: str) -> int:
+    h = hashlib.blake2b(f"{seed}/{path}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") & ((1 << 63) - 1)
