@@ -59,14 +59,15 @@ def main() -> None:
             rows.append(("tensor digests alone", _best(lambda: W._tensor_digests(model.state_dict()), args.repeat)))
     finally:
         shutil.rmtree(d)
-    print(f"{mib:.0f} MiB, torchinit from {os.path.dirname(torchinit.__file__)}, "
-          f"load average {' '.join(open('/proc/loadavg').read().split()[:3])}")
+    with open("/proc/loadavg") as fh:
+        load = " ".join(fh.read().split()[:3])
+    print(f"{mib:.0f} MiB, torchinit from {os.path.dirname(torchinit.__file__)}, load average {load}")
     for name, (wall, cpu) in rows:
         print(f"  {name:30s} wall {wall:6.3f} s   CPU {cpu:6.3f} s")
     data = os.urandom(1 << 20) * 64
     speeds = []
     for name in ("sha256", "sha1", "blake2b", "blake2s", "sha512", "md5", "sha3_256"):
-        _, cpu = _best(lambda: hashlib.new(name, data).digest(), 3)
+        _, cpu = _best(lambda name=name: hashlib.new(name, data).digest(), 3)
         speeds.append(f"{name} {64 / 1024 / cpu:.2f}")
     print("  hashlib, one thread, GiB/s of CPU time: " + ", ".join(speeds))
 
