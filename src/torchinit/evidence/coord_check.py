@@ -146,7 +146,8 @@ class CoordCheck:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
-        order = [g for g in ("input", "hidden", GROUP, "vector", "output", "fixed", "layers") if g in self.groups.values()]
+        order = [g for g in ("input", "hidden", GROUP, "vector", "output", "fixed", "layers")
+                 if g in self.groups.values()]
         fig = Figure(figsize=(3.2 * max(len(order), 1), 3.0), dpi=100, layout="constrained")
         FigureCanvasAgg(fig)
         axes = fig.subplots(1, max(len(order), 1), squeeze=False)[0]
