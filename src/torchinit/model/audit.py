@@ -227,7 +227,10 @@ def _mark(mask: Tensor, base: Tensor, local: Tensor, view: Tensor | None, box: t
         for sl, _ in regions:
             mask[sl] = True
     elif index is not None:  # base[index] = value: the same index on the mask selects the same elements
-        mask[index] = True
+        try:
+            mask[index] = True
+        except (IndexError, RuntimeError, TypeError):  # an index only base accepts: count it whole, as before
+            mask.fill_(True)
     elif box is not None:
         offsets, sizes = box
         mask[tuple(slice(o, o + n) for o, n in zip(offsets, sizes))] = True
