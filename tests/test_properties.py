@@ -105,7 +105,8 @@ def _stricter(name, kw):
 def _names_nonfinite(kw, exc):
     """``exc`` is our ValueError naming a nan/inf argument of ``kw``."""
     return isinstance(exc, ValueError) and any(
-        isinstance(v, float) and not math.isfinite(v) and str(exc).split(" (")[0].endswith(f"{k} must be finite, got {k}={v}")
+        isinstance(v, float) and not math.isfinite(v)
+        and str(exc).split(" (")[0].endswith(f"{k} must be finite, got {k}={v}")
         for k, v in kw.items())
 
 

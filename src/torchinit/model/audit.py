@@ -151,8 +151,8 @@ class InitAudit:
             mask = self._covered.get(name)
             if mask is None:
                 mask = torch.zeros(tuple(local.shape), dtype=torch.bool, device=local.device)
-            _mark(mask, base, local, view, box, regions, index)
-            self._covered[name] = None if bool(mask.all()) else mask
+            _mark(mask, base, local, view, box, regions, index)  # O(part): whether all is covered is asked later
+            self._covered[name] = mask
         key = (how, _describe(what))
         e.writes[key] = e.writes.get(key, 0) + 1
         spec = what if isinstance(what, S.Spec) else None
@@ -171,7 +171,15 @@ class InitAudit:
         """Tensors written only in part: qualified name -> number of elements no write covered
         (on a sharded model: of this rank's shard)."""
         replaced = self._replaced()
-        return {n: int((~m).sum()) for n, m in self._covered.items() if m is not None and n not in replaced}
+        out = {}
+        for n, m in self._covered.items():
+            if m is not None and n not in replaced:
+                left = int(m.numel() - m.sum())
+                if left:
+                    out[n] = left
+                else:
+                    self._covered[n] = None  # covered after all: free the mask
+        return out
 
     def raise_if_incomplete(self) -> None:
         missing, partial = self.missing(), self.partial()
@@ -220,7 +228,10 @@ def _mark(mask: Tensor, base: Tensor, local: Tensor, view: Tensor | None, box: t
         for sl, _ in regions:
             mask[sl] = True
     elif index is not None:  # base[index] = value: the same index on the mask selects the same elements
-        mask[index] = True
+        try:
+            mask[index] = True
+        except (IndexError, RuntimeError, TypeError):  # an index only base accepts: count it whole, as before
+            mask.fill_(True)
     elif box is not None:
         offsets, sizes = box
         mask[tuple(slice(o, o + n) for o, n in zip(offsets, sizes))] = True
