@@ -45,6 +45,7 @@ pass that already reflects the changes made to earlier layers.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Sequence
@@ -55,7 +56,7 @@ from torch import Tensor, nn
 from .._progress import _track
 from ..core import specs as S
 from ..initializers import fill_
-from ..model.calls import call_model, first_tensor
+from ..model.calls import call_model, first_tensor, seeded_rng
 from .diagnostics.classify import _kind
 from .diagnostics.fmt import _fmt
 from .lsuv_roles import _branch_stats, _label, _residual_ends, _tied_layers
@@ -265,6 +266,9 @@ def lsuv_(
         seed: when given, the orthogonal pre-init uses the keyed engine with
             ``Key(seed).child(f"{name}.weight")``: deterministic for any seed and
             independent of the global RNG. Without it, the global torch RNG is used.
+            The measurement passes run on a forked global RNG seeded with ``seed`` (0
+            without one): dropout in a train-mode model draws the same masks whatever the
+            caller's RNG state, which is restored after; the model's mode is not changed.
         modules: which layers: None = every Linear/Conv (any leaf module with a
             >= 2-D ``weight``, embeddings excluded); or names / module objects; or a
             predicate ``(name, module) -> bool``. Each must have a floating-point
@@ -338,6 +342,7 @@ def lsuv_(
     tx = _Transaction(model, [m for _, m in chosen])
     report = LSUVReport(layers=[], tol=float(tol), max_iter=max_iter, seed=seed,
                         extra={"residual": residual, "tied": dict(tied), "residual_ends": list(ends)})
+    rng = contextlib.ExitStack()
     try:
         with torch.no_grad():
             for name, m in chosen:
@@ -352,6 +357,9 @@ def lsuv_(
                 b = getattr(m, "bias", None)
                 if zero_bias and isinstance(b, Tensor):
                     b.zero_()
+        # the measurement passes run on a forked RNG seeded with seed (0 without one): dropout in a
+        # train-mode model draws the same masks whatever the caller's RNG state (restored after)
+        rng.enter_context(seeded_rng(model, inputs, seed if seed is not None else 0))
         order = _forward_order(model, inputs, chosen)
         by_name = dict(chosen)
         for name, m in chosen:
@@ -422,8 +430,10 @@ def lsuv_(
                 layer.bias_shift = -mu
         report.layers = ordered + report.layers
     except BaseException:
+        rng.close()
         tx.restore(params=True)
         raise
+    rng.close()
     tx.restore(params=False)
     return report
 

@@ -4,16 +4,17 @@ config (Hugging Face models), and how it finds the tensor in what the model retu
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import types
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
-__all__ = ["call_model", "first_tensor", "dummy_inputs", "meta_view", "to_meta", "MetaScalars"]
+__all__ = ["call_model", "first_tensor", "dummy_inputs", "meta_view", "to_meta", "MetaScalars", "seeded_rng"]
 
 
 def first_tensor(x: Any) -> Tensor | None:
@@ -41,6 +42,23 @@ def call_model(model: nn.Module, inputs: Any) -> Any:
     if isinstance(inputs, (tuple, list)):
         return model(*inputs)
     return model(inputs)
+
+
+@contextlib.contextmanager
+def seeded_rng(model: nn.Module, inputs: Any, seed: int) -> Iterator[None]:
+    """Run a measurement pass on a forked global RNG seeded with ``seed``: random ops in the
+    forward (dropout of a model in train mode, as Hugging Face models built from a config are)
+    draw a function of ``seed``, not of the caller's RNG state, which is restored after (the CPU
+    generator and those of the CUDA devices the model and inputs are on)."""
+    devices = set()
+    for t in [*model.parameters(), *model.buffers(), first_tensor(inputs)]:
+        if isinstance(t, Tensor) and t.device.type == "cuda":
+            devices.add(t.device.index if t.device.index is not None else torch.cuda.current_device())
+    with torch.random.fork_rng(devices=sorted(devices)):
+        torch.random.default_generator.manual_seed(seed)
+        for i in devices:
+            torch.cuda.default_generators[i].manual_seed(seed)
+        yield
 
 
 def _meta_tensor(t: Tensor) -> Tensor:

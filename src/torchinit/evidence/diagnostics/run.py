@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict
 from typing import Any, Callable
 
@@ -11,7 +12,7 @@ from torch import Tensor, nn
 
 from ..._progress import _Progress
 from ..._version import __version__
-from ...model.calls import call_model, first_tensor
+from ...model.calls import call_model, first_tensor, seeded_rng
 from .params import _param_stats
 from .record import _FunctionalActivations, _Recorder
 from .report import Report, Thresholds
@@ -45,6 +46,7 @@ def diagnose(
     max_cosine_samples: int = 64,
     label: str | None = None,
     progress: bool | None = None,
+    seed: int = 0,
 ) -> Report:
     """Measure how the signal propagates through ``model`` on ``inputs`` and judge it.
 
@@ -72,6 +74,11 @@ def diagnose(
         progress: ``None`` (default): a progress bar (forward, backward, parameter
             checks) on stderr when the run takes longer than ~2 s and stderr is a
             terminal; ``True``: also when not a terminal; ``False``: never.
+        seed: the forward and backward passes run on a forked global RNG seeded with
+            ``seed``: random ops in a model in train mode (dropout; Hugging Face models built
+            from a config are in train mode) draw the same values on every call, so the
+            report is a function of (model, inputs, seed); the caller's RNG is left as it was.
+            The model's mode is not changed (BatchNorm keeps using batch statistics).
 
     Returns:
         a :class:`Report`.
@@ -82,6 +89,8 @@ def diagnose(
         raise ValueError(f"diagnose: max_cosine_samples must be an integer >= 2, got {max_cosine_samples!r}")
     if progress is not None and not isinstance(progress, bool):
         raise TypeError(f"diagnose: progress must be None, True or False, got {progress!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"diagnose: seed must be an int, got {seed!r}")
     th = thresholds or Thresholds()
     if any(p.is_meta for p in model.parameters()):
         raise ValueError("diagnose: the model has parameters on the meta device; materialize it first "
@@ -110,7 +119,9 @@ def diagnose(
     bar.set_label("forward")
     loss_kind = None
     grad_note = None if backward else "backward=False: gradient statistics were not measured"
+    rng = contextlib.ExitStack()
     try:
+        rng.enter_context(seeded_rng(model, inputs, seed))  # dropout draws a function of seed
         rec.attach()  # inside try: hooks attached before a failure are removed in finally
         stream.attach()
         with torch.set_grad_enabled(backward), _FunctionalActivations(rec):
@@ -149,6 +160,7 @@ def diagnose(
         bar.close()
         raise
     finally:
+        rng.close()  # the caller's RNG state is restored
         rec.detach()
         stream.detach()
         rec.leaves.clear()
