@@ -180,15 +180,19 @@ def flow_detect(model: nn.Module, layers: Mapping[str, Any], run: Any) -> dict[s
             m.training = flags.get(n, m.training)
     out: dict[str, Detection] = {}
     for n in flow.ran:
-        res = flow.found.get(n, [])
-        acts = [r for r in res if r[0] != "linear"]
-        if acts:
-            first = acts[0]
-            others = sorted({a[0] for a in acts} - {first[0]})
-            via = first[2] + (f"; also {', '.join(others)} (ambiguous, first kept)" if others else "")
-            out[n] = Detection(first[0], first[1], "hooks", via)
-        elif res:
-            out[n] = Detection("linear", None, "hooks", res[0][2])
-        else:
-            out[n] = Detection("linear", None, "hooks", "output")
+        out[n] = pick_detection(flow.found.get(n, []), "hooks", "output")
     return out
+
+
+def pick_detection(res: list, source: str, unused: str) -> Detection:
+    """The detection of a layer whose output reached ``res`` (``(nonlinearity, param, via)``
+    in data-flow order): the first activation (others named as ambiguous), else linear."""
+    acts = [r for r in res if r[0] != "linear"]
+    if acts:
+        first = acts[0]
+        others = sorted({a[0] for a in acts} - {first[0]})
+        via = first[2] + (f"; also {', '.join(others)} (ambiguous, first kept)" if others else "")
+        return Detection(first[0], first[1], source, via)
+    if res:
+        return Detection("linear", None, source, res[0][2])
+    return Detection("linear", None, source, unused)

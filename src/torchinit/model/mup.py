@@ -36,6 +36,7 @@ from ..core import specs as S
 from .errors import PolicyError
 from .plan import Plan, PlanEntry
 from .policy import Policy, load_policy
+from .resolve import _tensors_in_order
 from .resolve import plan as _plan
 
 __all__ = ["MuP", "MuRole", "ROLES"]
@@ -100,15 +101,9 @@ def _in_out_dims(mod: nn.Module, local: str, ndim: int) -> tuple[int, int] | Non
 
 
 def _unique_tensors(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, Tensor, str]]:
-    """(qualified name, owner module, local name, tensor, kind), tied tensors once."""
-    seen: set[int] = set()
-    for mpath, mod in model.named_modules():
-        for kind, store in (("parameter", mod._parameters), ("buffer", mod._buffers)):
-            for local, t in store.items():
-                if t is None or id(t) in seen:
-                    continue
-                seen.add(id(t))
-                yield (f"{mpath}.{local}" if mpath else local), mod, local, t, kind
+    """(qualified name, owner module, local name, tensor, kind), tied tensors once: the plan's walk."""
+    for name, _mpath, mod, local, t, kind in _tensors_in_order(model):
+        yield name, mod, local, t, kind
 
 
 def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:

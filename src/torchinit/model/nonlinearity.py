@@ -56,7 +56,7 @@ from torch import nn
 from ..core.gains import auto_gain
 from .activations import (TRANSPARENT_FUNCS, TRANSPARENT_METHODS, Detection, activation_of_call,
                           activation_of_module, is_weight_layer, transparent_module)
-from .forward_flow import flow_detect
+from .forward_flow import flow_detect, pick_detection
 
 __all__ = [
     "Detection",
@@ -168,16 +168,7 @@ def _fx_detect(model: nn.Module, layers: dict[str, nn.Module]) -> dict[str, Dete
         if own is not None:  # the layer's forward ends in it: it follows this layer whatever comes next
             out[name] = Detection(own[0], own[1], "fx", f"{own[2]} in {name}'s forward")
             continue
-        acts = [r for r in res if r[0] != "linear"]
-        if acts:
-            first = acts[0]
-            others = sorted({a[0] for a in acts} - {first[0]})
-            via = first[2] + (f"; also {', '.join(others)} (ambiguous, first kept)" if others else "")
-            out[name] = Detection(first[0], first[1], "fx", via)
-        elif res:
-            out[name] = Detection("linear", None, "fx", res[0][2])
-        else:
-            out[name] = Detection("linear", None, "fx", "unused output")
+        out[name] = pick_detection(res, "fx", "unused output")
     return out
 
 
