@@ -4,12 +4,10 @@ bitwise those of single-process init with the same seed, computed in the parent.
 
 from __future__ import annotations
 
-import os
-import traceback
-
 import pytest
 import torch
 import torch.distributed as dist
+from _dist import rank_report
 
 import torchinit
 from torchinit import zoo
@@ -42,7 +40,7 @@ def _bits(t):
 
 def _worker(rank, world, init_method, refs, result_dir):
     failures: list[str] = []
-    try:
+    with rank_report(rank, result_dir, failures):
         torch.set_num_threads(1)
         dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world)
         from torch.distributed.device_mesh import init_device_mesh
@@ -76,13 +74,6 @@ def _worker(rank, world, init_method, refs, result_dir):
             if not sharded:
                 failures.append(f"{label}: nothing was sharded")
         m(torch.randint(0, 37, (2, 8))).float().sum().backward()  # trains after init
-    except Exception:
-        failures.append(traceback.format_exc())
-    finally:
-        with open(os.path.join(result_dir, f"rank{rank}.txt"), "w") as fh:
-            fh.write("\n".join(failures))
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def test_mup_through_materialize_and_init_model_on_fsdp2_equals_one_process(tmp_path):

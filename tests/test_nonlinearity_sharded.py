@@ -6,15 +6,13 @@ model, fail, fall back to registration order and swap the MLP gains (c_fc std 0.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import sys
-import traceback
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
+from _dist import rank_report
 
 pytestmark = [
     pytest.mark.distributed,
@@ -43,21 +41,9 @@ def _signature(p):
     return [(e.name, e.nonlinearity, e.nonlinearity_source, e.gain, e.spec) for e in p.entries]
 
 
-@contextlib.contextmanager
-def _rank_report(rank: int, result_dir: str, failures: list[str]):
-    try:
-        yield
-    except Exception:
-        failures.append(traceback.format_exc())
-    finally:
-        Path(result_dir, f"rank{rank}.txt").write_text("\n".join(failures))
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
 def _worker(rank, world, init_method, result_dir):
     failures: list[str] = []
-    with _rank_report(rank, result_dir, failures):
+    with rank_report(rank, result_dir, failures):
         import warnings
 
         import torchinit

@@ -8,10 +8,8 @@ TP: _StridedShard), FSDP2 with CPUOffloadPolicy, ``init_model``/``materialize`` 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
-import traceback
 
 import pytest
 import torch
@@ -20,6 +18,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(__file__))
 import _sharded_models as SM  # noqa: E402
+from _dist import rank_report  # noqa: E402
 
 pytestmark = [
     pytest.mark.distributed,
@@ -50,19 +49,6 @@ def _compare(label, model, ref, failures):
             failures.append(f"{label}: {k} missing from the sharded model")
         elif not _same_bits(got[k], v):
             failures.append(f"{label}: {k} differs from one process")
-
-
-@contextlib.contextmanager
-def _rank_report(rank, result_dir, failures):
-    try:
-        yield
-    except Exception:
-        failures.append(traceback.format_exc())
-    finally:
-        with open(os.path.join(result_dir, f"rank{rank}.txt"), "w") as fh:
-            fh.write("\n".join(failures))
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def _fsdp(model, mesh, **kw):
@@ -100,7 +86,7 @@ def _init(model, failures, label, skip_norm=False):
 
 def _worker(rank, world, init_method, refs, result_dir):
     failures: list[str] = []
-    with _rank_report(rank, result_dir, failures):
+    with rank_report(rank, result_dir, failures):
         torch.set_num_threads(1)
         dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world)
         from torch.distributed.device_mesh import init_device_mesh
@@ -266,7 +252,7 @@ def _check_plan(label, got, ref, failures):
 def _module_worker(rank, world, init_method, refs_path, result_dir):
     failures: list[str] = []
     refs = torch.load(refs_path, weights_only=False)
-    with _rank_report(rank, result_dir, failures):
+    with rank_report(rank, result_dir, failures):
         torch.set_num_threads(1)
         dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world)
         from torch.distributed.device_mesh import init_device_mesh
@@ -375,7 +361,7 @@ def _dirac_reference():
 
 def _dirac_worker(rank, world, init_method, ref, result_dir):
     failures: list[str] = []
-    with _rank_report(rank, result_dir, failures):
+    with rank_report(rank, result_dir, failures):
         torch.set_num_threads(1)
         dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world)
         from torch.distributed.device_mesh import init_device_mesh

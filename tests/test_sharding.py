@@ -5,15 +5,15 @@ computed in THIS (the parent) process."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
-import traceback
 
 import pytest
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from _dist import rank_report
 
 import torchinit
 from torchinit import specs as S
@@ -116,24 +116,9 @@ def _check_model(label, model, refs, failures):
             failures.append(f"{label}: {k} differs from single-process init")
 
 
-@contextlib.contextmanager
-def _rank_report(rank: int, result_dir: str, failures: list[str]):
-    """Run a rank's checks: an exception becomes a failure; the failures go to
-    ``rank{rank}.txt`` (empty: all passed) and the process group is destroyed."""
-    try:
-        yield
-    except Exception:
-        failures.append(traceback.format_exc())
-    finally:
-        with open(os.path.join(result_dir, f"rank{rank}.txt"), "w") as fh:
-            fh.write("\n".join(failures))
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
 def _worker(rank, world, init_method, refs, result_dir):
     failures: list[str] = []
-    with _rank_report(rank, result_dir, failures):
+    with rank_report(rank, result_dir, failures):
         torch.set_num_threads(1)
         dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world)
         from torch.distributed.device_mesh import init_device_mesh
@@ -301,7 +286,7 @@ def _detection_signature(p):
 
 def _detect_worker(rank, world, init_method, result_dir):
     failures: list[str] = []
-    with _rank_report(rank, result_dir, failures):
+    with rank_report(rank, result_dir, failures):
         torch.set_num_threads(1)
         dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world)
         from torch.distributed.device_mesh import init_device_mesh
