@@ -122,6 +122,45 @@ def test_subnormal_values_round_like_the_stream(path, restore_path, same_bits):
 
 
 @native_only
+def test_normal_tail_test_on_the_word_is_the_float_test():
+    """The AVX-512 normal picks its tail elements (|q| > 0.425) by comparing the word's low
+    31 bits with one integer found when the module loads; around it and at the ends, that
+    is the float test of the stream (q = t - 1/2, t = ((m >> 7) 128 + (m & 127) + 1/2) 2^-32)."""
+    lim = B.native_module().normal_tail_words()
+    m = torch.cat([torch.arange(lim - 70000, lim + 70000), torch.tensor([0, 1, 2**31 - 2, 2**31 - 1])])
+    t = (((m >> 7) * 128).to(torch.float32) + ((m & 127).to(torch.float32) + 0.5)) * 2.0**-32
+    q = t - 0.5
+    is_tail = q.abs() > torch.tensor(0.425, dtype=torch.float32)
+    assert torch.equal(is_tail, m < lim)
+    assert abs(lim / 2**31 - 0.15) < 1e-6  # t = m 2^-32 < 0.075: P(tail) = 0.15
+
+
+# On each side of the bound below which the AVX-512 bfloat16 stores check every vector for
+# subnormal values (vcvtne2ps2bf16 reads them as 0): scales and means whose values are never
+# subnormal (the check is skipped) and ones just past it (the check runs)
+NEAR_SUBNORMAL = [
+    S.Normal(0.0, 2.0**-92),  # |x| >= 2^-92 |z| >= 2^-125: no check
+    S.Normal(0.0, 2.0**-93),
+    S.Normal(2.0**-103, 2.0**-69),  # both terms on the 2^-126 grid: no check
+    S.Normal(2.0**-104, 2.0**-69),
+    S.Uniform(-(2.0**-103), 2.0**-103),
+    S.Uniform(-(2.0**-105), 2.0**-104),
+    S.TruncatedNormal(0.0, 2.0**-40, -(2.0**-40), 2.0**-40),
+    S.TruncatedNormal(0.0, 2.0**-80, -(2.0**-79), 2.0**-79),
+]
+
+
+@native_only
+@pytest.mark.parametrize("spec", NEAR_SUBNORMAL, ids=repr)
+def test_bfloat16_near_the_subnormal_bound(spec, restore_path, same_bits):
+    _path("avx512")
+    set_num_threads(1)
+    box = ((1 << 21,), (5,), ((1 << 20) + 3,))
+    ref = _fill("reference", spec, torch.bfloat16, *box)
+    same_bits(_fill("avx512", spec, torch.bfloat16, *box), ref)
+
+
+@native_only
 @pytest.mark.parametrize("path", ["avx2", "avx512"])
 def test_path_matches_portable_on_large_outputs(path, restore_path, same_bits):
     """Outputs of 16 MiB and more take the non-temporal stores (aligned and, through a

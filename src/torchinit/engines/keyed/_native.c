@@ -46,6 +46,7 @@ typedef struct {
     int esize;
     int big; /* output of at least g_nt_min_bytes */
     int nt;  /* uniform / raw bits: non-temporal stores (from registers, or via an L1 batch) */
+    int bf16_exact; /* no value can be a nonzero subnormal float32 (see no_subnormal_values) */
 } job_t;
 
 /* ---------------------------------------------------------------- constants */
@@ -415,6 +416,8 @@ static int seg32_avx512(const job_t *J, const uint32_t *restrict wp, int n, char
 #endif
 /* outputs of at least this many bytes are written with non-temporal stores */
 static double g_nt_min_bytes = 16.0 * 1024 * 1024;
+/* the normal's tail test on the word (see ppnd_seg16): w & 0x7FFFFFFF < this */
+static uint32_t g_normal_tail_words;
 
 /* words of groups [g0, g0 + ng) into w (32 words per group) */
 static inline void gen_groups(const job_t *J, uint64_t g0, int ng, uint32_t *restrict w) {
@@ -509,6 +512,29 @@ static void init_lut(void) {
             if (m & (1 << b)) v |= (uint64_t)b << (8 * k++);
         g_lut[m] = v;
     }
+}
+
+/* whether the normal's element with word bits m = w & 0x7FFFFFFF takes the tail branch:
+   the portable path's q and test, scalar */
+static int normal_word_is_tail(uint32_t m) {
+    float t = ((float)(int32_t)(m >> 7) * 128.0f + ((float)(int32_t)(m & 127u) + 0.5f)) * 0x1p-32f;
+    float q = t - 0.5f;
+    float aq = q < 0.0f ? -q : q;
+    return aq > F(0.425);
+}
+
+/* g_normal_tail_words: the least m that is not a tail word (the tail words are exactly
+   [0, L): q is non-decreasing in m and never positive), by bisection */
+static void init_normal_tail_words(void) {
+    uint32_t lo = 0, hi = 0x80000000u; /* normal_word_is_tail(lo), !normal_word_is_tail(hi) */
+    while (hi - lo > 1) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (normal_word_is_tail(mid))
+            lo = mid;
+        else
+            hi = mid;
+    }
+    g_normal_tail_words = hi;
 }
 
 static int compact_tail_scalar(const float *restrict qs, int n, int *restrict idx) {
@@ -1045,7 +1071,8 @@ static inline __m512i bf16_soft16(__m512i u) {
     return _mm512_srli_epi32(u, 16);
 }
 
-static inline __attribute__((always_inline)) __m512i bf16x32(__m512 a, __m512 b) {
+static inline __attribute__((always_inline)) __m512i bf16x32(__m512 a, __m512 b, int exact) {
+    if (exact) return (__m512i)_mm512_cvtne2ps_pbh(b, a); /* the job has no subnormal values */
     const __m512i E = _mm512_set1_epi32(0x7F800000);
     __mmask16 ok = _mm512_test_epi32_mask(_mm512_castps_si512(a), E) & _mm512_test_epi32_mask(_mm512_castps_si512(b), E);
     if (__builtin_expect(ok == 0xFFFF, 1)) return (__m512i)_mm512_cvtne2ps_pbh(b, a);
@@ -1075,7 +1102,8 @@ static inline __attribute__((always_inline)) void st5(int nt, char *dst, __m512i
 /* groups [g0, g0 + ng) of the uniform (or raw bits) output straight from the Philox
    registers to out; per element the operations of emit_group */
 static inline __attribute__((always_inline)) void uniform_groups512(const job_t *J, const uk5_t *U, int dtype,
-                                                                     int nt, uint64_t g0, int ng, char *out) {
+                                                                     int nt, int exact, uint64_t g0, int ng,
+                                                                     char *out) {
     __m512i KA[10], KB[10];
     phx5_keys(J, KA, KB);
     const size_t gbytes = 32u * (size_t)(dtype == DT_BF16 ? 2 : 4);
@@ -1100,23 +1128,25 @@ static inline __attribute__((always_inline)) void uniform_groups512(const job_t 
                 st5(nt, dst, _mm512_castps_si512(unif16(U, w0)));
                 st5(nt, dst + 64, _mm512_castps_si512(unif16(U, w1)));
             } else {
-                st5(nt, dst, bf16x32(unif16(U, w0), unif16(U, w1)));
+                st5(nt, dst, bf16x32(unif16(U, w0), unif16(U, w1), exact));
             }
         }
         g += m;
     }
 }
 
-#define UNIF5_VARIANT(name, DT, NT)                                                        \
+#define UNIF5_VARIANT(name, DT, NT, EXACT)                                                 \
     static void name(const job_t *J, const uk5_t *U, uint64_t g0, int ng, char *out) {    \
-        uniform_groups512(J, U, DT, NT, g0, ng, out);                                      \
+        uniform_groups512(J, U, DT, NT, EXACT, g0, ng, out);                               \
     }
-UNIF5_VARIANT(unif5_f32, DT_F32, 0)
-UNIF5_VARIANT(unif5_f32_nt, DT_F32, 1)
-UNIF5_VARIANT(unif5_bf16, DT_BF16, 0)
-UNIF5_VARIANT(unif5_bf16_nt, DT_BF16, 1)
-UNIF5_VARIANT(unif5_u32, DT_U32, 0)
-UNIF5_VARIANT(unif5_u32_nt, DT_U32, 1)
+UNIF5_VARIANT(unif5_f32, DT_F32, 0, 0)
+UNIF5_VARIANT(unif5_f32_nt, DT_F32, 1, 0)
+UNIF5_VARIANT(unif5_bf16, DT_BF16, 0, 0)
+UNIF5_VARIANT(unif5_bf16_nt, DT_BF16, 1, 0)
+UNIF5_VARIANT(unif5_bf16x, DT_BF16, 0, 1)
+UNIF5_VARIANT(unif5_bf16x_nt, DT_BF16, 1, 1)
+UNIF5_VARIANT(unif5_u32, DT_U32, 0, 0)
+UNIF5_VARIANT(unif5_u32_nt, DT_U32, 1, 0)
 
 static void philox_words_avx512(const job_t *J, uint64_t g0, int ng, uint32_t *w) {
     uk5_t U;
@@ -1136,6 +1166,8 @@ static void fill_groups_direct512(const job_t *J, uint64_t g0, int ng, char *out
         (nt ? unif5_u32_nt : unif5_u32)(J, &U, g0, ng, out);
     else if (J->dtype == DT_F32)
         (nt ? unif5_f32_nt : unif5_f32)(J, &U, g0, ng, out);
+    else if (J->bf16_exact)
+        (nt ? unif5_bf16x_nt : unif5_bf16x)(J, &U, g0, ng, out);
     else
         (nt ? unif5_bf16_nt : unif5_bf16)(J, &U, g0, ng, out);
 }
@@ -1210,125 +1242,165 @@ static inline void tail16(const __m512 *q, __m512 *rr) {
 
 typedef struct {
     __m512 c0, c1, c2, c3, lo, hi;
-    int clamp, bf16, nt;
 } vk5_t;
 
-static inline void qt16(const vk5_t *K, int normal, const __m512i *w, __m512 *q, __m512 *t) {
-    if (normal) {
-        FOR5 {
-            __m512 hi = _mm512_cvtepi32_ps(_mm512_and_si512(w[v], SI(0x7FFFFF80)));
-            __m512 lo = ADD5(_mm512_cvtepi32_ps(_mm512_and_si512(w[v], SI(127))), S1(0.5f));
-            t[v] = MUL5(ADD5(hi, lo), S1(0x1p-32f));
-        }
-        FOR5 q[v] = SUB5(t[v], S1(0.5f));
-    } else {
-        FOR5 {
-            __m512 u = MUL5(ADD5(_mm512_cvtepi32_ps(_mm512_srli_epi32(w[v], 9)), S1(0.5f)), S1(0x1p-23f));
-            q[v] = ADD5(K->c2, MUL5(u, K->c3));
-        }
-        FOR5 t[v] = _mm512_max_ps(SUB5(S1(0.5f), _mm512_abs_ps(q[v])), S1(0x1p-126f));
-    }
+/* the normal's (q, t) from words: t = RN(m + 1/2) 2^-32 with m = w & 0x7FFFFFFF (qt8's
+   hi + lo, one rounding) is RN(2m + 1) 2^-33, one unsigned conversion of (w << 1) | 1 */
+static inline __attribute__((always_inline)) void qt16_normal(const __m512i *w, __m512 *q, __m512 *t) {
+    FOR5 t[v] = MUL5(_mm512_cvtepu32_ps(_mm512_or_si512(_mm512_slli_epi32(w[v], 1), SI(1))), S1(0x1p-33f));
+    FOR5 q[v] = SUB5(t[v], S1(0.5f));
 }
 
-static inline void sign_affine16(const vk5_t *K, int normal, const __m512i *w, __m512 *z) {
-    if (normal) FOR5 z[v] = _mm512_xor_ps(z[v], _mm512_castsi512_ps(_mm512_and_si512(w[v], SI(0x80000000u))));
-    FOR5 z[v] = ADD5(K->c0, MUL5(K->c1, z[v]));
-    if (K->clamp) FOR5 z[v] = _mm512_min_ps(K->hi, _mm512_max_ps(K->lo, z[v]));
+/* the truncated normal's (central mode) q = c2 + u c3 from a word, and t = max(1/2 - |q|, TINY) */
+static inline __attribute__((always_inline)) __m512 q16_trunc(const vk5_t *K, __m512i w) {
+    __m512 u = MUL5(ADD5(_mm512_cvtepi32_ps(_mm512_srli_epi32(w, 9)), S1(0.5f)), S1(0x1p-23f));
+    return ADD5(K->c2, MUL5(u, K->c3));
 }
 
-/* the output of one step of 32 elements at element e (n of them valid; the last step of a
-   batch may be partial) */
-static inline __attribute__((always_inline)) void put16(const vk5_t *K, int nt, char *out, int e, int n,
-                                                         const __m512 *x) {
-    if (K->bf16) {
-        __m512i b = bf16x32(x[0], x[1]);
+static inline __attribute__((always_inline)) __m512 t16_trunc(__m512 q) {
+    return _mm512_max_ps(SUB5(S1(0.5f), _mm512_abs_ps(q)), S1(0x1p-126f));
+}
+
+static inline __attribute__((always_inline)) __mmask16 valid16(int k) {
+    return k >= 16 ? (__mmask16)0xFFFF : k > 0 ? (__mmask16)((1u << k) - 1u) : 0;
+}
+
+/* sign (normal: z ^ (w & sign bit), one vpternlogd), affine map, clamp */
+static inline __attribute__((always_inline)) __m512 sign_affine16(const vk5_t *K, int normal, int clamp, __m512i w,
+                                                                   __m512 z) {
+    if (normal) z = _mm512_castsi512_ps(_mm512_ternarylogic_epi32(_mm512_castps_si512(z), w, SI(0x80000000u), 0x78));
+    z = ADD5(K->c0, MUL5(K->c1, z));
+    if (clamp) z = _mm512_min_ps(K->hi, _mm512_max_ps(K->lo, z));
+    return z;
+}
+
+/* 32 outputs at element e, of which n valid (n < 32 only in the last step) */
+static inline __attribute__((always_inline)) void put16(int bf16, int nt, char *out, int e, int n, __m512 x0,
+                                                         __m512 x1) {
+    if (bf16) {
+        __m512i b = bf16x32(x0, x1, bf16 == 2);
         uint16_t *o = (uint16_t *)out + e;
-        if (n >= 32) {
+        if (n >= 32)
             st5(nt, (char *)o, b);
-        } else {
+        else
             _mm512_mask_storeu_epi16(o, (__mmask32)((1ull << n) - 1u), b);
-        }
         return;
     }
     float *o = (float *)out + e;
-    FOR5 {
-        int k = n - 16 * v;
-        if (k >= 16) {
-            if (nt)
-                _mm512_stream_ps(o + 16 * v, x[v]);
-            else
-                _mm512_storeu_ps(o + 16 * v, x[v]);
-        } else if (k > 0) {
-            _mm512_mask_storeu_ps(o + 16 * v, (__mmask16)((1u << k) - 1u), x[v]);
-        }
+    if (n >= 32) {
+        st5(nt, (char *)o, _mm512_castps_si512(x0));
+        st5(nt, (char *)(o + 16), _mm512_castps_si512(x1));
+    } else {
+        _mm512_mask_storeu_ps(o, valid16(n), x0);
+        _mm512_mask_storeu_ps(o + 16, valid16(n - 16), x1);
     }
 }
 
-static inline __attribute__((always_inline)) void load16(const uint32_t *wp, int n, __m512i *w) {
-    FOR5 {
-        int k = n - 16 * v;
-        __mmask16 m = k >= 16 ? (__mmask16)0xFFFF : k > 0 ? (__mmask16)((1u << k) - 1u) : 0;
-        w[v] = _mm512_maskz_loadu_epi32(m, wp + 16 * v); /* zero padding past the end */
-    }
-}
-
-/* ppnd_seg8's stages at 16 lanes: q for all and the tail elements' words packed
-   (vpcompressd), the central branch for all, the tail branch for the packed list, then
-   sign, affine map, clamp and store */
-static inline __attribute__((always_inline)) void ppnd_seg16(const vk5_t *K, int normal, const uint32_t *restrict wp,
-                                                              int n, char *out) {
-    _Alignas(64) uint32_t tw[SEG + 32];
-    _Alignas(64) int32_t idx[SEG + 32];
-    _Alignas(64) float qb[SEG + 32], zb[SEG + 48];
-    const __m512 lim = S1(F(0.425));
-    const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+/* ppnd_seg8's stages at 16 lanes, in three passes over a batch of n words:
+   1. the tail elements (|q| > 0.425, about 15%) packed with vpcompressd into a register
+      and a full store (the memory form is microcoded on Zen 4): their words for the
+      normal, their q for the truncated normal (whose q is also kept for pass 3). The
+      normal's test is on the integer word: q = t - 1/2 is a non-decreasing function of
+      m = w & 0x7FFFFFFF (each step rounds monotonically) and never positive, so
+      |q| > 0.425 is exactly m < g_normal_tail_words, found at load time from the recipe;
+   2. the tail branch (log, sqrt, rational) over the packed list;
+   3. for every element the central branch, the tail values expanded into their lanes
+      (vexpandps), sign, affine map, clamp, store.
+   bf16 is 0 (float32 output), 1 (bfloat16) or 2 (bfloat16, the job has no subnormal
+   values: no check before the hardware rounding). normal, bf16, nt and clamp are constants
+   in each caller: one specialized copy each, so
+   the loops carry no branches but the last, partial step's. */
+static inline __attribute__((always_inline)) void ppnd_seg16(const vk5_t *K, const int normal, const int bf16,
+                                                              const int nt, const int clamp,
+                                                              const uint32_t *restrict wp, int n, char *out) {
+    _Alignas(64) uint32_t tp[SEG + 64]; /* packed tail words (normal) or q (truncated) */
+    _Alignas(64) float qb[SEG + 32];    /* truncated normal: q of every element */
+    _Alignas(64) float tt[SEG + 48];    /* tail values, packed */
+    const __m512i L = SI(g_normal_tail_words);
     int k = 0;
-    for (int e0 = 0; e0 < n; e0 += 16 * NV5) {
+    for (int e0 = 0; e0 < n; e0 += 32) {
+        const int r = n - e0;
         __m512i w[NV5];
-        __m512 q[NV5], t[NV5];
-        load16(wp + e0, n - e0, w);
-        qt16(K, normal, w, q, t);
-        FOR5 _mm512_store_ps(qb + e0 + 16 * v, q[v]);
+        FOR5 w[v] = r >= 32 ? _mm512_loadu_si512(wp + e0 + 16 * v) : _mm512_maskz_loadu_epi32(valid16(r - 16 * v), wp + e0 + 16 * v);
         FOR5 {
-            int valid = n - e0 - 16 * v;
-            __mmask16 vm = valid >= 16 ? (__mmask16)0xFFFF : valid > 0 ? (__mmask16)((1u << valid) - 1u) : 0;
-            __mmask16 m = _mm512_mask_cmp_ps_mask(vm, _mm512_abs_ps(q[v]), lim, _CMP_GT_OQ);
-            _mm512_storeu_si512(tw + k, _mm512_maskz_compress_epi32(m, w[v]));
-            _mm512_storeu_si512(idx + k, _mm512_maskz_compress_epi32(m, _mm512_add_epi32(SI(e0 + 16 * v), iota)));
+            __mmask16 vm = r >= 32 ? (__mmask16)0xFFFF : valid16(r - 16 * v);
+            __m512i packed;
+            __mmask16 m;
+            if (normal) {
+                m = _mm512_mask_cmplt_epu32_mask(vm, _mm512_and_si512(w[v], SI(0x7FFFFFFF)), L);
+                packed = _mm512_maskz_compress_epi32(m, w[v]);
+            } else {
+                __m512 q = q16_trunc(K, w[v]);
+                _mm512_store_ps(qb + e0 + 16 * v, q);
+                m = _mm512_mask_cmp_ps_mask(vm, _mm512_abs_ps(q), S1(F(0.425)), _CMP_GT_OQ);
+                packed = _mm512_maskz_compress_epi32(m, _mm512_castps_si512(q));
+            }
+            _mm512_storeu_si512(tp + k, packed);
             k += __builtin_popcount((unsigned)m);
         }
     }
-    for (int e0 = 0; e0 < n; e0 += 16 * NV5) {
-        __m512 q[NV5], x[NV5];
-        FOR5 q[v] = _mm512_load_ps(qb + e0 + 16 * v);
-        central16(q, x);
-        FOR5 _mm512_store_ps(zb + e0 + 16 * v, x[v]);
-    }
-    _Alignas(64) float tq[SEG + 32], tt[SEG + 48];
-    int kp = (k + 16 * NV5 - 1) / (16 * NV5) * (16 * NV5);
-    for (int j = k; j < kp; j++) tw[j] = 0u;
-    for (int j0 = 0; j0 < kp; j0 += 16 * NV5) {
-        __m512i w[NV5];
+    for (int j = k; j < k + 32; j++) tp[j] = 0u; /* the last step's lanes past k: values unused */
+    for (int j0 = 0; j0 < k; j0 += 32) {
         __m512 q[NV5], t[NV5];
-        FOR5 w[v] = _mm512_load_si512(tw + j0 + 16 * v);
-        qt16(K, normal, w, q, t);
-        FOR5 _mm512_store_ps(tq + j0 + 16 * v, q[v]);
+        if (normal) {
+            __m512i w[NV5];
+            FOR5 w[v] = _mm512_load_si512(tp + j0 + 16 * v);
+            qt16_normal(w, q, t);
+        } else {
+            FOR5 q[v] = _mm512_load_ps((const float *)tp + j0 + 16 * v);
+            FOR5 t[v] = t16_trunc(q[v]);
+        }
         log16(t);
         tailr16(t);
         tail16(q, t);
         FOR5 _mm512_store_ps(tt + j0 + 16 * v, t[v]);
     }
-    for (int j = 0; j < k; j++) zb[idx[j]] = tt[j];
-    const int nt = K->nt && (((uintptr_t)out & 63u) == 0);
-    for (int e0 = 0; e0 < n; e0 += 16 * NV5) {
+    int j = 0;
+    for (int e0 = 0; e0 < n; e0 += 32) {
+        const int r = n - e0;
         __m512i w[NV5];
-        __m512 x[NV5];
-        load16(wp + e0, n - e0, w);
-        FOR5 x[v] = _mm512_load_ps(zb + e0 + 16 * v);
-        sign_affine16(K, normal, w, x);
-        put16(K, nt, out, e0, n - e0, x);
+        __m512 q[NV5], t[NV5], x[NV5];
+        FOR5 w[v] = r >= 32 ? _mm512_loadu_si512(wp + e0 + 16 * v) : _mm512_maskz_loadu_epi32(valid16(r - 16 * v), wp + e0 + 16 * v);
+        if (normal)
+            qt16_normal(w, q, t);
+        else
+            FOR5 q[v] = _mm512_load_ps(qb + e0 + 16 * v);
+        central16(q, x);
+        FOR5 {
+            __mmask16 vm = r >= 32 ? (__mmask16)0xFFFF : valid16(r - 16 * v);
+            __mmask16 m = normal ? _mm512_mask_cmplt_epu32_mask(vm, _mm512_and_si512(w[v], SI(0x7FFFFFFF)), L)
+                                 : _mm512_mask_cmp_ps_mask(vm, _mm512_abs_ps(q[v]), S1(F(0.425)), _CMP_GT_OQ);
+            x[v] = _mm512_mask_expand_ps(x[v], m, _mm512_loadu_ps(tt + j));
+            j += __builtin_popcount((unsigned)m);
+        }
+        FOR5 x[v] = sign_affine16(K, normal, clamp, w[v], x[v]);
+        put16(bf16, nt, out, e0, r, x[0], x[1]);
     }
 }
+
+#define PPND16_VARIANT(name, NORMAL, BF16, NT, CLAMP)                                        \
+    static void name(const vk5_t *K, const uint32_t *wp, int n, char *out) {                \
+        ppnd_seg16(K, NORMAL, BF16, NT, CLAMP, wp, n, out);                                  \
+    }
+#define PPND16_VARIANTS(pre, NORMAL)                                                          \
+    PPND16_VARIANT(pre##_f32, NORMAL, 0, 0, 0)                                                \
+    PPND16_VARIANT(pre##_f32_nt, NORMAL, 0, 1, 0)                                             \
+    PPND16_VARIANT(pre##_f32_c, NORMAL, 0, 0, 1)                                              \
+    PPND16_VARIANT(pre##_f32_nt_c, NORMAL, 0, 1, 1)                                           \
+    PPND16_VARIANT(pre##_bf16, NORMAL, 1, 0, 0)                                               \
+    PPND16_VARIANT(pre##_bf16_nt, NORMAL, 1, 1, 0)                                            \
+    PPND16_VARIANT(pre##_bf16_c, NORMAL, 1, 0, 1)                                             \
+    PPND16_VARIANT(pre##_bf16_nt_c, NORMAL, 1, 1, 1)                                          \
+    PPND16_VARIANT(pre##_bf16x, NORMAL, 2, 0, 0)                                              \
+    PPND16_VARIANT(pre##_bf16x_nt, NORMAL, 2, 1, 0)                                           \
+    PPND16_VARIANT(pre##_bf16x_c, NORMAL, 2, 0, 1)                                            \
+    PPND16_VARIANT(pre##_bf16x_nt_c, NORMAL, 2, 1, 1)                                         \
+    static void (*const pre##_table[12])(const vk5_t *, const uint32_t *, int, char *) = {   \
+        pre##_f32, pre##_f32_c, pre##_f32_nt, pre##_f32_nt_c,                                \
+        pre##_bf16, pre##_bf16_c, pre##_bf16_nt, pre##_bf16_nt_c,                            \
+        pre##_bf16x, pre##_bf16x_c, pre##_bf16x_nt, pre##_bf16x_nt_c};
+PPND16_VARIANTS(ppnd16n, 1)
+PPND16_VARIANTS(ppnd16t, 0)
 
 static int seg32_avx512(const job_t *J, const uint32_t *restrict wp, int n, char *out) {
     if (J->dtype != DT_F32 && J->dtype != DT_BF16) return 0;
@@ -1340,13 +1412,9 @@ static int seg32_avx512(const job_t *J, const uint32_t *restrict wp, int n, char
     K.c3 = _mm512_set1_ps(J->cf[3]);
     K.lo = _mm512_set1_ps(J->lof);
     K.hi = _mm512_set1_ps(J->hif);
-    K.clamp = J->clamp;
-    K.bf16 = J->dtype == DT_BF16;
-    K.nt = J->big;
-    if (J->kind == K_NORMAL)
-        ppnd_seg16(&K, 1, wp, n, out);
-    else
-        ppnd_seg16(&K, 0, wp, n, out);
+    const int nt = J->big && (((uintptr_t)out & 63u) == 0);
+    const int v = (J->dtype == DT_BF16 ? (J->bf16_exact ? 8 : 4) : 0) + nt * 2 + (J->clamp != 0);
+    (J->kind == K_NORMAL ? ppnd16n_table : ppnd16t_table)[v](&K, wp, n, out);
     return 1;
 }
 #undef NV5
@@ -1361,6 +1429,7 @@ static int seg32_avx512(const job_t *J, const uint32_t *restrict wp, int n, char
 
 /* ---------------------------------------------------------------- one batch */
 static inline __attribute__((always_inline)) void process_seg_core_body(const job_t *J, int64_t g, int n, char *out) {
+    if (n <= 0) return; /* callers never pass an empty batch; this tells the compiler so */
     uint32_t wbuf[2 * SEG + 64 + 16];
     float xs[SEG + 40];
     const int W = (J->dtype == DT_F64) ? 2 : 1;
@@ -1715,6 +1784,45 @@ static int seq_to_i64(PyObject *seq, int64_t *dst, int maxn, const char *what) {
 }
 
 /* fill(ptr, dtype, kind, mode, clamp, k0, k1, sub, (c0,c1,c2,c3), lo, hi, gshape, offsets, sizes, nthreads, chunk) */
+/* unbiased exponent of a float32; -127 for zero and the subnormals */
+static int fexp32(float x) { return (int)((as_u(x) >> 23) & 0xFFu) - 127; }
+
+/* Whether no value of the job (float32 path) can be a nonzero subnormal (|x| < 2^-126).
+   Then vcvtne2ps2bf16, which reads subnormals as zero, rounds every vector exactly as the
+   stream does, and the AVX-512 bfloat16 stores skip their per-vector check. Each value is
+   c0 + P (then clamped), P the rounded product of a scale s and a value z that is 0 or at
+   least 2^g in magnitude: when c0 and P are both 0 or multiples of 2^-126, their sum and
+   its rounding are 0 or at least 2^-126. z: the uniform's integer k (g = 0, s = c1 2^-24);
+   the normal's central value, |z| >= |q| >= 2^-33 (q = t - 1/2 on the grid of t, 2^-33)
+   and tail values above 1; the truncated normal's q = c2 + RN(u c3), u >= 2^-24 on the
+   grid 2^-24. One extra bit of margin throughout. */
+static int no_subnormal_values(const job_t *J) {
+    float s, c0 = J->cf[0];
+    int g;
+    if (J->kind == K_UNIFORM) {
+        s = J->cf[1] * 0x1p-24f;
+        g = -1;
+    } else if (J->kind == K_NORMAL) {
+        s = J->cf[1];
+        g = -34;
+    } else if (J->kind == K_TRUNC && J->mode == 0) {
+        float c2 = J->cf[2], c3 = J->cf[3];
+        if (c3 == 0.0f || fexp32(c3) - 25 < -126) return 0; /* u c3 must not be subnormal */
+        g = fexp32(c3) - 24 - 23 - 1;
+        if (c2 != 0.0f) g = g < fexp32(c2) - 24 ? g : fexp32(c2) - 24;
+        s = J->cf[1];
+    } else {
+        return 0;
+    }
+    if (J->clamp && ((J->lof != 0.0f && fexp32(J->lof) < -126) || (J->hif != 0.0f && fexp32(J->hif) < -126)))
+        return 0;
+    if (s == 0.0f) return c0 == 0.0f || fexp32(c0) >= -126;
+    int pe = fexp32(s) + g; /* |P| >= 2^pe */
+    if (fexp32(s) == -127) return 0;
+    if (c0 == 0.0f) return pe >= -126;
+    return pe - 23 >= -126 && fexp32(c0) - 23 >= -126;
+}
+
 static PyObject *py_fill(PyObject *self, PyObject *args) {
     (void)self;
     unsigned long long ptr, k0, k1, sub;
@@ -1780,6 +1888,7 @@ static PyObject *py_fill(PyObject *self, PyObject *args) {
        truncated normal's tail mode) store plainly */
     J.big = (double)total * J.esize >= g_nt_min_bytes;
     J.nt = J.big && (kind == K_UNIFORM || dtype == DT_U32);
+    J.bf16_exact = no_subnormal_values(&J);
 
     int64_t nchunks = total / chunk + (total % chunk != 0); /* no int64 overflow for any chunk */
     int T = nthreads;
@@ -2021,6 +2130,12 @@ static PyObject *py_has_avx2(PyObject *self, PyObject *args) {
     return PyBool_FromLong(g_have_avx2);
 }
 
+static PyObject *py_normal_tail_words(PyObject *self, PyObject *args) {
+    (void)self;
+    (void)args;
+    return PyLong_FromUnsignedLong(g_normal_tail_words);
+}
+
 static PyMethodDef methods[] = {
     {"fill", py_fill, METH_VARARGS, "Fill a box of a keyed stream into raw memory (releases the GIL)."},
     {"philox", py_philox, METH_VARARGS, "One Philox4x32-10 block: philox(c0, c1, c2, c3, k0, k1)."},
@@ -2028,6 +2143,7 @@ static PyMethodDef methods[] = {
     {"paths", py_paths, METH_NOARGS, "Kernel paths -> the CPU flags each lacks on this machine."},
     {"get_path", py_get_path, METH_NOARGS, "The kernel path in use."},
     {"set_path", py_set_path, METH_VARARGS, "Force a kernel path: 'portable', 'avx2' or 'avx512'."},
+    {"normal_tail_words", py_normal_tail_words, METH_NOARGS, "The normal's tail test on a word w: (w & 0x7FFFFFFF) < this."},
     {"populate", py_populate, METH_VARARGS, "Fault in the whole pages of a memory range for writing, optionally as transparent huge pages (releases the GIL)."},
     {NULL, NULL, 0, NULL}};
 
@@ -2049,6 +2165,7 @@ PyMODINIT_FUNC PyInit__native(void) {
     if (getenv("TORCHINIT_NATIVE_NO_NT")) g_nt_min_bytes = 1e300;
 #endif
     init_lut();
+    init_normal_tail_words();
     PyObject *m = PyModule_Create(&moddef);
     if (m) PyModule_AddIntConstant(m, "STREAM_VERSION", 1);
     return m;
