@@ -1052,6 +1052,57 @@ static inline void phx5_keys(const job_t *J, __m512i *KA, __m512i *KB) {
     }
 }
 
+/* Rounds 1 and 2 of a batch of groups that share the counter's high word: x1 (that word),
+   x2 (the sub-stream) and x3 (0) are the same in every lane, so round 1's x2 product and
+   y0, and round 2's x0 product, are constants of the batch (phx5_consts); round 1 is then
+   one product, shift and XOR, round 2 one product, shift and two XORs, instead of 2 + 2 + 2
+   each. Bit for bit phx5_rounds' (only the low 32 bits of each 64-bit lane count). */
+typedef struct {
+    __m512i y0, p1, c1, c2, q0;
+} phx5_c_t;
+
+static inline __attribute__((always_inline)) void phx5_consts(const job_t *J, uint32_t hi, const __m512i *KA,
+                                                               const __m512i *KB, phx5_c_t *C) {
+    const __m512i M0 = _mm512_set1_epi64(PM0), M1 = _mm512_set1_epi64(PM1);
+    __m512i p1 = _mm512_mul_epu32(_mm512_set1_epi64(J->sub), M1);
+    __m512i y0 = _mm512_ternarylogic_epi32(_mm512_srli_epi64(p1, 32), _mm512_set1_epi64(hi), KA[0], 0x96);
+    __m512i q0 = _mm512_mul_epu32(y0, M0);
+    C->y0 = y0;
+    C->p1 = p1;
+    C->c1 = _mm512_xor_si512(p1, KA[1]);                       /* round 2: y0 = hi(p1) ^ x1 ^ KA */
+    C->c2 = _mm512_xor_si512(_mm512_srli_epi64(q0, 32), KB[1]); /* round 2: y2 = hi(p0) ^ x3 ^ KB */
+    C->q0 = q0;
+}
+
+/* phx5_rounds for groups whose x[i][0] holds the counters' low words (phx5_init's) */
+static inline __attribute__((always_inline)) void phx5_rounds_c(int ng, const __m512i *KA, const __m512i *KB,
+                                                                 const phx5_c_t *C, __m512i x[][4]) {
+    const __m512i M0 = _mm512_set1_epi64(PM0), M1 = _mm512_set1_epi64(PM1);
+#pragma GCC unroll 4
+    for (int i = 0; i < ng; i++) {
+        __m512i p0 = _mm512_mul_epu32(x[i][0], M0);
+        __m512i y2 = _mm512_xor_si512(_mm512_srli_epi64(p0, 32), KB[0]);
+        __m512i p1 = _mm512_mul_epu32(y2, M1);
+        x[i][0] = _mm512_xor_si512(_mm512_srli_epi64(p1, 32), C->c1);
+        x[i][1] = p1;
+        x[i][2] = _mm512_xor_si512(p0, C->c2);
+        x[i][3] = C->q0;
+    }
+#pragma GCC unroll 8
+    for (int r = 2; r < 10; r++) {
+#pragma GCC unroll 4
+        for (int i = 0; i < ng; i++) {
+            __m512i p0 = _mm512_mul_epu32(x[i][0], M0), p1 = _mm512_mul_epu32(x[i][2], M1);
+            __m512i y0 = _mm512_ternarylogic_epi32(_mm512_srli_epi64(p1, 32), x[i][1], KA[r], 0x96);
+            __m512i y2 = _mm512_ternarylogic_epi32(_mm512_srli_epi64(p0, 32), x[i][3], KB[r], 0x96);
+            x[i][1] = p1;
+            x[i][3] = p0;
+            x[i][0] = y0;
+            x[i][2] = y2;
+        }
+    }
+}
+
 /* words 0-15 (lanes 0, 1) and 16-31 (lanes 2, 3) of a group: the low halves of two lane
    registers, concatenated */
 static inline __attribute__((always_inline)) __m512i phx5_words(__m512i la, __m512i lb) {
@@ -1108,11 +1159,21 @@ static inline __attribute__((always_inline)) void uniform_groups512(const job_t 
     phx5_keys(J, KA, KB);
     const size_t gbytes = 32u * (size_t)(dtype == DT_BF16 ? 2 : 4);
     int g = 0;
+    phx5_c_t C;
+    uint32_t chi = (uint32_t)((g0 * 8u) >> 32);
+    phx5_consts(J, chi, KA, KB, &C);
     for (; g < ng;) {
         __m512i x[PHX5_NG][4];
         if (g + PHX5_NG <= ng) {
+            uint64_t b0 = (g0 + (uint64_t)g) * 8u, b1 = b0 + 8u * PHX5_NG - 1u;
             for (int i = 0; i < PHX5_NG; i++) phx5_init(J, g0 + (uint64_t)(g + i), x[i]);
-            phx5_rounds(PHX5_NG, KA, KB, x);
+            if ((uint32_t)(b0 >> 32) == chi && (uint32_t)(b1 >> 32) == chi) {
+                phx5_rounds_c(PHX5_NG, KA, KB, &C, x);
+            } else { /* the high counter word changes inside this batch (or did before it) */
+                phx5_rounds(PHX5_NG, KA, KB, x);
+                chi = (uint32_t)(b1 >> 32);
+                phx5_consts(J, chi, KA, KB, &C);
+            }
         } else {
             phx5_init(J, g0 + (uint64_t)g, x[0]);
             phx5_rounds(1, KA, KB, x);
