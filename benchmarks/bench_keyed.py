@@ -27,6 +27,11 @@ from torchinit.keyed import Key, fill_, get_backend, set_num_threads  # noqa: E4
 from torchinit.keyed import backend as B  # noqa: E402
 
 
+#: issue 18's targets: keyed float32 over torch's routine, and bfloat16 over float32 elements/s
+TARGETS = {"uniform": 12.0, "normal": 7.0, "trunc_normal": 50.0}
+BF16_TARGET = 1.0
+
+
 def best(fn, repeat: int, clock=time.perf_counter) -> float:
     b = float("inf")
     for _ in range(repeat):
@@ -89,35 +94,47 @@ def main(argv=None) -> int:
           f"{', '.join(p for p, miss in B.kernel_paths().items() if not miss) or 'none'}); CPU: {_host.cpu_name()}")
     host_checks = [_host.report("before")]
     t32 = torch.empty(n)
-    base = {
-        "fill_": n / best(lambda: t32.fill_(1.0), args.repeat) / 1e6,
-        "uniform": n / best(lambda: t32.uniform_(), args.repeat) / 1e6,
-        "normal": n / best(lambda: t32.normal_(), args.repeat) / 1e6,
-        "trunc_normal": n / best(lambda: torch.nn.init.trunc_normal_(t32), args.repeat) / 1e6,
+    torch_ops = {
+        "fill_": lambda: t32.fill_(1.0),
+        "uniform": lambda: t32.uniform_(),
+        "normal": lambda: t32.normal_(),
+        "trunc_normal": lambda: torch.nn.init.trunc_normal_(t32),
     }
-    print("\n| torch (float32) | M elem/s |\n|---|---:|")
-    print(f"| t.fill_(1.0) | {base['fill_']:.0f} |")
-    print(f"| t.uniform_() | {base['uniform']:.0f} |")
-    print(f"| t.normal_() | {base['normal']:.0f} |")
-    print(f"| nn.init.trunc_normal_(t) | {base['trunc_normal']:.1f} |")
-
     specs = {
         "uniform": S.Uniform(-1.0, 1.0),
         "normal": S.Normal(0.0, 1.0),
         "trunc_normal": S.TruncatedNormal(0.0, 1.0, -2.0, 2.0),
     }
-    print("\n| keyed | dtype | threads | M elem/s | ratio vs torch |\n|---|---|---:|---:|---:|")
-    results = {}
-    for dt in dtypes:
-        t = t32 if dt == torch.float32 else torch.empty(n, dtype=dt)
-        for name, spec in specs.items():
-            for th in threads:
-                set_num_threads(th)
-                r = n / best(lambda: fill_(t, spec, key), args.repeat) / 1e6
-                results[(name, dt, th)] = r
-                print(f"| {name} | {str(dt).replace('torch.', '')} | {th} | {r:.0f} | {r / base[name]:.1f}x |")
-        del t
+    bufs = {dt: (t32 if dt == torch.float32 else torch.empty(n, dtype=dt)) for dt in dtypes}
+    for t in bufs.values():  # fault the pages in before timing
+        t.zero_()
+    # Interleaved rounds: each round times torch's routines and every keyed case once, so a
+    # change of the shared host's load between rounds hits torch and the kernel alike; each
+    # figure is the best of its --repeat rounds.
+    secs: dict = {}
+    for _ in range(args.repeat):
+        for name, fn in torch_ops.items():
+            secs[name] = min(secs.get(name, float("inf")), best(fn, 1))
+        for dt, t in bufs.items():
+            for name, spec in specs.items():
+                for th in threads:
+                    set_num_threads(th)
+                    k = (name, dt, th)
+                    secs[k] = min(secs.get(k, float("inf")), best(lambda: fill_(t, spec, key), 1))
     set_num_threads(None)
+    base = {name: n / secs[name] / 1e6 for name in torch_ops}
+    results = {k: n / v / 1e6 for k, v in secs.items() if isinstance(k, tuple)}
+    print("\n| torch (float32) | M elem/s |\n|---|---:|")
+    print(f"| t.fill_(1.0) | {base['fill_']:.0f} |")
+    print(f"| t.uniform_() | {base['uniform']:.0f} |")
+    print(f"| t.normal_() | {base['normal']:.0f} |")
+    print(f"| nn.init.trunc_normal_(t) | {base['trunc_normal']:.1f} |")
+    print("\n| keyed | dtype | threads | M elem/s | ratio vs torch |\n|---|---|---:|---:|---:|")
+    for dt in dtypes:
+        for name in specs:
+            for th in threads:
+                r = results[(name, dt, th)]
+                print(f"| {name} | {str(dt).replace('torch.', '')} | {th} | {r:.0f} | {r / base[name]:.1f}x |")
     if len(threads) > 1 and torch.float32 in dtypes:
         lo, hi = threads[0], threads[-1]
         print(f"\nthread scaling float32 ({hi} vs {lo} threads): " + ", ".join(
@@ -126,6 +143,14 @@ def main(argv=None) -> int:
         th = threads[-1]
         print(f"bfloat16 / float32 elements/s ({th} threads): " + ", ".join(
             f"{k} {results[(k, torch.bfloat16, th)] / results[(k, torch.float32, th)]:.2f}x" for k in specs))
+    if torch.float32 in dtypes:
+        th = threads[-1]
+        checks = [(f"{k} >= {x:g}x torch", results[(k, torch.float32, th)] / base[k], x) for k, x in TARGETS.items()]
+        if torch.bfloat16 in dtypes:
+            checks += [(f"bfloat16 {k} >= {BF16_TARGET:g}x float32",
+                        results[(k, torch.bfloat16, th)] / results[(k, torch.float32, th)], BF16_TARGET) for k in specs]
+        print(f"\ntargets of issue 18 (float32 at {th} kernel threads against torch in the same rounds): " + "; ".join(
+            f"{label}: {v:.2f}x {'met' if v >= x else 'NOT met'}" for label, v, x in checks))
     cpu_time_table(t32, specs, key, dtypes, args.repeat)
     host_checks.append(_host.report("after"))
     print(_host.verdict(host_checks))

@@ -435,7 +435,7 @@ static inline void gen_groups(const job_t *J, uint64_t g0, int ng, uint32_t *res
 }
 
 /* ---------------------------------------------------------------- float32 math */
-static inline float log32(float x) {
+static inline __attribute__((always_inline)) float log32(float x) {
     uint32_t b = as_u(x);
     int32_t e = (int32_t)((b >> 23) & 0xFFu) - 127;
     float m = as_f((b & 0x7FFFFFu) | 0x3F800000u);
@@ -458,7 +458,7 @@ static inline float log32(float x) {
 /* sqrt by a fixed recipe (torch.sqrt on CPU is not always correctly rounded, so the
    stream defines its own): inverse-sqrt bit estimate, 3 (float32) / 4 (float64)
    Newton steps y <- y * (1.5 - (x/2) * (y*y)), then x * y. Needs x >= smallest normal. */
-static inline float sqrt32(float x) {
+static inline __attribute__((always_inline)) float sqrt32(float x) {
     float y = as_f(0x5F3759DFu - (as_u(x) >> 1));
     float h = 0.5f * x;
     y = y * (1.5f - h * (y * y));
@@ -468,14 +468,14 @@ static inline float sqrt32(float x) {
 }
 
 /* tail variable of AS 241: r = sqrt(-l), l = log(min(p, 1-p)) */
-static inline float tailr32(float l) {
+static inline __attribute__((always_inline)) float tailr32(float l) {
     float nl = -l;
     nl = nl > 0x1p-126f ? nl : 0x1p-126f;
     return sqrt32(nl);
 }
 
 /* central branch of PPND7 alone (|q| <= 0.425) */
-static inline float central32(float q) {
+static inline __attribute__((always_inline)) float central32(float q) {
     float r = F(0.180625) - q * q;
     float nc = q * (((F(A7_3) * r + F(A7_2)) * r + F(A7_1)) * r + F(A7_0));
     float dc = ((F(B7_3) * r + F(B7_2)) * r + F(B7_1)) * r + 1.0f;
@@ -483,7 +483,7 @@ static inline float central32(float q) {
 }
 
 /* tail branch of PPND7 (|q| > 0.425) given rr = tailr32(log(min(p, 1 - p))) */
-static inline float tail32(float q, float rr) {
+static inline __attribute__((always_inline)) float tail32(float q, float rr) {
     int big = rr > 5.0f;
     float s5 = rr - 5.0f, s16 = rr - F(1.6);
     float s = big ? s5 : s16;
@@ -583,7 +583,7 @@ static inline int compact_tail(const float *restrict qs, int n, int *restrict id
    normal) are compacted, computed vectorized, and scattered back. Per element the
    operations are exactly those of section 4 of docs/keyed-stream.md: only the work on the
    unused branch is skipped. */
-static inline void ppnd_batch32(int n, const float *restrict qs, const float *restrict ts, float *restrict zs) {
+static inline __attribute__((always_inline)) void ppnd_batch32(int n, const float *restrict qs, const float *restrict ts, float *restrict zs) {
     /* odd paddings: arrays exactly 4 KiB apart make loads falsely wait on stores (4K aliasing) */
     int idx[SEG + 8 + 40];
     float tq[SEG + 24], tt[SEG + 56];
@@ -600,7 +600,7 @@ static inline void ppnd_batch32(int n, const float *restrict qs, const float *re
 }
 
 /* ---------------------------------------------------------------- float64 math */
-static inline double log64(double x) {
+static inline __attribute__((always_inline)) double log64(double x) {
     uint64_t b = as_u64(x);
     int64_t e = (int64_t)((b >> 52) & 0x7FFull) - 1023;
     double m = as_d((b & 0xFFFFFFFFFFFFFull) | 0x3FF0000000000000ull);
@@ -617,7 +617,7 @@ static inline double log64(double x) {
     return ef * LN2HI_D + (ef * LN2LO_D + s * p);
 }
 
-static inline double sqrt64(double x) {
+static inline __attribute__((always_inline)) double sqrt64(double x) {
     double y = as_d(0x5FE6EB50C7B537A9ull - (as_u64(x) >> 1));
     double h = 0.5 * x;
     y = y * (1.5 - h * (y * y));
@@ -627,7 +627,7 @@ static inline double sqrt64(double x) {
     return x * y;
 }
 
-static inline double central64(double q) {
+static inline __attribute__((always_inline)) double central64(double q) {
     double r = 0.180625 - q * q;
     double nc = A16[7], dc = B16[7];
     for (int k = 6; k >= 0; k--) {
@@ -638,14 +638,14 @@ static inline double central64(double q) {
     return nc / dc;
 }
 
-static inline double tailr64(double l) {
+static inline __attribute__((always_inline)) double tailr64(double l) {
     double nl = -l;
     nl = nl > 0x1p-1022 ? nl : 0x1p-1022;
     return sqrt64(nl);
 }
 
 /* tail branch of PPND16 given rr = tailr64(log(min(p, 1 - p))) */
-static inline double tail64(double q, double rr) {
+static inline __attribute__((always_inline)) double tail64(double q, double rr) {
     int64_t big = rr > 5.0;
     double s5 = rr - 5.0, s16 = rr - 1.6;
     double s = big ? s5 : s16;
@@ -660,7 +660,7 @@ static inline double tail64(double q, double rr) {
 }
 
 /* float64 analogue of ppnd_batch32: central branch for all, tail branch compacted */
-static inline void ppnd_batch64(int n, const double *restrict qs, const double *restrict ts, double *restrict zs) {
+static inline __attribute__((always_inline)) void ppnd_batch64(int n, const double *restrict qs, const double *restrict ts, double *restrict zs) {
     int idx[SEG + 40];
     double tq[SEG + 12], tt[SEG + 28];
     for (int e = 0; e < n; e++) zs[e] = central64(qs[e]);
@@ -726,7 +726,7 @@ static inline uint16_t f32_to_f16(float f) {
 #define SUB _mm256_sub_ps
 #define MUL _mm256_mul_ps
 
-static inline void log8(__m256 *x) {
+static inline __attribute__((always_inline)) void log8(__m256 *x) {
     __m256i e[NV];
     __m256 m[NV], big[NV], s[NV], z[NV], p[NV], ef[NV];
     FOR_V {
@@ -747,7 +747,7 @@ static inline void log8(__m256 *x) {
 }
 
 /* tailr32 with sqrt32 inlined */
-static inline void tailr8(__m256 *l) {
+static inline __attribute__((always_inline)) void tailr8(__m256 *l) {
     __m256 nl[NV], y[NV], h[NV];
     FOR_V nl[v] = _mm256_max_ps(_mm256_xor_ps(l[v], V1(-0.0f)), V1(0x1p-126f)); /* vmaxps(a, b) = a > b ? a : b */
     FOR_V y[v] = _mm256_castsi256_ps(
@@ -757,7 +757,7 @@ static inline void tailr8(__m256 *l) {
     FOR_V l[v] = MUL(nl[v], y[v]);
 }
 
-static inline void central8(const __m256 *q, __m256 *z) {
+static inline __attribute__((always_inline)) void central8(const __m256 *q, __m256 *z) {
     __m256 r[NV], nc[NV], dc[NV];
     FOR_V r[v] = SUB(V1(F(0.180625)), MUL(q[v], q[v]));
     FOR_V nc[v] = ADD(MUL(V1(F(A7_3)), r[v]), V1(F(A7_2)));
@@ -770,7 +770,7 @@ static inline void central8(const __m256 *q, __m256 *z) {
     FOR_V z[v] = _mm256_div_ps(nc[v], dc[v]);
 }
 
-static inline void tail8(const __m256 *q, __m256 *rr) {
+static inline __attribute__((always_inline)) void tail8(const __m256 *q, __m256 *rr) {
     __m256 big[NV], s[NV], nt[NV], dt[NV];
     int any = 0;
     FOR_V big[v] = _mm256_cmp_ps(rr[v], V1(5.0f), _CMP_GT_OQ);
@@ -806,13 +806,13 @@ typedef struct {
 
 /* x = c0 + c1 * z, then the clamp of section 6: vmaxps(lo, x) is x < lo ? lo : x and
    vminps(hi, x) is x > hi ? hi : x, NaN included */
-static inline void affine8(const vk_t *K, __m256 *z) {
+static inline __attribute__((always_inline)) void affine8(const vk_t *K, __m256 *z) {
     FOR_V z[v] = ADD(K->c0, MUL(K->c1, z[v]));
     if (K->clamp) FOR_V z[v] = _mm256_min_ps(K->hi, _mm256_max_ps(K->lo, z[v]));
 }
 
 /* store NV * 8 float32 values, or their bfloat16 roundings (f32_to_bf16 on each lane) */
-static inline void put8(const vk_t *K, char *out, int e, const __m256 *x) {
+static inline __attribute__((always_inline)) void put8(const vk_t *K, char *out, int e, const __m256 *x) {
     if (!K->bf16) {
         FOR_V _mm256_storeu_ps((float *)out + e + 8 * v, x[v]);
         return;
@@ -827,7 +827,7 @@ static inline void put8(const vk_t *K, char *out, int e, const __m256 *x) {
 
 /* (q, t) of an element from its word: normal (q = t - 1/2, t the lower-tail probability)
    or truncated normal central mode (q = c2 + u c3, t = max(1/2 - |q|, TINY)). */
-static inline void qt8(const vk_t *K, int normal, const __m256i *w, __m256 *q, __m256 *t) {
+static inline __attribute__((always_inline)) void qt8(const vk_t *K, int normal, const __m256i *w, __m256 *q, __m256 *t) {
     if (normal) {
         FOR_V {
             /* m = w & 0x7FFFFFFF; (m >> 7) * 128 as the exact conversion of m & ~127 (< 2^31,
@@ -850,13 +850,13 @@ static inline void qt8(const vk_t *K, int normal, const __m256i *w, __m256 *q, _
 
 /* z -> output value; for the normal first its random sign (sgn ? -z : z is a flip of the
    sign bit) */
-static inline void sign_affine8(const vk_t *K, int normal, const __m256i *w, __m256 *z) {
+static inline __attribute__((always_inline)) void sign_affine8(const vk_t *K, int normal, const __m256i *w, __m256 *z) {
     if (normal) FOR_V z[v] = _mm256_xor_ps(z[v], _mm256_castsi256_ps(_mm256_and_si256(w[v], VI(0x80000000u))));
     affine8(K, z);
 }
 
 /* a full step of NV * 8 words from wp, or the last n < NV * 8 (zero padded) */
-static inline void load_words(const uint32_t *wp, int n, __m256i *w) {
+static inline __attribute__((always_inline)) void load_words(const uint32_t *wp, int n, __m256i *w) {
     if (n >= 8 * NV) {
         FOR_V w[v] = _mm256_loadu_si256((const __m256i *)wp + v);
         return;
@@ -866,7 +866,7 @@ static inline void load_words(const uint32_t *wp, int n, __m256i *w) {
     FOR_V w[v] = _mm256_load_si256((const __m256i *)tmp + v);
 }
 
-static inline void store_out(const vk_t *K, char *out, int e, int n, const __m256 *x) {
+static inline __attribute__((always_inline)) void store_out(const vk_t *K, char *out, int e, int n, const __m256 *x) {
     if (n >= 8 * NV) {
         put8(K, out, e, x);
         return;
@@ -1242,7 +1242,7 @@ static void fill_groups_direct512(const job_t *J, uint64_t g0, int ng, char *out
 #define SUB5 _mm512_sub_ps
 #define MUL5 _mm512_mul_ps
 
-static inline void log16(__m512 *x) {
+static inline __attribute__((always_inline)) void log16(__m512 *x) {
     __m512i e[NV5];
     __m512 m[NV5], s[NV5], z[NV5], p[NV5], ef[NV5];
     __mmask16 big[NV5];
@@ -1262,7 +1262,7 @@ static inline void log16(__m512 *x) {
     FOR5 x[v] = ADD5(MUL5(ef[v], S1(F(LN2HI_F))), ADD5(MUL5(ef[v], S1(F(LN2LO_F))), MUL5(s[v], p[v])));
 }
 
-static inline void tailr16(__m512 *l) {
+static inline __attribute__((always_inline)) void tailr16(__m512 *l) {
     __m512 nl[NV5], y[NV5], h[NV5];
     FOR5 nl[v] = _mm512_max_ps(_mm512_xor_ps(l[v], S1(-0.0f)), S1(0x1p-126f)); /* a > b ? a : b */
     FOR5 y[v] = _mm512_castsi512_ps(_mm512_sub_epi32(SI(0x5F3759DFu), _mm512_srli_epi32(_mm512_castps_si512(nl[v]), 1)));
@@ -1271,7 +1271,7 @@ static inline void tailr16(__m512 *l) {
     FOR5 l[v] = MUL5(nl[v], y[v]);
 }
 
-static inline void central16(const __m512 *q, __m512 *z) {
+static inline __attribute__((always_inline)) void central16(const __m512 *q, __m512 *z) {
     __m512 r[NV5], nc[NV5], dc[NV5];
     FOR5 r[v] = SUB5(S1(F(0.180625)), MUL5(q[v], q[v]));
     FOR5 nc[v] = ADD5(MUL5(S1(F(A7_3)), r[v]), S1(F(A7_2)));
@@ -1284,7 +1284,7 @@ static inline void central16(const __m512 *q, __m512 *z) {
     FOR5 z[v] = _mm512_div_ps(nc[v], dc[v]);
 }
 
-static inline void tail16(const __m512 *q, __m512 *rr) {
+static inline __attribute__((always_inline)) void tail16(const __m512 *q, __m512 *rr) {
     __m512 s[NV5], nt[NV5], dt[NV5];
     __mmask16 big[NV5], neg[NV5];
     FOR5 big[v] = _mm512_cmp_ps_mask(rr[v], S1(5.0f), _CMP_GT_OQ);
