@@ -2,7 +2,9 @@
 
 ``bench_sharded_init.py`` (spawns gloo groups of 1, 2 and 4 ranks per case) runs with
 ``--small`` unless ``--sharded-full`` is given (the ~1 B parameter figures of
-docs/performance.md; several minutes on this host)."""
+docs/performance.md; several minutes on this host). ``bench_materialize.py`` runs twice:
+at its default size (1.56 B parameters, every case) and with ``--medium`` (the 124 M
+GPT-2 small shape, the floor and the materialize cases: issue 18's floor target)."""
 
 from __future__ import annotations
 
@@ -17,14 +19,23 @@ def main() -> int:
     scripts = sorted(glob.glob(os.path.join(here, "bench_*.py")))
     failed = []
     args = [a for a in sys.argv[1:] if a != "--sharded-full"]
+    runs = []
     for path in scripts:
-        print(f"\n=== {os.path.basename(path)} ===", flush=True)
-        extra = []
-        if os.path.basename(path) == "bench_sharded_init.py" and "--sharded-full" not in sys.argv[1:]:
-            extra = ["--small"]
+        name = os.path.basename(path)
+        if name == "bench_sharded_init.py" and "--sharded-full" not in sys.argv[1:]:
+            runs.append((path, ["--small"]))
+        elif name == "bench_materialize.py":
+            runs.append((path, []))
+            runs.append((path, ["--medium", "--cases", "floor", "materialize:pytorch", "materialize:gpt2",
+                                "materialize:llama"]))
+        else:
+            runs.append((path, []))
+    for path, extra in runs:
+        label = " ".join([os.path.basename(path), *extra])
+        print(f"\n=== {label} ===", flush=True)
         rc = subprocess.call([sys.executable, path, *args, *extra])
         if rc != 0:
-            failed.append(os.path.basename(path))
+            failed.append(label)
     if failed:
         print(f"\nFAILED: {', '.join(failed)}")
         return 1
