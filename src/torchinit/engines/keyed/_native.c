@@ -1058,7 +1058,7 @@ static inline void phx5_keys(const job_t *J, __m512i *KA, __m512i *KB) {
    one product, shift and XOR, round 2 one product, shift and two XORs, instead of 2 + 2 + 2
    each. Bit for bit phx5_rounds' (only the low 32 bits of each 64-bit lane count). */
 typedef struct {
-    __m512i y0, p1, c1, c2, q0;
+    __m512i c1, c2, q0;
 } phx5_c_t;
 
 static inline __attribute__((always_inline)) void phx5_consts(const job_t *J, uint32_t hi, const __m512i *KA,
@@ -1067,8 +1067,6 @@ static inline __attribute__((always_inline)) void phx5_consts(const job_t *J, ui
     __m512i p1 = _mm512_mul_epu32(_mm512_set1_epi64(J->sub), M1);
     __m512i y0 = _mm512_ternarylogic_epi32(_mm512_srli_epi64(p1, 32), _mm512_set1_epi64(hi), KA[0], 0x96);
     __m512i q0 = _mm512_mul_epu32(y0, M0);
-    C->y0 = y0;
-    C->p1 = p1;
     C->c1 = _mm512_xor_si512(p1, KA[1]);                       /* round 2: y0 = hi(p1) ^ x1 ^ KA */
     C->c2 = _mm512_xor_si512(_mm512_srli_epi64(q0, 32), KB[1]); /* round 2: y2 = hi(p0) ^ x3 ^ KB */
     C->q0 = q0;
