@@ -1,9 +1,11 @@
-"""Keyed-engine throughput vs torch (issue 3).
+"""Keyed-engine throughput vs torch (issues 3 and 18).
 
 Prints a table of M elements/s and the ratio to the matching torch routine
 (uniform_ / normal_ / nn.init.trunc_normal_ on float32), all measured in this
-process, best of ``--repeat`` runs, for 1 and 2 kernel threads and for
-float32 / bfloat16 / float64 outputs.
+process in interleaved rounds (each round times torch's routines and every keyed case
+once; each figure is the best of ``--repeat`` rounds), for 1 and 2 kernel threads and for
+float32 / bfloat16 / float64 outputs; then a line with issue 18's targets at the largest
+thread count, and a one-thread table timed by CPU time (comparable on a busy host).
 
     python benchmarks/bench_keyed.py            # 10**8 elements (the documented figures)
     python benchmarks/bench_keyed.py --n 1e7    # quicker
