@@ -23,7 +23,6 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 import _host  # noqa: E402  (benchmarks/ is the script's directory, first on sys.path)
-import torchinit  # noqa: E402
 from torchinit import specs as S  # noqa: E402
 from torchinit.keyed import Key, fill_, get_backend, set_num_threads  # noqa: E402
 from torchinit.keyed import backend as B  # noqa: E402

@@ -3,7 +3,6 @@ deliberately (skipped by default, or scaled relative to the stream), said in the
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
