@@ -52,6 +52,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..model.module_init import HF_INIT_STEP
 from ..model.plan import Plan
 from ..model.policy import Policy
 from ..model.registry import DEFAULT_POLICY, PresetName
@@ -263,7 +264,6 @@ def materialize(
             gives some meta tensor no initializer (it would hold garbage).
     """
     from ..model.apply import _apply_plan
-    from ..model.module_init import HF_INIT_STEP
     from ..model.resolve import plan as _plan
 
     if not isinstance(model, nn.Module):
