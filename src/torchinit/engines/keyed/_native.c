@@ -1768,13 +1768,45 @@ static void process_range(const job_t *J, int64_t f0, int64_t f1) {
 
 typedef struct {
     const job_t *J;
-    int64_t c0, c1;
+    int64_t c0, c1, pf;
 } targ_t;
 
-static void run_chunks(const job_t *J, int64_t c0, int64_t c1) {
+#if defined(__linux__)
+#include <sys/mman.h>
+#include <unistd.h>
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+#endif
+
+/* Fill chunks [c0, c1). pf > 0: first fault in the whole pages of this share's output with
+   MADV_POPULATE_WRITE, pf bytes at a time just ahead of the fill (contents unchanged; the
+   pages shared with the neighbouring shares are faulted by the stores; where madvise fails
+   the stores take the faults) */
+static void run_chunks(const job_t *J, int64_t c0, int64_t c1, int64_t pf) {
+#if defined(__linux__)
+    uintptr_t pg = 4096, p = 0, pb = 0;
+    if (pf > 0 && c1 > c0) {
+        long ps = sysconf(_SC_PAGESIZE);
+        if (ps > 0) pg = (uintptr_t)ps;
+        int64_t e1 = c1 * J->chunk < J->total ? c1 * J->chunk : J->total;
+        p = ((uintptr_t)(J->out + c0 * J->chunk * J->esize) + pg - 1) & ~(pg - 1);
+        pb = (uintptr_t)(J->out + e1 * J->esize) & ~(pg - 1);
+    }
+#endif
     for (int64_t c = c0; c < c1; c++) {
         int64_t f0 = c * J->chunk, f1 = f0 + J->chunk;
         if (f1 > J->total) f1 = J->total;
+#if defined(__linux__)
+        uintptr_t e = (uintptr_t)(J->out + f1 * J->esize);
+        if (p < pb && p < e) {
+            uintptr_t q = p + ((uintptr_t)pf & ~(pg - 1));
+            if (q < e) q = (e + pg - 1) & ~(pg - 1);
+            if (q > pb) q = pb;
+            if (madvise((void *)p, q - p, MADV_POPULATE_WRITE) != 0) pb = 0; /* the stores fault */
+            p = q;
+        }
+#endif
         process_range(J, f0, f1);
     }
 }
@@ -1787,7 +1819,7 @@ static void fence(void) {
 
 static void *thread_main(void *arg) {
     targ_t *t = (targ_t *)arg;
-    run_chunks(t->J, t->c0, t->c1);
+    run_chunks(t->J, t->c0, t->c1, t->pf);
     fence();
     return NULL;
 }
@@ -1889,10 +1921,10 @@ static PyObject *py_fill(PyObject *self, PyObject *args) {
     unsigned long long ptr, k0, k1, sub;
     int dtype, kind, mode, clamp, nthreads;
     double c[4], lo, hi;
-    long long chunk;
+    long long chunk, pf = 0;
     PyObject *gs, *os, *ss;
-    if (!PyArg_ParseTuple(args, "KiiiiKKK(dddd)ddOOOiL", &ptr, &dtype, &kind, &mode, &clamp, &k0, &k1, &sub, &c[0],
-                          &c[1], &c[2], &c[3], &lo, &hi, &gs, &os, &ss, &nthreads, &chunk))
+    if (!PyArg_ParseTuple(args, "KiiiiKKK(dddd)ddOOOiL|L", &ptr, &dtype, &kind, &mode, &clamp, &k0, &k1, &sub, &c[0],
+                          &c[1], &c[2], &c[3], &lo, &hi, &gs, &os, &ss, &nthreads, &chunk, &pf))
         return NULL;
     job_t J;
     memset(&J, 0, sizeof J);
@@ -1962,7 +1994,7 @@ static PyObject *py_fill(PyObject *self, PyObject *args) {
     int self_share = stack_left() >= KERNEL_STACK_NEED; /* 1: this thread does share 0 */
     Py_BEGIN_ALLOW_THREADS;
     if (T <= 1 && self_share) {
-        run_chunks(&J, 0, nchunks);
+        run_chunks(&J, 0, nchunks, pf);
         fence();
     } else {
         if (T < 1) T = 1;
@@ -1981,20 +2013,21 @@ static PyObject *py_fill(PyObject *self, PyObject *args) {
             ta[t].J = &J;
             ta[t].c0 = nchunks * t / T;
             ta[t].c1 = nchunks * (t + 1) / T;
+            ta[t].pf = pf;
             started[t] = 0;
         }
         for (int t = self_share; t < T; t++)
             started[t] = pthread_create(&th[t], have_attr ? &attr : NULL, thread_main, &ta[t]) == 0;
         if (have_attr) pthread_attr_destroy(&attr);
         if (self_share) {
-            run_chunks(&J, ta[0].c0, ta[0].c1);
+            run_chunks(&J, ta[0].c0, ta[0].c1, pf);
             fence();
         }
         for (int t = self_share; t < T; t++) {
             if (started[t])
                 pthread_join(th[t], NULL);
             else {
-                run_chunks(&J, ta[t].c0, ta[t].c1); /* thread creation failed: do it here */
+                run_chunks(&J, ta[t].c0, ta[t].c1, pf); /* thread creation failed: do it here */
                 fence();
             }
         }
@@ -2026,11 +2059,6 @@ static PyObject *py_philox(PyObject *self, PyObject *args) {
    failed (a kernel without MADV_POPULATE_WRITE, or no memory): the fill then takes the
    remaining faults itself. */
 #if defined(__linux__)
-#include <sys/mman.h>
-#include <unistd.h>
-#ifndef MADV_POPULATE_WRITE
-#define MADV_POPULATE_WRITE 23
-#endif
 typedef struct {
     uintptr_t a, b;
     int rc;
