@@ -77,11 +77,15 @@ def _apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: EngineName =
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if not isinstance(plan, Plan):
         raise TypeError(f"plan must be a Plan, got {type(plan).__name__}")
-    tensors: dict[str, Tensor] = {}
-    for n, t in list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False)):
-        if t is not None:
-            tensors[n] = t
+    # every parameter and buffer under every name (named_parameters/named_buffers with
+    # remove_duplicate=False), from one walk of the modules
     modules = dict(model.named_modules(remove_duplicate=False))
+    tensors: dict[str, Tensor] = {}
+    for mname, mod in modules.items():
+        for store in (mod._parameters, mod._buffers):
+            for n, t in store.items():
+                if t is not None:
+                    tensors[f"{mname}.{n}" if mname else n] = t
     by_name: dict[str, PlanEntry] = {}
     for e in plan.entries:
         t = tensors.get(e.name)

@@ -138,10 +138,13 @@ def _plan_with_buffer_code(model: nn.Module, policy: Any, plan_obj: Any, meta_na
     from ..model.policy import Rule, load_policy
     from ..model.resolve import plan as _plan
 
+    uncovered = _uncovered(plan_obj, meta_names)
+    if not uncovered:
+        return plan_obj
     buffers = {n for n, _ in model.named_buffers()}
     # frozen tables the presets keep (Whisper's sinusoidal positions) have nothing to keep on meta
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-    wanted = [n for n in _uncovered(plan_obj, meta_names) if n in buffers or n in frozen]
+    wanted = [n for n in uncovered if n in buffers or n in frozen]
     if not wanted:
         return plan_obj
     pol = load_policy(policy)
