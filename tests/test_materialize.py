@@ -328,8 +328,7 @@ def test_prefaulting_fills_give_the_same_values():
     """A native fill that faults its pages in ahead of its writes (backend.prefaulting) writes
     the same bits, for any piece size, thread count, chunk size and box, and nothing outside."""
     from torchinit.core import specs as S
-    from torchinit.keyed import backend as B
-    from torchinit.keyed import engine as E
+    from torchinit.keyed import backend as B, engine as E
 
     if not B.native_available():
         pytest.skip("native kernel not built")

@@ -46,8 +46,8 @@ from torch import nn
 from .activations import output_layer
 from .errors import PolicyError, _short, _suggest
 from .policy_files import _is_inline, parse_policy_text, read_policy_text
-from .selectors import _globs, _local_only, module_matches
 from .registry import PresetName, get_preset
+from .selectors import _globs, _local_only, module_matches
 
 __all__ = [
     "Rule",

@@ -320,7 +320,8 @@ def materialize(
         sub = dataclasses.replace(plan_obj, entries=[e for e in plan_obj.entries if id(e) in wanted])
         unwritten: list[str] = []
         with contextlib.nullcontext() if huge_pages else B.prefaulting():
-            done = _apply_plan(model, sub, seed=seed, engine="keyed", restore_on_error=False, unwritten=unwritten)
+            done = _apply_plan(model, sub, seed=seed, engine="keyed", restore_on_error=False, unwritten=unwritten,
+                               validated=True)  # by the dry run, on the same shapes and dtypes
         # a zero-element tensor has no values to leave uninitialized (nor can code write any)
         unwritten = [n for n in unwritten if n not in empty]
         if unwritten:
