@@ -261,16 +261,18 @@ def test_allocates_module_by_module_once(monkeypatch):
 
 def test_large_tensors_are_prefaulted_and_still_equal_init_model(monkeypatch):
     """Tensors from 1 MiB up have their pages faulted in (madvise, contents unchanged)
-    before the fill; the result is the same as init_model's."""
+    before the fill: by populate (with huge_pages=True, or for tensors the native kernel does
+    not write), else by the native fill itself, each thread just ahead of its writes; the
+    result is the same as init_model's."""
     from torchinit.keyed import backend as B
 
     if not B.native_available():
         pytest.skip("native kernel not built")
-    seen, huges = [], []
+    seen, huges, prefaults = [], [], []
     native = B.native_module()
     monkeypatch.setattr(materialize_mod, "PREFAULT_MIN_BYTES", 4096)
 
-    class Spy:  # the native module, with populate calls recorded
+    class Spy:  # the native module, with populate calls and the fills' prefault argument recorded
         def __getattr__(self, name):
             return getattr(native, name)
 
@@ -279,18 +281,32 @@ def test_large_tensors_are_prefaulted_and_still_equal_init_model(monkeypatch):
             huges.append(huge)
             return native.populate(ptr, nbytes, nthreads, huge)
 
+        def fill(self, *args):
+            prefaults.append(args[16] if len(args) > 16 else 0)
+            return native.fill(*args)
+
     monkeypatch.setattr(B, "native_module", lambda: Spy())
     model = _meta("gpt", n_embd=64, vocab_size=300)
     torchinit.materialize(model, "cpu", "gpt2", seed=3, progress=False, huge_pages=True)
     assert seen and max(seen) >= 300 * 64 * 4
     assert set(huges) == {materialize_mod._thp_size()}
+    assert prefaults and set(prefaults) == {0}  # populated already
     _assert_same_state(model, _reference("gpt", "gpt2", 3, n_embd=64, vocab_size=300))
 
     huges.clear()
+    prefaults.clear()
     model = _meta("gpt", n_embd=64, vocab_size=300)
     torchinit.materialize(model, "cpu", "gpt2", seed=3, progress=False)  # small pages by default (measured)
-    assert huges and set(huges) == {0}
+    assert set(huges) <= {0}
+    assert prefaults and min(prefaults) > 0  # every random tensor: faulted in by its fill
     _assert_same_state(model, _reference("gpt", "gpt2", 3, n_embd=64, vocab_size=300))
+
+    seen.clear()
+    prefaults.clear()
+    model = _meta("gpt", n_embd=64, vocab_size=300)
+    torchinit.materialize(model, "cpu", {"rules": [{"init": "zeros"}]}, seed=3, progress=False)  # torch's fill_
+    assert seen and max(seen) >= 300 * 64 * 4 and not prefaults
+    assert all(float(t.abs().max()) == 0 for t in model.state_dict().values() if t.is_floating_point())
 
 
 def test_populate_leaves_memory_unchanged():
@@ -306,6 +322,38 @@ def test_populate_leaves_memory_unchanged():
             for threads in (1, 2, 5):
                 assert pop(t.data_ptr() + off, n, threads, huge) in (True, False)
     assert torch.equal(t, before)
+
+
+def test_prefaulting_fills_give_the_same_values():
+    """A native fill that faults its pages in ahead of its writes (backend.prefaulting) writes
+    the same bits, for any piece size, thread count, chunk size and box, and nothing outside."""
+    from torchinit.core import specs as S
+    from torchinit.keyed import backend as B, engine as E
+
+    if not B.native_available():
+        pytest.skip("native kernel not built")
+    key = torchinit.Key(7).child("w")
+    threads, chunk = B.get_num_threads(), B.get_chunk_size()
+    try:
+        for dtype in (torch.float32, torch.bfloat16):
+            for spec in (S.Normal(0.0, 0.02), S.Uniform(-0.1, 0.1)):
+                for shape, offs, box in [((1_100_000,), (0,), (1_100_000,)), ((1500, 1100), (17, 3), (1400, 1090))]:
+                    ref = E.sample(spec, key, shape, offsets=offs, sizes=box, dtype=dtype)
+                    for n_threads, n_chunk, pf in [(1, 1 << 16, 1), (2, 1 << 16, 1 << 20), (5, 4099, 4096 * 3 + 5),
+                                                   (3, 1 << 30, 1 << 40)]:
+                        B.set_num_threads(n_threads)
+                        B.set_chunk_size(n_chunk)
+                        big = torch.full((box[0] * (box[-1] if len(box) > 1 else 1) + 4096,), 3.0, dtype=dtype)
+                        out = big[2048:2048 + ref.numel()].view(box)
+                        with B.prefaulting(pf):
+                            E.fill_region_(out, spec, key, shape, offs)
+                        assert torch.equal(out.view(-1).view(torch.int16 if dtype == torch.bfloat16 else torch.int32),
+                                           ref.reshape(-1).view(torch.int16 if dtype == torch.bfloat16 else torch.int32))
+                        assert bool((big[:2048] == 3).all()) and bool((big[2048 + ref.numel():] == 3).all())
+    finally:
+        B.set_num_threads(None)
+        B.set_chunk_size(chunk)
+    assert B.get_prefault() == 0 and B.get_num_threads() == threads
 
 
 def test_huge_pages_must_be_a_bool():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import replace
 from typing import Any, Iterable, Mapping, Sequence
@@ -27,6 +28,22 @@ def _check_seed(seed: Any) -> int:
     return seed
 
 
+@functools.lru_cache(maxsize=4096)
+def _checked_cached(spec: S.Spec) -> S.Spec:
+    return spec.checked()
+
+
+def _checked(spec: S.Spec) -> S.Spec:
+    """``spec.checked()``, once per distinct spec (a large model repeats a few specs); for shape
+    checks only (a cached equal spec may differ in the sign of a zero)."""
+    try:
+        return _checked_cached(spec)
+    except TypeError as exc:  # unhashable field values: validate without the cache
+        if "unhashable" not in str(exc):
+            raise
+        return spec.checked()
+
+
 def apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: EngineName = "keyed",
                only: Iterable[str] | None = None, restore_on_error: bool = True) -> Plan:
     """Write ``plan`` into ``model``; return the applied plan.
@@ -49,48 +66,34 @@ def apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: EngineName = 
 
 def _apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: EngineName = "keyed",
                 only: Iterable[str] | None = None, restore_on_error: bool = True,
-                unwritten: list[str] | None = None) -> Plan:
+                unwritten: list[str] | None = None, validated: bool = False) -> Plan:
     """:func:`apply_plan`; with ``unwritten`` (a list), also appends the names of the
-    module-code entries whose tensors the code (keyed engine) left unwritten."""
-    from ..engines.dtensor import check_no_dtensor, is_dtensor, zero_rows_
-    from .module_init import check_init_step
+    module-code entries whose tensors the code (keyed engine) left unwritten. ``validated``:
+    the caller checked these entries against tensors of the same shapes and dtypes already
+    (``materialize``'s dry run): the per-entry checks are skipped."""
+    from ..engines.dtensor import is_dtensor, zero_rows_
 
     seed = _check_seed(seed)
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if not isinstance(plan, Plan):
         raise TypeError(f"plan must be a Plan, got {type(plan).__name__}")
-    tensors: dict[str, Tensor] = {}
-    for n, t in list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False)):
-        if t is not None:
-            tensors[n] = t
+    # every parameter and buffer under every name (named_parameters/named_buffers with
+    # remove_duplicate=False), from one walk of the modules
     modules = dict(model.named_modules(remove_duplicate=False))
+    tensors: dict[str, Tensor] = {}
+    for mname, mod in modules.items():
+        for store in (mod._parameters, mod._buffers):
+            for n, t in store.items():
+                if t is not None:
+                    tensors[f"{mname}.{n}" if mname else n] = t
     by_name: dict[str, PlanEntry] = {}
     for e in plan.entries:
         t = tensors.get(e.name)
         if t is None:
             raise ValueError(f"plan entry {e.name!r} has no tensor in the model (was the plan made for another model?)")
-        if tuple(t.shape) != tuple(e.shape):
-            raise ValueError(f"plan entry {e.name!r}: planned shape {tuple(e.shape)} but the model's tensor has "
-                             f"shape {tuple(t.shape)}")
-        if e.spec is not None:
-            try:
-                e.spec.checked().check_shape(tuple(t.shape))
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"plan entry {e.name!r}: spec {e.spec!r} does not fit: {exc}") from None
-            if e.spec.random and not t.is_floating_point():
-                raise ValueError(f"plan entry {e.name!r}: random spec for dtype {t.dtype}")
-            if (engine == "torch" and isinstance(e.spec, (S.Orthogonal, S.DeltaOrthogonal, OrthogonalPerGate))
-                    and t.dtype not in (torch.float32, torch.float64) and not t.is_meta):
-                raise ValueError(f"plan entry {e.name!r}: engine='torch' cannot draw {type(e.spec).__name__} "
-                                 f"for dtype {t.dtype} (torch's QR needs float32/float64); use engine='keyed'")
-        if engine == "torch":  # sharded tensors need the keyed engine (issue 5)
-            check_no_dtensor(t, e.name, engine)
-        for r in e.zero_rows:
-            if not (t.dim() >= 1 and -t.shape[0] <= r < t.shape[0]):
-                raise ValueError(f"plan entry {e.name!r}: zero row {r} out of range for shape {tuple(t.shape)}")
-        for path, meth in e.code:  # only init methods: a plan may come from a file
-            check_init_step(modules, path, meth, f"plan entry {e.name!r}")
+        if not validated:
+            _check_entry(e, t, engine, modules)
         by_name[e.name] = e
         for a in e.aliases:
             by_name[a] = e
@@ -180,6 +183,34 @@ def _apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: EngineName =
     if only is not None:
         applied.notes.append(f"applied only {len(selected)} of {len(plan.entries)} entries")
     return applied
+
+
+def _check_entry(e: PlanEntry, t: Tensor, engine: str, modules: Mapping[str, nn.Module]) -> None:
+    """Raise ValueError if plan entry ``e`` cannot be applied to its tensor ``t``."""
+    from ..engines.dtensor import check_no_dtensor
+    from .module_init import check_init_step
+
+    if tuple(t.shape) != tuple(e.shape):
+        raise ValueError(f"plan entry {e.name!r}: planned shape {tuple(e.shape)} but the model's tensor has "
+                         f"shape {tuple(t.shape)}")
+    if e.spec is not None:
+        try:
+            _checked(e.spec).check_shape(tuple(t.shape))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"plan entry {e.name!r}: spec {e.spec!r} does not fit: {exc}") from None
+        if e.spec.random and not t.is_floating_point():
+            raise ValueError(f"plan entry {e.name!r}: random spec for dtype {t.dtype}")
+        if (engine == "torch" and isinstance(e.spec, (S.Orthogonal, S.DeltaOrthogonal, OrthogonalPerGate))
+                and t.dtype not in (torch.float32, torch.float64) and not t.is_meta):
+            raise ValueError(f"plan entry {e.name!r}: engine='torch' cannot draw {type(e.spec).__name__} "
+                             f"for dtype {t.dtype} (torch's QR needs float32/float64); use engine='keyed'")
+    if engine == "torch":  # sharded tensors need the keyed engine (issue 5)
+        check_no_dtensor(t, e.name, engine)
+    for r in e.zero_rows:
+        if not (t.dim() >= 1 and -t.shape[0] <= r < t.shape[0]):
+            raise ValueError(f"plan entry {e.name!r}: zero row {r} out of range for shape {tuple(t.shape)}")
+    for path, meth in e.code:  # only init methods: a plan may come from a file
+        check_init_step(modules, path, meth, f"plan entry {e.name!r}")
 
 
 def _storage_ptr(t: Tensor) -> int | None:

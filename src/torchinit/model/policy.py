@@ -35,8 +35,6 @@ Policies are Python objects, dicts, JSON or YAML files; every error names the ru
 
 from __future__ import annotations
 
-import fnmatch
-import functools
 import json
 import math
 import os
@@ -49,6 +47,7 @@ from .activations import output_layer
 from .errors import PolicyError, _short, _suggest
 from .policy_files import _is_inline, parse_policy_text, read_policy_text
 from .registry import PresetName, get_preset
+from .selectors import _globs, _local_only, module_matches
 
 __all__ = [
     "Rule",
@@ -251,43 +250,6 @@ def _check_args(init: str, args: Mapping[str, Any]) -> dict[str, Any]:
     return dict(args)
 
 
-@functools.lru_cache(maxsize=4096)
-def _class_names(cls: type) -> tuple[str, ...]:
-    names = []
-    for c in cls.__mro__:
-        if c is object:
-            break
-        names.append(c.__name__)
-        names.append(f"{c.__module__}.{c.__qualname__}")
-    return tuple(names)
-
-
-def module_matches(module: nn.Module, patterns: Sequence[str | type]) -> str | None:
-    """The first pattern ``module`` matches (an instance of a class, or a class name /
-    glob found in its MRO; ``"nn.X"`` and ``"torch.nn.X"`` mean ``X``)."""
-    # the answer depends on the class alone: cached, as a large model asks it thousands of times
-    return _type_matches(type(module), tuple(patterns))
-
-
-@functools.lru_cache(maxsize=4096)
-def _type_matches(cls: type, patterns: tuple[str | type, ...]) -> str | None:
-    names = None
-    for p in patterns:
-        if isinstance(p, type):
-            if issubclass(cls, p):
-                return p.__name__
-            continue
-        if names is None:
-            names = _class_names(cls)
-        q = p
-        for prefix in ("torch.nn.", "nn."):
-            if q.startswith(prefix) and "." not in q[len(prefix):]:
-                q = q[len(prefix):]
-        if any(fnmatch.fnmatchcase(n, q) for n in names):
-            return p
-    return None
-
-
 @dataclass(frozen=True)
 class Rule:
     """One rule: a selector and an initializer. See the module docstring.
@@ -369,14 +331,14 @@ class Rule:
                 and self.init != "module"):
             return None  # buffers (running stats, ...) are only selected explicitly
         local = qualname[len(owner_path) + 1:] if owner_path else qualname
-        if self.qualnames is not None and not any(
-                (local == "weight" and owner is output_layer(chain[0][1])) if g == OUTPUT_HEAD
-                else fnmatch.fnmatchcase(qualname, g) for g in self.qualnames):
+        if self.qualnames is not None and not _globs(self.qualnames)(qualname) and not (
+                OUTPUT_HEAD in self.qualnames and local == "weight" and owner is output_layer(chain[0][1])):
             return None
-        candidates = [chain[-1]] if self.params is None or self.modules is None else list(reversed(chain))
+        candidates = [chain[-1]] if self.params is None or self.modules is None or _local_only(self.params) \
+            else reversed(chain)
         for path, mod in candidates:
             rel = qualname[len(path) + 1:] if path else qualname
-            if self.params is not None and not any(fnmatch.fnmatchcase(rel, p) for p in self.params):
+            if self.params is not None and not _globs(self.params)(rel):
                 continue
             if self.params is None and rel != local:
                 continue
@@ -432,10 +394,9 @@ class Rule:
         if "init" not in d:
             raise PolicyError(f"{where}field 'init' is missing", name=name, field="init")
         kwargs = dict(d)
-        if kwargs.get("args") is None:
-            kwargs.pop("args", None)
-        if kwargs.get("priority") is None:
-            kwargs.pop("priority", None)
+        for k in ("args", "priority"):
+            if kwargs.get(k) is None:
+                kwargs.pop(k, None)
         return cls(**kwargs)
 
     def label(self, index: int) -> str:
@@ -554,9 +515,7 @@ class Policy:
             where = f"policy file {os.fspath(text_or_path)}"  # name the file, as for JSON
             text = read_policy_text(text_or_path)
         data = parse_policy_text(text, where)
-        if isinstance(data, list):  # a bare list of rules
-            data = {"rules": data}
-        return cls.from_dict(data)
+        return cls.from_dict({"rules": data} if isinstance(data, list) else data)  # a bare list of rules
 
 
 def load_policy(obj: "PresetName | Policy | str | os.PathLike | Mapping | Sequence", **options: Any) -> Policy:

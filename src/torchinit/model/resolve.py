@@ -17,6 +17,7 @@ from .nonlinearity import (Detection, NonlinearityWarning, auto_gain, detect_non
 from .plan import Plan, PlanEntry
 from .policy import INITIALIZERS, Policy, PolicyError, Rule, load_policy
 from .registry import DEFAULT_POLICY, PresetName
+from .selectors import _local_only
 
 __all__ = ["plan"]
 
@@ -403,6 +404,17 @@ def _note_tied_conflict(ctx: _Context, pol: Policy, labels: list[str], q: str, t
             "names with a higher priority")
 
 
+def _rules_for(pol: Policy, local: str, cache: dict[str, list[tuple[int, Rule]]]) -> list[tuple[int, Rule]]:
+    """``(index, rule)`` of the rules that can match a tensor whose local name is ``local``: a
+    rule whose ``params`` are literal names without a dot (no ``bias=``) sees only its module's
+    own tensors, so it cannot match another local name (Rule.match would say None)."""
+    out = cache.get(local)
+    if out is None:
+        out = cache[local] = [(i, r) for i, r in enumerate(pol.rules) if r.bias is not None or r.params is None
+                              or not _local_only(r.params) or local in r.params]
+    return out
+
+
 def plan(model: nn.Module, policy: PresetName | Policy | str | Mapping | Sequence = DEFAULT_POLICY,
          example_inputs: Any = None) -> Plan:
     """Decide, without writing anything, what every tensor of ``model`` gets under ``policy``.
@@ -435,6 +447,7 @@ def plan(model: nn.Module, policy: PresetName | Policy | str | Mapping | Sequenc
         else:
             first[id(t)] = n
             aliases[id(t)] = []
+    cache: dict[str, list[tuple[int, Rule]]] = {}
     labels = [r.label(i) for i, r in enumerate(pol.rules)]
     matched_count = [0] * len(pol.rules)
     won_count = [0] * len(pol.rules)
@@ -464,7 +477,7 @@ def plan(model: nn.Module, policy: PresetName | Policy | str | Mapping | Sequenc
                                      for i in range(len(parts))]
             role = _role(kind, clocal, t)
             hits = []
-            for i, rule in enumerate(pol.rules):
+            for i, rule in _rules_for(pol, clocal, cache):
                 how = rule.match(cq, role, chain, tied_head)
                 if how is None:
                     continue

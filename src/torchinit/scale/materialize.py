@@ -44,6 +44,7 @@ filled from its global indices (see :mod:`torchinit.sharding`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import glob
@@ -52,6 +53,9 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..core import specs as S
+from ..engines.keyed import backend as B
+from ..model.module_init import HF_INIT_STEP
 from ..model.plan import Plan
 from ..model.policy import Policy
 from ..model.registry import DEFAULT_POLICY, PresetName
@@ -134,10 +138,13 @@ def _plan_with_buffer_code(model: nn.Module, policy: Any, plan_obj: Any, meta_na
     from ..model.policy import Rule, load_policy
     from ..model.resolve import plan as _plan
 
+    uncovered = _uncovered(plan_obj, meta_names)
+    if not uncovered:
+        return plan_obj
     buffers = {n for n, _ in model.named_buffers()}
     # frozen tables the presets keep (Whisper's sinusoidal positions) have nothing to keep on meta
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-    wanted = [n for n in _uncovered(plan_obj, meta_names) if n in buffers or n in frozen]
+    wanted = [n for n in uncovered if n in buffers or n in frozen]
     if not wanted:
         return plan_obj
     pol = load_policy(policy)
@@ -200,6 +207,15 @@ def _thp_size() -> int:
         return 0
 
 
+def _fills_natively(entry: Any, t: Tensor) -> bool:
+    """Whether the keyed engine's native kernel writes ``t`` for plan ``entry``: under
+    :func:`~torchinit.engines.keyed.backend.prefaulting` it then faults the pages in itself,
+    each thread just ahead of its own writes."""
+    return (entry is not None and isinstance(entry.spec, (S.Uniform, S.Normal, S.TruncatedNormal))
+            and t.device.type == "cpu" and type(t.data) is torch.Tensor and t.is_contiguous()
+            and B.get_backend() == "native")
+
+
 def _prefault(t: Tensor, huge_pages: bool) -> None:
     """Fault in the pages of a fresh CPU tensor, on the keyed engine's threads, before it is
     filled. First-touch faults are most of the cost of materializing into fresh memory; taken
@@ -208,8 +224,6 @@ def _prefault(t: Tensor, huge_pages: bool) -> None:
     huge-page-aligned interior of the tensor advised MADV_HUGEPAGE, so no memory is added)
     less again where the host already backs the memory (docs/performance.md). Contents are
     unchanged, and where the kernel or the native extension lacks it nothing happens."""
-    from ..engines.keyed import backend as B
-
     if t.device.type != "cpu" or type(t.data) is not torch.Tensor or not B.native_available():
         return
     nbytes = t.untyped_storage().nbytes()
@@ -263,7 +277,6 @@ def materialize(
             gives some meta tensor no initializer (it would hold garbage).
     """
     from ..model.apply import _apply_plan
-    from ..model.module_init import HF_INIT_STEP
     from ..model.resolve import plan as _plan
 
     if not isinstance(model, nn.Module):
@@ -306,7 +319,9 @@ def materialize(
         wanted = {id(by_name[n]) for n in names if n in by_name}
         sub = dataclasses.replace(plan_obj, entries=[e for e in plan_obj.entries if id(e) in wanted])
         unwritten: list[str] = []
-        done = _apply_plan(model, sub, seed=seed, engine="keyed", restore_on_error=False, unwritten=unwritten)
+        with contextlib.nullcontext() if huge_pages else B.prefaulting():
+            done = _apply_plan(model, sub, seed=seed, engine="keyed", restore_on_error=False, unwritten=unwritten,
+                               validated=True)  # by the dry run, on the same shapes and dtypes
         # a zero-element tensor has no values to leave uninitialized (nor can code write any)
         unwritten = [n for n in unwritten if n not in empty]
         if unwritten:
@@ -337,12 +352,13 @@ def materialize(
                         if t is None or not t.is_meta:
                             continue
                         new = _new_like(t, device)
-                        _prefault(new, huge_pages)
                         hit = locations.get(id(t))
                         # every name of a tied tensor at once (keeps it tied); a tensor that init
                         # code put on the model after the map was made has only its own name
                         locs = hit[1] if hit is not None and hit[0] is t else [
                             (store, n, f"{mname}.{n}" if mname else n)]
+                        if huge_pages or not _fills_natively(by_name.get(locs[0][2]), new):
+                            _prefault(new, huge_pages)
                         for loc_store, loc_key, qname in locs:
                             pending.append((loc_store, loc_key, t))
                             loc_store[loc_key] = new

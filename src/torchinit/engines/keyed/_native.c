@@ -1769,13 +1769,45 @@ static void process_range(const job_t *J, int64_t f0, int64_t f1) {
 
 typedef struct {
     const job_t *J;
-    int64_t c0, c1;
+    int64_t c0, c1, pf;
 } targ_t;
 
-static void run_chunks(const job_t *J, int64_t c0, int64_t c1) {
+#if defined(__linux__)
+#include <sys/mman.h>
+#include <unistd.h>
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+#endif
+
+/* Fill chunks [c0, c1). pf > 0: first fault in the whole pages of this share's output with
+   MADV_POPULATE_WRITE, pf bytes at a time just ahead of the fill (contents unchanged; the
+   pages shared with the neighbouring shares are faulted by the stores; where madvise fails
+   the stores take the faults) */
+static void run_chunks(const job_t *J, int64_t c0, int64_t c1, int64_t pf) {
+#if defined(__linux__)
+    uintptr_t pg = 4096, p = 0, pb = 0;
+    if (pf > 0 && c1 > c0) {
+        long ps = sysconf(_SC_PAGESIZE);
+        if (ps > 0) pg = (uintptr_t)ps;
+        int64_t e1 = c1 * J->chunk < J->total ? c1 * J->chunk : J->total;
+        p = ((uintptr_t)(J->out + c0 * J->chunk * J->esize) + pg - 1) & ~(pg - 1);
+        pb = (uintptr_t)(J->out + e1 * J->esize) & ~(pg - 1);
+    }
+#endif
     for (int64_t c = c0; c < c1; c++) {
         int64_t f0 = c * J->chunk, f1 = f0 + J->chunk;
         if (f1 > J->total) f1 = J->total;
+#if defined(__linux__)
+        uintptr_t e = (uintptr_t)(J->out + f1 * J->esize);
+        if (p < pb && p < e) {
+            uintptr_t q = p + ((uintptr_t)pf & ~(pg - 1));
+            if (q < e) q = (e + pg - 1) & ~(pg - 1);
+            if (q > pb) q = pb;
+            if (madvise((void *)p, q - p, MADV_POPULATE_WRITE) != 0) pb = 0; /* the stores fault */
+            p = q;
+        }
+#endif
         process_range(J, f0, f1);
     }
 }
@@ -1788,7 +1820,7 @@ static void fence(void) {
 
 static void *thread_main(void *arg) {
     targ_t *t = (targ_t *)arg;
-    run_chunks(t->J, t->c0, t->c1);
+    run_chunks(t->J, t->c0, t->c1, t->pf);
     fence();
     return NULL;
 }
@@ -1797,6 +1829,127 @@ static void *thread_main(void *arg) {
    free stack of the calling thread for it to do a share itself (a batch needs about 170 KiB) */
 #define KERNEL_STACK ((size_t)4 << 20)
 #define KERNEL_STACK_NEED ((size_t)512 << 10)
+
+/* ---------------------------------------------------------------- worker pool
+   Starting and joining a thread per fill costs ~0.1 ms here (a 2-vCPU VM), as much as
+   filling 100 K values: the workers are kept. Each waits for the next job by polling for
+   POOL_SPIN_NS (back-to-back fills of a model find it awake), then sleeps on a condition
+   variable. One fill at a time uses the pool; a concurrent fill (another Python thread: the
+   GIL is released) starts its own threads as before. Scheduling only: values never change. */
+#include <sched.h>
+#include <stdatomic.h>
+#include <time.h>
+#define POOL_MAX 64
+#define POOL_SPIN_NS 200000
+static pthread_mutex_t g_pool_use = PTHREAD_MUTEX_INITIALIZER; /* held by the fill using the pool */
+static pthread_mutex_t g_pool_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t g_pool_work = PTHREAD_COND_INITIALIZER, g_pool_done = PTHREAD_COND_INITIALIZER;
+static int g_pool_n;                             /* workers started */
+static targ_t g_pool_task[POOL_MAX];             /* worker i's share of the current job (J NULL: none) */
+static uint64_t g_pool_seen0[POOL_MAX];          /* the job number when worker i was started */
+static _Atomic uint64_t g_pool_gen;              /* job number */
+static _Atomic int g_pool_left;                  /* workers not done with the current job */
+
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+static void *pool_main(void *arg) {
+    int i = (int)(intptr_t)arg;
+    uint64_t seen = g_pool_seen0[i], g;
+    for (;;) {
+        int64_t t0 = now_ns();
+        int n = 0;
+        while ((g = atomic_load_explicit(&g_pool_gen, memory_order_acquire)) == seen) {
+            cpu_relax();
+            if ((++n & 255) == 0 && (sched_yield(), now_ns() - t0 > POOL_SPIN_NS)) {
+                pthread_mutex_lock(&g_pool_mu);
+                while ((g = atomic_load_explicit(&g_pool_gen, memory_order_acquire)) == seen)
+                    pthread_cond_wait(&g_pool_work, &g_pool_mu);
+                pthread_mutex_unlock(&g_pool_mu);
+                break;
+            }
+        }
+        seen = g;
+        targ_t t = g_pool_task[i];
+        if (t.J) {
+            run_chunks(t.J, t.c0, t.c1, t.pf);
+            fence();
+        }
+        if (atomic_fetch_sub_explicit(&g_pool_left, 1, memory_order_acq_rel) == 1) {
+            pthread_mutex_lock(&g_pool_mu);
+            pthread_cond_signal(&g_pool_done);
+            pthread_mutex_unlock(&g_pool_mu);
+        }
+    }
+    return NULL;
+}
+
+static void pool_after_fork(void) { /* the child has none of the parent's workers */
+    g_pool_n = 0;
+    pthread_mutex_init(&g_pool_use, NULL);
+    pthread_mutex_init(&g_pool_mu, NULL);
+    pthread_cond_init(&g_pool_work, NULL);
+    pthread_cond_init(&g_pool_done, NULL);
+    atomic_store(&g_pool_left, 0);
+}
+
+/* Run shares ta[self_share..T) on the pool's workers and ta[0] here (if self_share); returns 0
+   without running anything when the pool is busy or cannot get enough workers. */
+static int pool_run(const targ_t *ta, int T, int self_share, const pthread_attr_t *attr) {
+    int need = T - self_share;
+    if (need < 1 || need > POOL_MAX || pthread_mutex_trylock(&g_pool_use) != 0) return 0;
+    while (g_pool_n < need) {
+        pthread_t th;
+        g_pool_seen0[g_pool_n] = atomic_load(&g_pool_gen);
+        g_pool_task[g_pool_n].J = NULL;
+        if (pthread_create(&th, attr, pool_main, (void *)(intptr_t)g_pool_n) != 0) break;
+        pthread_detach(th);
+        g_pool_n++;
+    }
+    if (g_pool_n < need) {
+        pthread_mutex_unlock(&g_pool_use);
+        return 0;
+    }
+    for (int i = 0; i < g_pool_n; i++) {
+        if (i < need)
+            g_pool_task[i] = ta[self_share + i];
+        else
+            g_pool_task[i].J = NULL;
+    }
+    pthread_mutex_lock(&g_pool_mu);
+    atomic_store(&g_pool_left, g_pool_n);
+    atomic_fetch_add_explicit(&g_pool_gen, 1, memory_order_release);
+    pthread_cond_broadcast(&g_pool_work);
+    pthread_mutex_unlock(&g_pool_mu);
+    if (self_share) {
+        run_chunks(ta[0].J, ta[0].c0, ta[0].c1, ta[0].pf);
+        fence();
+    }
+    int64_t t0 = now_ns();
+    int n = 0;
+    while (atomic_load_explicit(&g_pool_left, memory_order_acquire) != 0) {
+        cpu_relax();
+        if ((++n & 255) == 0 && (sched_yield(), now_ns() - t0 > POOL_SPIN_NS)) {
+            pthread_mutex_lock(&g_pool_mu);
+            while (atomic_load_explicit(&g_pool_left, memory_order_acquire) != 0)
+                pthread_cond_wait(&g_pool_done, &g_pool_mu);
+            pthread_mutex_unlock(&g_pool_mu);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&g_pool_use);
+    return 1;
+}
+
 
 /* bytes of stack left below this frame in the calling thread (SIZE_MAX if unknown). The
    stack's low end is looked up once per thread (for the main thread glibc reads
@@ -1890,10 +2043,10 @@ static PyObject *py_fill(PyObject *self, PyObject *args) {
     unsigned long long ptr, k0, k1, sub;
     int dtype, kind, mode, clamp, nthreads;
     double c[4], lo, hi;
-    long long chunk;
+    long long chunk, pf = 0;
     PyObject *gs, *os, *ss;
-    if (!PyArg_ParseTuple(args, "KiiiiKKK(dddd)ddOOOiL", &ptr, &dtype, &kind, &mode, &clamp, &k0, &k1, &sub, &c[0],
-                          &c[1], &c[2], &c[3], &lo, &hi, &gs, &os, &ss, &nthreads, &chunk))
+    if (!PyArg_ParseTuple(args, "KiiiiKKK(dddd)ddOOOiL|L", &ptr, &dtype, &kind, &mode, &clamp, &k0, &k1, &sub, &c[0],
+                          &c[1], &c[2], &c[3], &lo, &hi, &gs, &os, &ss, &nthreads, &chunk, &pf))
         return NULL;
     job_t J;
     memset(&J, 0, sizeof J);
@@ -1963,7 +2116,7 @@ static PyObject *py_fill(PyObject *self, PyObject *args) {
     int self_share = stack_left() >= KERNEL_STACK_NEED; /* 1: this thread does share 0 */
     Py_BEGIN_ALLOW_THREADS;
     if (T <= 1 && self_share) {
-        run_chunks(&J, 0, nchunks);
+        run_chunks(&J, 0, nchunks, pf);
         fence();
     } else {
         if (T < 1) T = 1;
@@ -1982,23 +2135,26 @@ static PyObject *py_fill(PyObject *self, PyObject *args) {
             ta[t].J = &J;
             ta[t].c0 = nchunks * t / T;
             ta[t].c1 = nchunks * (t + 1) / T;
+            ta[t].pf = pf;
             started[t] = 0;
         }
-        for (int t = self_share; t < T; t++)
-            started[t] = pthread_create(&th[t], have_attr ? &attr : NULL, thread_main, &ta[t]) == 0;
-        if (have_attr) pthread_attr_destroy(&attr);
-        if (self_share) {
-            run_chunks(&J, ta[0].c0, ta[0].c1);
-            fence();
-        }
-        for (int t = self_share; t < T; t++) {
-            if (started[t])
-                pthread_join(th[t], NULL);
-            else {
-                run_chunks(&J, ta[t].c0, ta[t].c1); /* thread creation failed: do it here */
+        if (!pool_run(ta, T, self_share, have_attr ? &attr : NULL)) {
+            for (int t = self_share; t < T; t++)
+                started[t] = pthread_create(&th[t], have_attr ? &attr : NULL, thread_main, &ta[t]) == 0;
+            if (self_share) {
+                run_chunks(&J, ta[0].c0, ta[0].c1, pf);
                 fence();
             }
+            for (int t = self_share; t < T; t++) {
+                if (started[t])
+                    pthread_join(th[t], NULL);
+                else {
+                    run_chunks(&J, ta[t].c0, ta[t].c1, pf); /* thread creation failed: do it here */
+                    fence();
+                }
+            }
         }
+        if (have_attr) pthread_attr_destroy(&attr);
     }
     Py_END_ALLOW_THREADS;
     Py_RETURN_NONE;
@@ -2027,11 +2183,6 @@ static PyObject *py_philox(PyObject *self, PyObject *args) {
    failed (a kernel without MADV_POPULATE_WRITE, or no memory): the fill then takes the
    remaining faults itself. */
 #if defined(__linux__)
-#include <sys/mman.h>
-#include <unistd.h>
-#ifndef MADV_POPULATE_WRITE
-#define MADV_POPULATE_WRITE 23
-#endif
 typedef struct {
     uintptr_t a, b;
     int rc;
@@ -2228,6 +2379,7 @@ PyMODINIT_FUNC PyInit__native(void) {
 #endif
     init_lut();
     init_normal_tail_words();
+    pthread_atfork(NULL, NULL, pool_after_fork);
     PyObject *m = PyModule_Create(&moddef);
     if (m) PyModule_AddIntConstant(m, "STREAM_VERSION", 1);
     return m;

@@ -13,8 +13,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import warnings
+from typing import Iterator
 
 import torch
 
@@ -149,6 +152,28 @@ def get_chunk_size() -> int:
 def native_module():
     """The loaded extension module (or None)."""
     return _native
+
+
+#: bytes faulted in at a time ahead of a native fill, inside :func:`prefaulting` (0: off)
+_prefault = contextvars.ContextVar("torchinit_keyed_prefault", default=0)
+
+
+@contextlib.contextmanager
+def prefaulting(nbytes: int = 1 << 20) -> Iterator[None]:
+    """Inside, native fills first fault in their output's pages (``madvise(MADV_POPULATE_WRITE)``,
+    ``nbytes`` at a time just ahead of the writes, on the fill's own threads): cheaper than the
+    stores' page-by-page first-touch faults, for filling fresh memory (``materialize``).
+    Values never depend on it; where the kernel lacks it the stores take the faults."""
+    token = _prefault.set(nbytes)
+    try:
+        yield
+    finally:
+        _prefault.reset(token)
+
+
+def get_prefault() -> int:
+    """Bytes a native fill faults in at a time ahead of its writes (0: none; see :func:`prefaulting`)."""
+    return _prefault.get()
 
 
 _KERNEL_PATHS = ("portable", "avx2", "avx512")

@@ -297,7 +297,7 @@ def _native_fill_(out: Tensor, kp: KernelParams, dt_code: int, gshape, offsets, 
     threads = min(B.get_num_threads(), 256)
     B.native_module().fill(
         out.data_ptr(), dt_code, kp.kind, kp.mode, int(kp.clamp), kp.k0, kp.k1, kp.sub,
-        kp.c, kp.lo, kp.hi, g, o, s, threads, chunk,
+        kp.c, kp.lo, kp.hi, g, o, s, threads, chunk, B.get_prefault(),
     )
 
 
