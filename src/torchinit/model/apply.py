@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import warnings
 from dataclasses import replace
 from typing import Any, Iterable, Mapping, Sequence
@@ -12,6 +11,7 @@ from torch import Tensor, nn
 
 from ..core import specs as S
 from ..core.gate_specs import OrthogonalPerGate
+from ..engines.keyed.engine import checked_spec
 from .plan import ENGINES, EngineName, Plan, PlanEntry
 from .policy import Policy, PolicyError
 from .registry import DEFAULT_POLICY, PresetName
@@ -26,22 +26,6 @@ def _check_seed(seed: Any) -> int:
     if not 0 <= seed < 2**63:
         raise ValueError(f"seed must be in [0, 2**63), got {seed}")
     return seed
-
-
-@functools.lru_cache(maxsize=4096)
-def _checked_cached(spec: S.Spec) -> S.Spec:
-    return spec.checked()
-
-
-def _checked(spec: S.Spec) -> S.Spec:
-    """``spec.checked()``, once per distinct spec (a large model repeats a few specs); for shape
-    checks only (a cached equal spec may differ in the sign of a zero)."""
-    try:
-        return _checked_cached(spec)
-    except TypeError as exc:  # unhashable field values: validate without the cache
-        if "unhashable" not in str(exc):
-            raise
-        return spec.checked()
 
 
 def apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: EngineName = "keyed",
@@ -195,7 +179,7 @@ def _check_entry(e: PlanEntry, t: Tensor, engine: str, modules: Mapping[str, nn.
                          f"shape {tuple(t.shape)}")
     if e.spec is not None:
         try:
-            _checked(e.spec).check_shape(tuple(t.shape))
+            checked_spec(e.spec).check_shape(tuple(t.shape))  # once per distinct spec
         except (TypeError, ValueError) as exc:
             raise ValueError(f"plan entry {e.name!r}: spec {e.spec!r} does not fit: {exc}") from None
         if e.spec.random and not t.is_floating_point():

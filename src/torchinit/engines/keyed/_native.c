@@ -1015,11 +1015,12 @@ static int seg32_avx2(const job_t *J, const uint32_t *restrict wp, int n, char *
    garbage). NG groups side by side give the core independent chains; with 32 zmm registers
    nothing spills (4 NG state + 2 multiplier registers; the round keys are memory operands). */
 #define PHX5_NG 4
-static inline __attribute__((always_inline)) void phx5_rounds(int ng, const __m512i *KA, const __m512i *KB,
-                                                               __m512i x[][4]) {
+/* rounds r0..9 (r0 a constant: 0, or 2 after phx5_rounds_c's first two) */
+static inline __attribute__((always_inline)) void phx5_rounds_from(int r0, int ng, const __m512i *KA,
+                                                                    const __m512i *KB, __m512i x[][4]) {
     const __m512i M0 = _mm512_set1_epi64(PM0), M1 = _mm512_set1_epi64(PM1);
 #pragma GCC unroll 10
-    for (int r = 0; r < 10; r++) {
+    for (int r = r0; r < 10; r++) {
 #pragma GCC unroll 4
         for (int i = 0; i < ng; i++) {
             __m512i p0 = _mm512_mul_epu32(x[i][0], M0), p1 = _mm512_mul_epu32(x[i][2], M1);
@@ -1032,6 +1033,11 @@ static inline __attribute__((always_inline)) void phx5_rounds(int ng, const __m5
             x[i][2] = y2;
         }
     }
+}
+
+static inline __attribute__((always_inline)) void phx5_rounds(int ng, const __m512i *KA, const __m512i *KB,
+                                                               __m512i x[][4]) {
+    phx5_rounds_from(0, ng, KA, KB, x);
 }
 
 static inline __attribute__((always_inline)) void phx5_init(const job_t *J, uint64_t g, __m512i x[4]) {
@@ -1086,19 +1092,7 @@ static inline __attribute__((always_inline)) void phx5_rounds_c(int ng, const __
         x[i][2] = _mm512_xor_si512(p0, C->c2);
         x[i][3] = C->q0;
     }
-#pragma GCC unroll 8
-    for (int r = 2; r < 10; r++) {
-#pragma GCC unroll 4
-        for (int i = 0; i < ng; i++) {
-            __m512i p0 = _mm512_mul_epu32(x[i][0], M0), p1 = _mm512_mul_epu32(x[i][2], M1);
-            __m512i y0 = _mm512_ternarylogic_epi32(_mm512_srli_epi64(p1, 32), x[i][1], KA[r], 0x96);
-            __m512i y2 = _mm512_ternarylogic_epi32(_mm512_srli_epi64(p0, 32), x[i][3], KB[r], 0x96);
-            x[i][1] = p1;
-            x[i][3] = p0;
-            x[i][0] = y0;
-            x[i][2] = y2;
-        }
-    }
+    phx5_rounds_from(2, ng, KA, KB, x);
 }
 
 /* words 0-15 (lanes 0, 1) and 16-31 (lanes 2, 3) of a group: the low halves of two lane

@@ -72,15 +72,17 @@ def _check_key(key) -> Key:
 
 
 @functools.lru_cache(maxsize=4096)
-def _checked_cached(spec: S.Spec) -> S.Spec:
+def _checked_cached(spec: S.Spec, text: str) -> S.Spec:
+    # keyed by the repr too: equal specs may differ in the sign of a zero (-0.0 == 0.0)
     return spec.checked()
 
 
-def _check_spec(spec) -> S.Spec:
+def checked_spec(spec) -> S.Spec:
+    """``spec.checked()``, cached per distinct spec (a model repeats a few specs); TypeError for a non-spec."""
     if not isinstance(spec, S.Spec):
         raise TypeError(f"spec must be a torchinit.specs.Spec, got {type(spec).__name__} {spec!r}")
     try:
-        return _checked_cached(spec)
+        return _checked_cached(spec, repr(spec))
     except TypeError as exc:  # unhashable field values: validate without the cache
         if "unhashable" not in str(exc):
             raise
@@ -490,7 +492,7 @@ def fill_region_(out: Tensor, spec: S.Spec, key: Key, global_shape: Sequence[int
     positions of the box's columns only (all rows of those columns).
     """
     _check_key(key)
-    spec = _check_spec(spec)
+    spec = checked_spec(spec)
     if not isinstance(out, Tensor):
         raise TypeError(f"out must be a torch.Tensor, got {type(out).__name__}")
     _check_dtype(out.dtype, "out")

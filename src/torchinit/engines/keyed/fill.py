@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from ...core import specs as S
-from .engine import _check_key, _check_spec, fill_region_
+from .engine import _check_key, checked_spec, fill_region_
 from .key import Key
 from .shards import shard_fill_
 
@@ -22,7 +22,7 @@ def fill_(tensor: Tensor, spec: S.Spec, key: Key) -> Tensor:
     """
     if type(tensor).__name__ == "DTensor":
         _check_key(key)
-        _check_spec(spec)
+        checked_spec(spec)
         return shard_fill_(tensor, spec, key)
     if not isinstance(tensor, Tensor):
         raise TypeError(f"tensor must be a torch.Tensor, got {type(tensor).__name__}")
