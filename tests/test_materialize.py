@@ -356,6 +356,16 @@ def test_prefaulting_fills_give_the_same_values():
     assert B.get_prefault() == 0 and B.get_num_threads() == threads
 
 
+@pytest.mark.parametrize("bad", [-1, 1.5, "1M", True])
+def test_prefaulting_refuses_a_bad_size(bad):
+    from torchinit.keyed import backend as B
+
+    with pytest.raises(ValueError, match=r"prefaulting: nbytes must be an int >= 0 \(0: off\), got "):
+        with B.prefaulting(bad):
+            pass
+    assert B.get_prefault() == 0
+
+
 def test_huge_pages_must_be_a_bool():
     model = _meta("mlp")
     with pytest.raises(TypeError, match=r"materialize: huge_pages must be True or False, got 'no'"):

@@ -164,6 +164,8 @@ def prefaulting(nbytes: int = 1 << 20) -> Iterator[None]:
     ``nbytes`` at a time just ahead of the writes, on the fill's own threads): cheaper than the
     stores' page-by-page first-touch faults, for filling fresh memory (``materialize``).
     Values never depend on it; where the kernel lacks it the stores take the faults."""
+    if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0:
+        raise ValueError(f"prefaulting: nbytes must be an int >= 0 (0: off), got {nbytes!r}")
     token = _prefault.set(nbytes)
     try:
         yield
