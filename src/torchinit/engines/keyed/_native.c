@@ -1299,9 +1299,11 @@ typedef struct {
 } vk5_t;
 
 /* the normal's (q, t) from words: t = RN(m + 1/2) 2^-32 with m = w & 0x7FFFFFFF (qt8's
-   hi + lo, one rounding) is RN(2m + 1) 2^-33, one unsigned conversion of (w << 1) | 1 */
-static inline __attribute__((always_inline)) void qt16_normal(const __m512i *w, __m512 *q, __m512 *t) {
-    FOR5 t[v] = MUL5(_mm512_cvtepu32_ps(_mm512_or_si512(_mm512_slli_epi32(w[v], 1), SI(1))), S1(0x1p-33f));
+   hi + lo, one rounding) is RN(2m + 1) 2^-33, one unsigned conversion of u = (w << 1) | 1
+   (returned in u: m < L is u < 2L, the tail test without another operation) */
+static inline __attribute__((always_inline)) void qt16_normal(const __m512i *w, __m512 *q, __m512 *t, __m512i *u) {
+    FOR5 u[v] = _mm512_or_si512(_mm512_slli_epi32(w[v], 1), SI(1));
+    FOR5 t[v] = MUL5(_mm512_cvtepu32_ps(u[v]), S1(0x1p-33f));
     FOR5 q[v] = SUB5(t[v], S1(0.5f));
 }
 
@@ -1371,7 +1373,7 @@ static inline __attribute__((always_inline)) void ppnd_seg16(const vk5_t *K, con
     _Alignas(64) uint32_t tp[SEG + 128]; /* packed tail words (normal) or q (truncated) */
     _Alignas(64) float qb[SEG + 64];    /* truncated normal: q of every element */
     _Alignas(64) float tt[SEG + 128];    /* tail values, packed */
-    const __m512i L = SI(g_normal_tail_words);
+    const __m512i L = SI(g_normal_tail_words), L2 = SI(2u * g_normal_tail_words); /* L < 2^31 */
     int k = 0;
     for (int e0 = 0; e0 < n; e0 += STEP5) {
         const int r = n - e0;
@@ -1398,9 +1400,9 @@ static inline __attribute__((always_inline)) void ppnd_seg16(const vk5_t *K, con
     for (int j0 = 0; j0 < k; j0 += STEP5) {
         __m512 q[NV5], t[NV5];
         if (normal) {
-            __m512i w[NV5];
+            __m512i w[NV5], u[NV5];
             FOR5 w[v] = _mm512_load_si512(tp + j0 + 16 * v);
-            qt16_normal(w, q, t);
+            qt16_normal(w, q, t, u);
         } else {
             FOR5 q[v] = _mm512_load_ps((const float *)tp + j0 + 16 * v);
             FOR5 t[v] = t16_trunc(q[v]);
@@ -1413,17 +1415,17 @@ static inline __attribute__((always_inline)) void ppnd_seg16(const vk5_t *K, con
     int j = 0;
     for (int e0 = 0; e0 < n; e0 += STEP5) {
         const int r = n - e0;
-        __m512i w[NV5];
+        __m512i w[NV5], u[NV5];
         __m512 q[NV5], t[NV5], x[NV5];
         FOR5 w[v] = r >= STEP5 ? _mm512_loadu_si512(wp + e0 + 16 * v) : _mm512_maskz_loadu_epi32(valid16(r - 16 * v), wp + e0 + 16 * v);
         if (normal)
-            qt16_normal(w, q, t);
+            qt16_normal(w, q, t, u);
         else
             FOR5 q[v] = _mm512_load_ps(qb + e0 + 16 * v);
         central16(q, x);
         FOR5 {
             __mmask16 vm = r >= STEP5 ? (__mmask16)0xFFFF : valid16(r - 16 * v);
-            __mmask16 m = normal ? _mm512_mask_cmplt_epu32_mask(vm, _mm512_and_si512(w[v], SI(0x7FFFFFFF)), L)
+            __mmask16 m = normal ? _mm512_mask_cmplt_epu32_mask(vm, u[v], L2)
                                  : _mm512_mask_cmp_ps_mask(vm, _mm512_abs_ps(q[v]), S1(F(0.425)), _CMP_GT_OQ);
             x[v] = _mm512_mask_expand_ps(x[v], m, _mm512_loadu_ps(tt + j));
             j += __builtin_popcount((unsigned)m);
