@@ -1362,16 +1362,17 @@ static inline __attribute__((always_inline)) void put16(int bf16, int nt, char *
       |q| > 0.425 is exactly m < g_normal_tail_words, found at load time from the recipe;
    2. the tail branch (log, sqrt, rational) over the packed list;
    3. for every element the central branch, the tail values expanded into their lanes
-      (vexpandps), sign, affine map, clamp, store.
+      (vexpandps; the normal's test here is u < 2L on qt16_normal's u = 2m + 1), sign,
+      affine map, clamp, store.
    bf16 is 0 (float32 output), 1 (bfloat16) or 2 (bfloat16, the job has no subnormal
    values: no check before the hardware rounding). normal, bf16, nt and clamp are constants
-   in each caller: one specialized copy each, so
-   the loops carry no branches but the last, partial step's. */
+   in each caller: one specialized copy each, so the loops carry no branches but the last,
+   partial step's. */
 static inline __attribute__((always_inline)) void ppnd_seg16(const vk5_t *K, const int normal, const int bf16,
                                                               const int nt, const int clamp,
                                                               const uint32_t *restrict wp, int n, char *out) {
     _Alignas(64) uint32_t tp[SEG + 128]; /* packed tail words (normal) or q (truncated) */
-    _Alignas(64) float qb[SEG + 64];    /* truncated normal: q of every element */
+    _Alignas(64) float qb[SEG + 64];     /* truncated normal: q of every element */
     _Alignas(64) float tt[SEG + 128];    /* tail values, packed */
     const __m512i L = SI(g_normal_tail_words), L2 = SI(2u * g_normal_tail_words); /* L < 2^31 */
     int k = 0;
