@@ -53,8 +53,8 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..core import specs as S
 from ..engines.keyed import backend as B
+from ..engines.keyed.engine import native_writes_in_place
 from ..model.module_init import HF_INIT_STEP
 from ..model.plan import Plan
 from ..model.policy import Policy
@@ -208,12 +208,10 @@ def _thp_size() -> int:
 
 
 def _fills_natively(entry: Any, t: Tensor) -> bool:
-    """Whether the keyed engine's native kernel writes ``t`` for plan ``entry``: under
-    :func:`~torchinit.engines.keyed.backend.prefaulting` it then faults the pages in itself,
-    each thread just ahead of its own writes."""
-    return (entry is not None and isinstance(entry.spec, (S.Uniform, S.Normal, S.TruncatedNormal))
-            and t.device.type == "cpu" and type(t.data) is torch.Tensor and t.is_contiguous()
-            and B.get_backend() == "native")
+    """Whether the keyed engine's native kernel writes plain tensor ``t`` for plan ``entry``
+    (under :func:`~torchinit.engines.keyed.backend.prefaulting` it then faults the pages in
+    itself, each thread just ahead of its own writes)."""
+    return entry is not None and type(t.data) is torch.Tensor and native_writes_in_place(entry.spec, t)
 
 
 def _prefault(t: Tensor, huge_pages: bool) -> None:

@@ -2029,8 +2029,8 @@ static int no_subnormal_values(const job_t *J) {
     if (J->clamp && ((J->lof != 0.0f && fexp32(J->lof) < -126) || (J->hif != 0.0f && fexp32(J->hif) < -126)))
         return 0;
     if (s == 0.0f) return c0 == 0.0f || fexp32(c0) >= -126;
-    int pe = fexp32(s) + g; /* |P| >= 2^pe */
-    if (fexp32(s) == -127) return 0;
+    if (fexp32(s) == -127) return 0; /* a subnormal scale */
+    int pe = fexp32(s) + g;          /* |P| >= 2^pe */
     if (c0 == 0.0f) return pe >= -126;
     return pe - 23 >= -126 && fexp32(c0) - 23 >= -126;
 }

@@ -307,12 +307,23 @@ def _use_native(device: torch.device) -> bool:
     return device.type == "cpu" and B.get_backend() == "native"
 
 
+def _direct(out: Tensor) -> bool:
+    # a neg-bit view (torch._neg_view) reads its memory negated: write it through copy_
+    return out.is_contiguous() and not out.is_neg()
+
+
+def native_writes_in_place(spec: S.Spec, out: Tensor) -> bool:
+    """Whether :func:`fill_region_` writes ``out`` for ``spec`` through the native kernel's
+    raw pointer (uniform, normal, truncated normal into a contiguous CPU tensor): then a
+    fill under :func:`~torchinit.engines.keyed.backend.prefaulting` faults its pages in itself."""
+    return isinstance(spec, _ELEMENTWISE) and _use_native(out.device) and _direct(out)
+
+
 def _elementwise_region_(out: Tensor, spec: S.Spec, key: Key, gshape, offsets) -> Tensor:
     sizes = tuple(out.shape)
     compute = out.dtype  # one of _KEYED_DTYPES, each a kernel output type (checked by fill_region_)
     kp = kernel_params(spec, key, compute)
-    # a neg-bit view (torch._neg_view) reads its memory negated: write it through copy_
-    direct = out.is_contiguous() and not out.is_neg()
+    direct = _direct(out)
     if _use_native(out.device):
         target = out if direct else torch.empty(sizes, dtype=compute)
         _native_fill_(target, kp, _DT_CODE[compute], gshape, offsets, sizes)
