@@ -160,3 +160,36 @@ def test_fix_text_follows_the_nonlinearity_at_hand():
     assert "SiLU" in V._fix_scale("silu")
     layers = [lin("0", 1.0, nxt="tanh"), lin("1", 1.0, nxt="tanh"), lin("2", 1.0, nxt="relu")]
     assert V._context(layers).nonlinearity == "tanh"
+
+
+def normed(name, std, in_rms=1.0):
+    """A weight layer fed by a normalization layer (a transformer block's ``ln -> proj``)."""
+    r = lin(name, std)
+    r.after_norm, r.in_sq = True, in_rms * in_rms
+    return r
+
+
+def test_a_layer_fed_by_a_norm_restarts_the_comparison_and_is_judged_on_its_gain():
+    # pre-norm transformer, GPT-2 default-like: every block's projections at gain 0.16, the
+    # head tied to a 0.02 embedding: nothing vanishes, nothing explodes
+    healthy = [normed("h0.attn", 0.16), normed("h0.fc", 0.16), normed("h1.attn", 0.16), normed("h1.fc", 0.16),
+               normed("lm_head", 0.16)]
+    assert run(V._vanishing, healthy) == [] and run(V._exploding, healthy) == []
+    # weights at std 1 (gain 16 at width 256), head unchanged: the projections explode, the head
+    # does not "vanish" against them (the comparison across blocks said so before)
+    big = [normed("h0.attn", 16.0), normed("h0.fc", 16.0), normed("h1.attn", 16.0), normed("lm_head", 0.16)]
+    assert run(V._vanishing, big) == []
+    (v,) = run(V._exploding, big)
+    assert (v.layer, v.value) == ("h0.attn", pytest.approx(16.0))
+    assert "the layer's own gain on its normalized input" in v.message
+    # weights at 1e-4: each projection's own gain is tiny; the head does not "explode"
+    small = [normed("h0.attn", 1.6e-3), normed("h0.fc", 1.6e-3), normed("lm_head", 0.16)]
+    assert run(V._exploding, small) == []
+    (v,) = run(V._vanishing, small)
+    assert (v.layer, v.value) == ("h0.attn", pytest.approx(1.6e-3))
+    # the layers after a norm-fed one (query -> key -> value -> dense) compare with the
+    # normalized input until the next norm
+    seg = [normed("q", 1.0, in_rms=2.0), lin("k", 1.0), lin("d", 0.1), normed("next", 1.0)]
+    (v,) = run(V._vanishing, seg)
+    assert (v.layer, v.value) == ("d", pytest.approx(0.05))
+    assert "from 2 at the normalized input of q" in v.message

@@ -121,3 +121,41 @@ def test_nan_parameter_is_named_not_the_activation_call():
     assert (v.layer, v.layers) == ("1.w", ["1.w"])
     assert v.message == "1 parameter(s) contain NaN or inf: 1.w; layer outputs are non-finite from 1:relu on."
     assert v.fix.startswith("re-initialize 1.w")
+
+
+def _gpt2(std=None, width=256):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    m = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_embd=width, n_head=4, vocab_size=1000,
+                                                             n_positions=64))
+    if std is not None:
+        with torch.no_grad():
+            for n, p in m.named_parameters():
+                if p.dim() == 2 and "wte" not in n and "wpe" not in n:
+                    p.normal_(0, std, generator=torch.Generator().manual_seed(1))
+    return m, {"input_ids": torch.randint(0, 1000, (2, 16), generator=torch.Generator().manual_seed(2))}
+
+
+def test_hugging_face_gpt2_activation_and_conv1d_fans_are_read():
+    m, ids = _gpt2(width=64)
+    rep = diagnose(m, ids, progress=False)
+    by = {r.name: r for r in rep.layers}
+    # NewGELUActivation is an activation: the MLP's first projection is followed by it
+    assert by["transformer.h.0.mlp.act"].kind == "activation"
+    assert by["transformer.h.0.mlp.c_fc"].next_act == "gelu_tanh"
+    assert not by["transformer.h.0.mlp.c_fc"].residual  # the GELU formula's sum ends no branch
+    # Conv1D stores (in, out): its gain sqrt(mean(w^2) * fan_in) reads fan_in = 64, not 192
+    p = next(q for q in rep.params if q.name == "transformer.h.0.attn.c_attn.weight")
+    assert p.gain == pytest.approx(0.02 * 64 ** 0.5, rel=0.05)
+
+
+@pytest.mark.parametrize("std, kind", [(None, None), (1.0, "exploding"), (1e-4, "vanishing")])
+def test_hugging_face_gpt2_scale_errors_are_named_at_the_projection(std, kind):
+    m, ids = _gpt2(std)
+    rep = diagnose(m, ids, progress=False)
+    signal = [v for v in rep.verdicts if v.kind in ("vanishing", "exploding")]
+    if kind is None:
+        assert signal == []
+    else:  # the projections are at fault, not the tied head (which a cross-block comparison blamed)
+        (v,) = signal
+        assert (v.kind, v.layer) == (kind, "transformer.h.0.attn.c_attn")

@@ -180,3 +180,25 @@ def test_fans_select():
     assert f.to_dict() == {"fan_in": 100, "fan_out": 400, "receptive_field": 1}
     with pytest.raises(ValueError, match=r"Mode fan_sum not supported, please use one of \['fan_in', 'fan_out', 'fan_avg', 'fan_geo_avg'\]"):
         f.select("fan_sum")
+
+
+class Conv1D(nn.Module):
+    """Hugging Face's GPT-2 ``Conv1D`` as it stores its weight: ``(in, out)``, used as ``x @ w``."""
+
+    def __init__(self, nf: int, nx: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(nx, nf))
+        self.bias = nn.Parameter(torch.zeros(nf))
+
+
+def test_module_fans_of_hugging_face_conv1d_read_its_x_at_w_layout():
+    c = Conv1D(192, 64)  # 64 inputs, 192 outputs: torch's rule would say fan_in 192
+    assert _calculate_fan_in_and_fan_out(c.weight) == (192, 64)
+    assert module_fans(c) == Fans(64, 192, 1) == compute_fans(c.weight.shape, "x@w")
+    # torch's own Conv1d is not Hugging Face's Conv1D
+    assert module_fans(nn.Conv1d(4, 8, 3)) == Fans(12, 24, 3)
+
+
+def test_module_fans_of_the_real_hugging_face_conv1d():
+    pytorch_utils = pytest.importorskip("transformers.pytorch_utils")
+    assert module_fans(pytorch_utils.Conv1D(192, 64)) == Fans(64, 192, 1)

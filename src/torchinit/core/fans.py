@@ -165,12 +165,15 @@ def compute_fans(
 def module_fans(module: nn.Module, param: str = "weight") -> Fans:
     """The true fans of ``module.<param>`` given the module type.
 
-    ConvTransposeNd and grouped ConvNd get their corrected layouts; any other
-    module's weight uses torch's ``(out, in, *kernel)`` convention.
+    ConvTransposeNd and grouped ConvNd get their corrected layouts, Hugging Face's
+    ``Conv1D`` (GPT-2's projections: ``(in, out)``, applied as ``x @ w``) the ``"x@w"``
+    layout; any other module's weight uses torch's ``(out, in, *kernel)`` convention.
     """
     w = getattr(module, param, None)
     if not isinstance(w, torch.Tensor):
         raise ValueError(f"{type(module).__name__} has no tensor named {param!r}")
+    if type(module).__name__ == "Conv1D" and not isinstance(module, nn.Conv1d) and w.dim() == 2:
+        return compute_fans(w.shape, "x@w")  # matched by name: core does not import transformers
     groups = int(getattr(module, "groups", 1) or 1)
     if isinstance(module, nn.modules.conv._ConvTransposeNd):
         return compute_fans(w.shape, "conv_transpose", groups=groups)

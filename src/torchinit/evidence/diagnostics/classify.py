@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...core.gains import auto_gain
+from ...model.activations import activation_of_module
 
 _NORM_TYPES: tuple[type, ...] = (
     nn.modules.batchnorm._NormBase,
@@ -49,7 +50,7 @@ _SIGMOID_SAT = 0.5 - math.sqrt(0.25 - 0.025)
 _PRETTY = {
     "relu": "ReLU", "leaky_relu": "LeakyReLU", "gelu": "GELU", "silu": "SiLU", "mish": "Mish",
     "elu": "ELU", "selu": "SELU", "softplus": "Softplus", "hardswish": "Hardswish",
-    "tanh": "Tanh", "sigmoid": "Sigmoid",
+    "tanh": "Tanh", "sigmoid": "Sigmoid", "gelu_tanh": "GELU (tanh)",
 }
 
 
@@ -96,6 +97,8 @@ def _kind(module: nn.Module) -> str | None:
         return "norm"
     if type(module) in _ACTIVATIONS or isinstance(module, tuple(_ACTIVATIONS)):
         return "activation"
+    if _library_activation(module) is not None:
+        return "activation"
     if isinstance(module, (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd)):
         return "linear"
     w = getattr(module, "weight", None)
@@ -104,13 +107,22 @@ def _kind(module: nn.Module) -> str | None:
     return None
 
 
+def _library_activation(module: nn.Module) -> tuple[str, float | None] | None:
+    """A leaf activation module of another library (Hugging Face's ``NewGELUActivation``,
+    ``GELUActivation``, timm's ``GELUTanh``...), as plans detect them; a container is never one."""
+    if isinstance(module, tuple(_ACTIVATIONS)) or next(iter(module.children()), None) is not None:
+        return None
+    return activation_of_module(module)
+
+
 def _nonlinearity(module: nn.Module) -> tuple[str, float | None]:
     for cls in type(module).__mro__:
         if cls in _ACTIVATIONS:
             name = _ACTIVATIONS[cls]
             break
-    else:  # pragma: no cover - _kind guarantees a match
-        return "unknown", None
+    else:
+        found = _library_activation(module)
+        return found if found is not None else ("unknown", None)
     param = None
     if isinstance(module, nn.LeakyReLU):
         param = float(module.negative_slope)

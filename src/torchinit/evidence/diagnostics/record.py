@@ -172,6 +172,8 @@ class _Recorder:
         output is by design and the sum carries the signal. Added to something smaller
         (``h + 0.044715 * h**3`` inside a GELU formula, a bias) the layer's output is the
         signal, and stays on its path."""
+        if self.stack and self.stack[-1][1] == "activation":
+            return  # a sum inside an activation's formula (x + 0.044715 x^3) ends no branch
         ra, rb = self._owner(a), self._owner(b)
         if ra is None and rb is None:
             return
@@ -407,6 +409,7 @@ class _Recorder:
                 rec.in_sq = float(torch.linalg.vector_norm(xf)) ** 2 / max(xf.numel(), 1)
             if self.last is not None and self.last.kind == "activation":
                 rec.prev_act = self.last.nonlinearity
+            rec.after_norm = self.last is not None and self.last.kind == "norm"
         ys = yf.movedim(batch_dim, 0) if batch_dim is not None and yf.dim() > batch_dim else None
         if ys is not None and ys.shape[0] >= 2 and finite:
             s = ys[: self.k].reshape(min(self.k, ys.shape[0]), -1)

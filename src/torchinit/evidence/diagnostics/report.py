@@ -84,6 +84,12 @@ class Thresholds:
     their output is small by design (GPT-2's ``0.02/sqrt(2 n_layer)`` projections) and the
     stream carries the signal.
 
+    A layer fed by a normalization layer (``ln -> proj``, as in every block of a transformer)
+    restarts the comparison: its ``s_k`` is taken over the normalized input's root mean
+    square (its own gain on that input), and the layers after it, up to the next such
+    layer, are compared with that input too; a pre-norm transformer's layers are thus
+    each judged on their gain, never against a layer of another block.
+
     * ``vanish=0.1``: *vanishing* when some ``s_k / s_1 < vanish``. The verdict
       starts at the first layer of the run of shrinking layers (``s_j < s_{j-1}``)
       that leads there; an ``error`` when the ratio is below ``vanish**3``.
@@ -196,6 +202,9 @@ class LayerStats:
     next_act: str | None = None  #: weight layers: activation that follows
     next_act_param: float | None = None  #: its parameter (LeakyReLU slope)
     prev_act: str | None = None  #: weight layers: activation that precedes
+    #: weight layers whose input is a normalization layer's output (a transformer's
+    #: ``ln_1 -> c_attn``): the signal's scale starts afresh there
+    after_norm: bool = False
     #: weight layers: the output (through dropout) is added to a tensor that is not a weight
     #: layer's output and is at least as large (``x + proj(h)``), or of any size when the layer
     #: is named like a residual projection (``*.c_proj``, ``*.o_proj``, ``*.down_proj``, ...):

@@ -168,48 +168,92 @@ def _nonfinite(ctx: _Context) -> list[Verdict]:
                     "check the init scale of this layer and the ones before it (and the input data).", None, None)]
 
 
-def _signal_ratios(ctx: _Context) -> tuple[list[LayerStats], list[float], list[float]] | None:
+class _Ratios(NamedTuple):
+    path: list[LayerStats]
+    stds: list[float]  #: the input's std (or the first layer's), then each path layer's
+    ratios: list[float]  #: each layer's std over the std its segment starts from
+    seg: list[int]  #: the index in ``path`` where each layer's segment starts
+
+
+def _signal_ratios(ctx: _Context) -> _Ratios | None:
+    """The path's stds relative to where the signal's scale was last set: the first layer's
+    output, or, for a layer fed by a normalization (a transformer's ``ln -> proj``), the
+    normalized input, which restarts the comparison: a pre-norm transformer's layers are
+    each judged on their own gain, not against a layer of another block."""
     path = ctx.path
     if not (len(path) >= 2 and path[0].std > 0):
         return None
-    s1 = path[0].std
-    stds = [ctx.input_std if ctx.input_std else s1] + [r.std for r in path]
-    return path, stds, [r.std / s1 for r in path]
+    ratios, seg = [], []
+    base, k = path[0].std, 0
+    for i, r in enumerate(path):
+        if r.after_norm and r.in_sq:
+            base, k = math.sqrt(r.in_sq), i
+        ratios.append(r.std / base)
+        seg.append(k)
+    stds = [ctx.input_std if ctx.input_std else path[0].std] + [r.std for r in path]
+    return _Ratios(path, stds, ratios, seg)
+
+
+def _from(rs: _Ratios, i: int) -> tuple[float, str]:
+    """The std layer ``i``'s ratio is relative to, and where it was measured."""
+    k = rs.seg[i]
+    r = rs.path[k]
+    if r.after_norm and r.in_sq:
+        return math.sqrt(r.in_sq), f"the normalized input of {r.name}"
+    return r.std, r.name
+
+
+def _rate(rs: _Ratios, i: int, per: float) -> str:
+    q = rs.ratios[i]
+    if i == rs.seg[i] and rs.path[i].after_norm:
+        return f"x{q:.3g}: the layer's own gain on its normalized input"
+    return f"x{q:.3g}, std x{per:.3g} per layer"
+
+
+def _extreme(ctx: _Context, shrinking: bool) -> tuple[_Ratios, int, int, int, float] | None:
+    """(ratios, first layer past the threshold, the most extreme layer of its segment, the
+    verdict's start layer, std factor per layer), or None."""
+    rs = _signal_ratios(ctx)
+    if rs is None:
+        return None
+    past = (lambda q: q < ctx.th.vanish) if shrinking else (lambda q: q > ctx.th.explode)
+    first = next((i for i, q in enumerate(rs.ratios) if past(q)), None)
+    if first is None:
+        return None
+    k = rs.seg[first]
+    same = [i for i in range(len(rs.path)) if rs.seg[i] == k]
+    ext = (min if shrinking else max)(same, key=lambda i: rs.ratios[i])
+    # the run of layers moving that way that leads to ``first``, within its segment
+    start = max(min(_start_of_run(rs.stds, first + 1, shrinking), first), k)
+    per = rs.ratios[ext] ** (1.0 / max(ext - k, 1))
+    return rs, first, ext, start, per
 
 
 def _vanishing(ctx: _Context) -> list[Verdict]:
-    got = _signal_ratios(ctx)
+    got = _extreme(ctx, True)
     if got is None:
         return []
-    path, stds, ratios = got
-    first = next((i for i, q in enumerate(ratios) if q < ctx.th.vanish), None)
-    if first is None:
-        return []
-    lo = min(range(len(path)), key=lambda i: ratios[i])
-    start = min(_start_of_run(stds, first + 1, True), len(path) - 1)
-    per = ratios[lo] ** (1.0 / max(lo, 1))
+    rs, first, lo, start, per = got
+    path, ratios = rs.path, rs.ratios
+    b, where = _from(rs, lo)
     return [Verdict(
         "vanishing", "error" if ratios[lo] < ctx.th.vanish ** 3 else "warning", path[start].name,
-        f"activation std shrinks from {path[0].std:.3g} at {path[0].name} to {path[lo].std:.3g} at {path[lo].name} "
-        f"(x{ratios[lo]:.2g}, std x{per:.2f} per layer); it falls below {ctx.th.vanish:g}x at {path[first].name}.",
+        f"activation std shrinks from {b:.3g} at {where} to {path[lo].std:.3g} at {path[lo].name} "
+        f"({_rate(rs, lo, per)}); it falls below {ctx.th.vanish:g}x at {path[first].name}.",
         _fix_scale(ctx.nonlinearity), ratios[lo], ctx.th.vanish)]
 
 
 def _exploding(ctx: _Context) -> list[Verdict]:
-    got = _signal_ratios(ctx)
+    got = _extreme(ctx, False)
     if got is None:
         return []
-    path, stds, ratios = got
-    first = next((i for i, q in enumerate(ratios) if q > ctx.th.explode), None)
-    if first is None:
-        return []
-    hi = max(range(len(path)), key=lambda i: ratios[i])
-    start = min(_start_of_run(stds, first + 1, False), len(path) - 1)
-    per = ratios[hi] ** (1.0 / max(hi, 1))
+    rs, first, hi, start, per = got
+    path, ratios = rs.path, rs.ratios
+    b, where = _from(rs, hi)
     return [Verdict(
         "exploding", "error" if ratios[hi] > ctx.th.explode ** 3 else "warning", path[start].name,
-        f"activation std grows from {path[0].std:.3g} at {path[0].name} to {path[hi].std:.3g} at {path[hi].name} "
-        f"(x{ratios[hi]:.3g}, std x{per:.2f} per layer); it exceeds {ctx.th.explode:g}x at {path[first].name}.",
+        f"activation std grows from {b:.3g} at {where} to {path[hi].std:.3g} at {path[hi].name} "
+        f"({_rate(rs, hi, per)}); it exceeds {ctx.th.explode:g}x at {path[first].name}.",
         _fix_explode(ctx.nonlinearity), ratios[hi], ctx.th.explode)]
 
 
