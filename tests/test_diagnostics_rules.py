@@ -175,6 +175,9 @@ def test_a_layer_fed_by_a_norm_restarts_the_comparison_and_is_judged_on_its_gain
     healthy = [normed("h0.attn", 0.16), normed("h0.fc", 0.16), normed("h1.attn", 0.16), normed("h1.fc", 0.16),
                normed("lm_head", 0.16)]
     assert run(V._vanishing, healthy) == [] and run(V._exploding, healthy) == []
+    # the same recipe at width 16 (gain 0.08) and a zeroed-like head: recipes, not vanishing
+    tiny = [normed("h0.attn", 0.08), normed("h0.fc", 0.08), normed("lm_head", 1e-4)]
+    assert run(V._vanishing, tiny) == []
     # weights at std 1 (gain 16 at width 256), head unchanged: the projections explode, the head
     # does not "vanish" against them (the comparison across blocks said so before)
     big = [normed("h0.attn", 16.0), normed("h0.fc", 16.0), normed("h1.attn", 16.0), normed("lm_head", 0.16)]
@@ -186,10 +189,10 @@ def test_a_layer_fed_by_a_norm_restarts_the_comparison_and_is_judged_on_its_gain
     small = [normed("h0.attn", 1.6e-3), normed("h0.fc", 1.6e-3), normed("lm_head", 0.16)]
     assert run(V._exploding, small) == []
     (v,) = run(V._vanishing, small)
-    assert (v.layer, v.value) == ("h0.attn", pytest.approx(1.6e-3))
+    assert (v.layer, v.value, v.threshold) == ("h0.attn", pytest.approx(1.6e-3), pytest.approx(0.01))
     # the layers after a norm-fed one (query -> key -> value -> dense) compare with the
     # normalized input until the next norm
-    seg = [normed("q", 1.0, in_rms=2.0), lin("k", 1.0), lin("d", 0.1), normed("next", 1.0)]
+    seg = [normed("q", 1.0, in_rms=2.0), lin("k", 1.0), lin("d", 0.01), normed("next", 1.0)]
     (v,) = run(V._vanishing, seg)
-    assert (v.layer, v.value) == ("d", pytest.approx(0.05))
+    assert (v.layer, v.value) == ("d", pytest.approx(0.005))
     assert "from 2 at the normalized input of q" in v.message

@@ -88,7 +88,10 @@ class Thresholds:
     restarts the comparison: its ``s_k`` is taken over the normalized input's root mean
     square (its own gain on that input), and the layers after it, up to the next such
     layer, are compared with that input too; a pre-norm transformer's layers are thus
-    each judged on their gain, never against a layer of another block.
+    each judged on their gain, never against a layer of another block. On a normalized
+    input, *vanishing* needs ``vanish**2`` (0.01x: GPT-2's std 0.02 gives a gain of 0.08 at
+    width 16, a recipe, not a collapse), and the model's output layer alone after a norm
+    is not judged (small logits at init are by design: a tied 0.02 head, a zeroed classifier).
 
     * ``vanish=0.1``: *vanishing* when some ``s_k / s_1 < vanish``. The verdict
       starts at the first layer of the run of shrinking layers (``s_j < s_{j-1}``)

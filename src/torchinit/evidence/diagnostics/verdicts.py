@@ -216,12 +216,21 @@ def _extreme(ctx: _Context, shrinking: bool) -> tuple[_Ratios, int, int, int, fl
     rs = _signal_ratios(ctx)
     if rs is None:
         return None
-    past = (lambda q: q < ctx.th.vanish) if shrinking else (lambda q: q > ctx.th.explode)
-    first = next((i for i, q in enumerate(rs.ratios) if past(q)), None)
+    n = len(rs.path)
+    normed = [rs.path[rs.seg[i]].after_norm for i in range(n)]
+    # the model's output layer alone after a norm: small logits at init are a recipe (a tied
+    # 0.02 head, a zero-initialized classifier), not a signal that vanished
+    judged = [i for i in range(n) if not (i == n - 1 and normed[i] and rs.seg[i] == i)]
+    th = ctx.th
+    if shrinking:  # on a normalized input only a 100x shrink (GPT-2's 0.02 at small widths is a recipe)
+        past = lambda i: rs.ratios[i] < (th.vanish ** 2 if normed[i] else th.vanish)  # noqa: E731
+    else:
+        past = lambda i: rs.ratios[i] > th.explode  # noqa: E731
+    first = next((i for i in judged if past(i)), None)
     if first is None:
         return None
     k = rs.seg[first]
-    same = [i for i in range(len(rs.path)) if rs.seg[i] == k]
+    same = [i for i in judged if rs.seg[i] == k]
     ext = (min if shrinking else max)(same, key=lambda i: rs.ratios[i])
     # the run of layers moving that way that leads to ``first``, within its segment
     start = max(min(_start_of_run(rs.stds, first + 1, shrinking), first), k)
@@ -235,12 +244,13 @@ def _vanishing(ctx: _Context) -> list[Verdict]:
         return []
     rs, first, lo, start, per = got
     path, ratios = rs.path, rs.ratios
+    lim = ctx.th.vanish ** 2 if path[rs.seg[first]].after_norm else ctx.th.vanish
     b, where = _from(rs, lo)
     return [Verdict(
         "vanishing", "error" if ratios[lo] < ctx.th.vanish ** 3 else "warning", path[start].name,
         f"activation std shrinks from {b:.3g} at {where} to {path[lo].std:.3g} at {path[lo].name} "
-        f"({_rate(rs, lo, per)}); it falls below {ctx.th.vanish:g}x at {path[first].name}.",
-        _fix_scale(ctx.nonlinearity), ratios[lo], ctx.th.vanish)]
+        f"({_rate(rs, lo, per)}); it falls below {lim:g}x at {path[first].name}.",
+        _fix_scale(ctx.nonlinearity), ratios[lo], lim)]
 
 
 def _exploding(ctx: _Context) -> list[Verdict]:
