@@ -300,6 +300,9 @@ EXTRA = [
      r"unknown layout 'nhwc'; use one of torch, x@w, conv, conv_transpose"),
     ("vs_groups_not_dividing", torchinit.variance_scaling_, lambda: _t(6, 2, 3), {"layout": "conv", "groups": 4}, ValueError,
      r"out channels 6 \(dim 0\) not divisible by groups=4"),
+    # a tuple failed with "AttributeError: 'tuple' object has no attribute 'select'"
+    ("vs_fans_tuple", torchinit.variance_scaling_, lambda: _t(4, 3), {"fans": (3, 4)}, TypeError,
+     r"^fans must be a torchinit.Fans \(compute_fans, module_fans\), got tuple$"),
     ("vs_1d", torchinit.variance_scaling_, lambda: _t(4), {}, ValueError,
      r"Fan in and fan out can not be computed for tensor with fewer than 2 dimensions"),
     ("vs_zero_fan", torchinit.variance_scaling_, lambda: torch.empty(3, 0), {}, ValueError,
