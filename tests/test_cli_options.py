@@ -137,3 +137,4 @@ def test_help_names_every_preset(capsys, command):
     text = " ".join(capsys.readouterr().out.split())
     for name in torchinit.PRESETS:
         assert re.search(rf"\b{name}\b", text), (command, name)
+    assert "hf:TYPE" in text, command  # every command builds Hugging Face models from their config

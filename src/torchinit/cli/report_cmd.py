@@ -37,7 +37,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "scheme of --compare on a fresh copy), run one forward and backward pass on a random batch with "
         "torchinit.diagnose, print per-layer statistics and verdicts, and write signal.png, histograms*.png, "
         "report*.json and report.html to --out.",
-        epilog="MODEL is a zoo name (mlp, cnn, resnet, gpt), package.module:factory or path/to/file.py:factory. "
+        epilog="MODEL is a zoo name (mlp, cnn, resnet, gpt), package.module:factory, path/to/file.py:factory or "
+        "a Hugging Face model built offline from its config (hf:TYPE, hf:TYPE:CLASS, hf:path/to/config.json). "
         "WARNING: a module or file MODEL is imported and its code RUNS with your permissions; only load models "
         "you trust. Schemes: 'as-built' (the constructors' own init), 'lsuv' (torchinit.lsuv_), 'xavier' (Glorot & "
         "Bengio with gain 1, torch.nn.init.xavier_uniform_'s default) or any other preset of torchinit.init_model "
