@@ -121,3 +121,20 @@ def test_hf_model_errors_are_one_line(tmp_path, capsys):
     bad.write_text('{"n_layer": 1}')
     assert main(["plan", f"hf:{bad}"]) == 2
     assert "has no 'model_type'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("width", ["-5", "0", "19"])
+def test_plan_refuses_a_width_below_20_like_report(capsys, width):
+    # it printed a table of "..." lines (or, for 0, ignored the option) with exit status 0
+    assert main(["plan", *MLP, "--summary", "--width", width]) == 2
+    assert capsys.readouterr().err == f"torchinit plan: error: --width must be an integer >= 20, got {width}\n"
+
+
+@pytest.mark.parametrize("command", ["plan", "init", "report"])
+def test_help_names_every_preset(capsys, command):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name in torchinit.PRESETS:
+        assert re.search(rf"\b{name}\b", text), (command, name)
+    assert "hf:TYPE" in text, command  # every command builds Hugging Face models from their config

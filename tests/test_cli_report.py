@@ -168,3 +168,32 @@ def test_bad_width_fails_before_the_work(tmp_path, capsys):
     assert main(["report", "mlp", "--width", "5", "--out", str(tmp_path / "w")]) == 2
     assert "--width must be an integer >= 20, got 5" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()
+
+
+def test_unwritable_out_or_html_fails_before_the_work(tmp_path, capsys, monkeypatch):
+    # a file where --out's folder should be: refused before the model is built, not after the
+    # whole diagnosis ("[Errno 17] File exists")
+    import torchinit.cli.report_cmd as report_cmd
+
+    def no_work(*a, **k):
+        raise AssertionError("the diagnosis ran")
+
+    monkeypatch.setattr(report_cmd, "diagnose_schemes", no_work)
+    a_file = tmp_path / "taken"
+    a_file.write_text("x")
+    assert main(["report", "mlp", "--out", str(a_file)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"torchinit report: error: --out {str(a_file)!r} is not a directory\n", err
+    assert main(["report", "mlp", "--out", str(a_file / "sub")]) == 2
+    assert f"is not a directory ({str(a_file)!r} is a file)" in capsys.readouterr().err
+    missing = tmp_path / "missing" / "page.html"
+    assert main(["report", "mlp", "--out", str(tmp_path / "r"), "--html", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"torchinit report: error: --html {str(missing)!r}: directory {str(missing.parent)!r} "
+                   "does not exist\n"), err
+    assert main(["report", "mlp", "--out", str(tmp_path / "r"), "--html", str(tmp_path)]) == 2
+    assert f"--html {str(tmp_path)!r} is a directory" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+    monkeypatch.setattr("torchinit.cli.demo.diagnose_schemes", no_work)
+    assert main(["demo", "--out", str(a_file)]) == 2
+    assert capsys.readouterr().err == f"torchinit demo: error: --out {str(a_file)!r} is not a directory\n"

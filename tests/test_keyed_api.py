@@ -296,3 +296,43 @@ def test_unbuilt_extension_warning_says_so_and_points_at_user_code(tmp_path):
     assert r.stderr.count("RuntimeWarning") == 1
     assert "user_code.py:2: RuntimeWarning" in r.stderr  # the user's line, not torchinit's
     assert "C extension was not built when torchinit was installed" in r.stderr
+
+
+_DEFAULT_DEVICE_SCRIPT = r"""
+import sys, torch
+torch.set_default_device("meta")  # before the import: module constants must not land on meta
+import torchinit
+from torchinit import specs as S
+from torchinit.keyed import Key, fill_
+k = Key(0, "w")
+calls = [
+    lambda t: torchinit.sparse_(t, 0.3, key=k),                   # the sort keys' word buffer
+    lambda t: torchinit.xavier_normal_(t.t(), key=k),             # a non-contiguous target's scratch
+    lambda t: fill_(t.t(), S.Normal(0, 1), k),
+    lambda t: torchinit.trunc_normal_(t.t(), 0, 0.02, -0.03, 0.03, key=k),  # the bounds' float32 rounding
+    lambda t: torchinit.dirac_(t.view(6, 5, 1), 2),
+]
+for i, call in enumerate(calls):
+    torch.set_default_device(None)
+    ref = torch.zeros(6, 5)
+    call(ref)
+    torch.set_default_device("meta")
+    out = torch.zeros(6, 5, device="cpu")
+    call(out)
+    assert out.device.type == "cpu" and torch.equal(out, ref), i
+print("same values")
+"""
+
+
+def test_keyed_fills_ignore_the_default_device():
+    # torch.set_default_device("meta") (or `with torch.device(...)`) made the engine's scratch
+    # buffers meta tensors: the native kernel wrote through their null pointer (segmentation
+    # fault), the bounds' rounding failed (".item() cannot be called on meta tensors"), and so
+    # did `import torchinit`. A fresh process: before the fix it crashed.
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # this torchinit
+    r = subprocess.run([sys.executable, "-c", _DEFAULT_DEVICE_SCRIPT], capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    assert r.stdout.strip() == "same values"

@@ -19,6 +19,7 @@ from typing import Any
 from .report_cmd import (
     DEFAULT_SCHEMES,
     add_width_argument,
+    check_out_dir,
     console_for,
     diagnose_schemes,
     print_verdicts,
@@ -74,6 +75,7 @@ def _run(args: argparse.Namespace) -> int:
     from ..evidence.diagnostics.html import save_comparison
 
     console = console_for(getattr(args, "width", None))
+    check_out_dir(args.out)  # before the work, not after it
     t0 = time.perf_counter()
     out = Path(args.out)
     links = []

@@ -53,10 +53,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """Arguments shared by ``plan`` and ``init``."""
+    from torchinit import PRESETS  # every registered preset, so the help never falls behind
+
     p.add_argument("model", metavar="MODEL",
                    help="zoo name, package.module:factory, path/to/file.py:factory, hf:TYPE or hf:path/to/config.json")
     p.add_argument("--policy", "-p", default="pytorch",
-                   help="preset name (pytorch, module, kaiming, xavier, lecun, orthogonal, gpt2, llama), a "
+                   help=f"preset name ({', '.join(PRESETS)}), a "
                    "policy file (.yaml, .yml, .json) or a policy's JSON/YAML text, e.g. "
                    "'{\"preset\": \"kaiming\", \"rules\": [{\"role\": \"bias\", \"init\": \"zeros\"}]}' "
                    "(default: pytorch)")
@@ -81,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
     """Run ``torchinit plan`` with the parsed ``args``; returns the exit code."""
     import torchinit
 
+    if args.width is not None and args.width < 20:  # as report's and demo's --width: no garbage table
+        raise ValueError(f"--width must be an integer >= 20, got {args.width}")
     example_inputs = parse_example_inputs(args.example_inputs)  # before the model: a typo fails fast
     model = build_meta(args.model, args.kwargs, args.meta)
     plan = torchinit.plan(model, args.policy, example_inputs=example_inputs)

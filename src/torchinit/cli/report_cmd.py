@@ -6,6 +6,7 @@ self-contained HTML page to DIR."""
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
@@ -17,7 +18,7 @@ from ._models import load_model, parse_kwargs
 if TYPE_CHECKING:  # pragma: no cover
     from rich.table import Table
 
-__all__ = ["register", "run", "make_inputs", "build_and_init", "diagnose_schemes", "std_table", "run_info", "print_verdicts", "scheme_policy",
+__all__ = ["register", "run", "check_out_dir", "check_out_file", "make_inputs", "build_and_init", "diagnose_schemes", "std_table", "run_info", "print_verdicts", "scheme_policy",
            "DEFAULT_SCHEMES"]
 
 DEFAULT_SCHEMES = ("pytorch", "xavier", "kaiming", "lsuv")
@@ -26,6 +27,9 @@ AS_BUILT = "as-built"
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``report`` subcommand to ``subparsers``; returns its parser."""
+    from torchinit import PRESETS  # every registered preset, so the help never falls behind
+
+    others = ", ".join(name for name in PRESETS if name != "xavier")
     p = subparsers.add_parser(
         "report",
         help="diagnose signal propagation of an initialized model: verdicts, tables, plots, HTML",
@@ -33,11 +37,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "scheme of --compare on a fresh copy), run one forward and backward pass on a random batch with "
         "torchinit.diagnose, print per-layer statistics and verdicts, and write signal.png, histograms*.png, "
         "report*.json and report.html to --out.",
-        epilog="MODEL is a zoo name (mlp, cnn, resnet, gpt), package.module:factory or path/to/file.py:factory. "
+        epilog="MODEL is a zoo name (mlp, cnn, resnet, gpt), package.module:factory, path/to/file.py:factory or "
+        "a Hugging Face model built offline from its config (hf:TYPE, hf:TYPE:CLASS, hf:path/to/config.json). "
         "WARNING: a module or file MODEL is imported and its code RUNS with your permissions; only load models "
         "you trust. Schemes: 'as-built' (the constructors' own init), 'lsuv' (torchinit.lsuv_), 'xavier' (Glorot & "
         "Bengio with gain 1, torch.nn.init.xavier_uniform_'s default) or any other preset of torchinit.init_model "
-        "(pytorch, module, kaiming, lecun, orthogonal, gpt2, llama).",
+        f"({others}).",
     )
     p.add_argument("model", metavar="MODEL", nargs="?", default="mlp", help="model to diagnose (default: mlp)")
     p.add_argument("--kwargs", default=None, metavar="JSON",
@@ -258,6 +263,34 @@ def console_for(width: int | None) -> Any:
     return Console(file=sys.stdout, width=width)
 
 
+def check_out_dir(path: str, flag: str = "--out") -> None:
+    """Refuse, before any work, an output folder that cannot be created or written: a
+    file in its place or on its path, or a first existing ancestor that is not writable
+    (otherwise the diagnosis runs to the end and only then fails to write)."""
+    p = Path(path)
+    for q in (p, *p.parents):
+        if q.exists():
+            if not q.is_dir():
+                where = "" if q == p else f" ({str(q)!r} is a file)"
+                raise NotADirectoryError(f"{flag} {path!r} is not a directory{where}")
+            if not os.access(q, os.W_OK | os.X_OK):
+                raise PermissionError(f"{flag} {path!r}: directory {str(q)!r} is not writable")
+            return
+
+
+def check_out_file(path: str, flag: str) -> None:
+    """Refuse, before any work, an output file whose folder is missing or not writable, or
+    that is a directory."""
+    p = Path(path)
+    if p.is_dir():
+        raise IsADirectoryError(f"{flag} {path!r} is a directory")
+    parent = p.parent
+    if not parent.is_dir():
+        raise FileNotFoundError(f"{flag} {path!r}: directory {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"{flag} {path!r}: directory {str(parent)!r} is not writable")
+
+
 class threads:
     """Context manager: ``torch.set_num_threads(n)`` inside (``n <= 0``: unchanged),
     the previous value restored on exit."""
@@ -288,6 +321,9 @@ def _run(args: argparse.Namespace) -> int:
     from ..evidence.diagnostics.html import save_comparison
 
     console = console_for(getattr(args, "width", None))  # before the work: a bad --width fails fast
+    check_out_dir(args.out)  # and so do --out and --html that cannot be written
+    if args.html:
+        check_out_file(args.html, "--html")
     kwargs = parse_kwargs(args.kwargs)
     shape = _parse_shape(args.input_shape) if args.input_shape else None
     if args.compare:

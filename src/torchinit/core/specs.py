@@ -503,6 +503,8 @@ def from_std(std: float, distribution: str, mean: float = 0.0, *, check: bool = 
 
 
 def _fans_of(shape, fans: Fans | None, layout: str, groups: int) -> Fans:
+    if fans is not None and not isinstance(fans, Fans):  # a tuple failed later: "no attribute 'select'"
+        raise TypeError(f"fans must be a torchinit.Fans (compute_fans, module_fans), got {type(fans).__name__}")
     return fans if fans is not None else compute_fans(shape, layout, groups=groups)
 
 

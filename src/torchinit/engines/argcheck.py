@@ -105,7 +105,7 @@ def refuse_trunc_garbage(tensor: Tensor, mean: float, std: float, a: float, b: f
     and otherwise starts with uniform_(a, b) (it rejects bad bounds and integer dtypes).
     """
     nums = (mean, std, a, b)
-    if tensor.is_meta or tensor.is_complex() or not all(
+    if tensor.is_complex() or not all(
         isinstance(x, (int, float)) and not isinstance(x, bool) for x in nums
     ):
         return
@@ -117,8 +117,10 @@ def refuse_trunc_garbage(tensor: Tensor, mean: float, std: float, a: float, b: f
             return  # torch's normal_ raises
     except ArithmeticError:
         return  # torch raises the same computing this (std == 0)
+    # a meta tensor: torch returns before sampling, and the same arguments are refused as on CPU
+    device = torch.device("cpu") if tensor.is_meta else tensor.device
     try:  # a throwaway generator: probing the bounds must not move any RNG
-        tensor.new_empty(1).uniform_(a, b, generator=torch.Generator(device=tensor.device))
+        tensor.new_empty(1, device=device).uniform_(a, b, generator=torch.Generator(device=device))
     except (RuntimeError, NotImplementedError):
         return  # torch's uniform_ raises
     if std < 0 or math.isnan(std):

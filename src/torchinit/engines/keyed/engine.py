@@ -157,9 +157,9 @@ def _has_internal_overlap(t: Tensor) -> bool:
         return False  # each stride exceeds everything below it: offsets are unique
     if t.numel() > _EXACT_OVERLAP_MAX:
         return True  # cannot cheaply prove otherwise: refuse rather than risk garbage
-    offs = torch.zeros((), dtype=torch.int64)
+    offs = torch.zeros((), dtype=torch.int64, device="cpu")
     for st, sz in dims:
-        offs = (offs.unsqueeze(-1) + torch.arange(sz, dtype=torch.int64) * st).reshape(-1)
+        offs = (offs.unsqueeze(-1) + torch.arange(sz, dtype=torch.int64, device="cpu") * st).reshape(-1)
     return int(torch.unique(offs).numel()) != int(offs.numel())
 
 
@@ -186,22 +186,22 @@ def _f32(x: float) -> float:
     try:
         return struct.unpack("<f", struct.pack("<f", x))[0]
     except OverflowError:
-        return float(torch.tensor(x, dtype=torch.float64).to(torch.float32).item())
+        return float(torch.tensor(x, dtype=torch.float64, device="cpu").to(torch.float32).item())
 
 
 def _rep_ceil(v: float, dtype: torch.dtype) -> float:
     """Smallest value of ``dtype`` >= v."""
-    t = torch.tensor(v, dtype=torch.float64).to(dtype)
+    t = torch.tensor(v, dtype=torch.float64, device="cpu").to(dtype)
     if float(t) < v:
-        t = torch.nextafter(t, torch.tensor(math.inf, dtype=dtype))
+        t = torch.nextafter(t, torch.tensor(math.inf, dtype=dtype, device="cpu"))
     return float(t)
 
 
 def _rep_floor(v: float, dtype: torch.dtype) -> float:
     """Largest value of ``dtype`` <= v."""
-    t = torch.tensor(v, dtype=torch.float64).to(dtype)
+    t = torch.tensor(v, dtype=torch.float64, device="cpu").to(dtype)
     if float(t) > v:
-        t = torch.nextafter(t, torch.tensor(-math.inf, dtype=dtype))
+        t = torch.nextafter(t, torch.tensor(-math.inf, dtype=dtype, device="cpu"))
     return float(t)
 
 
@@ -291,6 +291,8 @@ def _collapse(gshape, offsets, sizes):
 
 
 def _native_fill_(out: Tensor, kp: KernelParams, dt_code: int, gshape, offsets, sizes) -> None:
+    if out.device.type != "cpu" or not out.is_contiguous():  # the kernel writes through the raw pointer
+        raise RuntimeError(f"internal error: the native kernel writes contiguous CPU memory, got {out.device}")
     g, o, s = _collapse(gshape, offsets, sizes)
     total = max(1, math.prod(s))
     # values never depend on these; clamped (the kernel uses at most 256 threads and one
@@ -325,7 +327,9 @@ def _elementwise_region_(out: Tensor, spec: S.Spec, key: Key, gshape, offsets) -
     kp = kernel_params(spec, key, compute)
     direct = _direct(out)
     if _use_native(out.device):
-        target = out if direct else torch.empty(sizes, dtype=compute)
+        # device="cpu" whatever torch.set_default_device / a `with torch.device(...)` says: the
+        # kernel writes through the raw pointer (a meta or CUDA buffer there crashed the process)
+        target = out if direct else torch.empty(sizes, dtype=compute, device="cpu")
         _native_fill_(target, kp, _DT_CODE[compute], gshape, offsets, sizes)
         if target is out:  # written through the raw pointer: tell autograd it changed
             _bump_version(out)
@@ -354,7 +358,7 @@ def raw_words(key: Key, sub: int, global_shape: Sequence[int], offsets: Sequence
     device = torch.device(device)
     sizes = tuple(sizes)
     if _use_native(device):
-        buf = torch.empty(sizes, dtype=torch.int32)
+        buf = torch.empty(sizes, dtype=torch.int32, device="cpu")  # raw pointer: CPU whatever the default device
         if buf.numel():
             _native_fill_(buf, kp, K.DT_U32, global_shape, offsets, sizes)
         return buf.to(torch.int64) & 0xFFFFFFFF
@@ -468,8 +472,8 @@ def _dirac_region_(out: Tensor, groups: int, gshape, offsets) -> Tensor:
     out.zero_()
     if n == 0:
         return out
-    d = torch.arange(n, dtype=torch.int64).repeat(groups)
-    row = torch.arange(groups, dtype=torch.int64).repeat_interleave(n) * per_group + d
+    d = torch.arange(n, dtype=torch.int64, device="cpu").repeat(groups)
+    row = torch.arange(groups, dtype=torch.int64, device="cpu").repeat_interleave(n) * per_group + d
     idx = [row, d] + [torch.full_like(d, k // 2) for k in gshape[2:]]
     inside = torch.ones_like(d, dtype=torch.bool)
     for i, o, s in zip(idx, offsets, out.shape):

@@ -119,7 +119,7 @@ def _words(idx: Tensor, wide: bool, k0: int, k1: int, sub: int) -> tuple[Tensor,
 
 def _f32(x: float) -> float:
     """x rounded to nearest-even float32 (as a Python float)."""
-    return float(torch.tensor(x, dtype=torch.float64).to(torch.float32).item())
+    return float(torch.tensor(x, dtype=torch.float64, device="cpu").to(torch.float32).item())
 
 
 class _Consts:
