@@ -40,7 +40,7 @@ _EMBEDDINGS = ("Embedding", "EmbeddingBag")
 #: Globs of the weights that write into the residual stream (scaled by depth in gpt2/llama).
 RESIDUAL_PROJECTIONS = (
     "*.c_proj.weight", "*.out_proj.weight", "*.o_proj.weight", "*.down_proj.weight", "*.linear2.weight",
-    "*.fc2.weight", "*.w2.weight", "*.wo.weight",
+    "*.fc2.weight", "*.w2.weight", "*.wo.weight", "*.o.weight",  # T5: attention o, feed-forward wo
 )
 
 
