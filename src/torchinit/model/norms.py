@@ -28,14 +28,14 @@ _TORCH_FORWARDS = tuple(c.forward for c in (nn.LayerNorm, nn.GroupNorm, nn.Local
 def _probe(mod: nn.Module, n: int) -> bool:
     probe = copy.copy(mod)  # shallow: new tensor dicts below, the module's own are never touched
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 3, n, generator=gen)
+    x = torch.randn(2, 3, n, generator=gen, device="cpu")  # explicit: plan may run under torch.device("meta")
 
     def run(w: float) -> torch.Tensor:
         probe.__dict__["_parameters"] = {
-            k: (None if v is None else torch.full(tuple(v.shape), w if k == "weight" else 0.0))
+            k: (None if v is None else torch.full(tuple(v.shape), w if k == "weight" else 0.0, device="cpu"))
             for k, v in mod._parameters.items()}
         probe.__dict__["_buffers"] = {
-            k: (None if v is None else torch.zeros(tuple(v.shape), dtype=v.dtype)) for k, v in mod._buffers.items()}
+            k: (None if v is None else torch.zeros(tuple(v.shape), dtype=v.dtype, device="cpu")) for k, v in mod._buffers.items()}
         out = type(mod).forward(probe, x)
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             raise TypeError("not a norm's output")
