@@ -535,3 +535,23 @@ def test_materialize_inside_a_meta_device_context():
                for a, b in zip(inside.state_dict().values(), outside.state_dict().values()))
     assert torch.equal(w, torchinit.trunc_normal_(torch.empty(6, 5), std=0.01737, a=-0.03, b=0.03,
                                                   key=torchinit.Key(1)))
+
+
+def test_materialize_hf_module_code_inside_a_meta_device_context():
+    # Whisper's own init code computes its sinusoids with device-less factories: under the user's
+    # torch.device("meta") they were meta tensors and copy_ failed ("Cannot copy out of meta tensor")
+    pytest.importorskip("transformers")
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).parent))
+    import hf_models
+
+    with torch.device("meta"):
+        inside = hf_models.whisper()
+        torchinit.materialize(inside, "cpu", "module", seed=3)
+    with torch.device("meta"):
+        outside = hf_models.whisper()
+    torchinit.materialize(outside, "cpu", "module", seed=3)
+    a, b = inside.state_dict(), outside.state_dict()
+    assert all(a[k].device.type == "cpu" and torch.equal(a[k], b[k]) for k in b)
+    assert a["model.encoder.embed_positions.weight"].abs().max() > 0.5  # the sinusoids, not zeros
