@@ -512,3 +512,46 @@ def test_plan_then_materialize_with_the_defaults_writes_what_the_plan_said():
     torchinit.init_model(ref, seed=3)
     for (n, a), (_, b) in zip(model.named_parameters(), ref.named_parameters()):
         assert torch.equal(a, b), n
+
+
+def test_materialize_inside_a_meta_device_context():
+    # a model built under `with torch.device("meta"):` and materialized in the same block: the keyed
+    # engine's scratch tensors went to meta and the fill failed (".item() cannot be called on meta tensors")
+    pol = [{"init": "trunc_normal", "args": {"std": 0.01731, "cutoff": 2.5}, "role": "weight"},
+           {"init": "orthogonal", "modules": "LSTM", "params": "weight_hh*"}, {"init": "zeros", "role": "bias"}]
+
+    def build():
+        return nn.Sequential(nn.Linear(8, 8), nn.LSTM(8, 4))
+
+    with torch.device("meta"):
+        inside = build()
+        torchinit.materialize(inside, "cpu", pol, seed=3)
+        w = torch.empty(6, 5, device="cpu")
+        torchinit.trunc_normal_(w, std=0.01737, a=-0.03, b=0.03, key=torchinit.Key(1))
+    with torch.device("meta"):
+        outside = build()
+    torchinit.materialize(outside, "cpu", pol, seed=3)
+    assert all(a.device.type == "cpu" and torch.equal(a, b)
+               for a, b in zip(inside.state_dict().values(), outside.state_dict().values()))
+    assert torch.equal(w, torchinit.trunc_normal_(torch.empty(6, 5), std=0.01737, a=-0.03, b=0.03,
+                                                  key=torchinit.Key(1)))
+
+
+def test_materialize_hf_module_code_inside_a_meta_device_context():
+    # Whisper's own init code computes its sinusoids with device-less factories: under the user's
+    # torch.device("meta") they were meta tensors and copy_ failed ("Cannot copy out of meta tensor")
+    pytest.importorskip("transformers")
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).parent))
+    import hf_models
+
+    with torch.device("meta"):
+        inside = hf_models.whisper()
+        torchinit.materialize(inside, "cpu", "module", seed=3)
+    with torch.device("meta"):
+        outside = hf_models.whisper()
+    torchinit.materialize(outside, "cpu", "module", seed=3)
+    a, b = inside.state_dict(), outside.state_dict()
+    assert all(a[k].device.type == "cpu" and torch.equal(a[k], b[k]) for k in b)
+    assert a["model.encoder.embed_positions.weight"].abs().max() > 0.5  # the sinusoids, not zeros

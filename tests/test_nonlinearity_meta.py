@@ -412,3 +412,32 @@ def test_meta_view_keeps_weight_norm_and_drops_forwards_bound_to_the_model():
     assert det["fc1"].nonlinearity == "silu" and det["fc2"].nonlinearity == "linear"
     assert notes[-1].startswith("nonlinearity: detected from the data flow of a meta-device forward"), notes
     assert m.real_calls == 0  # the model's own (offloading) forward never ran
+
+
+class _PackedLSTM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb, self.lstm = nn.Embedding(50, 8), nn.LSTM(8, 16, batch_first=True, num_layers=2)
+        self.fc, self.out = nn.Linear(16, 16), nn.Linear(16, 3)
+
+    def forward(self, ids, lengths):
+        packed = nn.utils.rnn.pack_padded_sequence(self.emb(ids), lengths, batch_first=True, enforce_sorted=False)
+        _, (h, _) = self.lstm(packed)
+        return self.out(F.relu(self.fc(h[-1])))
+
+
+def test_packed_sequence_lengths_stay_on_cpu_so_meta_plans_like_cpu():
+    # pack_padded_sequence refuses meta lengths: the meta forward failed, a CPU model ran itself but a
+    # meta model fell back to registration order (fc "linear"), so materialize drew other weights
+    ex = (torch.randint(0, 50, (4, 7), generator=torch.Generator().manual_seed(0)), torch.tensor([7, 3, 5, 2]))
+    cpu = _PackedLSTM()
+    meta = _on_meta(_PackedLSTM)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", torchinit.NonlinearityWarning)
+        p_cpu, p_meta = torchinit.plan(cpu, "kaiming", example_inputs=ex), torchinit.plan(meta, "kaiming",
+                                                                                           example_inputs=ex)
+        torchinit.init_model(cpu, "rnn", seed=0, example_inputs=ex)
+        torchinit.materialize(meta, "cpu", "rnn", seed=0, example_inputs=ex)
+    assert p_meta["fc.weight"].nonlinearity == p_cpu["fc.weight"].nonlinearity == "relu"
+    assert p_meta["out.weight"].nonlinearity == "linear"
+    assert all(torch.equal(a, b) for a, b in zip(cpu.state_dict().values(), meta.state_dict().values()))

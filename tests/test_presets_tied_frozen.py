@@ -89,3 +89,18 @@ def test_frozen_table_on_meta_gets_its_own_code():
     torchinit.materialize(m, policy="gpt2", seed=0)
     got = m.get_parameter(_POS)
     assert not got.requires_grad and torch.equal(got, ref)
+
+
+@pytest.mark.parametrize("preset", ["gpt2", "llama"])
+def test_t5_attention_output_o_is_a_residual_projection_like_wo(preset):
+    # T5 writes into the residual stream through SelfAttention.o / EncDecAttention.o and DenseReluDense.wo;
+    # the presets scaled wo by depth and left o at the plain std
+    cfg = T.T5Config(d_model=16, d_kv=8, d_ff=32, num_layers=2, num_decoder_layers=2, num_heads=2)
+    p = torchinit.plan(T.T5ForConditionalGeneration(cfg), preset)
+    for stack in ("encoder", "decoder"):
+        for i in range(2):
+            blk = f"{stack}.block.{i}.layer"
+            wo = p[f"{blk}.{2 if stack == 'decoder' else 1}.DenseReluDense.wo.weight"]
+            for q in [f"{blk}.0.SelfAttention.o.weight"] + ([f"{blk}.1.EncDecAttention.o.weight"] if stack == "decoder" else []):
+                assert p[q].rule == wo.rule and p[q].spec == wo.spec, (q, p[q].spec, wo.spec)
+            assert wo.spec.std < p[f"{blk}.0.SelfAttention.q.weight"].spec.std

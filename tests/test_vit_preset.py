@@ -161,3 +161,20 @@ def test_vit_option_errors():
         _vit("flax")
     with pytest.raises(ti.PolicyError, match="head_bias must be a finite number"):
         _vit("jax", head_bias=float("inf"))
+
+
+def test_deit_distillation_token_is_covered():
+    # HF DeiT names timm's dist_token "distillation_token": the preset left it unmatched (materialize refused)
+    cfg = transformers.DeiTConfig(num_hidden_layers=1, num_attention_heads=2, hidden_size=16, intermediate_size=32,
+                                  image_size=32, patch_size=8, num_labels=5)
+    m = transformers.DeiTForImageClassificationWithTeacher(cfg)
+    p = ti.init_model(m, "vit", seed=0, strict=True)
+    e = p["deit.embeddings.distillation_token"]
+    assert e.rule.endswith("class token") and e.spec == ti.specs.TruncatedNormal(0.0, 0.02, -2.0, 2.0)
+    assert 0 < m.deit.embeddings.distillation_token.abs().max().item() < 0.1
+    with torch.device("meta"):
+        meta = transformers.DeiTForImageClassificationWithTeacher(cfg)
+    ti.materialize(meta, "cpu", "vit", seed=0)
+    assert torch.equal(meta.deit.embeddings.distillation_token, m.deit.embeddings.distillation_token)
+    p = ti.plan(m, {"preset": "vit", "options": {"style": "jax"}})
+    assert p["deit.embeddings.distillation_token"].spec == ti.specs.Normal(0.0, 1e-6)

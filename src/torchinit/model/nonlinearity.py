@@ -219,10 +219,31 @@ def _order_detect(model: nn.Module, layers: dict[str, nn.Module]) -> dict[str, D
 def _meta_detect(model: nn.Module, layers: dict[str, nn.Module], inputs: Any) -> tuple[dict[str, Detection], int]:
     """Hook detection on :func:`~torchinit.model.calls.meta_view` of ``model`` with ``inputs`` moved
     to meta: (detections, number of data-dependent reads answered by guess)."""
+    from torch.utils._pytree import tree_flatten, tree_map
+
     from .calls import MetaScalars, meta_view, to_meta
 
     scalars = MetaScalars()
-    det = _hook_detect(meta_view(model), layers, to_meta(inputs), scalars)
+    try:
+        det = _hook_detect(meta_view(model), layers, to_meta(inputs), scalars)
+    except Exception:
+        # pack_padded_sequence needs its lengths on the CPU: once more with the integer inputs left
+        # there (an embedding takes CPU ids with a meta table), so CPU and meta models plan the same
+        def keep(v: Any) -> Any:
+            cpu_int = isinstance(v, torch.Tensor) and v.device.type == "cpu" and not v.is_meta and not (
+                v.is_floating_point() or v.is_complex())
+            return v if cpu_int else to_meta(v)
+
+        if not any(isinstance(v, torch.Tensor) and keep(v) is v for v in tree_flatten(inputs)[0]):
+            raise
+        scalars = MetaScalars()
+        try:
+            det = _hook_detect(meta_view(model), layers, tree_map(keep, inputs), scalars)
+        except Exception:  # noqa: BLE001 - the first failure is the one to report
+            pass
+        else:
+            return det, scalars.count
+        raise
     return det, scalars.count
 
 

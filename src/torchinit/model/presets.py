@@ -40,7 +40,7 @@ _EMBEDDINGS = ("Embedding", "EmbeddingBag")
 #: Globs of the weights that write into the residual stream (scaled by depth in gpt2/llama).
 RESIDUAL_PROJECTIONS = (
     "*.c_proj.weight", "*.out_proj.weight", "*.o_proj.weight", "*.down_proj.weight", "*.linear2.weight",
-    "*.fc2.weight", "*.w2.weight", "*.wo.weight",
+    "*.fc2.weight", "*.w2.weight", "*.wo.weight", "*.o.weight",  # T5: attention o, feed-forward wo
 )
 
 
@@ -263,9 +263,10 @@ def rnn_preset(input_init: str = "xavier_uniform", forget_bias: float = 1.0) -> 
                   options={"input_init": input_init, "forget_bias": forget_bias})
 
 
-#: Class token, position embeddings and distillation token of timm (``cls_token``, ``pos_embed``),
-#: Hugging Face (``position_embeddings``) and torchvision (``class_token``, ``pos_embedding``) ViTs.
-_VIT_TOKENS = ("cls_token", "class_token", "dist_token")
+#: Class token, position embeddings and distillation token of timm (``cls_token``, ``pos_embed``,
+#: ``dist_token``), Hugging Face (``position_embeddings``, DeiT's ``distillation_token``) and torchvision
+#: (``class_token``, ``pos_embedding``) ViTs.
+_VIT_TOKENS = ("cls_token", "class_token", "dist_token", "distillation_token")
 _VIT_POS = ("pos_embed", "position_embeddings", "pos_embedding")
 _VIT_HEADS = ("head.weight", "classifier.weight", "heads.head.weight")
 #: MLP biases (timm ``blocks.N.mlp.fc1/fc2``, HF ``intermediate.dense`` / ``layer.N.output.dense``).

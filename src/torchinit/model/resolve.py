@@ -12,6 +12,7 @@ from ..core import specs as S
 from ..core.fans import Fans, compute_fans, module_fans, torch_fans
 from ..core.gains import TORCH_NONLINEARITIES, second_moment_gain
 from ..core.gate_specs import GateConstant, OrthogonalPerGate
+from .norms import scales_by_one_plus_weight
 from .nonlinearity import (Detection, NonlinearityWarning, auto_gain, detect_nonlinearities, is_weight_layer,
                            order_fallback_warning)
 from .plan import Plan, PlanEntry
@@ -54,6 +55,8 @@ class _Context:
         self._steps_by_path: dict[str, list] | None = None
         #: (rule label, init, mode) -> [(tensor, true fan, torch's fan, std)] where fans="module" differs
         self.true_fans: dict[tuple[str, str, str], list[tuple[str, float, float, float]]] = {}
+        #: rule label -> {tensor: norm class} whose ``ones`` became 0: the norm scales by 1 + weight
+        self.offset_norms: dict[str, dict[str, str]] = {}
 
     def detections(self) -> dict[str, Detection]:
         if self._det is None:
@@ -258,6 +261,9 @@ def _resolve(ctx: _Context, rule: Rule, q: str, mod_path: str, mod: nn.Module, l
         spec = S.Uniform(args["a"], args["b"])
     elif init in ("constant", "zeros", "ones"):
         spec = S.Constant({"zeros": 0.0, "ones": 1.0}.get(init, args.get("val")))
+        if init == "ones" and local == "weight" and scales_by_one_plus_weight(mod):  # Gemma: x * (1 + weight)
+            spec, shown["offset"] = S.Constant(0.0), "1 + weight"
+            ctx.offset_norms.setdefault(rule.name or rule.init, {})[q] = type(mod).__name__
     elif init == "prior_bias":
         p = args["prob"]
         spec = S.Constant(-math.log((1 - p) / p))
@@ -547,6 +553,12 @@ def plan(model: nn.Module, policy: PresetName | Policy | str | Mapping | Sequenc
             f"rule {rname!r} ({init}, {mode}) uses true fans (fans: module): on {len(hits)} grouped/transposed "
             f"weight(s) the {mode} differs from torch.nn.init.{init}_'s, which counts every group ({shown}{more}); "
             f"a recipe ported from torch gets the second std: give the rule args fans: torch for it")
+    for rname, hits in ctx.offset_norms.items():
+        shown = ", ".join(f"{n!r} ({c})" for n, c in list(hits.items())[:3])
+        ctx.notes.append(
+            f"rule {rname!r} (ones): {len(hits)} norm weight(s) scale by 1 + weight ({shown}"
+            f"{f' and {len(hits) - 3} more' if len(hits) > 3 else ''}): they get 0, their identity (1 would "
+            f"double every normalized activation); a rule init constant, args val: 1 writes 1")
     guessed = {e.module: e.nonlinearity for e in entries if (e.nonlinearity_source or "").startswith("order:")}
     if guessed:  # a silently wrong gain is worse than a warning
         msg = order_fallback_warning(guessed)

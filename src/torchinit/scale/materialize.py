@@ -277,6 +277,12 @@ def materialize(
     from ..model.apply import _apply_plan
     from ..model.resolve import plan as _plan
 
+    if torch.get_default_device().type == "meta":
+        # called inside the `with torch.device("meta"):` that built the model: the model's own init code
+        # (module preset, HF init) made its temporaries (inv_freq, sinusoids) on meta and copy_ failed
+        with torch.device("cpu"):
+            return materialize(model, device, policy, seed=seed, progress=progress, example_inputs=example_inputs,
+                               huge_pages=huge_pages)
     if not isinstance(model, nn.Module):
         raise TypeError(f"materialize expects an nn.Module, got {type(model).__name__}")
     if isinstance(seed, bool) or not isinstance(seed, int):
