@@ -104,3 +104,38 @@ def test_t5_attention_output_o_is_a_residual_projection_like_wo(preset):
             for q in [f"{blk}.0.SelfAttention.o.weight"] + ([f"{blk}.1.EncDecAttention.o.weight"] if stack == "decoder" else []):
                 assert p[q].rule == wo.rule and p[q].spec == wo.spec, (q, p[q].spec, wo.spec)
             assert wo.spec.std < p[f"{blk}.0.SelfAttention.q.weight"].spec.std
+
+
+def _meta(cls, cfg):
+    with torch.device("meta"):
+        return cls(cfg)
+
+
+# (model, the block's attention output, its MLP output, its first projection): the residual
+# projections of GPT-NeoX, Falcon, Bloom (attention dense, dense_4h_to_h) and GPT-J (fc_out)
+_NEOX_LIKE = [
+    (lambda: _meta(T.GPTNeoXForCausalLM, T.GPTNeoXConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=2,
+                                                          intermediate_size=64)),
+     "gpt_neox.layers.{i}.attention.dense", "gpt_neox.layers.{i}.mlp.dense_4h_to_h",
+     "gpt_neox.layers.{i}.attention.query_key_value"),
+    (lambda: _meta(T.FalconForCausalLM, T.FalconConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=2)),
+     "transformer.h.{i}.self_attention.dense", "transformer.h.{i}.mlp.dense_4h_to_h",
+     "transformer.h.{i}.self_attention.query_key_value"),
+    (lambda: _meta(T.BloomForCausalLM, T.BloomConfig(n_layer=2, hidden_size=32, n_head=2)),
+     "transformer.h.{i}.self_attention.dense", "transformer.h.{i}.mlp.dense_4h_to_h",
+     "transformer.h.{i}.self_attention.query_key_value"),
+    (lambda: _meta(T.GPTJForCausalLM, T.GPTJConfig(n_layer=2, n_embd=32, n_head=2, rotary_dim=8)),
+     "transformer.h.{i}.attn.out_proj", "transformer.h.{i}.mlp.fc_out", "transformer.h.{i}.attn.q_proj"),
+]
+
+
+@pytest.mark.parametrize("preset", ["gpt2", "llama"])
+@pytest.mark.parametrize("build, attn_out, mlp_out, first", _NEOX_LIKE, ids=["gpt_neox", "falcon", "bloom", "gptj"])
+def test_residual_projections_of_neox_falcon_bloom_gptj_are_scaled_by_depth(preset, build, attn_out, mlp_out, first):
+    # both outputs of every block write into the residual stream: both get the depth scaling
+    # (NeoX/Falcon/Bloom got it on neither, GPT-J on its attention output only)
+    p = torchinit.plan(build(), preset)
+    for i in range(2):
+        a, m, q = (p[f"{n.format(i=i)}.weight"] for n in (attn_out, mlp_out, first))
+        assert a.rule == m.rule != q.rule, (a.rule, m.rule, q.rule)
+        assert a.spec.std == m.spec.std < q.spec.std

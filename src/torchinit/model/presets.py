@@ -41,6 +41,8 @@ _EMBEDDINGS = ("Embedding", "EmbeddingBag")
 RESIDUAL_PROJECTIONS = (
     "*.c_proj.weight", "*.out_proj.weight", "*.o_proj.weight", "*.down_proj.weight", "*.linear2.weight",
     "*.fc2.weight", "*.w2.weight", "*.wo.weight", "*.o.weight",  # T5: attention o, feed-forward wo
+    # GPT-NeoX (attention.dense), Falcon and Bloom (self_attention.dense), their MLPs, GPT-J's MLP
+    "*.attention.dense.weight", "*.self_attention.dense.weight", "*.dense_4h_to_h.weight", "*.mlp.fc_out.weight",
 )
 
 
