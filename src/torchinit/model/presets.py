@@ -43,7 +43,15 @@ RESIDUAL_PROJECTIONS = (
     "*.fc2.weight", "*.w2.weight", "*.wo.weight", "*.o.weight",  # T5: attention o, feed-forward wo
     # GPT-NeoX (attention.dense), Falcon and Bloom (self_attention.dense), their MLPs, GPT-J's MLP
     "*.attention.dense.weight", "*.self_attention.dense.weight", "*.dense_4h_to_h.weight", "*.mlp.fc_out.weight",
+    # mixture-of-experts blocks whose experts are one 3-D tensor per projection (transformers 5)
+    "*.experts.down_proj", "*.experts.w2",
 )
+#: Mixture-of-experts modules holding bare weight tensors (transformers 5's ``MixtralExperts``
+#: with 3-D ``gate_up_proj`` / ``down_proj``, its ``MixtralTopKRouter``; ``*Router`` covers the
+#: other models' routers). Their own init code draws N(0, initializer_range^2) everywhere.
+_MOE = ("*Experts", "*Router")
+#: GPT-OSS's per-head attention sink logits (its init code: N(0, initializer_range^2))
+_SINKS = ("*.self_attn.sinks",)
 
 
 def _globs(preset: str, option: str, value: Any) -> tuple[str, ...]:
@@ -189,6 +197,9 @@ def gpt2_preset(std: float | None = None, n_layer: int | None = None,
         Rule("zeros", modules="MultiheadAttention", params=("in_proj_bias", "out_proj.bias", "bias_k", "bias_v"),
              name="mha biases"),
         *_rnn_rules(),
+        Rule("normal", {"std": std}, modules=_MOE, role="weight", name="moe experts and router"),
+        Rule("zeros", modules=_MOE, role="bias", name="moe biases"),
+        Rule("normal", {"std": std}, qualnames=_SINKS, name="attention sinks"),
         Rule("normal", depth, qualnames=_globs("gpt2", "residual", residual), role="weight",
              name="residual projection"),
         # an embedding tied to its output head, whatever the names (BERT's cls.predictions.decoder)
@@ -222,6 +233,10 @@ def llama_preset(std: float | None = None, depth_init: bool = True, cutoff: floa
         Rule("zeros", modules="MultiheadAttention", params=("in_proj_bias", "out_proj.bias", "bias_k", "bias_v"),
              name="mha biases"),
         *_rnn_rules(),
+        # a fused gate_up_proj is one tensor: the layer std (torchtitan scales its separate w3 by depth)
+        Rule("trunc_normal", base, modules=_MOE, role="weight", name="moe experts and router"),
+        Rule("zeros", modules=_MOE, role="bias", name="moe biases"),
+        Rule("trunc_normal", base, qualnames=_SINKS, name="attention sinks"),
         Rule("trunc_normal", deep, qualnames=_globs("llama", "residual", residual), role="weight",
              name="output projection"),
         Rule("trunc_normal", {"std": "1/sqrt(fan_in)", "cutoff": 3.0}, qualnames=_globs("llama", "output", output),
