@@ -360,6 +360,49 @@ def test_populate_leaves_memory_unchanged():
     assert torch.equal(t, before)
 
 
+def test_populate_on_the_fill_pool_while_other_threads_fill():
+    """populate runs its shares on the native fill's worker pool (or, while a fill in another
+    thread holds the pool, on threads of its own): from several Python threads at once,
+    populated memory keeps its contents and the fills in between write the same bits."""
+    import threading
+
+    from torchinit.core import specs as S
+    from torchinit.keyed import backend as B, engine as E
+
+    if not B.native_available():
+        pytest.skip("native kernel not built")
+    pop = B.native_module().populate
+    spec, key = S.Normal(0.0, 0.02), torchinit.Key(3).child("w")
+    ref = E.sample(spec, key, (600, 1000))
+    errors = []
+
+    def work(i):
+        try:
+            for r in range(6):
+                t = torch.arange(2_000_000 + 4096 * i + r, dtype=torch.float32)
+                assert pop(t.data_ptr(), t.numel() * 4, 1 + (i + r) % 4, (1 << 21) if r % 2 else 0) in (True, False)
+                assert torch.equal(t, torch.arange(t.numel(), dtype=torch.float32))
+                out = torch.empty(600, 1000)
+                with B.prefaulting(4096 * (1 + r)):
+                    E.fill_region_(out, spec, key, (600, 1000), (0, 0))
+                assert torch.equal(out.view(torch.int32), ref.view(torch.int32))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads_before = B.get_num_threads()
+    B.set_num_threads(3)
+    try:
+        ts = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+    finally:
+        B.set_num_threads(None)
+    assert not errors, errors[0]
+    assert B.get_num_threads() == threads_before
+
+
 def test_prefaulting_fills_give_the_same_values():
     """A native fill that faults its pages in ahead of its writes (backend.prefaulting) writes
     the same bits, for any piece size, thread count, chunk size and box, and nothing outside."""
