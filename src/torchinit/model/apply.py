@@ -20,6 +20,7 @@ from .resolve import plan
 
 #: specs the keyed engine draws element by element (fill_checked_ takes these)
 _ELEMENTWISE = (S.Uniform, S.Normal, S.TruncatedNormal)
+
 __all__ = ["apply_plan", "init_model"]
 
 
