@@ -72,11 +72,47 @@ def test_seed_and_policy_change_values():
     assert not torch.equal(a.state_dict()[w], c.state_dict()[w])
 
 
-def test_bfloat16_meta_model():
+@pytest.mark.parametrize("policy", ["gpt2", "pytorch", "llama"])
+def test_bfloat16_meta_model(policy):
     model = _meta("gpt").to(torch.bfloat16)
-    torchinit.materialize(model, policy="gpt2", seed=3, progress=False)
+    torchinit.materialize(model, policy=policy, seed=3, progress=False)
     assert model.lm_head.weight.dtype == torch.bfloat16
-    _assert_same_state(model, _reference("gpt", "gpt2", 3, dtype=torch.bfloat16))
+    _assert_same_state(model, _reference("gpt", policy, 3, dtype=torch.bfloat16))
+
+
+def test_returned_plan_shares_no_entry_with_the_given_plan():
+    model = _meta("mlp")
+    given = torchinit.plan(model, "kaiming")
+    before = [e.to_dict() for e in given.entries]
+    applied = torchinit.materialize(model, "cpu", given, seed=2, progress=False)
+    assert applied.applied and not given.applied and applied.seed == 2 and applied.notes == given.notes
+    assert all(a is not g for a, g in zip(applied.entries, given.entries))
+    assert [e.to_dict() for e in applied.entries] == before == [e.to_dict() for e in given.entries]
+
+
+@pytest.mark.parametrize("case", ["overflow", "float8"])
+def test_errors_found_while_filling_are_apply_plans(case):
+    """What the dry run does not check (a spec overflowing the dtype, a dtype the keyed engine
+    cannot fill) raises, in a batch, the error apply_plan raises on an allocated copy, and the
+    batch goes back to meta."""
+    from torchinit.core import specs as S
+
+    def build(device):
+        with torch.device(device):
+            m = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8))
+        return m.to(torch.float16 if case == "overflow" else torch.float8_e4m3fn)
+
+    p = torchinit.plan(build("meta"), "kaiming")
+    for e in p.entries:
+        if e.name == "1.weight":
+            e.spec = S.Normal(0.0, 1e5) if case == "overflow" else e.spec
+    with pytest.raises((ValueError, TypeError)) as expected:
+        torchinit.apply_plan(build("cpu"), p, seed=0)
+    model = build("meta")
+    with pytest.raises(type(expected.value)) as got:
+        torchinit.materialize(model, "cpu", p, seed=0, progress=False)
+    assert str(got.value) == str(expected.value)
+    assert all(t.is_meta for t in model.state_dict().values())  # one batch: all of it back on meta
 
 
 @pytest.mark.parametrize("style", ["gpt2", "llama"])
@@ -127,7 +163,7 @@ def test_failure_midway_puts_the_batch_back_on_meta(monkeypatch):
     calls = []
 
     def failing(m, plan, *, seed, engine, only=None, **kw):
-        if only is None:
+        if not kw.get("dry_run"):  # a batch
             calls.append(1)
             if len(calls) == 2:
                 raise MemoryError("simulated")
@@ -241,9 +277,9 @@ def test_allocates_module_by_module_once(monkeypatch):
 
     def spy(m, plan, *, seed, engine, only=None, **kw):
         allocated = {n for n, t in m.state_dict(keep_vars=True).items() if not t.is_meta}
-        if only is not None:  # the validation dry run, before any allocation
-            assert tuple(only) == () and not allocated
-            return real_apply(m, plan, seed=seed, engine=engine, only=only)
+        if kw.get("dry_run"):  # the validation dry run, before any allocation
+            assert only is None and not allocated
+            return real_apply(m, plan, seed=seed, engine=engine, **kw)
         names = {n for e in plan.entries for n in (e.name, *e.aliases)}
         assert allocated == set().union(*calls, names)  # nothing allocated ahead of its initialization
         calls.append(names)
@@ -322,6 +358,49 @@ def test_populate_leaves_memory_unchanged():
             for threads in (1, 2, 5):
                 assert pop(t.data_ptr() + off, n, threads, huge) in (True, False)
     assert torch.equal(t, before)
+
+
+def test_populate_on_the_fill_pool_while_other_threads_fill():
+    """populate runs its shares on the native fill's worker pool (or, while a fill in another
+    thread holds the pool, on threads of its own): from several Python threads at once,
+    populated memory keeps its contents and the fills in between write the same bits."""
+    import threading
+
+    from torchinit.core import specs as S
+    from torchinit.keyed import backend as B, engine as E
+
+    if not B.native_available():
+        pytest.skip("native kernel not built")
+    pop = B.native_module().populate
+    spec, key = S.Normal(0.0, 0.02), torchinit.Key(3).child("w")
+    ref = E.sample(spec, key, (600, 1000))
+    errors = []
+
+    def work(i):
+        try:
+            for r in range(6):
+                t = torch.arange(2_000_000 + 4096 * i + r, dtype=torch.float32)
+                assert pop(t.data_ptr(), t.numel() * 4, 1 + (i + r) % 4, (1 << 21) if r % 2 else 0) in (True, False)
+                assert torch.equal(t, torch.arange(t.numel(), dtype=torch.float32))
+                out = torch.empty(600, 1000)
+                with B.prefaulting(4096 * (1 + r)):
+                    E.fill_region_(out, spec, key, (600, 1000), (0, 0))
+                assert torch.equal(out.view(torch.int32), ref.view(torch.int32))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads_before = B.get_num_threads()
+    B.set_num_threads(3)
+    try:
+        ts = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+    finally:
+        B.set_num_threads(None)
+    assert not errors, errors[0]
+    assert B.get_num_threads() == threads_before
 
 
 def test_prefaulting_fills_give_the_same_values():

@@ -11,11 +11,15 @@ from torch import Tensor, nn
 
 from ..core import specs as S
 from ..core.gate_specs import OrthogonalPerGate
-from ..engines.keyed.engine import checked_spec
+from ..engines.argcheck import check_keyed_overflow
+from ..engines.keyed.engine import checked_spec, fill_checked_
 from .plan import ENGINES, EngineName, Plan, PlanEntry
 from .policy import Policy, PolicyError
 from .registry import DEFAULT_POLICY, PresetName
 from .resolve import plan
+
+#: specs the keyed engine draws element by element (fill_checked_ takes these)
+_ELEMENTWISE = (S.Uniform, S.Normal, S.TruncatedNormal)
 
 __all__ = ["apply_plan", "init_model"]
 
@@ -50,11 +54,12 @@ def apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: EngineName = 
 
 def _apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: EngineName = "keyed",
                 only: Iterable[str] | None = None, restore_on_error: bool = True,
-                unwritten: list[str] | None = None, validated: bool = False) -> Plan:
+                unwritten: list[str] | None = None, validated: bool = False, dry_run: bool = False) -> Plan | None:
     """:func:`apply_plan`; with ``unwritten`` (a list), also appends the names of the
     module-code entries whose tensors the code (keyed engine) left unwritten. ``validated``:
     the caller checked these entries against tensors of the same shapes and dtypes already
-    (``materialize``'s dry run): the per-entry checks are skipped."""
+    (``materialize``'s dry run): the per-entry checks are skipped. ``dry_run``: check the
+    seed, engine and every entry against the model, write nothing and return None."""
     from ..engines.dtensor import is_dtensor, zero_rows_
 
     seed = _check_seed(seed)
@@ -81,6 +86,8 @@ def _apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: EngineName =
         by_name[e.name] = e
         for a in e.aliases:
             by_name[a] = e
+    if dry_run:
+        return None
     selected_names: set[str] | None = None
     if only is not None:
         only = [only] if isinstance(only, str) else list(only)
@@ -153,13 +160,22 @@ def _apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: EngineName =
             raise
     with torch.no_grad():
         for e in selected:
-            if e.spec is None:
+            spec = e.spec
+            if spec is None:
                 continue
             t = tensors[e.name]
-            if engine == "torch" or (not e.spec.random and not is_dtensor(t)):
-                torch_fill_(t, e.spec)
+            if type(spec) is S.Constant and not is_dtensor(t):
+                t.fill_(spec.value)  # torch_fill_'s own code for a constant, without its dispatch
+            elif engine == "torch" or (not spec.random and not is_dtensor(t)):
+                torch_fill_(t, spec)
+            elif validated and isinstance(spec, _ELEMENTWISE) and not is_dtensor(t):
+                # the dry run checked the spec against this shape: only the checks that depend
+                # on the tensor itself (as fill_ makes them, in its order)
+                spec = checked_spec(spec)
+                check_keyed_overflow(type(spec).__name__, t, spec)
+                fill_checked_(t, spec, Key(seed, e.name))
             else:  # random specs, and every spec of a DTensor: filled shard-locally (issue 5)
-                fill_any_(t, e.spec, key=Key(seed).child(e.name))
+                fill_any_(t, spec, key=Key(seed, e.name))  # Key(seed).child(name), one hash less
             if e.zero_rows:
                 zero_rows_(t, e.zero_rows)
     applied = replace(plan, entries=[replace(e, observed=observed.get(e.name, e.observed)) for e in plan.entries],

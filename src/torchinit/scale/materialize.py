@@ -309,7 +309,7 @@ def materialize(
     _check_coverage(plan_obj, meta_names - empty)
     # dry run: apply_plan validates every entry against the model (names, shapes, specs)
     # and writes nothing, so a bad plan fails before anything is allocated
-    base = _apply_plan(model, plan_obj, seed=seed, engine="keyed", only=())
+    _apply_plan(model, plan_obj, seed=seed, engine="keyed", dry_run=True)
     locations = _locations(model)
     by_name = {}
     for e in plan_obj.entries:
@@ -386,5 +386,7 @@ def materialize(
         raise
     finally:
         bar.close()
-    return dataclasses.replace(base, entries=[applied.get(e.name, e) for e in base.entries],
-                               notes=list(getattr(plan_obj, "notes", [])))
+    # entries no batch applied (tensors that were not on meta) are copied too, as apply_plan does
+    return dataclasses.replace(plan_obj, entries=[applied[e.name] if e.name in applied else dataclasses.replace(e)
+                                                  for e in plan_obj.entries],
+                               seed=seed, engine="keyed", applied=True, notes=list(getattr(plan_obj, "notes", [])))

@@ -1769,11 +1769,6 @@ static void process_range(const job_t *J, int64_t f0, int64_t f1) {
     }
 }
 
-typedef struct {
-    const job_t *J;
-    int64_t c0, c1, pf;
-} targ_t;
-
 #if defined(__linux__)
 #include <sys/mman.h>
 #include <unistd.h>
@@ -1781,6 +1776,29 @@ typedef struct {
 #define MADV_POPULATE_WRITE 23
 #endif
 #endif
+
+/* populate's share of a range: [a, b), and madvise's result */
+typedef struct {
+    uintptr_t a, b;
+    int rc;
+} pop_t;
+
+static void *pop_main(void *arg) {
+    pop_t *p = (pop_t *)arg;
+#if defined(__linux__)
+    p->rc = p->b > p->a ? madvise((void *)p->a, p->b - p->a, MADV_POPULATE_WRITE) : 0;
+#else
+    p->rc = -1;
+#endif
+    return NULL;
+}
+
+/* a thread's share: chunks [c0, c1) of fill J, or (J NULL) populate's share pop */
+typedef struct {
+    const job_t *J;
+    int64_t c0, c1, pf;
+    pop_t *pop;
+} targ_t;
 
 /* Fill chunks [c0, c1). pf > 0: first fault in the whole pages of this share's output with
    MADV_POPULATE_WRITE, pf bytes at a time just ahead of the fill (contents unchanged; the
@@ -1820,10 +1838,17 @@ static void fence(void) {
 #endif
 }
 
+static void run_share(const targ_t *t) {
+    if (t->J) {
+        run_chunks(t->J, t->c0, t->c1, t->pf);
+        fence();
+    } else if (t->pop) {
+        pop_main(t->pop);
+    }
+}
+
 static void *thread_main(void *arg) {
-    targ_t *t = (targ_t *)arg;
-    run_chunks(t->J, t->c0, t->c1, t->pf);
-    fence();
+    run_share((const targ_t *)arg);
     return NULL;
 }
 
@@ -1882,10 +1907,7 @@ static void *pool_main(void *arg) {
         }
         seen = g;
         targ_t t = g_pool_task[i];
-        if (t.J) {
-            run_chunks(t.J, t.c0, t.c1, t.pf);
-            fence();
-        }
+        run_share(&t);
         if (atomic_fetch_sub_explicit(&g_pool_left, 1, memory_order_acq_rel) == 1) {
             pthread_mutex_lock(&g_pool_mu);
             pthread_cond_signal(&g_pool_done);
@@ -1913,6 +1935,7 @@ static int pool_run(const targ_t *ta, int T, int self_share, const pthread_attr_
         pthread_t th;
         g_pool_seen0[g_pool_n] = atomic_load(&g_pool_gen);
         g_pool_task[g_pool_n].J = NULL;
+        g_pool_task[g_pool_n].pop = NULL;
         if (pthread_create(&th, attr, pool_main, (void *)(intptr_t)g_pool_n) != 0) break;
         pthread_detach(th);
         g_pool_n++;
@@ -1925,17 +1948,14 @@ static int pool_run(const targ_t *ta, int T, int self_share, const pthread_attr_
         if (i < need)
             g_pool_task[i] = ta[self_share + i];
         else
-            g_pool_task[i].J = NULL;
+            g_pool_task[i].J = NULL, g_pool_task[i].pop = NULL;
     }
     pthread_mutex_lock(&g_pool_mu);
     atomic_store(&g_pool_left, g_pool_n);
     atomic_fetch_add_explicit(&g_pool_gen, 1, memory_order_release);
     pthread_cond_broadcast(&g_pool_work);
     pthread_mutex_unlock(&g_pool_mu);
-    if (self_share) {
-        run_chunks(ta[0].J, ta[0].c0, ta[0].c1, ta[0].pf);
-        fence();
-    }
+    if (self_share) run_share(&ta[0]);
     int64_t t0 = now_ns();
     int n = 0;
     while (atomic_load_explicit(&g_pool_left, memory_order_acquire) != 0) {
@@ -1952,6 +1972,19 @@ static int pool_run(const targ_t *ta, int T, int self_share, const pthread_attr_
     return 1;
 }
 
+
+/* attributes giving a worker thread at least KERNEL_STACK; 0 (attr unset) where the
+   default stack is large enough or cannot be set */
+static int kernel_attr(pthread_attr_t *attr) {
+    size_t dflt = 0;
+    if (pthread_attr_init(attr) != 0) return 0;
+    if (pthread_attr_getstacksize(attr, &dflt) != 0 || dflt >= KERNEL_STACK ||
+        pthread_attr_setstacksize(attr, KERNEL_STACK) != 0) {
+        pthread_attr_destroy(attr);
+        return 0;
+    }
+    return 1;
+}
 
 /* bytes of stack left below this frame in the calling thread (SIZE_MAX if unknown). The
    stack's low end is looked up once per thread (for the main thread glibc reads
@@ -2126,18 +2159,13 @@ static PyObject *py_fill(PyObject *self, PyObject *args) {
         targ_t ta[256];
         int started[256];
         pthread_attr_t attr;
-        size_t dflt = 0;
-        int have_attr = pthread_attr_init(&attr) == 0;
-        if (have_attr && (pthread_attr_getstacksize(&attr, &dflt) != 0 || dflt >= KERNEL_STACK ||
-                          pthread_attr_setstacksize(&attr, KERNEL_STACK) != 0)) {
-            pthread_attr_destroy(&attr); /* the default stack is large enough (or cannot be set) */
-            have_attr = 0;
-        }
+        int have_attr = kernel_attr(&attr);
         for (int t = 0; t < T; t++) {
             ta[t].J = &J;
             ta[t].c0 = nchunks * t / T;
             ta[t].c1 = nchunks * (t + 1) / T;
             ta[t].pf = pf;
+            ta[t].pop = NULL;
             started[t] = 0;
         }
         if (!pool_run(ta, T, self_share, have_attr ? &attr : NULL)) {
@@ -2184,19 +2212,6 @@ static PyObject *py_philox(PyObject *self, PyObject *args) {
    advice is only a hint: where it fails, the pages stay small. Returns False if populating
    failed (a kernel without MADV_POPULATE_WRITE, or no memory): the fill then takes the
    remaining faults itself. */
-#if defined(__linux__)
-typedef struct {
-    uintptr_t a, b;
-    int rc;
-} pop_t;
-
-static void *pop_main(void *arg) {
-    pop_t *p = (pop_t *)arg;
-    p->rc = p->b > p->a ? madvise((void *)p->a, p->b - p->a, MADV_POPULATE_WRITE) : 0;
-    return NULL;
-}
-#endif
-
 static PyObject *py_populate(PyObject *self, PyObject *args) {
     (void)self;
     unsigned long long ptr, nbytes, huge = 0;
@@ -2222,23 +2237,33 @@ static PyObject *py_populate(PyObject *self, PyObject *args) {
     uintptr_t pages = (b2 - a2) / page;
     if ((uintptr_t)T > pages) T = pages > 0 ? (int)pages : 1;
     pop_t pt[64];
+    targ_t ta[64];
     pthread_t th[64];
     int started[64];
     for (int t = 0; t < T; t++) {
         pt[t].a = t == 0 ? a : a2 + pages * (uintptr_t)t / (uintptr_t)T * page;
         pt[t].b = t == T - 1 ? b : a2 + pages * (uintptr_t)(t + 1) / (uintptr_t)T * page;
         pt[t].rc = 0;
+        memset(&ta[t], 0, sizeof ta[t]);
+        ta[t].pop = &pt[t];
         started[t] = 0;
     }
     Py_BEGIN_ALLOW_THREADS;
-    for (int t = 1; t < T; t++) started[t] = pthread_create(&th[t], NULL, pop_main, &pt[t]) == 0;
-    pop_main(&pt[0]);
-    for (int t = 1; t < T; t++) {
-        if (started[t])
-            pthread_join(th[t], NULL);
-        else
-            pop_main(&pt[t]);
+    /* on the fill's worker pool (threads it starts are the fill's, hence its stack size);
+       where the pool is busy (a fill in another thread), threads of its own */
+    pthread_attr_t attr;
+    int have_attr = T > 1 ? kernel_attr(&attr) : 0;
+    if (T <= 1 || !pool_run(ta, T, 1, have_attr ? &attr : NULL)) {
+        for (int t = 1; t < T; t++) started[t] = pthread_create(&th[t], NULL, pop_main, &pt[t]) == 0;
+        pop_main(&pt[0]);
+        for (int t = 1; t < T; t++) {
+            if (started[t])
+                pthread_join(th[t], NULL);
+            else
+                pop_main(&pt[t]);
+        }
     }
+    if (have_attr) pthread_attr_destroy(&attr);
     Py_END_ALLOW_THREADS;
     for (int t = 0; t < T; t++)
         if (pt[t].rc != 0) Py_RETURN_FALSE;
