@@ -47,6 +47,6 @@ def philox4x32(counter: Sequence[int], key: Sequence[int]) -> tuple[int, int, in
     for w in (*counter, *key):
         if isinstance(w, bool) or not isinstance(w, int) or not 0 <= w < 2**32:
             raise ValueError(f"philox4x32: words must be ints in [0, 2**32), got {w!r}")
-    c = [torch.tensor([w], dtype=torch.int64) for w in counter]
+    c = [torch.tensor([w], dtype=torch.int64, device="cpu") for w in counter]
     out = _ph(*c, key[0], key[1])
     return tuple(int(x.item()) for x in out)

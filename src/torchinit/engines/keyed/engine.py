@@ -7,7 +7,6 @@ docs/keyed-stream.md.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import operator
@@ -509,13 +508,6 @@ def _eye_region_(out: Tensor, offsets) -> Tensor:
 # public API
 # ----------------------------------------------------------------------------------
 
-def _scratch_on_cpu():
-    """The engine's tensors made without a device (constants, scratch, index math) are CPU ones:
-    under ``with torch.device("meta"):`` (a model built there, then ``materialize``) or
-    ``torch.set_default_device`` they went there and the fill failed (``.item()`` on meta)."""
-    return torch.device("cpu") if torch.get_default_device().type != "cpu" else contextlib.nullcontext()
-
-
 def fill_region_(out: Tensor, spec: S.Spec, key: Key, global_shape: Sequence[int], offsets: Sequence[int]) -> Tensor:
     r"""Fill ``out`` with the box ``[offsets, offsets + out.shape)`` of the keyed fill of a
     tensor of ``global_shape``; returns ``out``.
@@ -542,7 +534,7 @@ def fill_region_(out: Tensor, spec: S.Spec, key: Key, global_shape: Sequence[int
     _check_box(gshape, offs, tuple(out.shape))
     spec.check_shape(gshape)
     _check_writable(out)
-    with torch.no_grad(), _scratch_on_cpu():
+    with torch.no_grad():
         if out.numel() == 0 or out.is_meta:
             return out
         if isinstance(spec, _ELEMENTWISE):
