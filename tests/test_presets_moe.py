@@ -58,3 +58,14 @@ def test_moe_model_materializes_like_init_model():
         assert torch.equal(a, b), name
     w = meta.model.layers[1].mlp.experts.gate_up_proj
     assert abs(float(w.std()) - 0.02) < 0.002
+
+
+def test_fan_based_presets_say_why_they_leave_the_experts():
+    with torch.device("meta"):
+        meta = mixtral()
+    with pytest.raises(ValueError, match=r"6 of them belong to mixture-of-experts modules \(MixtralExperts, "
+                                         r"MixtralTopKRouter\): the gpt2, llama and module presets initialize those"):
+        torchinit.materialize(meta, "cpu", "kaiming", seed=0)
+    assert all(t.is_meta for t in meta.parameters())  # refused before allocating anything
+    with pytest.warns(UserWarning, match=r"belong to mixture-of-experts modules .*they keep their current values"):
+        torchinit.init_model(mixtral(), "xavier", seed=0)

@@ -15,6 +15,7 @@ from ..engines.argcheck import check_keyed_overflow
 from ..engines.keyed.engine import checked_spec, fill_checked_
 from .plan import ENGINES, EngineName, Plan, PlanEntry
 from .policy import Policy, PolicyError
+from .presets import experts_hint
 from .registry import DEFAULT_POLICY, PresetName
 from .resolve import plan
 
@@ -285,7 +286,8 @@ def init_model(model: nn.Module, policy: PresetName | Policy | str | Mapping | S
     if p.unmatched:
         shown = ", ".join(map(repr, p.unmatched[:20]))
         more = f" and {len(p.unmatched) - 20} more (plan.unmatched lists them all)" if len(p.unmatched) > 20 else ""
-        msg = (f"init_model: no rule of policy {p.policy!r} covers {len(p.unmatched)} tensor(s): {shown}{more}; "
+        msg = (f"init_model: no rule of policy {p.policy!r} covers {len(p.unmatched)} tensor(s): {shown}{more}"
+               f"{experts_hint(model, p.unmatched)}; "
                f"{'nothing was written' if strict else 'they keep their current values'}. Give them a rule "
                "(e.g. {'qualnames': '<name>', 'init': 'ones'}) or a preset that covers them")
         if strict:

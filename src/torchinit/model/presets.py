@@ -23,14 +23,17 @@ vit        timm/HF ViT: trunc_normal(0.02) Linear/patch-embed weights, cls_token
 
 from __future__ import annotations
 
+import fnmatch
 import math
-from typing import Any
+from typing import Any, Iterable
+
+from torch import nn
 
 from .errors import PolicyError
 from .policy import OUTPUT_HEAD, Policy, Rule
 from .registry import PRESETS, get_preset, preset_names
 
-__all__ = ["PRESETS", "get_preset", "preset_names", "RESIDUAL_PROJECTIONS"]
+__all__ = ["PRESETS", "get_preset", "preset_names", "RESIDUAL_PROJECTIONS", "experts_hint"]
 
 #: Layers with a weight of shape (out, in, *k) and an optional bias.
 _LAYERS = ("Linear", "_ConvNd", "Conv1D", "Bilinear")
@@ -50,6 +53,27 @@ RESIDUAL_PROJECTIONS = (
 #: with 3-D ``gate_up_proj`` / ``down_proj``, its ``MixtralTopKRouter``; ``*Router`` covers the
 #: other models' routers). Their own init code draws N(0, initializer_range^2) everywhere.
 _MOE = ("*Experts", "*Router")
+
+
+def experts_hint(model: nn.Module, names: Iterable[str]) -> str:
+    """For an error or warning about uncovered tensors: which of ``names`` belong to
+    mixture-of-experts modules, and which presets cover them ("" when none does)."""
+    hits: dict[str, str] = {}
+    for n in names:
+        try:
+            mod = model.get_submodule(n.rpartition(".")[0])
+        except AttributeError:
+            continue
+        if any(fnmatch.fnmatchcase(type(mod).__name__, g) for g in _MOE):
+            hits[n] = type(mod).__name__
+    if not hits:
+        return ""
+    kinds = ", ".join(sorted(set(hits.values())))
+    return (f"; {len(hits)} of them belong to mixture-of-experts modules ({kinds}): the gpt2, llama and module "
+            "presets initialize those, a fan-based rule cannot (a fused 3-D expert tensor's layout differs between "
+            "models: Mixtral stores (experts, out, in), GPT-OSS (experts, in, out))")
+
+
 #: GPT-OSS's per-head attention sink logits (its init code: N(0, initializer_range^2))
 _SINKS = ("*.self_attn.sinks",)
 

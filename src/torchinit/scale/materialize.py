@@ -58,6 +58,7 @@ from ..engines.keyed.engine import native_writes_in_place
 from ..model.module_init import HF_INIT_STEP
 from ..model.plan import Plan
 from ..model.policy import Policy
+from ..model.presets import experts_hint
 from ..model.registry import DEFAULT_POLICY, PresetName
 # the bar shared with diagnose, lsuv_, weight files; PROGRESS_AFTER_S (seconds before it
 # appears) is read from this module at each call
@@ -161,7 +162,7 @@ def _plan_with_buffer_code(model: nn.Module, policy: Any, plan_obj: Any, meta_na
     return new
 
 
-def _check_coverage(plan_obj: Any, meta_names: set[str]) -> None:
+def _check_coverage(model: nn.Module, plan_obj: Any, meta_names: set[str]) -> None:
     """Every meta tensor must get an initializer: an allocated tensor nobody fills holds garbage."""
     missing = _uncovered(plan_obj, meta_names)
     if missing:
@@ -169,6 +170,7 @@ def _check_coverage(plan_obj: Any, meta_names: set[str]) -> None:
         unused = list(getattr(plan_obj, "unused_rules", None) or ())
         # a rule that matched nothing is the usual cause (a typo such as modules: Linaer)
         hint = f"; rules that matched nothing: {', '.join(unused)}" if unused else ""
+        hint += experts_hint(model, missing)
         raise ValueError(
             f"materialize: no initializer in the plan for meta tensor(s) {', '.join(map(repr, missing[:5]))}{more} "
             f"(unmatched or 'keep' under policy {getattr(plan_obj, 'policy', '?')!r}{hint}); allocating them would "
@@ -306,7 +308,7 @@ def materialize(
     plan_obj = policy if is_plan else _plan(model, policy, example_inputs)
     if not is_plan:
         plan_obj = _plan_with_buffer_code(model, policy, plan_obj, meta_names, example_inputs)
-    _check_coverage(plan_obj, meta_names - empty)
+    _check_coverage(model, plan_obj, meta_names - empty)
     # dry run: apply_plan validates every entry against the model (names, shapes, specs)
     # and writes nothing, so a bad plan fails before anything is allocated
     _apply_plan(model, plan_obj, seed=seed, engine="keyed", dry_run=True)
