@@ -7,10 +7,10 @@ import textwrap
 
 import pytest
 import torch
+from torchinit.diagnostics import Report
 
 from torchinit.cli import main
 from torchinit.cli.report_cmd import make_inputs, scheme_policy
-from torchinit.diagnostics import Report
 
 SMALL_MLP = json.dumps({"depth": 12, "width": 32})
 
@@ -173,7 +173,7 @@ def test_bad_width_fails_before_the_work(tmp_path, capsys):
 def test_unwritable_out_or_html_fails_before_the_work(tmp_path, capsys, monkeypatch):
     # a file where --out's folder should be: refused before the model is built, not after the
     # whole diagnosis ("[Errno 17] File exists")
-    import torchinit.cli.report_cmd as report_cmd
+    from torchinit.cli import report_cmd
 
     def no_work(*a, **k):
         raise AssertionError("the diagnosis ran")

@@ -11,7 +11,8 @@ import torchinit
 
 T = pytest.importorskip("transformers")
 
-_SMALL = dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, num_key_value_heads=1, intermediate_size=64)
+_SMALL = {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2, "num_key_value_heads": 1,
+          "intermediate_size": 64}
 
 
 def mixtral():

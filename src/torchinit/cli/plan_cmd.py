@@ -53,7 +53,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """Arguments shared by ``plan`` and ``init``."""
-    from torchinit import PRESETS  # every registered preset, so the help never falls behind
+    # every registered preset, so the help never falls behind
+    from torchinit import PRESETS
 
     p.add_argument("model", metavar="MODEL",
                    help="zoo name, package.module:factory, path/to/file.py:factory, hf:TYPE or hf:path/to/config.json")

@@ -240,10 +240,10 @@ def _meta_detect(model: nn.Module, layers: dict[str, nn.Module], inputs: Any) ->
         try:
             det = _hook_detect(meta_view(model), layers, tree_map(keep, inputs), scalars)
         except Exception:  # noqa: BLE001 - the first failure is the one to report
-            pass
-        else:
-            return det, scalars.count
-        raise
+            det = None
+        if det is None:
+            raise
+        return det, scalars.count
     return det, scalars.count
 
 

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from torch import nn
 

@@ -223,9 +223,9 @@ def _extreme(ctx: _Context, shrinking: bool) -> tuple[_Ratios, int, int, int, fl
     judged = [i for i in range(n) if not (i == n - 1 and normed[i] and rs.seg[i] == i)]
     th = ctx.th
     if shrinking:  # on a normalized input only a 100x shrink (GPT-2's 0.02 at small widths is a recipe)
-        past = lambda i: rs.ratios[i] < (th.vanish ** 2 if normed[i] else th.vanish)  # noqa: E731
+        past = lambda i: rs.ratios[i] < (th.vanish ** 2 if normed[i] else th.vanish)
     else:
-        past = lambda i: rs.ratios[i] > th.explode  # noqa: E731
+        past = lambda i: rs.ratios[i] > th.explode
     first = next((i for i in judged if past(i)), None)
     if first is None:
         return None
