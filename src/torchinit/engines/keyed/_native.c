@@ -1986,6 +1986,28 @@ static int kernel_attr(pthread_attr_t *attr) {
     return 1;
 }
 
+/* Run shares ta[0..T): ta[self_share..T) on the pool's workers (or, where the pool is busy,
+   on threads of their own, with at least KERNEL_STACK) and ta[0] here if self_share; a
+   share whose thread cannot be started runs here. Fills and populate share it. */
+static void run_shares(const targ_t *ta, int T, int self_share) {
+    pthread_attr_t attr;
+    int have_attr = kernel_attr(&attr);
+    if (!pool_run(ta, T, self_share, have_attr ? &attr : NULL)) {
+        pthread_t th[256];
+        int started[256] = {0};
+        for (int t = self_share; t < T; t++)
+            started[t] = pthread_create(&th[t], have_attr ? &attr : NULL, thread_main, (void *)&ta[t]) == 0;
+        if (self_share) run_share(&ta[0]);
+        for (int t = self_share; t < T; t++) {
+            if (started[t])
+                pthread_join(th[t], NULL);
+            else
+                run_share(&ta[t]);
+        }
+    }
+    if (have_attr) pthread_attr_destroy(&attr);
+}
+
 /* bytes of stack left below this frame in the calling thread (SIZE_MAX if unknown). The
    stack's low end is looked up once per thread (for the main thread glibc reads
    /proc/self/maps to find it) and cached. */
@@ -2155,36 +2177,15 @@ static PyObject *py_fill(PyObject *self, PyObject *args) {
         fence();
     } else {
         if (T < 1) T = 1;
-        pthread_t th[256];
         targ_t ta[256];
-        int started[256];
-        pthread_attr_t attr;
-        int have_attr = kernel_attr(&attr);
         for (int t = 0; t < T; t++) {
             ta[t].J = &J;
             ta[t].c0 = nchunks * t / T;
             ta[t].c1 = nchunks * (t + 1) / T;
             ta[t].pf = pf;
             ta[t].pop = NULL;
-            started[t] = 0;
         }
-        if (!pool_run(ta, T, self_share, have_attr ? &attr : NULL)) {
-            for (int t = self_share; t < T; t++)
-                started[t] = pthread_create(&th[t], have_attr ? &attr : NULL, thread_main, &ta[t]) == 0;
-            if (self_share) {
-                run_chunks(&J, ta[0].c0, ta[0].c1, pf);
-                fence();
-            }
-            for (int t = self_share; t < T; t++) {
-                if (started[t])
-                    pthread_join(th[t], NULL);
-                else {
-                    run_chunks(&J, ta[t].c0, ta[t].c1, pf); /* thread creation failed: do it here */
-                    fence();
-                }
-            }
-        }
-        if (have_attr) pthread_attr_destroy(&attr);
+        run_shares(ta, T, self_share);
     }
     Py_END_ALLOW_THREADS;
     Py_RETURN_NONE;
@@ -2238,32 +2239,18 @@ static PyObject *py_populate(PyObject *self, PyObject *args) {
     if ((uintptr_t)T > pages) T = pages > 0 ? (int)pages : 1;
     pop_t pt[64];
     targ_t ta[64];
-    pthread_t th[64];
-    int started[64];
     for (int t = 0; t < T; t++) {
         pt[t].a = t == 0 ? a : a2 + pages * (uintptr_t)t / (uintptr_t)T * page;
         pt[t].b = t == T - 1 ? b : a2 + pages * (uintptr_t)(t + 1) / (uintptr_t)T * page;
         pt[t].rc = 0;
         memset(&ta[t], 0, sizeof ta[t]);
         ta[t].pop = &pt[t];
-        started[t] = 0;
     }
     Py_BEGIN_ALLOW_THREADS;
-    /* on the fill's worker pool (threads it starts are the fill's, hence its stack size);
-       where the pool is busy (a fill in another thread), threads of its own */
-    pthread_attr_t attr;
-    int have_attr = T > 1 ? kernel_attr(&attr) : 0;
-    if (T <= 1 || !pool_run(ta, T, 1, have_attr ? &attr : NULL)) {
-        for (int t = 1; t < T; t++) started[t] = pthread_create(&th[t], NULL, pop_main, &pt[t]) == 0;
+    if (T <= 1)
         pop_main(&pt[0]);
-        for (int t = 1; t < T; t++) {
-            if (started[t])
-                pthread_join(th[t], NULL);
-            else
-                pop_main(&pt[t]);
-        }
-    }
-    if (have_attr) pthread_attr_destroy(&attr);
+    else
+        run_shares(ta, T, 1); /* the fill's worker pool, as a fill's shares */
     Py_END_ALLOW_THREADS;
     for (int t = 0; t < T; t++)
         if (pt[t].rc != 0) Py_RETURN_FALSE;
