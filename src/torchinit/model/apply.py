@@ -19,9 +19,6 @@ from .presets import experts_hint
 from .registry import DEFAULT_POLICY, PresetName
 from .resolve import plan
 
-#: specs the keyed engine draws element by element (fill_checked_ takes these)
-_ELEMENTWISE = (S.Uniform, S.Normal, S.TruncatedNormal)
-
 __all__ = ["apply_plan", "init_model"]
 
 
@@ -169,7 +166,7 @@ def _apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: EngineName =
                 t.fill_(spec.value)  # torch_fill_'s own code for a constant, without its dispatch
             elif engine == "torch" or (not spec.random and not is_dtensor(t)):
                 torch_fill_(t, spec)
-            elif validated and isinstance(spec, _ELEMENTWISE) and not is_dtensor(t):
+            elif validated and not is_dtensor(t):
                 # the dry run checked the spec against this shape: only the checks that depend
                 # on the tensor itself (as fill_ makes them, in its order)
                 spec = checked_spec(spec)
