@@ -23,7 +23,6 @@ vit        timm/HF ViT: trunc_normal(0.02) Linear/patch-embed weights, cls_token
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -33,6 +32,7 @@ from torch import nn
 from .errors import PolicyError
 from .policy import OUTPUT_HEAD, Policy, Rule
 from .registry import PRESETS, get_preset, preset_names
+from .selectors import module_matches
 
 __all__ = ["PRESETS", "get_preset", "preset_names", "RESIDUAL_PROJECTIONS", "experts_hint"]
 
@@ -65,7 +65,7 @@ def experts_hint(model: nn.Module, names: Iterable[str]) -> str:
             mod = model.get_submodule(n.rpartition(".")[0])
         except AttributeError:
             continue
-        if any(fnmatch.fnmatchcase(type(mod).__name__, g) for g in _MOE):
+        if module_matches(mod, _MOE):  # as the presets' rules match them
             hits[n] = type(mod).__name__
     if not hits:
         return ""
