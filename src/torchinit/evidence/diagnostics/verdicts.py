@@ -173,6 +173,8 @@ class _Ratios(NamedTuple):
     stds: list[float]  #: the input's std (or the first layer's), then each path layer's
     ratios: list[float]  #: each layer's std over the std its segment starts from
     seg: list[int]  #: the index in ``path`` where each layer's segment starts
+    base: list[float]  #: the std each layer's ratio is relative to
+    normed: list[bool]  #: the segment starts from a normalized input (base: its root mean square)
 
 
 def _signal_ratios(ctx: _Context) -> _Ratios | None:
@@ -183,31 +185,35 @@ def _signal_ratios(ctx: _Context) -> _Ratios | None:
     path = ctx.path
     if not (len(path) >= 2 and path[0].std > 0):
         return None
-    ratios, seg = [], []
-    base, k = path[0].std, 0
+    ratios, seg, bases, normed = [], [], [], []
+    base, k, fresh = path[0].std, 0, False
     for i, r in enumerate(path):
         if r.after_norm and r.in_sq:
-            base, k = math.sqrt(r.in_sq), i
+            base, k, fresh = math.sqrt(r.in_sq), i, True
         ratios.append(r.std / base)
         seg.append(k)
+        bases.append(base)
+        normed.append(fresh)
     stds = [ctx.input_std if ctx.input_std else path[0].std] + [r.std for r in path]
-    return _Ratios(path, stds, ratios, seg)
+    return _Ratios(path, stds, ratios, seg, bases, normed)
 
 
 def _from(rs: _Ratios, i: int) -> tuple[float, str]:
     """The std layer ``i``'s ratio is relative to, and where it was measured."""
-    k = rs.seg[i]
-    r = rs.path[k]
-    if r.after_norm and r.in_sq:
-        return math.sqrt(r.in_sq), f"the normalized input of {r.name}"
-    return r.std, r.name
+    name = rs.path[rs.seg[i]].name
+    return rs.base[i], f"the normalized input of {name}" if rs.normed[i] else name
 
 
 def _rate(rs: _Ratios, i: int, per: float) -> str:
     q = rs.ratios[i]
-    if i == rs.seg[i] and rs.path[i].after_norm:
+    if i == rs.seg[i] and rs.normed[i]:
         return f"x{q:.3g}: the layer's own gain on its normalized input"
     return f"x{q:.3g}, std x{per:.3g} per layer"
+
+
+def _vanish_limit(ctx: _Context, rs: _Ratios, i: int) -> float:
+    # on a normalized input only a 100x shrink (GPT-2's 0.02 at small widths is a recipe)
+    return ctx.th.vanish ** 2 if rs.normed[i] else ctx.th.vanish
 
 
 def _extreme(ctx: _Context, shrinking: bool) -> tuple[_Ratios, int, int, int, float] | None:
@@ -217,16 +223,13 @@ def _extreme(ctx: _Context, shrinking: bool) -> tuple[_Ratios, int, int, int, fl
     if rs is None:
         return None
     n = len(rs.path)
-    normed = [rs.path[rs.seg[i]].after_norm for i in range(n)]
     # the model's output layer alone after a norm: small logits at init are a recipe (a tied
     # 0.02 head, a zero-initialized classifier), not a signal that vanished
-    judged = [i for i in range(n) if not (i == n - 1 and normed[i] and rs.seg[i] == i)]
-    th = ctx.th
-    if shrinking:  # on a normalized input only a 100x shrink (GPT-2's 0.02 at small widths is a recipe)
-        past = lambda i: rs.ratios[i] < (th.vanish ** 2 if normed[i] else th.vanish)
+    judged = [i for i in range(n) if not (i == n - 1 and rs.normed[i] and rs.seg[i] == i)]
+    if shrinking:
+        first = next((i for i in judged if rs.ratios[i] < _vanish_limit(ctx, rs, i)), None)
     else:
-        past = lambda i: rs.ratios[i] > th.explode
-    first = next((i for i in judged if past(i)), None)
+        first = next((i for i in judged if rs.ratios[i] > ctx.th.explode), None)
     if first is None:
         return None
     k = rs.seg[first]
@@ -244,7 +247,7 @@ def _vanishing(ctx: _Context) -> list[Verdict]:
         return []
     rs, first, lo, start, per = got
     path, ratios = rs.path, rs.ratios
-    lim = ctx.th.vanish ** 2 if path[rs.seg[first]].after_norm else ctx.th.vanish
+    lim = _vanish_limit(ctx, rs, first)
     b, where = _from(rs, lo)
     return [Verdict(
         "vanishing", "error" if ratios[lo] < ctx.th.vanish ** 3 else "warning", path[start].name,
