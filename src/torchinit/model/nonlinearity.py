@@ -229,16 +229,16 @@ def _meta_detect(model: nn.Module, layers: dict[str, nn.Module], inputs: Any) ->
     except Exception:
         # pack_padded_sequence needs its lengths on the CPU: once more with the integer inputs left
         # there (an embedding takes CPU ids with a meta table), so CPU and meta models plan the same
-        def keep(v: Any) -> Any:
-            cpu_int = isinstance(v, torch.Tensor) and v.device.type == "cpu" and not v.is_meta and not (
+        def cpu_int(v: Any) -> bool:
+            return isinstance(v, torch.Tensor) and v.device.type == "cpu" and not (
                 v.is_floating_point() or v.is_complex())
-            return v if cpu_int else to_meta(v)
 
-        if not any(isinstance(v, torch.Tensor) and keep(v) is v for v in tree_flatten(inputs)[0]):
+        if not any(cpu_int(v) for v in tree_flatten(inputs)[0]):
             raise
         scalars = MetaScalars()
         try:
-            det = _hook_detect(meta_view(model), layers, tree_map(keep, inputs), scalars)
+            det = _hook_detect(meta_view(model), layers, tree_map(lambda v: v if cpu_int(v) else to_meta(v), inputs),
+                               scalars)
         except Exception:  # noqa: BLE001 - the first failure is the one to report
             det = None
         if det is None:
