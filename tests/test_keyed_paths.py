@@ -182,6 +182,50 @@ def test_path_matches_portable_on_large_outputs(path, restore_path, same_bits):
                 same_bits(out[path], out["portable"])
 
 
+# The AVX-512 bfloat16 shortcut (mean 0): the transform with fused multiply-adds, each value
+# kept only where its float32 pattern is more than a margin from a bfloat16 rounding tie, the
+# others recomputed with the stream's recipe. Specs with clamps (narrow truncations), a -0.0
+# mean, the tail of the truncated normal; outputs above 16 MiB take the non-temporal stores.
+SHORTCUT = [
+    S.Normal(0.0, 0.02),
+    S.Normal(-0.0, 3.0),
+    S.TruncatedNormal(0.0, 0.02, -0.04, 0.04),
+    S.TruncatedNormal(0.0, 1.0, -0.1, 0.1),
+    S.TruncatedNormal(0.0, 1.0, -3.0, 3.0),
+]
+
+
+@native_only
+def test_bfloat16_shortcut_bound_covers_every_input():
+    """The shortcut is exact if the fused transform is within BF16_FAST_ULPS float32 ulps of
+    the stream's at every input (then a kept value is at most 2 BF16_FAST_ULPS + 1 patterns
+    from the stream's, on the same side of every tie): the kernel sweeps every float input of
+    the central branch (|q| <= 0.425) and of the tail branch (t in [2^-126, 0.075])."""
+    swept = B.native_module().fused_max_ulp()
+    if swept is None:
+        pytest.skip("this CPU has no AVX-512 path, the only one with the shortcut")
+    worst, ulps, margin = swept
+    assert worst <= ulps
+    assert margin >= 2 * ulps + 1
+
+
+@native_only
+@pytest.mark.parametrize("spec", SHORTCUT, ids=repr)
+def test_bfloat16_shortcut_matches_portable_near_ties(spec, restore_path, same_bits):
+    _path("avx512")
+    set_num_threads(2)
+    set_chunk_size(1_000_003)
+    n = (1 << 23) + 1001  # bfloat16 above 16 MiB: non-temporal stores
+    B.set_kernel_path("portable")
+    f32 = fill_(torch.empty(n), spec, KEY)
+    low = f32.view(torch.int32) & 0xFFFF
+    # values the shortcut recomputes (within its margin of a tie): the path is exercised
+    assert int(((low - 0x8000).abs() <= 16).sum()) > 200
+    ref = fill_(torch.empty(n, dtype=torch.bfloat16), spec, KEY)
+    B.set_kernel_path("avx512")
+    same_bits(fill_(torch.empty(n, dtype=torch.bfloat16), spec, KEY), ref)
+
+
 @native_only
 def test_set_kernel_path_errors_and_query(restore_path, monkeypatch):
     best = [p for p in PATHS if not B.kernel_paths()[p]][-1]

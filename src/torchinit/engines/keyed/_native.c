@@ -1008,7 +1008,7 @@ static int seg32_avx2(const job_t *J, const uint32_t *restrict wp, int n, char *
    paths bit for bit); what differs is the width (16 lanes), masks instead of blends,
    vpternlogd for Philox's three-way XORs, and vcvtne2ps2bf16 for the bfloat16 store. */
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,popcnt")
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,fma,popcnt")
 
 /* Philox, one group (8 blocks) per state of 4 zmm registers: block b of the group in the
    low 32 bits of 64-bit lane b (vpmuludq reads low halves only, so the high halves may hold
@@ -1240,7 +1240,15 @@ static void fill_groups_direct512(const job_t *J, uint64_t g0, int ng, char *out
 #define SUB5 _mm512_sub_ps
 #define MUL5 _mm512_mul_ps
 
-static inline __attribute__((always_inline)) void log16(__m512 *x) {
+/* The transforms below take `fused` (a constant in each caller): 0 is the stream's recipe,
+   every multiply and add rounded; 1 fuses each multiply with the add that follows (vfmadd,
+   one rounding): not the stream's values, but within BF16_FAST_ULPS float32 ulps of them
+   (fused_max_ulp() sweeps every input), for the bfloat16 shortcut of ppnd_seg16. */
+static inline __attribute__((always_inline)) __m512 madd16(int fused, __m512 a, __m512 b, __m512 c) {
+    return fused ? _mm512_fmadd_ps(a, b, c) : ADD5(MUL5(a, b), c);
+}
+
+static inline __attribute__((always_inline)) void log16(__m512 *x, int fused) {
     __m512i e[NV5];
     __m512 m[NV5], s[NV5], z[NV5], p[NV5], ef[NV5];
     __mmask16 big[NV5];
@@ -1255,44 +1263,59 @@ static inline __attribute__((always_inline)) void log16(__m512 *x) {
     FOR5 s[v] = _mm512_div_ps(SUB5(m[v], S1(1.0f)), ADD5(m[v], S1(1.0f)));
     FOR5 z[v] = MUL5(s[v], s[v]);
     FOR5 p[v] = S1(LOGC_F[5]);
-    for (int c = 4; c >= 0; c--) FOR5 p[v] = ADD5(MUL5(p[v], z[v]), S1(LOGC_F[c]));
+    for (int c = 4; c >= 0; c--) FOR5 p[v] = madd16(fused, p[v], z[v], S1(LOGC_F[c]));
     FOR5 ef[v] = _mm512_cvtepi32_ps(e[v]);
-    FOR5 x[v] = ADD5(MUL5(ef[v], S1(F(LN2HI_F))), ADD5(MUL5(ef[v], S1(F(LN2LO_F))), MUL5(s[v], p[v])));
+    FOR5 x[v] = madd16(fused, ef[v], S1(F(LN2HI_F)), madd16(fused, ef[v], S1(F(LN2LO_F)), MUL5(s[v], p[v])));
 }
 
-static inline __attribute__((always_inline)) void tailr16(__m512 *l) {
+static inline __attribute__((always_inline)) void tailr16(__m512 *l, int fused) {
     __m512 nl[NV5], y[NV5], h[NV5];
     FOR5 nl[v] = _mm512_max_ps(_mm512_xor_ps(l[v], S1(-0.0f)), S1(0x1p-126f)); /* a > b ? a : b */
     FOR5 y[v] = _mm512_castsi512_ps(_mm512_sub_epi32(SI(0x5F3759DFu), _mm512_srli_epi32(_mm512_castps_si512(nl[v]), 1)));
     FOR5 h[v] = MUL5(S1(0.5f), nl[v]);
-    for (int it = 0; it < 3; it++) FOR5 y[v] = MUL5(y[v], SUB5(S1(1.5f), MUL5(h[v], MUL5(y[v], y[v]))));
+    for (int it = 0; it < 3; it++)
+        FOR5 y[v] = MUL5(y[v], fused ? _mm512_fnmadd_ps(h[v], MUL5(y[v], y[v]), S1(1.5f))
+                                     : SUB5(S1(1.5f), MUL5(h[v], MUL5(y[v], y[v]))));
     FOR5 l[v] = MUL5(nl[v], y[v]);
 }
 
-static inline __attribute__((always_inline)) void central16(const __m512 *q, __m512 *z) {
+static inline __attribute__((always_inline)) void central16(const __m512 *q, __m512 *z, int fused) {
     __m512 r[NV5], nc[NV5], dc[NV5];
-    FOR5 r[v] = SUB5(S1(F(0.180625)), MUL5(q[v], q[v]));
-    FOR5 nc[v] = ADD5(MUL5(S1(F(A7_3)), r[v]), S1(F(A7_2)));
-    FOR5 dc[v] = ADD5(MUL5(S1(F(B7_3)), r[v]), S1(F(B7_2)));
-    FOR5 nc[v] = ADD5(MUL5(nc[v], r[v]), S1(F(A7_1)));
-    FOR5 dc[v] = ADD5(MUL5(dc[v], r[v]), S1(F(B7_1)));
-    FOR5 nc[v] = ADD5(MUL5(nc[v], r[v]), S1(F(A7_0)));
-    FOR5 dc[v] = ADD5(MUL5(dc[v], r[v]), S1(1.0f));
+    FOR5 r[v] = fused ? _mm512_fnmadd_ps(q[v], q[v], S1(F(0.180625))) : SUB5(S1(F(0.180625)), MUL5(q[v], q[v]));
+    FOR5 nc[v] = madd16(fused, S1(F(A7_3)), r[v], S1(F(A7_2)));
+    FOR5 dc[v] = madd16(fused, S1(F(B7_3)), r[v], S1(F(B7_2)));
+    FOR5 nc[v] = madd16(fused, nc[v], r[v], S1(F(A7_1)));
+    FOR5 dc[v] = madd16(fused, dc[v], r[v], S1(F(B7_1)));
+    FOR5 nc[v] = madd16(fused, nc[v], r[v], S1(F(A7_0)));
+    FOR5 dc[v] = madd16(fused, dc[v], r[v], S1(1.0f));
     FOR5 nc[v] = MUL5(q[v], nc[v]);
     FOR5 z[v] = _mm512_div_ps(nc[v], dc[v]);
 }
 
-static inline __attribute__((always_inline)) void tail16(const __m512 *q, __m512 *rr) {
+/* The bfloat16 shortcut. A bfloat16 value is the float32 value x rounded once to nearest
+   even: the same for every float32 of the same sign strictly between two consecutive ties
+   (bit patterns with low half 0x8000; the rounding is monotone in the pattern). With mean 0
+   (c0 = 0), x = RN(c1 z) where z is the transform's value; the fused transform's z' is
+   within BF16_FAST_ULPS ulps of z (relative BF16_FAST_ULPS 2^-23), so c1 z' is within
+   2 BF16_FAST_ULPS ulps of c1 z in the binade of the larger (also across a binade boundary:
+   the larger is then near it) and RN(c1 z') within 2 BF16_FAST_ULPS + 1 patterns of x; the
+   clamp to [lo, hi] never increases the distance. Where a lane's pattern is more than
+   BF16_FAST_MARGIN from its nearest tie both round to the same bfloat16; the others (about
+   0.06% of the values) are recomputed one at a time with the stream's scalar recipe. */
+#define BF16_FAST_ULPS 9
+#define BF16_FAST_MARGIN (2 * BF16_FAST_ULPS + 2)
+
+static inline __attribute__((always_inline)) void tail16(const __m512 *q, __m512 *rr, int fused) {
     __m512 s[NV5], nt[NV5], dt[NV5];
     __mmask16 big[NV5], neg[NV5];
     FOR5 big[v] = _mm512_cmp_ps_mask(rr[v], S1(5.0f), _CMP_GT_OQ);
     FOR5 s[v] = _mm512_mask_sub_ps(SUB5(rr[v], S1(F(1.6))), big[v], rr[v], S1(5.0f));
 #define SEL5(cc, ee) _mm512_mask_blend_ps(big[v], S1(F(cc)), S1(F(ee)))
-    FOR5 nt[v] = ADD5(MUL5(SEL5(C7_3, E7_3), s[v]), SEL5(C7_2, E7_2));
-    FOR5 dt[v] = ADD5(MUL5(SEL5(D7_2, F7_2), s[v]), SEL5(D7_1, F7_1));
-    FOR5 nt[v] = ADD5(MUL5(nt[v], s[v]), SEL5(C7_1, E7_1));
-    FOR5 dt[v] = ADD5(MUL5(dt[v], s[v]), S1(1.0f));
-    FOR5 nt[v] = ADD5(MUL5(nt[v], s[v]), SEL5(C7_0, E7_0));
+    FOR5 nt[v] = madd16(fused, SEL5(C7_3, E7_3), s[v], SEL5(C7_2, E7_2));
+    FOR5 dt[v] = madd16(fused, SEL5(D7_2, F7_2), s[v], SEL5(D7_1, F7_1));
+    FOR5 nt[v] = madd16(fused, nt[v], s[v], SEL5(C7_1, E7_1));
+    FOR5 dt[v] = madd16(fused, dt[v], s[v], S1(1.0f));
+    FOR5 nt[v] = madd16(fused, nt[v], s[v], SEL5(C7_0, E7_0));
 #undef SEL5
     FOR5 neg[v] = _mm512_cmp_ps_mask(q[v], _mm512_setzero_ps(), _CMP_LT_OQ);
     FOR5 nt[v] = _mm512_mask_xor_ps(nt[v], neg[v], nt[v], S1(-0.0f));
@@ -1312,6 +1335,14 @@ static inline __attribute__((always_inline)) void qt16_normal(const __m512i *w, 
     FOR5 q[v] = SUB5(t[v], S1(0.5f));
 }
 
+/* the normal's q with the word's sign bit (w & 0x80000000) put in, one vpternlogd: the
+   stream's sign, z ^ (w & 0x80000000), is applied to q instead, as both branches of the
+   transform are odd in q bit for bit (q enters as q * A(q * q) in the central branch, as the
+   sign of the tail's numerator in the other), so z(q ^ s) = z(q) ^ s */
+static inline __attribute__((always_inline)) void qs16_normal(const __m512i *w, __m512 *q) {
+    FOR5 q[v] = _mm512_castsi512_ps(_mm512_ternarylogic_epi32(_mm512_castps_si512(q[v]), w[v], SI(0x80000000u), 0x78));
+}
+
 /* the truncated normal's (central mode) q = c2 + u c3 from a word, and t = max(1/2 - |q|, TINY) */
 static inline __attribute__((always_inline)) __m512 q16_trunc(const vk5_t *K, __m512i w) {
     __m512 u = MUL5(ADD5(_mm512_cvtepi32_ps(_mm512_srli_epi32(w, 9)), S1(0.5f)), S1(0x1p-23f));
@@ -1326,10 +1357,8 @@ static inline __attribute__((always_inline)) __mmask16 valid16(int k) {
     return k >= 16 ? (__mmask16)0xFFFF : k > 0 ? (__mmask16)((1u << k) - 1u) : 0;
 }
 
-/* sign (normal: z ^ (w & sign bit), one vpternlogd), affine map, clamp */
-static inline __attribute__((always_inline)) __m512 sign_affine16(const vk5_t *K, int normal, int clamp, __m512i w,
-                                                                   __m512 z) {
-    if (normal) z = _mm512_castsi512_ps(_mm512_ternarylogic_epi32(_mm512_castps_si512(z), w, SI(0x80000000u), 0x78));
+/* the affine map and the clamp (the normal's sign is in its q already: qs16_normal) */
+static inline __attribute__((always_inline)) __m512 affine16(const vk5_t *K, int clamp, __m512 z) {
     z = ADD5(K->c0, MUL5(K->c1, z));
     if (clamp) z = _mm512_min_ps(K->hi, _mm512_max_ps(K->lo, z));
     return z;
@@ -1340,7 +1369,7 @@ static inline __attribute__((always_inline)) void put16(int bf16, int nt, char *
                                                          __m512 x1) {
     if (n <= 0) return; /* the last step's pairs past the end */
     if (bf16) {
-        __m512i b = bf16x32(x0, x1, bf16 == 2);
+        __m512i b = bf16x32(x0, x1, bf16 >= 2);
         uint16_t *o = (uint16_t *)out + e;
         if (n >= 32)
             st5(nt, (char *)o, b);
@@ -1358,6 +1387,34 @@ static inline __attribute__((always_inline)) void put16(int bf16, int nt, char *
     }
 }
 
+/* The stream's bfloat16 value of one element (the shortcut's fallback, see BF16_FAST_MARGIN):
+   the scalar recipe, the same operations as the vector one. normal: from its word w;
+   truncated normal: from its q. */
+static __attribute__((noinline)) void exact_lane16(const vk5_t *K, int normal, int clamp, uint32_t w, float q,
+                                                   uint16_t *o) {
+    float t;
+    int tail;
+    if (normal) {
+        t = (float)((w << 1) | 1u) * 0x1p-33f; /* qt16_normal's */
+        q = t - 0.5f;
+        tail = (w & 0x7FFFFFFFu) < g_normal_tail_words;
+    } else {
+        float aq = q < 0.0f ? -q : q;
+        t = 0.5f - aq;
+        t = t > 0x1p-126f ? t : 0x1p-126f; /* t16_trunc's */
+        tail = aq > F(0.425);
+    }
+    float z = tail ? tail32(q, tailr32(log32(t))) : central32(q);
+    if (normal && (w & 0x80000000u)) z = -z;
+    float x = _mm512_cvtss_f32(K->c0) + _mm512_cvtss_f32(K->c1) * z;
+    if (clamp) { /* _mm512_min_ps(hi, _mm512_max_ps(lo, x)) */
+        float lo = _mm512_cvtss_f32(K->lo), hi = _mm512_cvtss_f32(K->hi);
+        x = lo > x ? lo : x;
+        x = hi < x ? hi : x;
+    }
+    *o = f32_to_bf16(x);
+}
+
 /* ppnd_seg8's stages at 16 lanes, in three passes over a batch of n words:
    1. the tail elements (|q| > 0.425, about 15%) packed with vpcompressd into a register
       and a full store (the memory form is microcoded on Zen 4): their words for the
@@ -1367,10 +1424,11 @@ static inline __attribute__((always_inline)) void put16(int bf16, int nt, char *
       |q| > 0.425 is exactly m < g_normal_tail_words, found at load time from the recipe;
    2. the tail branch (log, sqrt, rational) over the packed list;
    3. for every element the central branch, the tail values expanded into their lanes
-      (vexpandps; the normal's test here is u < 2L on qt16_normal's u = 2m + 1), sign,
-      affine map, clamp, store.
-   bf16 is 0 (float32 output), 1 (bfloat16) or 2 (bfloat16, the job has no subnormal
-   values: no check before the hardware rounding). normal, bf16, nt and clamp are constants
+      (vexpandps; the normal's test here is u < 2L on qt16_normal's u = 2m + 1), affine map,
+      clamp, store. The normal's sign is put in q in passes 2 and 3 (qs16_normal).
+   bf16 is 0 (float32 output), 1 (bfloat16), 2 (bfloat16, the job has no subnormal values: no
+   check before the hardware rounding) or 3 (as 2, and mean 0: the transform fused, see
+   BF16_FAST_MARGIN; its passes 2 and 3 about 10% faster). normal, bf16, nt and clamp are constants
    in each caller: one specialized copy each, so the loops carry no branches but the last,
    partial step's. */
 static inline __attribute__((always_inline)) void ppnd_seg16(const vk5_t *K, const int normal, const int bf16,
@@ -1380,6 +1438,8 @@ static inline __attribute__((always_inline)) void ppnd_seg16(const vk5_t *K, con
     _Alignas(64) float qb[SEG + 64];     /* truncated normal: q of every element */
     _Alignas(64) float tt[SEG + 128];    /* tail values, packed */
     const __m512i L = SI(g_normal_tail_words), L2 = SI(2u * g_normal_tail_words); /* L < 2^31 */
+    int redo_e[SEG / STEP5 + 1], nredo = 0; /* bf16 == 3: the steps with lanes to recompute, */
+    uint64_t redo_m[SEG / STEP5 + 1];       /* and their lanes */
     int k = 0;
     for (int e0 = 0; e0 < n; e0 += STEP5) {
         const int r = n - e0;
@@ -1409,13 +1469,14 @@ static inline __attribute__((always_inline)) void ppnd_seg16(const vk5_t *K, con
             __m512i w[NV5], u[NV5];
             FOR5 w[v] = _mm512_load_si512(tp + j0 + 16 * v);
             qt16_normal(w, q, t, u);
+            qs16_normal(w, q);
         } else {
             FOR5 q[v] = _mm512_load_ps((const float *)tp + j0 + 16 * v);
             FOR5 t[v] = t16_trunc(q[v]);
         }
-        log16(t);
-        tailr16(t);
-        tail16(q, t);
+        log16(t, bf16 == 3);
+        tailr16(t, bf16 == 3);
+        tail16(q, t, bf16 == 3);
         FOR5 _mm512_store_ps(tt + j0 + 16 * v, t[v]);
     }
     int j = 0;
@@ -1423,21 +1484,56 @@ static inline __attribute__((always_inline)) void ppnd_seg16(const vk5_t *K, con
         const int r = n - e0;
         __m512i w[NV5], u[NV5];
         __m512 q[NV5], t[NV5], x[NV5];
+        __mmask16 m[NV5]; /* the tail lanes, found before the central branch: the words are not
+                             kept through it (fewer registers live, no spills) */
         FOR5 w[v] = r >= STEP5 ? _mm512_loadu_si512(wp + e0 + 16 * v) : _mm512_maskz_loadu_epi32(valid16(r - 16 * v), wp + e0 + 16 * v);
-        if (normal)
+        if (normal) {
             qt16_normal(w, q, t, u);
-        else
+            qs16_normal(w, q);
+        } else {
             FOR5 q[v] = _mm512_load_ps(qb + e0 + 16 * v);
-        central16(q, x);
+        }
         FOR5 {
             __mmask16 vm = r >= STEP5 ? (__mmask16)0xFFFF : valid16(r - 16 * v);
-            __mmask16 m = normal ? _mm512_mask_cmplt_epu32_mask(vm, u[v], L2)
-                                 : _mm512_mask_cmp_ps_mask(vm, _mm512_abs_ps(q[v]), S1(F(0.425)), _CMP_GT_OQ);
-            x[v] = _mm512_mask_expand_ps(x[v], m, _mm512_loadu_ps(tt + j));
-            j += __builtin_popcount((unsigned)m);
+            m[v] = normal ? _mm512_mask_cmplt_epu32_mask(vm, u[v], L2)
+                          : _mm512_mask_cmp_ps_mask(vm, _mm512_abs_ps(q[v]), S1(F(0.425)), _CMP_GT_OQ);
         }
-        FOR5 x[v] = sign_affine16(K, normal, clamp, w[v], x[v]);
+        central16(q, x, bf16 == 3);
+        FOR5 {
+            x[v] = _mm512_mask_expand_ps(x[v], m[v], _mm512_loadu_ps(tt + j));
+            j += __builtin_popcount((unsigned)m[v]);
+        }
+        FOR5 x[v] = affine16(K, clamp, x[v]);
+        if (bf16 == 3) {
+            /* the shortcut's margin test (see BF16_FAST_MARGIN): a lane is near a tie when its
+               pattern's low half is within the margin of 0x8000. The low halves of 32 values
+               gathered in one register (vpermt2w), 16-bit adds wrap by themselves. The lanes
+               found are noted without a branch and recomputed after the loop: a mispredicted
+               branch here, on values that come out of the divisions late, discards the work of
+               the steps after it. Lanes past the end hold values too, at worst recomputed */
+            const __m512i lows = _mm512_setr_epi64(0x0006000400020000ll, 0x000E000C000A0008ll, 0x0016001400120010ll,
+                                                   0x001E001C001A0018ll, 0x0026002400220020ll, 0x002E002C002A0028ll,
+                                                   0x0036003400320030ll, 0x003E003C003A0038ll);
+            __mmask32 nr[NV5 / 2];
+            for (int v = 0; v < NV5; v += 2) {
+                __m512i lo = _mm512_permutex2var_epi16(_mm512_castps_si512(x[v]), lows, _mm512_castps_si512(x[v + 1]));
+                nr[v / 2] = _mm512_cmple_epu16_mask(_mm512_add_epi16(lo, _mm512_set1_epi16((short)(BF16_FAST_MARGIN - 0x8000))),
+                                                    _mm512_set1_epi16(2 * BF16_FAST_MARGIN));
+            }
+            uint64_t near = _cvtmask64_u64(_mm512_kunpackd((__mmask64)nr[1], (__mmask64)nr[0])); /* bit i: element e0 + i */
+            redo_m[nredo] = near;
+            redo_e[nredo] = e0;
+            nredo += near != 0;
+        }
         for (int v = 0; v < NV5; v += 2) put16(bf16, nt, out, e0 + 16 * v, r - 16 * v, x[v], x[v + 1]);
+    }
+    if (bf16 == 3 && nredo) {
+        if (nt) _mm_sfence(); /* the recomputed values' stores after the first ones */
+        for (int i = 0; i < nredo; i++)
+            for (uint64_t bits = redo_m[i]; bits; bits &= bits - 1) {
+                int e = redo_e[i] + __builtin_ctzll(bits);
+                if (e < n) exact_lane16(K, normal, clamp, wp[e], normal ? 0.0f : qb[e], (uint16_t *)out + e);
+            }
     }
 }
 
@@ -1458,12 +1554,57 @@ static inline __attribute__((always_inline)) void ppnd_seg16(const vk5_t *K, con
     PPND16_VARIANT(pre##_bf16x_nt, NORMAL, 2, 1, 0)                                           \
     PPND16_VARIANT(pre##_bf16x_c, NORMAL, 2, 0, 1)                                            \
     PPND16_VARIANT(pre##_bf16x_nt_c, NORMAL, 2, 1, 1)                                         \
-    static void (*const pre##_table[12])(const vk5_t *, const uint32_t *, int, char *) = {   \
+    PPND16_VARIANT(pre##_bf16f, NORMAL, 3, 0, 0)                                              \
+    PPND16_VARIANT(pre##_bf16f_nt, NORMAL, 3, 1, 0)                                           \
+    PPND16_VARIANT(pre##_bf16f_c, NORMAL, 3, 0, 1)                                            \
+    PPND16_VARIANT(pre##_bf16f_nt_c, NORMAL, 3, 1, 1)                                         \
+    static void (*const pre##_table[16])(const vk5_t *, const uint32_t *, int, char *) = {   \
         pre##_f32, pre##_f32_c, pre##_f32_nt, pre##_f32_nt_c,                                \
         pre##_bf16, pre##_bf16_c, pre##_bf16_nt, pre##_bf16_nt_c,                            \
-        pre##_bf16x, pre##_bf16x_c, pre##_bf16x_nt, pre##_bf16x_nt_c};
+        pre##_bf16x, pre##_bf16x_c, pre##_bf16x_nt, pre##_bf16x_nt_c,                        \
+        pre##_bf16f, pre##_bf16f_c, pre##_bf16f_nt, pre##_bf16f_nt_c};
 PPND16_VARIANTS(ppnd16n, 1)
 PPND16_VARIANTS(ppnd16t, 0)
+
+/* the largest distance, in float32 ulps (bit patterns), between the stream's transform and
+   the fused one over every input the AVX-512 normal and truncated normal give them: the
+   central branch at every float q in [0, 0.425] (both odd in q), the tail branch at every
+   float t in [2^-126, 0.0751] (its q only gives the sign). For the tests: BF16_FAST_ULPS must
+   cover it. */
+static uint32_t fused_max_ulp_avx512(void) {
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    __m512i worst = _mm512_setzero_si512();
+    for (int branch = 0; branch < 2; branch++) {
+        const uint32_t b0 = branch ? as_u(0x1p-126f) : 0u, b1 = branch ? as_u(F(0.0751)) : as_u(F(0.425));
+        for (uint64_t b = b0; b <= b1; b += STEP5) {
+            __m512 x[NV5], ze[NV5], zf[NV5];
+            __mmask16 in[NV5];
+            FOR5 {
+                __m512i bits = _mm512_add_epi32(_mm512_set1_epi32((int)(b + 16u * v)), lane);
+                in[v] = _mm512_cmple_epu32_mask(bits, _mm512_set1_epi32((int)b1));
+                x[v] = _mm512_castsi512_ps(bits);
+            }
+            if (branch) {
+                const __m512 q[NV5] = {S1(-1.0f), S1(-1.0f), S1(-1.0f), S1(-1.0f)};
+                FOR5 ze[v] = zf[v] = x[v];
+                log16(ze, 0);
+                tailr16(ze, 0);
+                tail16(q, ze, 0);
+                log16(zf, 1);
+                tailr16(zf, 1);
+                tail16(q, zf, 1);
+            } else {
+                central16(x, ze, 0);
+                central16(x, zf, 1);
+            }
+            FOR5 {
+                __m512i d = _mm512_abs_epi32(_mm512_sub_epi32(_mm512_castps_si512(ze[v]), _mm512_castps_si512(zf[v])));
+                worst = _mm512_mask_max_epu32(worst, in[v], worst, d);
+            }
+        }
+    }
+    return _mm512_reduce_max_epu32(worst);
+}
 
 static int seg32_avx512(const job_t *J, const uint32_t *restrict wp, int n, char *out) {
     if (J->dtype != DT_F32 && J->dtype != DT_BF16) return 0;
@@ -1476,7 +1617,10 @@ static int seg32_avx512(const job_t *J, const uint32_t *restrict wp, int n, char
     K.lo = _mm512_set1_ps(J->lof);
     K.hi = _mm512_set1_ps(J->hif);
     const int nt = J->big && (((uintptr_t)out & 63u) == 0);
-    const int v = (J->dtype == DT_BF16 ? (J->bf16_exact ? 8 : 4) : 0) + nt * 2 + (J->clamp != 0);
+    /* bfloat16: 4 (values may be subnormal: rounded in integers), 8 (hardware rounding), 12 (and
+       mean 0: the fused central branch with its margin test) */
+    const int bk = !J->bf16_exact ? 4 : J->cf[0] == 0.0f ? 12 : 8;
+    const int v = (J->dtype == DT_BF16 ? bk : 0) + nt * 2 + (J->clamp != 0);
     (J->kind == K_NORMAL ? ppnd16n_table : ppnd16t_table)[v](&K, wp, n, out);
     return 1;
 }
@@ -2276,12 +2420,13 @@ static int cpu_has(const char *f) {
     if (!strcmp(f, "avx512dq")) return __builtin_cpu_supports("avx512dq");
     if (!strcmp(f, "avx512vl")) return __builtin_cpu_supports("avx512vl");
     if (!strcmp(f, "avx512bf16")) return __builtin_cpu_supports("avx512bf16");
+    if (!strcmp(f, "fma")) return __builtin_cpu_supports("fma");
     return 0;
 }
 #endif
 
 static const char *const AVX2_FLAGS[] = {"avx2", NULL};
-static const char *const AVX512_FLAGS[] = {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512bf16", NULL};
+static const char *const AVX512_FLAGS[] = {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512bf16", "fma", NULL};
 
 /* paths() -> dict: path name -> tuple of the CPU flags it needs that this CPU lacks (empty:
    runnable; a build without the SIMD paths lists them as needing "x86-64 gcc build") */
@@ -2363,6 +2508,24 @@ static PyObject *py_normal_tail_words(PyObject *self, PyObject *args) {
     return PyLong_FromUnsignedLong(g_normal_tail_words);
 }
 
+/* fused_max_ulp() -> (worst, BF16_FAST_ULPS, BF16_FAST_MARGIN): the bfloat16 shortcut's sweep
+   (every input of the central and tail branches, about 2 G values) and its constants; None
+   where this CPU has no AVX-512 path */
+static PyObject *py_fused_max_ulp(PyObject *self, PyObject *noargs) {
+    (void)self;
+    (void)noargs;
+#ifdef HAVE_AVX2_PATH
+    if (g_max_path >= P_AVX512) {
+        uint32_t worst;
+        Py_BEGIN_ALLOW_THREADS;
+        worst = fused_max_ulp_avx512();
+        Py_END_ALLOW_THREADS;
+        return Py_BuildValue("(III)", worst, (unsigned)BF16_FAST_ULPS, (unsigned)BF16_FAST_MARGIN);
+    }
+#endif
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"fill", py_fill, METH_VARARGS, "Fill a box of a keyed stream into raw memory (releases the GIL)."},
     {"philox", py_philox, METH_VARARGS, "One Philox4x32-10 block: philox(c0, c1, c2, c3, k0, k1)."},
@@ -2371,6 +2534,7 @@ static PyMethodDef methods[] = {
     {"get_path", py_get_path, METH_NOARGS, "The kernel path in use."},
     {"set_path", py_set_path, METH_VARARGS, "Force a kernel path: 'portable', 'avx2' or 'avx512'."},
     {"normal_tail_words", py_normal_tail_words, METH_NOARGS, "The normal's tail test on a word w: (w & 0x7FFFFFFF) < this."},
+    {"fused_max_ulp", py_fused_max_ulp, METH_NOARGS, "The bfloat16 shortcut's sweep: (worst ulps, bound, margin), or None without AVX-512."},
     {"populate", py_populate, METH_VARARGS, "Fault in the whole pages of a memory range for writing, optionally as transparent huge pages (releases the GIL)."},
     {NULL, NULL, 0, NULL}};
 
