@@ -5,6 +5,7 @@ before anything is written. The sharded audit runs in tests/test_routing_sharded
 from __future__ import annotations
 
 import os
+import warnings
 import sys
 
 import pytest
@@ -167,3 +168,85 @@ def test_a_tensor_written_in_part_is_reported_with_its_unwritten_count(ctx):
         m.bias[:] = 1.0
     assert mode.partial() == {} and mode.missing() == []
     mode.raise_if_incomplete()
+
+
+class _Forgetful(nn.Module):
+    """Init code that writes ``w`` and forgets the learned ``gate``; the buffer ``inv_freq``
+    is the constructor's to compute, ``empty`` holds nothing, ``head.weight`` is tied to ``emb``."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.empty(4, 4))
+        self.gate = nn.Parameter(torch.full((4,), float("nan")))
+        self.empty = nn.Parameter(torch.empty(0, 3))
+        self.register_buffer("inv_freq", 1.0 / 10000 ** (torch.arange(0, 4, 2).float() / 4), persistent=False)
+        self.emb = nn.Embedding(5, 4)
+        self.head = nn.Linear(4, 5, bias=False)
+        self.head.weight = self.emb.weight
+
+    def reset_parameters(self):
+        nn.init.normal_(self.w)
+
+
+_GATE_MSG = ("the model's own init code (plan entries 'module') never wrote 1 parameter(s) it ran for: 'gate'; "
+             "they keep their current values (the constructor's, or whatever memory held after to_empty()). "
+             "Give them a rule (e.g. {'qualnames': 'gate', 'init': 'zeros'}) or, if their current values are the "
+             "intended init, accept them with a 'keep' rule ({'qualnames': 'gate', 'init': 'keep'})")
+_GATE_NOTE = ("kept: the model's own init code never wrote parameter(s) 'gate': they keep their current values "
+              "(give them a rule, or a 'keep' rule to accept them)")
+_INV_FREQ_NOTE = ("kept: the model's own init code never wrote buffer(s)/frozen table(s) 'inv_freq': they keep the "
+                  "values their constructor computed (materialize from meta refuses them)")
+
+
+def _never_wrote(caught) -> list[str]:
+    return [str(w.message) for w in caught if "never wrote" in str(w.message)]
+
+
+@pytest.mark.parametrize("engine", ["keyed", "torch"])
+@pytest.mark.parametrize("preset", ["module", "pytorch"])
+def test_init_model_names_a_parameter_its_init_code_never_wrote(preset, engine):
+    # it used to keep the NaN gate without a word (materialize refused the same model on meta)
+    m = _Forgetful()
+    inv_freq = m.inv_freq.clone()
+    with pytest.warns(UserWarning) as caught:
+        p = torchinit.init_model(m, preset, seed=0, engine=engine)
+    assert _never_wrote(caught) == [f"init_model: {_GATE_MSG}; strict=True makes this an error"]
+    assert [n for n in p.notes if "never wrote" in n] == [_GATE_NOTE, _INV_FREQ_NOTE]
+    assert torch.isnan(m.gate).all() and torch.equal(m.inv_freq, inv_freq)  # kept, as said
+    assert m.w.std() > 0.5  # the code's own write happened
+
+
+def test_a_keep_rule_accepts_the_current_values_and_apply_plan_warns_too():
+    m = _Forgetful()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to warn about: the user accepted the gate's value
+        p = torchinit.init_model(m, {"preset": "module", "rules": [{"qualnames": "gate", "init": "keep"}]}, seed=0)
+    assert p["gate"].initializer == "keep" and [n for n in p.notes if "never wrote" in n] == [_INV_FREQ_NOTE]
+    with pytest.warns(UserWarning) as caught:
+        applied = torchinit.apply_plan(m, torchinit.plan(m, "module"), seed=0)
+    assert _never_wrote(caught) == [f"apply_plan: {_GATE_MSG}"]
+    assert _GATE_NOTE in applied.notes
+
+
+@pytest.mark.parametrize("engine", ["keyed", "torch"])
+def test_strict_refuses_a_parameter_init_code_never_wrote_and_writes_nothing(engine):
+    m = nn.Sequential(_Forgetful(), nn.Linear(4, 4))
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    msg = _GATE_MSG.replace("'gate'", "'0.gate'")
+    with pytest.raises(torchinit.PolicyError) as err:
+        torchinit.init_model(m, "pytorch", seed=0, engine=engine, strict=True)
+    assert str(err.value) == f"init_model: {msg}; nothing was written (strict=True)"
+    for k, v in m.state_dict().items():  # the code's write to w undone, the Linear's spec not drawn
+        assert torch.equal(v, before[k]) or (torch.isnan(v).all() and torch.isnan(before[k]).all()), k
+
+
+def test_a_weight_normed_linear_is_named_its_originals_are_never_written():
+    # Linear.reset_parameters writes the parametrized (computed) weight, not the originals
+    m = nn.Sequential(torch.nn.utils.parametrizations.weight_norm(nn.Linear(4, 4)))
+    before = m[0].parametrizations.weight.original1.detach().clone()
+    with pytest.warns(UserWarning) as caught:
+        torchinit.init_model(m, "module", seed=0)
+    assert [w.split("; they keep")[0] for w in _never_wrote(caught)] == [
+        "init_model: the model's own init code (plan entries 'module') never wrote 2 parameter(s) it ran for: "
+        "'0.parametrizations.weight.original0', '0.parametrizations.weight.original1'"]
+    assert torch.equal(m[0].parametrizations.weight.original1, before)

@@ -161,7 +161,62 @@ STRICTER = [
     ("kaiming_inf_a", "kaiming_uniform_", lambda: _t(3, 4), {"a": INF},
      r"kaiming_uniform_: a must be finite, got a=inf \(torch.nn.init would fill zeros"),
     ("kaiming_normal_inf_a", "kaiming_normal_", lambda: _t(3, 4), {"a": -INF}, r"kaiming_normal_: a must be finite"),
+    # an interval more than 40 std from the mean: torch rejection-samples it (slowly; older torch: all at b)
+    ("trunc_far_interval", "trunc_normal_", lambda: _t(3, 4), {"std": 1.0, "a": 41.0, "b": 42.0},
+     r"^trunc_normal_: \[a, b\] = \[41, 42\] starts 41 std from the mean \(mean=0, std=1\), beyond the 40 std"),
+    ("trunc_far_interval_meta", "trunc_normal_", lambda: _t(3, 4, device="meta"), {"mean": 50.0, "a": -1.0, "b": 9.5},
+     r"^trunc_normal_: \[a, b\] = \[-1, 9.5\] starts 40.5 std from the mean \(mean=50, std=1\)"),
 ]
+
+
+_FAR_3_4 = ("[a, b] = [3, 4] starts 150 std from the mean (mean=0, std=0.02), beyond the 40 std up to which the "
+            "engines draw a truncated normal faithfully: it holds a probability of about 1e-4889, and the values "
+            "would pile up at the bound. a and b are absolute values: for bounds in standard units use "
+            "a = mean + lower * std, b = mean + upper * std")
+
+
+def test_truncation_too_far_from_the_mean_is_refused_by_every_entry_point(same_bits):
+    # trunc_normal(std=0.02, a=3, b=4): the keyed engine would write 3.0 everywhere in bfloat16 and
+    # values shifted by half their spread in float32; torch's rejection sampler takes seconds per
+    # thousand values. Refused before anything is written, naming the bounds.
+    t = _t(64, dtype=torch.bfloat16)
+    before = t.clone()
+    for kw in ({}, {"key": torchinit.Key(0)}):
+        with pytest.raises(ValueError) as err:
+            torchinit.trunc_normal_(t, std=0.02, a=3.0, b=4.0, **kw)
+        assert str(err.value) == f"trunc_normal_: {_FAR_3_4}"
+    with pytest.raises(ValueError) as err:
+        torchinit.trunc_normal_std_units_(t, std=0.02, lower=150, upper=200)
+    assert str(err.value) == (
+        "trunc_normal_std_units_: [lower, upper] = [150, 200] (standard units) starts 150 std from the mean "
+        "(mean=0, std=0.02), beyond the 40 std up to which the engines draw a truncated normal faithfully: it "
+        "holds a probability of about 1e-4889, and the values would pile up at the bound")
+    same_bits(t, before)
+    rule = {"params": "weight", "init": "trunc_normal", "args": {"std": 0.02, "a": 3, "b": 4}}
+    with pytest.raises(torchinit.PolicyError) as err:  # known from the rule alone: when the policy loads
+        torchinit.load_policy({"rules": [rule]})
+    assert str(err.value) == f"policy 'custom': rule 0: field 'args': trunc_normal: {_FAR_3_4}"
+    lin = torch.nn.Linear(4, 4)
+    w = lin.weight.detach().clone()
+    deep = {"params": "weight", "init": "trunc_normal", "args": {"std": 0.5, "a": 1.5, "b": 2.0, "depth": "total",
+                                                                 "n_layer": 200}}
+    with pytest.raises(torchinit.PolicyError) as err:  # a std scaled per tensor: when the plan is made
+        torchinit.init_model(lin, {"rules": [deep, {"params": "bias", "init": "zeros"}]}, seed=0)
+    assert str(err.value).startswith(
+        "policy 'custom': rule 0 [trunc_normal] on 'weight' (shape (4, 4), Linear): TruncatedNormal: [a, b] = "
+        "[1.5, 2] starts 60 std from the mean (mean=0, std=0.025), beyond the 40 std")
+    same_bits(lin.weight.detach(), w)
+
+
+def test_deep_but_drawable_truncations_are_drawn_faithfully():
+    # 38 std out (the golden stream's [-40, -38]) and a one-sided tail: both engines, inside the bounds
+    for a, b in [(-40.0, -38.0), (3.0, 1e9), (39.0, 39.5)]:
+        x = torchinit.trunc_normal_(_t(2000, dtype=torch.float64), a=a, b=b, key=torchinit.Key(0))
+        spec = specs.TruncatedNormal(0.0, 1.0, a, b)
+        assert ((x >= a) & (x <= b)).all()
+        assert x.mean().item() == pytest.approx(spec.mean, abs=4 * spec.std / math.sqrt(2000))
+    y = torchinit.trunc_normal_(_t(200), a=38.0, b=38.5, generator=torch.Generator().manual_seed(0))
+    assert ((y >= 38.0) & (y <= 38.5)).all() and y.unique().numel() > 100
 
 
 @pytest.mark.parametrize("name, make, kwargs, match", [pytest.param(*c[1:], id=c[0]) for c in STRICTER])

@@ -171,10 +171,36 @@ def test_module_preset_matches_the_models_own_init(name, build, how):
             for t in [*model.parameters(), *model.buffers()]:
                 if t.is_floating_point():
                     t.fill_(float("nan"))
-        torchinit.init_model(model, "module", seed=0, engine="torch" if how.endswith("torch") else "keyed")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            p = torchinit.init_model(model, "module", seed=0, engine="torch" if how.endswith("torch") else "keyed")
+        # _init_weights writes every tensor: nothing to report as never written
+        assert not [str(w.message) for w in caught if "never wrote" in str(w.message)]
+        assert not [n for n in p.notes if "never wrote" in n]
     else:
         with torch.device("meta"):
             model = build()
         torchinit.materialize(model, "cpu", "module", seed=0)
     bad = _own_vs_module(ref, model)
     assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("name,build", HF_MODELS, ids=HF_IDS)
+def test_pytorch_preset_fallback_to_module_code_reports_only_a_forgotten_parameter(name, build):
+    # the pytorch preset runs the model's own init code for what torch's rules do not cover; it
+    # covers everything there, and a parameter the model's _init_weights does not know is named
+    model = build()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        p = torchinit.init_model(model, "pytorch", seed=0)
+    assert not [str(w.message) for w in caught if "never wrote" in str(w.message)]
+    assert not [n for n in p.notes if "never wrote" in n]
+    path, mod = next((n, m) for n, m in model.named_modules() if n and not list(m.parameters(recurse=False))
+                     and not isinstance(m, torch.nn.ModuleList) and list(m.parameters()))
+    mod.extra_scale = torch.nn.Parameter(torch.full((3,), float("nan")))
+    for preset in ("pytorch", "module"):
+        with pytest.warns(UserWarning, match=re.escape(
+                f"init_model: the model's own init code (plan entries 'module') never wrote 1 parameter(s) it "
+                f"ran for: '{path}.extra_scale'; they keep their current values")):
+            torchinit.init_model(model, preset, seed=0)
+        assert torch.isnan(mod.extra_scale).all()

@@ -266,3 +266,28 @@ def test_preset_and_engine_names_are_literal_types_in_public_signatures():
         assert torchinit.PresetName in typing.get_args(hints[first]), fn.__name__
     for fn in (torchinit.init_model, torchinit.apply_plan):
         assert typing.get_type_hints(fn)["engine"] is torchinit.EngineName, fn.__name__
+
+
+@pytest.mark.parametrize("preset, kind",
+                         [("llama", "truncated_normal"), ("gpt2", "normal"), ("vit", "truncated_normal")])
+def test_relative_position_biases_get_the_presets_std_not_the_embeddings(preset, kind):
+    # T5's relative_attention_bias (an nn.Embedding of buckets x heads) is added to the attention
+    # logits: llama gave it the token embeddings' N(0, 1), as large as the content logits; Swin's
+    # raw relative_position_bias_table was covered by no preset. Both now get the preset's std
+    # (the config's initializer_range, or 0.02 times T5's initializer_factor).
+    T = pytest.importorskip("transformers")
+    t5 = T.T5EncoderModel(T.T5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+                                     initializer_factor=0.5))
+    swin = T.SwinModel(T.SwinConfig(image_size=32, patch_size=4, embed_dim=8, depths=[1], num_heads=[1],
+                                    window_size=2, initializer_range=0.03))
+    for model, name, std in [
+            (t5, "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", 0.02 * 0.5),
+            (swin, "encoder.layers.0.blocks.0.attention.relative_position_bias.relative_position_bias_table", 0.03)]:
+        p = torchinit.plan(model, preset)
+        assert name not in p.unmatched
+        e = p[name]
+        assert e.rule.endswith(" relative position bias"), e.rule
+        assert e.spec.kind == kind and e.spec.std_ == pytest.approx(std)
+        emb = [x for x in p.entries if x.rule.endswith(" embedding")]
+        if preset == "llama" and emb:  # the token embeddings keep their N(0, 1)
+            assert all(x.spec.std_ == 1.0 for x in emb)

@@ -93,6 +93,9 @@ def _stricter(name, kw):
     if name == "sparse_" and kw["std"] == inf:
         return True
     if name == "trunc_normal_":
+        if all(math.isfinite(kw[k]) for k in ("mean", "std", "a", "b")) and kw["std"] > 0 and kw["a"] < kw["b"]:
+            # an interval more than 40 std from the mean (torch: rejection sampling that nearly never accepts)
+            return max(kw["a"] - kw["mean"], kw["mean"] - kw["b"]) / kw["std"] > 40
         return kw["std"] < 0 or math.isnan(kw["std"]) or kw["std"] == inf or not math.isfinite(kw["mean"])
     if name == "sparse_":
         s = kw["sparsity"]

@@ -221,7 +221,7 @@ def _quad_moments(a, b):
 
 @pytest.mark.parametrize("a, b, tol", [
     (-2, 2, 1e-12), (1.5, 3, 1e-12), (-3, 50, 1e-12), (0.5, 0.6, 1e-10), (-0.3, 5, 1e-12),
-    (8, 10, 1e-9), (-10, -8, 1e-9), (29.9, 30.1, 1e-6), (-40, -39, 1e-6), (50, 51, 1e-5),
+    (8, 10, 1e-9), (-10, -8, 1e-9), (29.9, 30.1, 1e-6), (-40, -39, 1e-6), (39, 40, 1e-5),
 ])
 def test_truncated_normal_moments(a, b, tol):
     # includes far tails, where cdf(b) - cdf(a) cancels to 0 in double precision
@@ -234,13 +234,40 @@ def test_truncated_normal_moments(a, b, tol):
 
 
 def test_truncated_normal_degenerate_intervals_stay_inside_bounds():
-    for a, b in [(100, 100.0000001), (1000, 1001), (1e6, 1e6 + 1), (-1e6 - 1, -1e6), (0, 1e-9)]:
+    for a, b in [(39.9, 39.9000001), (39, 40), (-41, -40), (0, 1e-9), (0, 1e-310), (-1e-300, 1e-300)]:
         spec = S.TruncatedNormal(0, 1, a, b)
         assert a <= spec.mean <= b
         assert 0 <= spec.std <= (b - a) / 2
     # a very narrow interval is nearly uniform
     spec = S.TruncatedNormal(0, 1, 0.5, 0.5 + 1e-9)
     assert spec.std == pytest.approx(1e-9 / math.sqrt(12), rel=1e-6)
+
+
+_FAR = ("starts {d} std from the mean (mean={m}, std={s}), beyond the 40 std up to which the engines draw a "
+        "truncated normal faithfully: it holds a probability of about {p}, and the values would pile up at the bound")
+_ABSOLUTE = (". a and b are absolute values: for bounds in standard units use a = mean + lower * std, "
+             "b = mean + upper * std")
+
+
+@pytest.mark.parametrize("mean, std, a, b, depth, p", [
+    (0, 0.02, 3, 4, 150, "1e-4889"),  # bounds in std units given as absolute values
+    (0, 1, 100, 100.0000001, 100, "1e-2179"), (0, 1, -1e6 - 1, -1e6, "1e+06", "1e-217147240959"),
+    (5, 1e-3, -1e-6, 1e-6, 5000, "1e-5428683"), (0, 1, 40.000001, 41, 40, "1e-350"),
+])
+def test_truncation_beyond_40_std_is_refused_naming_the_bounds(mean, std, a, b, depth, p):
+    # the keyed engine's inverse CDF loses precision there (values at the bound), torch's
+    # rejection sampler nearly never accepts: refused wherever a TruncatedNormal is built
+    with pytest.raises(ValueError) as err:
+        S.TruncatedNormal(mean, std, a, b)
+    assert str(err.value) == (f"TruncatedNormal: [a, b] = [{a:g}, {b:g}] "
+                              + _FAR.format(d=depth, m=f"{mean:g}", s=f"{std:g}", p=p) + _ABSOLUTE)
+
+
+def test_legitimate_tail_truncations_are_kept():
+    # up to 40 std out, wide or narrow, on either side (the golden stream's [-40, -38] included)
+    for a, b in [(40, 41), (-41, -40), (3, 1e9), (-1e9, -39.5), (8, 9), (0.5, 0.5 + 1e-9), (-1e-300, 1e-300)]:
+        assert S.TruncatedNormal(0, 1, a, b).b == b
+    assert S.TruncatedNormal(0, 0.02, 0.79, 0.8).alpha == pytest.approx(39.5)
 
 
 def test_trunc_std_units_spec_conversion():

@@ -26,15 +26,8 @@ from .core import specs as S
 from .core.fans import Fans
 from .core.gains import calculate_gain
 from .core.gate_specs import OrthogonalPerGate
-from .engines.argcheck import (
-    check_keyed_overflow,
-    check_torch_overflow,
-    first_nonfinite,
-    is_real,
-    refuse_nonfinite,
-    refuse_trunc_garbage,
-    throwaway_generator,
-)
+from .engines.argcheck import (check_keyed_overflow, check_torch_overflow, first_nonfinite, is_real,
+                               refuse_far_truncation, refuse_nonfinite, refuse_trunc_garbage, throwaway_generator)
 from .engines.torch_engine import torch_fill_
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -218,6 +211,7 @@ def trunc_normal_std_units_(
             raise ValueError(f"trunc_normal_std_units_: {name} must be a finite number, got {v!r}")
     if not lower < upper:
         raise ValueError(f"trunc_normal_std_units_: need lower < upper (standard units), got lower={lower}, upper={upper}")
+    refuse_far_truncation("trunc_normal_std_units_", mean, std, lower, upper, std_units=True)
     spec = S.TruncatedNormal(mean, std, mean + lower * std, mean + upper * std)
     return _fill(tensor, spec, generator, key, "trunc_normal_std_units_")
 

@@ -45,7 +45,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         # factory raised, named with its file and line): one clear line, no traceback.
         print(f"torchinit {args.command}: error: {exc}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

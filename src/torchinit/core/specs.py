@@ -31,6 +31,8 @@ from typing import Any, ClassVar, Sequence
 
 from .fans import Fans, compute_fans
 from .gains import calculate_gain
+from .truncation import _LOG_SQRT_2PI, truncation_problem
+from .truncation import log_ndtr as _log_ndtr
 
 __all__ = [
     "Spec",
@@ -78,23 +80,6 @@ def _norm_cdf(x: float) -> float:
 
 def _norm_pdf(x: float) -> float:
     return math.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
-
-
-_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
-
-
-def _log_ndtr(x: float) -> float:
-    """log Phi(x) for N(0, 1) in double, accurate far into the lower tail.
-
-    The keyed stream's truncated-normal constants come from this exact arithmetic
-    (docs/keyed-stream.md): change it only with a new STREAM_VERSION.
-    """
-    if x > -30.0:
-        return math.log(0.5 * math.erfc(-x / math.sqrt(2.0)))
-    # Mills ratio: Phi(x) = pdf(x) / |x| * (1 - 1/x^2 + 3/x^4 - 15/x^6 + 105/x^8 - ...)
-    x2 = x * x
-    series = 1.0 - 1.0 / x2 + 3.0 / x2**2 - 15.0 / x2**3 + 105.0 / x2**4
-    return -0.5 * x2 - math.log(-x) - 0.5 * math.log(2.0 * math.pi) + math.log(series)
 
 
 @dataclass(frozen=True)
@@ -261,6 +246,9 @@ class TruncatedNormal(Spec):
             raise ValueError(f"TruncatedNormal: std must be > 0, got {std}")
         if self.a >= self.b:
             raise ValueError(f"TruncatedNormal: need a < b, got a={self.a}, b={self.b}")
+        problem = truncation_problem(self.mean_, self.std_, self.a, self.b)
+        if problem:
+            raise ValueError(f"TruncatedNormal: {problem}")
 
     @property
     def alpha(self) -> float:

@@ -15,9 +15,10 @@ import torch
 from torch import Tensor
 
 from ..core import specs as S
+from ..core.truncation import truncation_problem
 
 __all__ = ["is_real", "first_nonfinite", "refuse_nonfinite", "throwaway_generator", "check_keyed_overflow",
-           "check_torch_overflow", "refuse_trunc_garbage"]
+           "check_torch_overflow", "refuse_trunc_garbage", "refuse_far_truncation"]
 
 
 def is_real(x: object) -> bool:
@@ -97,17 +98,34 @@ def check_keyed_overflow(fn: str, tensor: Tensor, spec: S.Spec, names: "dict[str
                          f"wider dtype")
 
 
+def refuse_far_truncation(fn: str, mean: float, std: float, a: float, b: float, *, std_units: bool = False) -> None:
+    """Refuse, naming ``fn``, an interval too far from the mean for any engine to draw
+    (:func:`~torchinit.core.truncation.truncation_problem`; ``std_units``: ``a``, ``b`` are
+    ``lower``, ``upper``). Arguments that are not finite reals with std > 0, a < b pass: the
+    caller's other checks name them."""
+    if all(is_real(x) and math.isfinite(x) for x in (mean, std, a, b)) and std > 0 and a < b:
+        problem = truncation_problem(mean, std, a, b, std_units=std_units)
+        if problem:
+            raise ValueError(f"{fn}: {problem}")
+
+
 def refuse_trunc_garbage(tensor: Tensor, mean: float, std: float, a: float, b: float) -> None:
     """Refuse, before writing, the arguments torch's trunc_normal_ accepts but turns into
     garbage: a negative std (sampled as |std|), a nan std or a non-finite mean (both give
     U(a, b)). Where torch itself raises for them, its own error is kept: torch draws
     normal_(mean, std) when more than 30% of the mass lies in [a, b] (it rejects std < 0),
     and otherwise starts with uniform_(a, b) (it rejects bad bounds and integer dtypes).
+    Also refused: finite bounds more than 40 std from the mean, which torch rejection-samples
+    slowly or (older torch) clamps to a bound (:func:`refuse_far_truncation`).
     """
     nums = (mean, std, a, b)
     if tensor.is_complex() or not all(
         isinstance(x, (int, float)) and not isinstance(x, bool) for x in nums
     ):
+        return
+    if tensor.is_floating_point() and all(map(math.isfinite, nums)) and std > 0 and a < b:
+        # torch accepts an interval too far out to draw: slowly (rejection) or piled up at a bound
+        refuse_far_truncation("trunc_normal_", mean, std, a, b)
         return
     if not (std < 0 or math.isnan(std) or std == math.inf or not math.isfinite(mean)):
         return

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import replace
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -46,15 +46,27 @@ def apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: EngineName = 
     back if it raises, so a failed call leaves the model as it was, at the cost of one
     copy of those tensors; ``materialize`` turns it off (its fresh tensors hold
     nothing to lose, and it returns a failed batch to meta itself).
+
+    Module code that never writes a tensor of its entries leaves it as it was: the
+    applied plan's notes name such tensors, and a ``UserWarning`` names the learned
+    parameters among them (buffers and frozen tables are usually computed by the
+    constructor, which init code does not redo).
     """
-    return _apply_plan(model, plan, seed=seed, engine=engine, only=only, restore_on_error=restore_on_error)
+    unwritten: list[str] = []
+    applied = _apply_plan(model, plan, seed=seed, engine=engine, only=only, restore_on_error=restore_on_error,
+                          unwritten=unwritten)
+    _report_unwritten(model, applied, unwritten, "apply_plan")
+    return applied
 
 
 def _apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: EngineName = "keyed",
                 only: Iterable[str] | None = None, restore_on_error: bool = True,
-                unwritten: list[str] | None = None, validated: bool = False, dry_run: bool = False) -> Plan | None:
+                unwritten: list[str] | None = None, on_unwritten: Callable[[list[str]], None] | None = None,
+                validated: bool = False, dry_run: bool = False) -> Plan | None:
     """:func:`apply_plan`; with ``unwritten`` (a list), also appends the names of the
-    module-code entries whose tensors the code (keyed engine) left unwritten. ``validated``:
+    module-code entries whose tensors the code left unwritten (see :func:`_unwritten`);
+    ``on_unwritten(names)`` runs as soon as they are known, before the spec entries are
+    written: if it raises, module code's writes are undone as for its own errors. ``validated``:
     the caller checked these entries against tensors of the same shapes and dtypes already
     (``materialize``'s dry run): the per-entry checks are skipped. ``dry_run``: check the
     seed, engine and every entry against the model, write nothing and return None."""
@@ -140,17 +152,21 @@ def _apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: EngineName =
                     undo.append((t, t.detach().clone()))
                     undo_ids.add(id(t))
         try:
+            # what the code wrote is recorded, so that a tensor it forgot is named, not kept silently
+            before = {e.name: (tensors[e.name], _storage_ptr(tensors[e.name])) for e in module_entries}
             if engine == "keyed":
                 # the routing mode skips the code's writes to tensors outside these entries
-                before = ({e.name: (tensors[e.name], _storage_ptr(tensors[e.name])) for e in module_entries}
-                          if unwritten is not None else {})
                 with keyed_init_mode(model, seed, protect=outside) as mode:
                     run_module_init(model, steps, mode)
                 observed = {n: tuple(v) for n, v in mode.log.specs.items()}
-                if unwritten is not None:
-                    unwritten.extend(_unwritten(model, module_entries, before, mode.log.written))
+                written = mode.log.written
             else:
-                _run_module_init_torch(model, steps, tensors, outside, run_module_init)
+                written = _run_module_init_torch(model, steps, tensors, outside, run_module_init)
+            missed = _unwritten(model, module_entries, before, written)
+            if unwritten is not None:
+                unwritten.extend(missed)
+            if missed and on_unwritten is not None:
+                on_unwritten(missed)
         except BaseException:
             with torch.no_grad():
                 for t, v in undo:
@@ -220,11 +236,13 @@ def _storage_ptr(t: Tensor) -> int | None:
 def _unwritten(model: nn.Module, entries: list[PlanEntry], before: dict[str, tuple[Tensor, int | None]],
                written: set[str]) -> list[str]:
     """Module-code entries (plain tensors) the code neither wrote through torch calls nor
-    replaced (``p.data = ...`` moves the storage, ``module.buf = ...`` the object)."""
+    replaced (``p.data = ...`` moves the storage, ``module.buf = ...`` the object). A
+    zero-element tensor has no value to keep, and a tied tensor written under any of its
+    names is written."""
     out = []
     for e in entries:
         t0, ptr0 = before[e.name]
-        if ptr0 is None or e.name in written or any(a in written for a in e.aliases):
+        if ptr0 is None or t0.numel() == 0 or e.name in written or any(a in written for a in e.aliases):
             continue
         path, _, local = e.name.rpartition(".")
         owner = model.get_submodule(path)
@@ -235,10 +253,53 @@ def _unwritten(model: nn.Module, entries: list[PlanEntry], before: dict[str, tup
     return out
 
 
+def _split_unwritten(model: nn.Module, names: list[str]) -> tuple[list[str], list[str]]:
+    """``names`` as (learned parameters, buffers and frozen parameters). A constructor
+    computes the latter (rotary ``inv_freq``, causal masks, sinusoidal tables) and init
+    code need not redo them; a learned parameter is the init code's to write."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    learned = [n for n in names if n in params and params[n].requires_grad]
+    return learned, [n for n in names if n not in learned]
+
+
+def _shown(names: list[str], limit: int = 20) -> str:
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(map(repr, names[:limit])) + more
+
+
+def _unwritten_message(who: str, learned: list[str]) -> str:
+    first = learned[0]
+    return (f"{who}: the model's own init code (plan entries 'module') never wrote {len(learned)} parameter(s) "
+            f"it ran for: {_shown(learned)}; they keep their current values (the constructor's, or whatever "
+            f"memory held after to_empty()). Give them a rule (e.g. {{'qualnames': {first!r}, 'init': 'zeros'}}) "
+            f"or, if their current values are the intended init, accept them with a 'keep' rule "
+            f"({{'qualnames': {first!r}, 'init': 'keep'}})")
+
+
+def _report_unwritten(model: nn.Module, applied: Plan, names: list[str], who: str, tail: str = "") -> None:
+    """Name the tensors module code left as they were: a note for each kind, and a
+    ``UserWarning`` for learned parameters (``stacklevel``: the caller of ``who``) ending in ``tail``."""
+    if not names:
+        return
+    learned, computed = _split_unwritten(model, names)
+    if learned:
+        applied.notes.append(f"kept: the model's own init code never wrote parameter(s) {_shown(learned)}: "
+                             "they keep their current values (give them a rule, or a 'keep' rule to accept them)")
+        warnings.warn(_unwritten_message(who, learned) + tail, UserWarning, stacklevel=3)
+    if computed:
+        applied.notes.append(f"kept: the model's own init code never wrote buffer(s)/frozen table(s) "
+                             f"{_shown(computed)}: they keep the values their constructor computed (materialize "
+                             "from meta refuses them)")
+
+
 def _run_module_init_torch(model: nn.Module, steps: list[tuple[str, str]], tensors: dict[str, Tensor],
-                           outside: set[str], run_module_init: Any) -> None:
+                           outside: set[str], run_module_init: Any) -> set[str]:
     """Run module init code on torch's RNG, then put back every tensor outside the
-    selected entries that the code may have written (torch has no way to skip writes)."""
+    selected entries that the code may have written (torch has no way to skip writes).
+    Returns the names of the model's tensors the code wrote (audited by ``track_init``,
+    which changes no value)."""
+    from .routing import track_init
+
     prefixes = [p for p, _ in steps]
     saved: dict[str, Tensor] = {}
     seen_ids: set[int] = set()
@@ -249,7 +310,9 @@ def _run_module_init_torch(model: nn.Module, steps: list[tuple[str, str]], tenso
         saved[n] = t.detach().clone()
         seen_ids.add(id(t))
     try:
-        run_module_init(model, steps, None)
+        with track_init(model) as mode:
+            run_module_init(model, steps, None)
+        return mode.log.written
     finally:
         with torch.no_grad():
             for n, v in saved.items():
@@ -268,7 +331,12 @@ def init_model(model: nn.Module, policy: PresetName | Policy | str | Mapping | S
 
     Tensors no rule covers (a module's own ``nn.Parameter`` used through a functional op,
     say) keep their values: a ``UserWarning`` names each of them; ``strict=True`` raises
-    :class:`PolicyError` instead, before anything is written.
+    :class:`PolicyError` instead, before anything is written. Likewise for learned
+    parameters that the model's own init code (``module`` entries: the ``module`` preset,
+    the ``pytorch`` preset's fallback) runs for but never writes: the plan's notes and a
+    ``UserWarning`` name them; ``strict=True`` raises :class:`PolicyError` once the code
+    has run, with its writes undone and nothing else written. Buffers and frozen tables
+    the code leaves alone (constructor-computed, as rotary ``inv_freq``) get a note only.
 
     >>> import torch, torchinit
     >>> net = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
@@ -290,4 +358,15 @@ def init_model(model: nn.Module, policy: PresetName | Policy | str | Mapping | S
         if strict:
             raise PolicyError(msg + "; strict=False warns and initializes the rest", field="rules")
         warnings.warn(msg + "; strict=True makes this an error", UserWarning, stacklevel=2)
-    return apply_plan(model, p, seed=seed, engine=engine)
+
+    def refuse(names: list[str]) -> None:
+        learned, _ = _split_unwritten(model, names)
+        if learned:  # raised inside apply: the code's writes are undone, the specs not yet written
+            raise PolicyError(_unwritten_message("init_model", learned) + "; nothing was written (strict=True)",
+                              field="rules")
+
+    unwritten: list[str] = []
+    applied = _apply_plan(model, p, seed=seed, engine=engine, unwritten=unwritten,
+                          on_unwritten=refuse if strict else None)
+    _report_unwritten(model, applied, unwritten, "init_model", "; strict=True makes this an error")
+    return applied

@@ -247,6 +247,15 @@ def _check_args(init: str, args: Mapping[str, Any]) -> dict[str, Any]:
     if init == "trunc_normal" and args.get("cutoff") is not None and (args.get("a") is not None or args.get("b") is not None):
         raise PolicyError("field 'args': trunc_normal: give either cutoff (std units) or a/b (absolute), not both",
                           field="args")
+    if init == "trunc_normal" and args.get("cutoff") is None and args.get("depth") is None:
+        # the bounds are known now (a std from the config or the fans is checked per tensor, in the plan)
+        from ..core.truncation import truncation_problem
+
+        mean, std, lo, hi = (d if args.get(k) is None else args[k]
+                             for k, d in (("mean", 0.0), ("std", 1.0), ("a", -2.0), ("b", 2.0)))
+        problem = truncation_problem(mean, std, lo, hi) if not isinstance(std, str) and lo < hi else None
+        if problem:
+            raise PolicyError(f"field 'args': trunc_normal: {problem}", field="args")
     return dict(args)
 
 

@@ -13,7 +13,8 @@ lecun      LeCun normal (truncated, variance 1/fan_in, JAX/Flax default); zero b
 orthogonal (semi-)orthogonal times the auto-detected gain (Saxe et al.); zero biases; norms 1/0
 gpt2       N(0, 0.02); residual output projections N(0, 0.02/sqrt(2 n_layer)); zero biases
 llama      torchtitan: trunc_normal(0.02); output projections 0.02/sqrt(2 (layer+1));
-           embeddings N(0, 1); output head std dim^-0.5 truncated at 3 std (a tied embedding/head too)
+           embeddings N(0, 1); output head std dim^-0.5 truncated at 3 std (a tied embedding/head too);
+           relative-position attention biases trunc_normal(0.02), not the embeddings' N(0, 1)
 rnn        xavier (layers); RNN/LSTM/GRU: weight_ih xavier uniform, weight_hh orthogonal per gate,
            biases 0, LSTM forget-gate bias 1
 vit        timm/HF ViT: trunc_normal(0.02) Linear/patch-embed weights, cls_token, pos_embed; zero
@@ -34,7 +35,8 @@ from .policy import OUTPUT_HEAD, Policy, Rule
 from .registry import PRESETS, get_preset, preset_names
 from .selectors import module_matches
 
-__all__ = ["PRESETS", "get_preset", "preset_names", "RESIDUAL_PROJECTIONS", "experts_hint"]
+__all__ = ["PRESETS", "get_preset", "preset_names", "RESIDUAL_PROJECTIONS", "RELATIVE_POSITION_BIASES",
+           "experts_hint"]
 
 #: Layers with a weight of shape (out, in, *k) and an optional bias.
 _LAYERS = ("Linear", "_ConvNd", "Conv1D", "Bilinear")
@@ -77,6 +79,17 @@ def experts_hint(model: nn.Module, names: Iterable[str]) -> str:
 
 #: GPT-OSS's per-head attention sink logits (its init code: N(0, initializer_range^2))
 _SINKS = ("*.self_attn.sinks",)
+#: Relative-position biases, (buckets or offsets) x heads tables added to the attention logits:
+#: T5-family (T5, mT5, UMT5, LongT5, Switch, UDOP, Pix2Struct, Pop2Piano) and MPNet
+#: ``relative_attention_bias`` embeddings, CPM-Ant's raw parameter, WavLM's ``rel_attn_embed``,
+#: Swin / BEiT / Data2Vec-vision / Donut / MaskFormer-Swin / CLAP ``relative_position_bias_table``.
+#: Not embeddings: N(0, 1) would give every head a random positional preference of about one
+#: logit before training, as large as the content logits 0.02 weights give (about 1.6 for T5 at
+#: d_model 512, 0.2 where attention divides by sqrt(d_head)), where the reference inits start it
+#: small (Hugging Face T5: std d_model^-0.5, 0.044 at 512; timm Swin: 0.02; HF Swin, BEiT: 0).
+#: The presets with a std (gpt2, llama, vit) give them that std.
+RELATIVE_POSITION_BIASES = ("*relative_attention_bias.weight", "*relative_attention_bias",
+                            "*rel_attn_embed.weight", "*relative_position_bias_table")
 
 
 def _globs(preset: str, option: str, value: Any) -> tuple[str, ...]:
@@ -207,7 +220,9 @@ def gpt2_preset(std: float | None = None, n_layer: int | None = None,
     norms 1/0; the residual output projections N(0, (std / sqrt(2 n_layer))^2).
     ``std`` defaults to the model's ``config.initializer_range`` (or ``init_std``, times
     ``initializer_factor``), else 0.02; ``n_layer`` to ``model.config.n_layer`` or the
-    longest ModuleList. The plan's notes say which values came from the config."""
+    longest ModuleList. The plan's notes say which values came from the config.
+    Relative-position attention biases (:data:`RELATIVE_POSITION_BIASES`: T5's
+    ``relative_attention_bias``, Swin's ``relative_position_bias_table``, ...) N(0, std^2) too."""
     std = "config" if std is None else std
     depth = {"std": std, "depth": "total"}
     if n_layer is not None:
@@ -225,6 +240,7 @@ def gpt2_preset(std: float | None = None, n_layer: int | None = None,
         Rule("normal", {"std": std}, modules=_MOE, role="weight", name="moe experts and router"),
         Rule("zeros", modules=_MOE, role="bias", name="moe biases"),
         Rule("normal", {"std": std}, qualnames=_SINKS, name="attention sinks"),
+        Rule("normal", {"std": std}, qualnames=RELATIVE_POSITION_BIASES, name="relative position bias"),
         Rule("normal", depth, qualnames=_globs("gpt2", "residual", residual), role="weight",
              name="residual projection"),
         # an embedding tied to its output head, whatever the names (BERT's cls.predictions.decoder)
@@ -244,7 +260,10 @@ def llama_preset(std: float | None = None, depth_init: bool = True, cutoff: floa
     at +-3 std (the head: ``output`` globs; ``"@output_head"``, the default's last, is the
     weight of ``model.get_output_embeddings()`` under any name, BERT's
     ``cls.predictions.decoder``, Whisper's ``proj_out``); biases 0. ``std`` defaults to the model's ``config.initializer_range`` (as
-    for ``gpt2``), else 0.02."""
+    for ``gpt2``), else 0.02. Relative-position attention biases (:data:`RELATIVE_POSITION_BIASES`:
+    T5's ``relative_attention_bias`` is an ``nn.Embedding``) get the layer weights' truncated
+    normal, not the embeddings' N(0, 1), which added to the attention logits would be as large as
+    the content logits (see :data:`RELATIVE_POSITION_BIASES`)."""
     std = "config" if std is None else std
     base = {"std": std} if cutoff is None else {"std": std, "cutoff": cutoff}
     deep = dict(base, depth="per_layer" if depth_init else "total")
@@ -262,6 +281,7 @@ def llama_preset(std: float | None = None, depth_init: bool = True, cutoff: floa
         Rule("trunc_normal", base, modules=_MOE, role="weight", name="moe experts and router"),
         Rule("zeros", modules=_MOE, role="bias", name="moe biases"),
         Rule("trunc_normal", base, qualnames=_SINKS, name="attention sinks"),
+        Rule("trunc_normal", base, qualnames=RELATIVE_POSITION_BIASES, name="relative position bias"),
         Rule("trunc_normal", deep, qualnames=_globs("llama", "residual", residual), role="weight",
              name="output projection"),
         Rule("trunc_normal", {"std": "1/sqrt(fan_in)", "cutoff": 3.0}, qualnames=_globs("llama", "output", output),
@@ -321,7 +341,8 @@ def vit_preset(style: str = "timm", std: float | None = None, head_bias: float =
     ``style="timm"``: Linear and patch-embedding conv weights, ``cls_token`` / ``pos_embed`` /
     ``position_embeddings`` (and ``dist_token``, torchvision's ``class_token`` / ``pos_embedding``)
     trunc_normal(std) with torch's absolute bounds [-2, 2]; biases 0; norms 1/0; ``mask_token`` 0;
-    ``reg_token`` N(0, 1e-6). ``std`` defaults to ``config.initializer_range``, else 0.02.
+    ``reg_token`` N(0, 1e-6); relative-position bias tables (Swin, BEiT: :data:`RELATIVE_POSITION_BIASES`)
+    trunc_normal(std), as timm's Swin. ``std`` defaults to ``config.initializer_range``, else 0.02.
     ``style="jax"`` (timm ``init_weights_vit_jax``, the original JAX ViT): Linear weights xavier
     uniform, biases 0 except the MLP's N(0, 1e-6); patch embedding lecun normal (truncated,
     variance 1/fan_in), bias 0; the classifier head weight 0 and bias ``head_bias``;
@@ -346,6 +367,7 @@ def vit_preset(style: str = "timm", std: float | None = None, head_bias: float =
         Rule("trunc_normal", tn, params=_VIT_TOKENS, name="class token"),
         Rule("zeros", params="mask_token", name="mask token"),
         Rule("normal", {"std": 1e-6}, params="reg_token", name="register tokens"),
+        Rule("trunc_normal", tn, qualnames=RELATIVE_POSITION_BIASES, name="relative position bias"),
     ]
     if style == "jax":
         rules += [

@@ -328,9 +328,7 @@ def materialize(
         with contextlib.nullcontext() if huge_pages else B.prefaulting():
             done = _apply_plan(model, sub, seed=seed, engine="keyed", restore_on_error=False, unwritten=unwritten,
                                validated=True)  # by the dry run, on the same shapes and dtypes
-        # a zero-element tensor has no values to leave uninitialized (nor can code write any)
-        unwritten = [n for n in unwritten if n not in empty]
-        if unwritten:
+        if unwritten:  # (zero-element tensors, which hold no values, are never listed)
             more = f" and {len(unwritten) - 5} more" if len(unwritten) > 5 else ""
             raise ValueError(
                 f"materialize: the model's own init code (policy entry 'module') ran for "
