@@ -1240,33 +1240,33 @@ static void fill_groups_direct512(const job_t *J, uint64_t g0, int ng, char *out
 #define SUB5 _mm512_sub_ps
 #define MUL5 _mm512_mul_ps
 
-static inline __attribute__((always_inline)) void log16(__m512 *x) {
-    __m512i e[NV5];
+/* -log32(x) for x > 0 normal (tailr32's nl before its max, which never binds here: the
+   tail's t <= 1/2, so -log x >= 0.69). Bit for bit log32 then negation: the exponent
+   (vgetexpps) and mantissa (vgetmantps, [1, 2)) are exact and the float of e + big is an
+   exact sum, and every constant is negated instead of the result (round to nearest is
+   symmetric: each product and sum is the exact negation of log32's). */
+static inline __attribute__((always_inline)) void neglog16(__m512 *x) {
     __m512 m[NV5], s[NV5], z[NV5], p[NV5], ef[NV5];
     __mmask16 big[NV5];
-    FOR5 {
-        __m512i b = _mm512_castps_si512(x[v]); /* x > 0: b >> 23 is the biased exponent */
-        e[v] = _mm512_sub_epi32(_mm512_srli_epi32(b, 23), SI(127));
-        m[v] = _mm512_castsi512_ps(_mm512_or_si512(_mm512_and_si512(b, SI(0x7FFFFF)), SI(0x3F800000)));
-    }
+    FOR5 ef[v] = _mm512_getexp_ps(x[v]);
+    FOR5 m[v] = _mm512_getmant_ps(x[v], _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src);
     FOR5 big[v] = _mm512_cmp_ps_mask(m[v], S1(F(SQRT2_D)), _CMP_GT_OQ);
     FOR5 m[v] = _mm512_mask_mul_ps(m[v], big[v], m[v], S1(0.5f));
-    FOR5 e[v] = _mm512_mask_add_epi32(e[v], big[v], e[v], SI(1));
+    FOR5 ef[v] = _mm512_mask_add_ps(ef[v], big[v], ef[v], S1(1.0f));
     FOR5 s[v] = _mm512_div_ps(SUB5(m[v], S1(1.0f)), ADD5(m[v], S1(1.0f)));
     FOR5 z[v] = MUL5(s[v], s[v]);
-    FOR5 p[v] = S1(LOGC_F[5]);
-    for (int c = 4; c >= 0; c--) FOR5 p[v] = ADD5(MUL5(p[v], z[v]), S1(LOGC_F[c]));
-    FOR5 ef[v] = _mm512_cvtepi32_ps(e[v]);
-    FOR5 x[v] = ADD5(MUL5(ef[v], S1(F(LN2HI_F))), ADD5(MUL5(ef[v], S1(F(LN2LO_F))), MUL5(s[v], p[v])));
+    FOR5 p[v] = S1(-LOGC_F[5]);
+    for (int c = 4; c >= 0; c--) FOR5 p[v] = ADD5(MUL5(p[v], z[v]), S1(-LOGC_F[c]));
+    FOR5 x[v] = ADD5(MUL5(ef[v], S1(-F(LN2HI_F))), ADD5(MUL5(ef[v], S1(-F(LN2LO_F))), MUL5(s[v], p[v])));
 }
 
-static inline __attribute__((always_inline)) void tailr16(__m512 *l) {
-    __m512 nl[NV5], y[NV5], h[NV5];
-    FOR5 nl[v] = _mm512_max_ps(_mm512_xor_ps(l[v], S1(-0.0f)), S1(0x1p-126f)); /* a > b ? a : b */
+/* tailr32 given nl = -l (neglog16's) */
+static inline __attribute__((always_inline)) void tailr16(__m512 *nl) {
+    __m512 y[NV5], h[NV5];
     FOR5 y[v] = _mm512_castsi512_ps(_mm512_sub_epi32(SI(0x5F3759DFu), _mm512_srli_epi32(_mm512_castps_si512(nl[v]), 1)));
     FOR5 h[v] = MUL5(S1(0.5f), nl[v]);
     for (int it = 0; it < 3; it++) FOR5 y[v] = MUL5(y[v], SUB5(S1(1.5f), MUL5(h[v], MUL5(y[v], y[v]))));
-    FOR5 l[v] = MUL5(nl[v], y[v]);
+    FOR5 nl[v] = MUL5(nl[v], y[v]);
 }
 
 static inline __attribute__((always_inline)) void central16(const __m512 *q, __m512 *z) {
@@ -1282,20 +1282,28 @@ static inline __attribute__((always_inline)) void central16(const __m512 *q, __m
     FOR5 z[v] = _mm512_div_ps(nc[v], dc[v]);
 }
 
-static inline __attribute__((always_inline)) void tail16(const __m512 *q, __m512 *rr) {
+/* tail branch (tail32). The normal's copy has neither selection: rr > 5 never holds for
+   its words (t >= 2^-33: rr <= 4.783, checked over every tail word), and q < 0 always
+   (q = t - 1/2, t < 0.075), so it takes C, D and the negated numerator directly (negated
+   constants: the exact negation of each product and sum, as in neglog16). */
+static inline __attribute__((always_inline)) void tail16(const int normal, const __m512 *q, __m512 *rr) {
     __m512 s[NV5], nt[NV5], dt[NV5];
     __mmask16 big[NV5], neg[NV5];
-    FOR5 big[v] = _mm512_cmp_ps_mask(rr[v], S1(5.0f), _CMP_GT_OQ);
-    FOR5 s[v] = _mm512_mask_sub_ps(SUB5(rr[v], S1(F(1.6))), big[v], rr[v], S1(5.0f));
-#define SEL5(cc, ee) _mm512_mask_blend_ps(big[v], S1(F(cc)), S1(F(ee)))
-    FOR5 nt[v] = ADD5(MUL5(SEL5(C7_3, E7_3), s[v]), SEL5(C7_2, E7_2));
+    FOR5 big[v] = normal ? 0 : _mm512_cmp_ps_mask(rr[v], S1(5.0f), _CMP_GT_OQ);
+    FOR5 s[v] = normal ? SUB5(rr[v], S1(F(1.6))) : _mm512_mask_sub_ps(SUB5(rr[v], S1(F(1.6))), big[v], rr[v], S1(5.0f));
+#define SEL5(cc, ee) (normal ? S1(F(cc)) : _mm512_mask_blend_ps(big[v], S1(F(cc)), S1(F(ee))))
+#define NSEL5(cc, ee) (normal ? S1(-F(cc)) : _mm512_mask_blend_ps(big[v], S1(F(cc)), S1(F(ee))))
+    FOR5 nt[v] = ADD5(MUL5(NSEL5(C7_3, E7_3), s[v]), NSEL5(C7_2, E7_2));
     FOR5 dt[v] = ADD5(MUL5(SEL5(D7_2, F7_2), s[v]), SEL5(D7_1, F7_1));
-    FOR5 nt[v] = ADD5(MUL5(nt[v], s[v]), SEL5(C7_1, E7_1));
+    FOR5 nt[v] = ADD5(MUL5(nt[v], s[v]), NSEL5(C7_1, E7_1));
     FOR5 dt[v] = ADD5(MUL5(dt[v], s[v]), S1(1.0f));
-    FOR5 nt[v] = ADD5(MUL5(nt[v], s[v]), SEL5(C7_0, E7_0));
+    FOR5 nt[v] = ADD5(MUL5(nt[v], s[v]), NSEL5(C7_0, E7_0));
 #undef SEL5
-    FOR5 neg[v] = _mm512_cmp_ps_mask(q[v], _mm512_setzero_ps(), _CMP_LT_OQ);
-    FOR5 nt[v] = _mm512_mask_xor_ps(nt[v], neg[v], nt[v], S1(-0.0f));
+#undef NSEL5
+    if (!normal) {
+        FOR5 neg[v] = _mm512_cmp_ps_mask(q[v], _mm512_setzero_ps(), _CMP_LT_OQ);
+        FOR5 nt[v] = _mm512_mask_xor_ps(nt[v], neg[v], nt[v], S1(-0.0f));
+    }
     FOR5 rr[v] = _mm512_div_ps(nt[v], dt[v]);
 }
 
@@ -1413,9 +1421,9 @@ static inline __attribute__((always_inline)) void ppnd_seg16(const vk5_t *K, con
             FOR5 q[v] = _mm512_load_ps((const float *)tp + j0 + 16 * v);
             FOR5 t[v] = t16_trunc(q[v]);
         }
-        log16(t);
+        neglog16(t);
         tailr16(t);
-        tail16(q, t);
+        tail16(normal, q, t);
         FOR5 _mm512_store_ps(tt + j0 + 16 * v, t[v]);
     }
     int j = 0;
