@@ -1269,6 +1269,19 @@ static inline __attribute__((always_inline)) void tailr16(__m512 *nl) {
     FOR5 nl[v] = MUL5(nl[v], y[v]);
 }
 
+/* central32 up to its division: numerator nc and denominator dc */
+static inline __attribute__((always_inline)) void central16_nd(const __m512 *q, __m512 *nc, __m512 *dc) {
+    __m512 r[NV5];
+    FOR5 r[v] = SUB5(S1(F(0.180625)), MUL5(q[v], q[v]));
+    FOR5 nc[v] = ADD5(MUL5(S1(F(A7_3)), r[v]), S1(F(A7_2)));
+    FOR5 dc[v] = ADD5(MUL5(S1(F(B7_3)), r[v]), S1(F(B7_2)));
+    FOR5 nc[v] = ADD5(MUL5(nc[v], r[v]), S1(F(A7_1)));
+    FOR5 dc[v] = ADD5(MUL5(dc[v], r[v]), S1(F(B7_1)));
+    FOR5 nc[v] = ADD5(MUL5(nc[v], r[v]), S1(F(A7_0)));
+    FOR5 dc[v] = ADD5(MUL5(dc[v], r[v]), S1(1.0f));
+    FOR5 nc[v] = MUL5(q[v], nc[v]);
+}
+
 static inline __attribute__((always_inline)) void central16(const __m512 *q, __m512 *z) {
     __m512 r[NV5], nc[NV5], dc[NV5];
     FOR5 r[v] = SUB5(S1(F(0.180625)), MUL5(q[v], q[v]));
@@ -1426,19 +1439,63 @@ static inline __attribute__((always_inline)) void ppnd_seg16(const vk5_t *K, con
         tail16(normal, q, t);
         FOR5 _mm512_store_ps(tt + j0 + 16 * v, t[v]);
     }
-    int j = 0;
-    for (int e0 = 0; e0 < n; e0 += STEP5) {
+    /* pass 3 over the full steps, software-pipelined in two stages (each step's central
+       branch up to its division, then the previous step's division, expand, sign, affine
+       and store): the two are independent, which keeps the scheduler's window from filling
+       with one step's long dependency chains */
+    int j = 0, e0 = 0;
+    if (n >= STEP5) {
+        __m512i pw[NV5];
+        __m512 pn[NV5], pd[NV5];
+        __mmask16 pm[NV5];
+#define P3_A(E)                                                                                              \
+        do {                                                                                                 \
+            __m512 q_[NV5];                                                                                  \
+            FOR5 pw[v] = _mm512_loadu_si512(wp + (E) + 16 * v);                                             \
+            if (normal) {                                                                                    \
+                __m512i u_[NV5];                                                                             \
+                __m512 t_[NV5];                                                                              \
+                qt16_normal(pw, q_, t_, u_);                                                                 \
+                FOR5 pm[v] = _mm512_cmplt_epu32_mask(u_[v], L2);                                            \
+            } else {                                                                                         \
+                FOR5 q_[v] = _mm512_load_ps(qb + (E) + 16 * v);                                              \
+                FOR5 pm[v] = _mm512_cmp_ps_mask(_mm512_abs_ps(q_[v]), S1(F(0.425)), _CMP_GT_OQ);             \
+            }                                                                                                \
+            central16_nd(q_, pn, pd);                                                                        \
+        } while (0)
+        P3_A(0);
+        for (e0 = STEP5;; e0 += STEP5) {
+            __m512i w[NV5];
+            __m512 x[NV5];
+            __mmask16 m[NV5];
+            FOR5 x[v] = _mm512_div_ps(pn[v], pd[v]);
+            FOR5 w[v] = pw[v];
+            FOR5 m[v] = pm[v];
+            const int more = n - e0 >= STEP5;
+            if (more) P3_A(e0);
+            FOR5 {
+                x[v] = _mm512_mask_expand_ps(x[v], m[v], _mm512_loadu_ps(tt + j));
+                j += __builtin_popcount((unsigned)m[v]);
+            }
+            FOR5 x[v] = sign_affine16(K, normal, clamp, w[v], x[v]);
+            for (int v = 0; v < NV5; v += 2) put16(bf16, nt, out, e0 - STEP5 + 16 * v, STEP5, x[v], x[v + 1]);
+            if (!more) break;
+        }
+#undef P3_A
+    }
+    /* the last, partial step */
+    for (; e0 < n; e0 += STEP5) {
         const int r = n - e0;
         __m512i w[NV5], u[NV5];
         __m512 q[NV5], t[NV5], x[NV5];
-        FOR5 w[v] = r >= STEP5 ? _mm512_loadu_si512(wp + e0 + 16 * v) : _mm512_maskz_loadu_epi32(valid16(r - 16 * v), wp + e0 + 16 * v);
+        FOR5 w[v] = _mm512_maskz_loadu_epi32(valid16(r - 16 * v), wp + e0 + 16 * v);
         if (normal)
             qt16_normal(w, q, t, u);
         else
             FOR5 q[v] = _mm512_load_ps(qb + e0 + 16 * v);
         central16(q, x);
         FOR5 {
-            __mmask16 vm = r >= STEP5 ? (__mmask16)0xFFFF : valid16(r - 16 * v);
+            __mmask16 vm = valid16(r - 16 * v);
             __mmask16 m = normal ? _mm512_mask_cmplt_epu32_mask(vm, u[v], L2)
                                  : _mm512_mask_cmp_ps_mask(vm, _mm512_abs_ps(q[v]), S1(F(0.425)), _CMP_GT_OQ);
             x[v] = _mm512_mask_expand_ps(x[v], m, _mm512_loadu_ps(tt + j));
