@@ -1326,9 +1326,11 @@ typedef struct {
 
 /* the normal's (q, t) from words: t = RN(m + 1/2) 2^-32 with m = w & 0x7FFFFFFF (qt8's
    hi + lo, one rounding) is RN(2m + 1) 2^-33, one unsigned conversion of u = (w << 1) | 1
-   (returned in u: m < L is u < 2L, the tail test without another operation) */
+   (returned in u: m < L is u < 2L, the tail test without another operation). w << 1 as
+   w + w: vpaddd issues on ports 0 and 5, vpslld on port 0 only (measured here: float32
+   2% faster; port 0 also takes the shifts of sqrt and Philox) */
 static inline __attribute__((always_inline)) void qt16_normal(const __m512i *w, __m512 *q, __m512 *t, __m512i *u) {
-    FOR5 u[v] = _mm512_or_si512(_mm512_slli_epi32(w[v], 1), SI(1));
+    FOR5 u[v] = _mm512_or_si512(_mm512_add_epi32(w[v], w[v]), SI(1));
     FOR5 t[v] = MUL5(_mm512_cvtepu32_ps(u[v]), S1(0x1p-33f));
     FOR5 q[v] = SUB5(t[v], S1(0.5f));
 }
