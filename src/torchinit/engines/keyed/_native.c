@@ -1426,20 +1426,35 @@ static inline __attribute__((always_inline)) void ppnd_seg16(const vk5_t *K, con
         }
     }
     for (int j = k; j < k + STEP5; j++) tp[j] = 0u; /* the last step's lanes past k: values unused */
-    for (int j0 = 0; j0 < k; j0 += STEP5) {
-        __m512 q[NV5], t[NV5];
-        if (normal) {
-            __m512i w[NV5], u[NV5];
-            FOR5 w[v] = _mm512_load_si512(tp + j0 + 16 * v);
-            qt16_normal(w, q, t, u);
-        } else {
-            FOR5 q[v] = _mm512_load_ps((const float *)tp + j0 + 16 * v);
-            FOR5 t[v] = t16_trunc(q[v]);
+    /* pass 2, software-pipelined as pass 3 below: each step's -log (stage A) is issued with
+       the previous step's sqrt and rational (stage B) */
+    if (k > 0) {
+        __m512 pl[NV5], pq[NV5];
+#define P2_A(J0)                                                                                             \
+        do {                                                                                                 \
+            if (normal) {                                                                                    \
+                __m512i w_[NV5], u_[NV5];                                                                    \
+                FOR5 w_[v] = _mm512_load_si512(tp + (J0) + 16 * v);                                          \
+                qt16_normal(w_, pq, pl, u_);                                                                 \
+            } else {                                                                                         \
+                FOR5 pq[v] = _mm512_load_ps((const float *)tp + (J0) + 16 * v);                              \
+                FOR5 pl[v] = t16_trunc(pq[v]);                                                               \
+            }                                                                                                \
+            neglog16(pl);                                                                                    \
+        } while (0)
+        P2_A(0);
+        for (int j0 = STEP5;; j0 += STEP5) {
+            __m512 q[NV5], t[NV5];
+            FOR5 t[v] = pl[v];
+            FOR5 q[v] = pq[v];
+            const int more = j0 < k;
+            if (more) P2_A(j0);
+            tailr16(t);
+            tail16(normal, q, t);
+            FOR5 _mm512_store_ps(tt + j0 - STEP5 + 16 * v, t[v]);
+            if (!more) break;
         }
-        neglog16(t);
-        tailr16(t);
-        tail16(normal, q, t);
-        FOR5 _mm512_store_ps(tt + j0 + 16 * v, t[v]);
+#undef P2_A
     }
     /* pass 3 over the full steps, software-pipelined in two stages (each step's central
        branch up to its division, then the previous step's division, expand, sign, affine
