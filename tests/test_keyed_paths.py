@@ -136,6 +136,23 @@ def test_normal_tail_test_on_the_word_is_the_float_test():
     assert abs(lim / 2**31 - 0.15) < 1e-6  # t = m 2^-32 < 0.075: P(tail) = 0.15
 
 
+def test_normal_tail_never_takes_the_far_branch():
+    """The AVX-512 normal's tail stage has no r > 5 branch and no sign test (q < 0 always):
+    its smallest t is 2^-33 (m = 0), where r = 4.78 (the kernel's comment: the largest r of
+    every tail word, checked exhaustively). Here through the stream's float32 recipe on the
+    smallest words and a sweep of all the tail words."""
+    from torchinit.keyed import reference as R
+
+    C = R._C32
+    m = torch.cat([torch.arange(0, 1 << 16), torch.arange(0, 2**31, 997)])
+    t = (((m >> 7) * 128).to(torch.float32) + ((m & 127).to(torch.float32) + 0.5)) * 2.0**-32
+    q = t - 0.5
+    tail = q.abs() > torch.tensor(0.425, dtype=torch.float32)
+    rr = R._sqrt(-R._log(t[tail], C), C)
+    assert bool((q[tail] < 0).all())
+    assert float(rr.max()) < 4.79 and float(rr[0]) == float(rr.max())  # m = 0: the largest
+
+
 # On each side of the bound below which the AVX-512 bfloat16 stores check every vector for
 # subnormal values (vcvtne2ps2bf16 reads them as 0): scales and means whose values are never
 # subnormal (the check is skipped) and ones just past it (the check runs)

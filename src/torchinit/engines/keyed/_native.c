@@ -1248,35 +1248,48 @@ static inline __attribute__((always_inline)) __m512 madd16(int fused, __m512 a, 
     return fused ? _mm512_fmadd_ps(a, b, c) : ADD5(MUL5(a, b), c);
 }
 
-static inline __attribute__((always_inline)) void log16(__m512 *x, int fused) {
-    __m512i e[NV5];
+/* -log32(x) for x > 0 normal (tailr32's nl before its max, which never binds here: the
+   tail's t <= 1/2, so -log x >= 0.69). Bit for bit log32 then negation: the exponent
+   (vgetexpps) and mantissa (vgetmantps, [1, 2)) are exact and the float of e + big is an
+   exact sum, and every constant is negated instead of the result (round to nearest is
+   symmetric: each product and sum is the exact negation of log32's). */
+static inline __attribute__((always_inline)) void neglog16(__m512 *x, int fused) {
     __m512 m[NV5], s[NV5], z[NV5], p[NV5], ef[NV5];
     __mmask16 big[NV5];
-    FOR5 {
-        __m512i b = _mm512_castps_si512(x[v]); /* x > 0: b >> 23 is the biased exponent */
-        e[v] = _mm512_sub_epi32(_mm512_srli_epi32(b, 23), SI(127));
-        m[v] = _mm512_castsi512_ps(_mm512_or_si512(_mm512_and_si512(b, SI(0x7FFFFF)), SI(0x3F800000)));
-    }
+    FOR5 ef[v] = _mm512_getexp_ps(x[v]);
+    FOR5 m[v] = _mm512_getmant_ps(x[v], _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src);
     FOR5 big[v] = _mm512_cmp_ps_mask(m[v], S1(F(SQRT2_D)), _CMP_GT_OQ);
     FOR5 m[v] = _mm512_mask_mul_ps(m[v], big[v], m[v], S1(0.5f));
-    FOR5 e[v] = _mm512_mask_add_epi32(e[v], big[v], e[v], SI(1));
+    FOR5 ef[v] = _mm512_mask_add_ps(ef[v], big[v], ef[v], S1(1.0f));
     FOR5 s[v] = _mm512_div_ps(SUB5(m[v], S1(1.0f)), ADD5(m[v], S1(1.0f)));
     FOR5 z[v] = MUL5(s[v], s[v]);
-    FOR5 p[v] = S1(LOGC_F[5]);
-    for (int c = 4; c >= 0; c--) FOR5 p[v] = madd16(fused, p[v], z[v], S1(LOGC_F[c]));
-    FOR5 ef[v] = _mm512_cvtepi32_ps(e[v]);
-    FOR5 x[v] = madd16(fused, ef[v], S1(F(LN2HI_F)), madd16(fused, ef[v], S1(F(LN2LO_F)), MUL5(s[v], p[v])));
+    FOR5 p[v] = S1(-LOGC_F[5]);
+    for (int c = 4; c >= 0; c--) FOR5 p[v] = madd16(fused, p[v], z[v], S1(-LOGC_F[c]));
+    FOR5 x[v] = madd16(fused, ef[v], S1(-F(LN2HI_F)), madd16(fused, ef[v], S1(-F(LN2LO_F)), MUL5(s[v], p[v])));
 }
 
-static inline __attribute__((always_inline)) void tailr16(__m512 *l, int fused) {
-    __m512 nl[NV5], y[NV5], h[NV5];
-    FOR5 nl[v] = _mm512_max_ps(_mm512_xor_ps(l[v], S1(-0.0f)), S1(0x1p-126f)); /* a > b ? a : b */
+/* tailr32 given nl = -l (neglog16's) */
+static inline __attribute__((always_inline)) void tailr16(__m512 *nl, int fused) {
+    __m512 y[NV5], h[NV5];
     FOR5 y[v] = _mm512_castsi512_ps(_mm512_sub_epi32(SI(0x5F3759DFu), _mm512_srli_epi32(_mm512_castps_si512(nl[v]), 1)));
     FOR5 h[v] = MUL5(S1(0.5f), nl[v]);
     for (int it = 0; it < 3; it++)
         FOR5 y[v] = MUL5(y[v], fused ? _mm512_fnmadd_ps(h[v], MUL5(y[v], y[v]), S1(1.5f))
                                      : SUB5(S1(1.5f), MUL5(h[v], MUL5(y[v], y[v]))));
-    FOR5 l[v] = MUL5(nl[v], y[v]);
+    FOR5 nl[v] = MUL5(nl[v], y[v]);
+}
+
+/* central32 up to its division: numerator nc and denominator dc */
+static inline __attribute__((always_inline)) void central16_nd(const __m512 *q, __m512 *nc, __m512 *dc, int fused) {
+    __m512 r[NV5];
+    FOR5 r[v] = fused ? _mm512_fnmadd_ps(q[v], q[v], S1(F(0.180625))) : SUB5(S1(F(0.180625)), MUL5(q[v], q[v]));
+    FOR5 nc[v] = madd16(fused, S1(F(A7_3)), r[v], S1(F(A7_2)));
+    FOR5 dc[v] = madd16(fused, S1(F(B7_3)), r[v], S1(F(B7_2)));
+    FOR5 nc[v] = madd16(fused, nc[v], r[v], S1(F(A7_1)));
+    FOR5 dc[v] = madd16(fused, dc[v], r[v], S1(F(B7_1)));
+    FOR5 nc[v] = madd16(fused, nc[v], r[v], S1(F(A7_0)));
+    FOR5 dc[v] = madd16(fused, dc[v], r[v], S1(1.0f));
+    FOR5 nc[v] = MUL5(q[v], nc[v]);
 }
 
 static inline __attribute__((always_inline)) void central16(const __m512 *q, __m512 *z, int fused) {
@@ -1299,26 +1312,50 @@ static inline __attribute__((always_inline)) void central16(const __m512 *q, __m
    within BF16_FAST_ULPS ulps of z (relative BF16_FAST_ULPS 2^-23), so c1 z' is within
    2 BF16_FAST_ULPS ulps of c1 z in the binade of the larger (also across a binade boundary:
    the larger is then near it) and RN(c1 z') within 2 BF16_FAST_ULPS + 1 patterns of x; the
-   clamp to [lo, hi] never increases the distance. Where a lane's pattern is more than
-   BF16_FAST_MARGIN from its nearest tie both round to the same bfloat16; the others (about
-   0.06% of the values) are recomputed one at a time with the stream's scalar recipe. */
+   sign and the clamp to [lo, hi] never increase the distance. Where a lane's pattern is
+   more than BF16_FAST_MARGIN from its nearest tie both round to the same bfloat16; the
+   others (about 0.06% of the values) are recomputed one at a time with the scalar recipe. */
 #define BF16_FAST_ULPS 9
 #define BF16_FAST_MARGIN (2 * BF16_FAST_ULPS + 2)
 
-static inline __attribute__((always_inline)) void tail16(const __m512 *q, __m512 *rr, int fused) {
+/* bit i set: element i of x[0..3] (64 values) is within BF16_FAST_MARGIN of a bfloat16 tie
+   (its pattern's low half near 0x8000). The low halves of 32 values gathered in one
+   register (vpermt2w), where 16-bit adds wrap by themselves */
+static inline __attribute__((always_inline)) uint64_t near_ties16(const __m512 *x) {
+    const __m512i lows = _mm512_setr_epi64(0x0006000400020000ll, 0x000E000C000A0008ll, 0x0016001400120010ll,
+                                           0x001E001C001A0018ll, 0x0026002400220020ll, 0x002E002C002A0028ll,
+                                           0x0036003400320030ll, 0x003E003C003A0038ll);
+    __mmask32 nr[NV5 / 2];
+    for (int v = 0; v < NV5; v += 2) {
+        __m512i lo = _mm512_permutex2var_epi16(_mm512_castps_si512(x[v]), lows, _mm512_castps_si512(x[v + 1]));
+        nr[v / 2] = _mm512_cmple_epu16_mask(_mm512_add_epi16(lo, _mm512_set1_epi16((short)(BF16_FAST_MARGIN - 0x8000))),
+                                            _mm512_set1_epi16(2 * BF16_FAST_MARGIN));
+    }
+    return _cvtmask64_u64(_mm512_kunpackd((__mmask64)nr[1], (__mmask64)nr[0]));
+}
+
+/* tail branch (tail32). The normal's copy has neither selection: rr > 5 never holds for
+   its words (t >= 2^-33: rr <= 4.783, checked over every tail word), and q < 0 always
+   (q = t - 1/2, t < 0.075), so it takes C, D and the negated numerator directly (negated
+   constants: the exact negation of each product and sum, as in neglog16). */
+static inline __attribute__((always_inline)) void tail16(const int normal, const __m512 *q, __m512 *rr, int fused) {
     __m512 s[NV5], nt[NV5], dt[NV5];
     __mmask16 big[NV5], neg[NV5];
-    FOR5 big[v] = _mm512_cmp_ps_mask(rr[v], S1(5.0f), _CMP_GT_OQ);
-    FOR5 s[v] = _mm512_mask_sub_ps(SUB5(rr[v], S1(F(1.6))), big[v], rr[v], S1(5.0f));
-#define SEL5(cc, ee) _mm512_mask_blend_ps(big[v], S1(F(cc)), S1(F(ee)))
-    FOR5 nt[v] = madd16(fused, SEL5(C7_3, E7_3), s[v], SEL5(C7_2, E7_2));
+    FOR5 big[v] = normal ? 0 : _mm512_cmp_ps_mask(rr[v], S1(5.0f), _CMP_GT_OQ);
+    FOR5 s[v] = normal ? SUB5(rr[v], S1(F(1.6))) : _mm512_mask_sub_ps(SUB5(rr[v], S1(F(1.6))), big[v], rr[v], S1(5.0f));
+#define SEL5(cc, ee) (normal ? S1(F(cc)) : _mm512_mask_blend_ps(big[v], S1(F(cc)), S1(F(ee))))
+#define NSEL5(cc, ee) (normal ? S1(-F(cc)) : _mm512_mask_blend_ps(big[v], S1(F(cc)), S1(F(ee))))
+    FOR5 nt[v] = madd16(fused, NSEL5(C7_3, E7_3), s[v], NSEL5(C7_2, E7_2));
     FOR5 dt[v] = madd16(fused, SEL5(D7_2, F7_2), s[v], SEL5(D7_1, F7_1));
-    FOR5 nt[v] = madd16(fused, nt[v], s[v], SEL5(C7_1, E7_1));
+    FOR5 nt[v] = madd16(fused, nt[v], s[v], NSEL5(C7_1, E7_1));
     FOR5 dt[v] = madd16(fused, dt[v], s[v], S1(1.0f));
-    FOR5 nt[v] = madd16(fused, nt[v], s[v], SEL5(C7_0, E7_0));
+    FOR5 nt[v] = madd16(fused, nt[v], s[v], NSEL5(C7_0, E7_0));
 #undef SEL5
-    FOR5 neg[v] = _mm512_cmp_ps_mask(q[v], _mm512_setzero_ps(), _CMP_LT_OQ);
-    FOR5 nt[v] = _mm512_mask_xor_ps(nt[v], neg[v], nt[v], S1(-0.0f));
+#undef NSEL5
+    if (!normal) {
+        FOR5 neg[v] = _mm512_cmp_ps_mask(q[v], _mm512_setzero_ps(), _CMP_LT_OQ);
+        FOR5 nt[v] = _mm512_mask_xor_ps(nt[v], neg[v], nt[v], S1(-0.0f));
+    }
     FOR5 rr[v] = _mm512_div_ps(nt[v], dt[v]);
 }
 
@@ -1328,19 +1365,13 @@ typedef struct {
 
 /* the normal's (q, t) from words: t = RN(m + 1/2) 2^-32 with m = w & 0x7FFFFFFF (qt8's
    hi + lo, one rounding) is RN(2m + 1) 2^-33, one unsigned conversion of u = (w << 1) | 1
-   (returned in u: m < L is u < 2L, the tail test without another operation) */
+   (returned in u: m < L is u < 2L, the tail test without another operation). w << 1 as
+   w + w: vpaddd issues on ports 0 and 5, vpslld on port 0 only (measured here: float32
+   2% faster; port 0 also takes the shifts of sqrt and Philox) */
 static inline __attribute__((always_inline)) void qt16_normal(const __m512i *w, __m512 *q, __m512 *t, __m512i *u) {
-    FOR5 u[v] = _mm512_or_si512(_mm512_slli_epi32(w[v], 1), SI(1));
+    FOR5 u[v] = _mm512_or_si512(_mm512_add_epi32(w[v], w[v]), SI(1));
     FOR5 t[v] = MUL5(_mm512_cvtepu32_ps(u[v]), S1(0x1p-33f));
     FOR5 q[v] = SUB5(t[v], S1(0.5f));
-}
-
-/* the normal's q with the word's sign bit (w & 0x80000000) put in, one vpternlogd: the
-   stream's sign, z ^ (w & 0x80000000), is applied to q instead, as both branches of the
-   transform are odd in q bit for bit (q enters as q * A(q * q) in the central branch, as the
-   sign of the tail's numerator in the other), so z(q ^ s) = z(q) ^ s */
-static inline __attribute__((always_inline)) void qs16_normal(const __m512i *w, __m512 *q) {
-    FOR5 q[v] = _mm512_castsi512_ps(_mm512_ternarylogic_epi32(_mm512_castps_si512(q[v]), w[v], SI(0x80000000u), 0x78));
 }
 
 /* the truncated normal's (central mode) q = c2 + u c3 from a word, and t = max(1/2 - |q|, TINY) */
@@ -1357,8 +1388,10 @@ static inline __attribute__((always_inline)) __mmask16 valid16(int k) {
     return k >= 16 ? (__mmask16)0xFFFF : k > 0 ? (__mmask16)((1u << k) - 1u) : 0;
 }
 
-/* the affine map and the clamp (the normal's sign is in its q already: qs16_normal) */
-static inline __attribute__((always_inline)) __m512 affine16(const vk5_t *K, int clamp, __m512 z) {
+/* sign (normal: z ^ (w & sign bit), one vpternlogd), affine map, clamp */
+static inline __attribute__((always_inline)) __m512 sign_affine16(const vk5_t *K, int normal, int clamp, __m512i w,
+                                                                   __m512 z) {
+    if (normal) z = _mm512_castsi512_ps(_mm512_ternarylogic_epi32(_mm512_castps_si512(z), w, SI(0x80000000u), 0x78));
     z = ADD5(K->c0, MUL5(K->c1, z));
     if (clamp) z = _mm512_min_ps(K->hi, _mm512_max_ps(K->lo, z));
     return z;
@@ -1424,11 +1457,11 @@ static __attribute__((noinline)) void exact_lane16(const vk5_t *K, int normal, i
       |q| > 0.425 is exactly m < g_normal_tail_words, found at load time from the recipe;
    2. the tail branch (log, sqrt, rational) over the packed list;
    3. for every element the central branch, the tail values expanded into their lanes
-      (vexpandps; the normal's test here is u < 2L on qt16_normal's u = 2m + 1), affine map,
-      clamp, store. The normal's sign is put in q in passes 2 and 3 (qs16_normal).
+      (vexpandps; the normal's test here is u < 2L on qt16_normal's u = 2m + 1), sign,
+      affine map, clamp, store.
    bf16 is 0 (float32 output), 1 (bfloat16), 2 (bfloat16, the job has no subnormal values: no
    check before the hardware rounding) or 3 (as 2, and mean 0: the transform fused, see
-   BF16_FAST_MARGIN; its passes 2 and 3 about 10% faster). normal, bf16, nt and clamp are constants
+   BF16_FAST_MARGIN). normal, bf16, nt and clamp are constants
    in each caller: one specialized copy each, so the loops carry no branches but the last,
    partial step's. */
 static inline __attribute__((always_inline)) void ppnd_seg16(const vk5_t *K, const int normal, const int bf16,
@@ -1438,8 +1471,11 @@ static inline __attribute__((always_inline)) void ppnd_seg16(const vk5_t *K, con
     _Alignas(64) float qb[SEG + 64];     /* truncated normal: q of every element */
     _Alignas(64) float tt[SEG + 128];    /* tail values, packed */
     const __m512i L = SI(g_normal_tail_words), L2 = SI(2u * g_normal_tail_words); /* L < 2^31 */
-    int redo_e[SEG / STEP5 + 1], nredo = 0; /* bf16 == 3: the steps with lanes to recompute, */
-    uint64_t redo_m[SEG / STEP5 + 1];       /* and their lanes */
+    /* bf16 == 3: the steps with values near a bfloat16 tie, and these values; noted without a
+       branch, recomputed after pass 3 (a mispredicted branch there, on values that come out
+       of the divisions late, discards the work of the steps after it) */
+    int redo_e[SEG / STEP5 + 1], nredo = 0;
+    uint64_t redo_m[SEG / STEP5 + 1];
     int k = 0;
     for (int e0 = 0; e0 < n; e0 += STEP5) {
         const int r = n - e0;
@@ -1463,64 +1499,107 @@ static inline __attribute__((always_inline)) void ppnd_seg16(const vk5_t *K, con
         }
     }
     for (int j = k; j < k + STEP5; j++) tp[j] = 0u; /* the last step's lanes past k: values unused */
-    for (int j0 = 0; j0 < k; j0 += STEP5) {
-        __m512 q[NV5], t[NV5];
-        if (normal) {
-            __m512i w[NV5], u[NV5];
-            FOR5 w[v] = _mm512_load_si512(tp + j0 + 16 * v);
-            qt16_normal(w, q, t, u);
-            qs16_normal(w, q);
-        } else {
-            FOR5 q[v] = _mm512_load_ps((const float *)tp + j0 + 16 * v);
-            FOR5 t[v] = t16_trunc(q[v]);
+    /* pass 2, software-pipelined as pass 3 below: each step's -log (stage A) is issued with
+       the previous step's sqrt and rational (stage B) */
+    if (k > 0) {
+        __m512 pl[NV5], pq[NV5];
+#define P2_A(J0)                                                                                             \
+        do {                                                                                                 \
+            if (normal) {                                                                                    \
+                __m512i w_[NV5], u_[NV5];                                                                    \
+                FOR5 w_[v] = _mm512_load_si512(tp + (J0) + 16 * v);                                          \
+                qt16_normal(w_, pq, pl, u_);                                                                 \
+            } else {                                                                                         \
+                FOR5 pq[v] = _mm512_load_ps((const float *)tp + (J0) + 16 * v);                              \
+                FOR5 pl[v] = t16_trunc(pq[v]);                                                               \
+            }                                                                                                \
+            neglog16(pl, bf16 == 3);                                                                         \
+        } while (0)
+        P2_A(0);
+        for (int j0 = STEP5;; j0 += STEP5) {
+            __m512 q[NV5], t[NV5];
+            FOR5 t[v] = pl[v];
+            FOR5 q[v] = pq[v];
+            const int more = j0 < k;
+            if (more) P2_A(j0);
+            tailr16(t, bf16 == 3);
+            tail16(normal, q, t, bf16 == 3);
+            FOR5 _mm512_store_ps(tt + j0 - STEP5 + 16 * v, t[v]);
+            if (!more) break;
         }
-        log16(t, bf16 == 3);
-        tailr16(t, bf16 == 3);
-        tail16(q, t, bf16 == 3);
-        FOR5 _mm512_store_ps(tt + j0 + 16 * v, t[v]);
+#undef P2_A
     }
-    int j = 0;
-    for (int e0 = 0; e0 < n; e0 += STEP5) {
+    /* pass 3 over the full steps, software-pipelined in two stages (each step's central
+       branch up to its division, then the previous step's division, expand, sign, affine
+       and store): the two are independent, which keeps the scheduler's window from filling
+       with one step's long dependency chains */
+    int j = 0, e0 = 0;
+    if (n >= STEP5) {
+        __m512i pw[NV5];
+        __m512 pn[NV5], pd[NV5];
+        __mmask16 pm[NV5];
+#define P3_A(E)                                                                                              \
+        do {                                                                                                 \
+            __m512 q_[NV5];                                                                                  \
+            FOR5 pw[v] = _mm512_loadu_si512(wp + (E) + 16 * v);                                             \
+            if (normal) {                                                                                    \
+                __m512i u_[NV5];                                                                             \
+                __m512 t_[NV5];                                                                              \
+                qt16_normal(pw, q_, t_, u_);                                                                 \
+                FOR5 pm[v] = _mm512_cmplt_epu32_mask(u_[v], L2);                                            \
+            } else {                                                                                         \
+                FOR5 q_[v] = _mm512_load_ps(qb + (E) + 16 * v);                                              \
+                FOR5 pm[v] = _mm512_cmp_ps_mask(_mm512_abs_ps(q_[v]), S1(F(0.425)), _CMP_GT_OQ);             \
+            }                                                                                                \
+            central16_nd(q_, pn, pd, bf16 == 3);                                                             \
+        } while (0)
+        P3_A(0);
+        for (e0 = STEP5;; e0 += STEP5) {
+            __m512i w[NV5];
+            __m512 x[NV5];
+            __mmask16 m[NV5];
+            FOR5 x[v] = _mm512_div_ps(pn[v], pd[v]);
+            FOR5 w[v] = pw[v];
+            FOR5 m[v] = pm[v];
+            const int more = n - e0 >= STEP5;
+            if (more) P3_A(e0);
+            FOR5 {
+                x[v] = _mm512_mask_expand_ps(x[v], m[v], _mm512_loadu_ps(tt + j));
+                j += __builtin_popcount((unsigned)m[v]);
+            }
+            FOR5 x[v] = sign_affine16(K, normal, clamp, w[v], x[v]);
+            if (bf16 == 3) {
+                const uint64_t near = near_ties16(x);
+                redo_m[nredo] = near;
+                redo_e[nredo] = e0 - STEP5;
+                nredo += near != 0;
+            }
+            for (int v = 0; v < NV5; v += 2) put16(bf16, nt, out, e0 - STEP5 + 16 * v, STEP5, x[v], x[v + 1]);
+            if (!more) break;
+        }
+#undef P3_A
+    }
+    /* the last, partial step */
+    for (; e0 < n; e0 += STEP5) {
         const int r = n - e0;
         __m512i w[NV5], u[NV5];
         __m512 q[NV5], t[NV5], x[NV5];
-        __mmask16 m[NV5]; /* the tail lanes, found before the central branch: the words are not
-                             kept through it (fewer registers live, no spills) */
-        FOR5 w[v] = r >= STEP5 ? _mm512_loadu_si512(wp + e0 + 16 * v) : _mm512_maskz_loadu_epi32(valid16(r - 16 * v), wp + e0 + 16 * v);
-        if (normal) {
+        FOR5 w[v] = _mm512_maskz_loadu_epi32(valid16(r - 16 * v), wp + e0 + 16 * v);
+        if (normal)
             qt16_normal(w, q, t, u);
-            qs16_normal(w, q);
-        } else {
+        else
             FOR5 q[v] = _mm512_load_ps(qb + e0 + 16 * v);
-        }
-        FOR5 {
-            __mmask16 vm = r >= STEP5 ? (__mmask16)0xFFFF : valid16(r - 16 * v);
-            m[v] = normal ? _mm512_mask_cmplt_epu32_mask(vm, u[v], L2)
-                          : _mm512_mask_cmp_ps_mask(vm, _mm512_abs_ps(q[v]), S1(F(0.425)), _CMP_GT_OQ);
-        }
         central16(q, x, bf16 == 3);
         FOR5 {
-            x[v] = _mm512_mask_expand_ps(x[v], m[v], _mm512_loadu_ps(tt + j));
-            j += __builtin_popcount((unsigned)m[v]);
+            __mmask16 vm = valid16(r - 16 * v);
+            __mmask16 m = normal ? _mm512_mask_cmplt_epu32_mask(vm, u[v], L2)
+                                 : _mm512_mask_cmp_ps_mask(vm, _mm512_abs_ps(q[v]), S1(F(0.425)), _CMP_GT_OQ);
+            x[v] = _mm512_mask_expand_ps(x[v], m, _mm512_loadu_ps(tt + j));
+            j += __builtin_popcount((unsigned)m);
         }
-        FOR5 x[v] = affine16(K, clamp, x[v]);
-        if (bf16 == 3) {
-            /* the shortcut's margin test (see BF16_FAST_MARGIN): a lane is near a tie when its
-               pattern's low half is within the margin of 0x8000. The low halves of 32 values
-               gathered in one register (vpermt2w), 16-bit adds wrap by themselves. The lanes
-               found are noted without a branch and recomputed after the loop: a mispredicted
-               branch here, on values that come out of the divisions late, discards the work of
-               the steps after it. Lanes past the end hold values too, at worst recomputed */
-            const __m512i lows = _mm512_setr_epi64(0x0006000400020000ll, 0x000E000C000A0008ll, 0x0016001400120010ll,
-                                                   0x001E001C001A0018ll, 0x0026002400220020ll, 0x002E002C002A0028ll,
-                                                   0x0036003400320030ll, 0x003E003C003A0038ll);
-            __mmask32 nr[NV5 / 2];
-            for (int v = 0; v < NV5; v += 2) {
-                __m512i lo = _mm512_permutex2var_epi16(_mm512_castps_si512(x[v]), lows, _mm512_castps_si512(x[v + 1]));
-                nr[v / 2] = _mm512_cmple_epu16_mask(_mm512_add_epi16(lo, _mm512_set1_epi16((short)(BF16_FAST_MARGIN - 0x8000))),
-                                                    _mm512_set1_epi16(2 * BF16_FAST_MARGIN));
-            }
-            uint64_t near = _cvtmask64_u64(_mm512_kunpackd((__mmask64)nr[1], (__mmask64)nr[0])); /* bit i: element e0 + i */
+        FOR5 x[v] = sign_affine16(K, normal, clamp, w[v], x[v]);
+        if (bf16 == 3) { /* lanes past the end hold values too: at worst recomputed needlessly */
+            const uint64_t near = near_ties16(x);
             redo_m[nredo] = near;
             redo_e[nredo] = e0;
             nredo += near != 0;
@@ -1568,14 +1647,17 @@ PPND16_VARIANTS(ppnd16t, 0)
 
 /* the largest distance, in float32 ulps (bit patterns), between the stream's transform and
    the fused one over every input the AVX-512 normal and truncated normal give them: the
-   central branch at every float q in [0, 0.425] (both odd in q), the tail branch at every
-   float t in [2^-126, 0.0751] (its q only gives the sign). For the tests: BF16_FAST_ULPS must
+   central branch at every float q in [0, 0.425] (both odd in q); the tail branch at every
+   float t in [2^-126, 0.0751] (truncated normal: its q gives only the sign) and, in the
+   normal's copy, every t in [2^-33, 0.0751] (q < 0). For the tests: BF16_FAST_ULPS must
    cover it. */
 static uint32_t fused_max_ulp_avx512(void) {
     const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512 q[NV5] = {S1(-1.0f), S1(-1.0f), S1(-1.0f), S1(-1.0f)};
     __m512i worst = _mm512_setzero_si512();
-    for (int branch = 0; branch < 2; branch++) {
-        const uint32_t b0 = branch ? as_u(0x1p-126f) : 0u, b1 = branch ? as_u(F(0.0751)) : as_u(F(0.425));
+    for (int branch = 0; branch < 3; branch++) {
+        const uint32_t b0 = branch == 0 ? 0u : as_u(branch == 1 ? 0x1p-126f : 0x1p-33f);
+        const uint32_t b1 = as_u(branch == 0 ? F(0.425) : F(0.0751));
         for (uint64_t b = b0; b <= b1; b += STEP5) {
             __m512 x[NV5], ze[NV5], zf[NV5];
             __mmask16 in[NV5];
@@ -1584,18 +1666,22 @@ static uint32_t fused_max_ulp_avx512(void) {
                 in[v] = _mm512_cmple_epu32_mask(bits, _mm512_set1_epi32((int)b1));
                 x[v] = _mm512_castsi512_ps(bits);
             }
-            if (branch) {
-                const __m512 q[NV5] = {S1(-1.0f), S1(-1.0f), S1(-1.0f), S1(-1.0f)};
-                FOR5 ze[v] = zf[v] = x[v];
-                log16(ze, 0);
-                tailr16(ze, 0);
-                tail16(q, ze, 0);
-                log16(zf, 1);
-                tailr16(zf, 1);
-                tail16(q, zf, 1);
-            } else {
+            if (branch == 0) {
                 central16(x, ze, 0);
                 central16(x, zf, 1);
+            } else {
+                FOR5 ze[v] = zf[v] = x[v];
+                neglog16(ze, 0);
+                tailr16(ze, 0);
+                neglog16(zf, 1);
+                tailr16(zf, 1);
+                if (branch == 1) {
+                    tail16(0, q, ze, 0);
+                    tail16(0, q, zf, 1);
+                } else {
+                    tail16(1, q, ze, 0);
+                    tail16(1, q, zf, 1);
+                }
             }
             FOR5 {
                 __m512i d = _mm512_abs_epi32(_mm512_sub_epi32(_mm512_castps_si512(ze[v]), _mm512_castps_si512(zf[v])));
@@ -1618,7 +1704,7 @@ static int seg32_avx512(const job_t *J, const uint32_t *restrict wp, int n, char
     K.hi = _mm512_set1_ps(J->hif);
     const int nt = J->big && (((uintptr_t)out & 63u) == 0);
     /* bfloat16: 4 (values may be subnormal: rounded in integers), 8 (hardware rounding), 12 (and
-       mean 0: the fused central branch with its margin test) */
+       mean 0: the fused transform with its margin test) */
     const int bk = !J->bf16_exact ? 4 : J->cf[0] == 0.0f ? 12 : 8;
     const int v = (J->dtype == DT_BF16 ? bk : 0) + nt * 2 + (J->clamp != 0);
     (J->kind == K_NORMAL ? ppnd16n_table : ppnd16t_table)[v](&K, wp, n, out);
