@@ -1292,16 +1292,10 @@ static inline __attribute__((always_inline)) void central16_nd(const __m512 *q, 
     FOR5 nc[v] = MUL5(q[v], nc[v]);
 }
 
+/* central32 */
 static inline __attribute__((always_inline)) void central16(const __m512 *q, __m512 *z, int fused) {
-    __m512 r[NV5], nc[NV5], dc[NV5];
-    FOR5 r[v] = fused ? _mm512_fnmadd_ps(q[v], q[v], S1(F(0.180625))) : SUB5(S1(F(0.180625)), MUL5(q[v], q[v]));
-    FOR5 nc[v] = madd16(fused, S1(F(A7_3)), r[v], S1(F(A7_2)));
-    FOR5 dc[v] = madd16(fused, S1(F(B7_3)), r[v], S1(F(B7_2)));
-    FOR5 nc[v] = madd16(fused, nc[v], r[v], S1(F(A7_1)));
-    FOR5 dc[v] = madd16(fused, dc[v], r[v], S1(F(B7_1)));
-    FOR5 nc[v] = madd16(fused, nc[v], r[v], S1(F(A7_0)));
-    FOR5 dc[v] = madd16(fused, dc[v], r[v], S1(1.0f));
-    FOR5 nc[v] = MUL5(q[v], nc[v]);
+    __m512 nc[NV5], dc[NV5];
+    central16_nd(q, nc, dc, fused);
     FOR5 z[v] = _mm512_div_ps(nc[v], dc[v]);
 }
 
