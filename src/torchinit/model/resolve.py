@@ -53,6 +53,8 @@ class _Context:
         self._config_std: float | None = None
         self._steps = None
         self._steps_by_path: dict[str, list] | None = None
+        self._code: dict[str, tuple[tuple[str, str], ...]] = {}  # code_for, per module path
+        self._chains: dict[str, list[tuple[str, nn.Module]]] = {}  # chain, per module path
         #: (rule label, init, mode) -> [(tensor, true fan, torch's fan, std)] where fans="module" differs
         self.true_fans: dict[tuple[str, str, str], list[tuple[str, float, float, float]]] = {}
         #: rule label -> {tensor: norm class} whose ``ones`` became 0: the norm scales by 1 + weight
@@ -126,8 +128,23 @@ class _Context:
             self._steps = module_init_steps(self.model)
         return self._steps
 
+    def chain(self, module_path: str) -> list[tuple[str, nn.Module]]:
+        """``(path, module)`` from the root to the module at ``module_path`` (shared: do not modify)."""
+        out = self._chains.get(module_path)
+        if out is None:
+            parts = module_path.split(".") if module_path else []
+            out = self._chains[module_path] = [("", self.model)] + [
+                (".".join(parts[:i + 1]), self.modules[".".join(parts[:i + 1])]) for i in range(len(parts))]
+        return out
+
     def code_for(self, module_path: str) -> tuple[tuple[str, str], ...]:
         """Init steps whose module is the tensor's owner or one of its ancestors."""
+        out = self._code.get(module_path)
+        if out is None:
+            out = self._code[module_path] = self._code_for(module_path)
+        return out
+
+    def _code_for(self, module_path: str) -> tuple[tuple[str, str], ...]:
         if self._steps_by_path is None:
             self._steps_by_path = {}
             for i, (path, meth) in enumerate(self.steps()):
@@ -478,9 +495,7 @@ def plan(model: nn.Module, policy: PresetName | Policy | str | Mapping | Sequenc
         kept_from: list[str] = []
         per_name = []
         for cq, cpath, cmod, clocal in names:
-            parts = cpath.split(".") if cpath else []
-            chain = [("", model)] + [(".".join(parts[:i + 1]), ctx.modules[".".join(parts[:i + 1])])
-                                     for i in range(len(parts))]
+            chain = ctx.chain(cpath)
             role = _role(kind, clocal, t)
             hits = []
             for i, rule in _rules_for(pol, clocal, cache):
