@@ -5,8 +5,8 @@ before anything is written. The sharded audit runs in tests/test_routing_sharded
 from __future__ import annotations
 
 import os
-import warnings
 import sys
+import warnings
 
 import pytest
 import torch
@@ -247,6 +247,6 @@ def test_a_weight_normed_linear_is_named_its_originals_are_never_written():
     with pytest.warns(UserWarning) as caught:
         torchinit.init_model(m, "module", seed=0)
     assert [w.split("; they keep")[0] for w in _never_wrote(caught)] == [
-        "init_model: the model's own init code (plan entries 'module') never wrote 2 parameter(s) it ran for: "
-        "'0.parametrizations.weight.original0', '0.parametrizations.weight.original1'"]
+        ("init_model: the model's own init code (plan entries 'module') never wrote 2 parameter(s) it ran for: "
+         "'0.parametrizations.weight.original0', '0.parametrizations.weight.original1'")]
     assert torch.equal(m[0].parametrizations.weight.original1, before)

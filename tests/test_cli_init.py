@@ -159,12 +159,12 @@ def test_python_m_torchinit_cli_runs_the_same_command():
     # `python -m torchinit.cli` is the package of the command: it must run it, as
     # `python -m torchinit` does (it used to fail: no torchinit.cli.__main__)
     runs = [subprocess.run([sys.executable, "-m", mod, "plan", "mlp", "--kwargs", '{"depth": 2, "width": 4}',
-                            "--policy", "kaiming"], capture_output=True, text=True, timeout=120)
+                            "--policy", "kaiming"], capture_output=True, text=True, timeout=120, check=False)
             for mod in ("torchinit.cli", "torchinit")]
     assert [r.returncode for r in runs] == [0, 0], [r.stderr for r in runs]
     assert runs[0].stdout == runs[1].stdout and "layers.0.weight" in runs[0].stdout
     bad = subprocess.run([sys.executable, "-m", "torchinit.cli", "plan", "nosuchmodel"],
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=120, check=False)
     assert bad.returncode == 2 and "torchinit plan: error: unknown model 'nosuchmodel'" in bad.stderr
 
 

@@ -26,8 +26,16 @@ from .core import specs as S
 from .core.fans import Fans
 from .core.gains import calculate_gain
 from .core.gate_specs import OrthogonalPerGate
-from .engines.argcheck import (check_keyed_overflow, check_torch_overflow, first_nonfinite, is_real,
-                               refuse_far_truncation, refuse_nonfinite, refuse_trunc_garbage, throwaway_generator)
+from .engines.argcheck import (
+    check_keyed_overflow,
+    check_torch_overflow,
+    first_nonfinite,
+    is_real,
+    refuse_far_truncation,
+    refuse_nonfinite,
+    refuse_trunc_garbage,
+    throwaway_generator,
+)
 from .engines.torch_engine import torch_fill_
 
 if TYPE_CHECKING:  # pragma: no cover

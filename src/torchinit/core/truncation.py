@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["log_ndtr", "log_mass", "MAX_DEPTH", "truncation_problem"]
+__all__ = ["MAX_DEPTH", "log_mass", "log_ndtr", "truncation_problem"]
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
