@@ -204,12 +204,9 @@ def trunc_normal_std_units_(
     key: "Key | None" = None,
 ) -> Tensor:
     r"""Truncated normal with bounds in STANDARD UNITS: N(mean, std^2) restricted to
-    ``[mean + lower * std, mean + upper * std]``.
-
-    This is the JAX / ``timm.trunc_normal_tf_`` convention: ``std=0.02`` with the
-    default ``lower=-2, upper=2`` truncates at +-0.04. The argument names differ
-    from :func:`trunc_normal_` on purpose, so the two cannot be confused.
-    """
+    ``[mean + lower * std, mean + upper * std]`` (the JAX / ``timm.trunc_normal_tf_``
+    convention: ``std=0.02`` with the default ``lower=-2, upper=2`` truncates at +-0.04).
+    The argument names differ from :func:`trunc_normal_` on purpose, so the two cannot be confused."""
     _require_float(tensor, "trunc_normal_std_units_")
     for name, v in (("mean", mean), ("std", std)):  # before the bounds arithmetic uses them
         if isinstance(v, bool) or not isinstance(v, (int, float)):
