@@ -250,3 +250,62 @@ def test_a_weight_normed_linear_is_named_its_originals_are_never_written():
         ("init_model: the model's own init code (plan entries 'module') never wrote 2 parameter(s) it ran for: "
          "'0.parametrizations.weight.original0', '0.parametrizations.weight.original1'")]
     assert torch.equal(m[0].parametrizations.weight.original1, before)
+
+
+class _Half(nn.Module):
+    """Init code that writes half of ``w`` (and all of ``b``): the other half keeps its value."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.full((4, 4), 7.0))
+        self.b = nn.Parameter(torch.ones(4))
+
+    def reset_parameters(self):
+        with torch.no_grad():
+            self.w[:2].normal_()
+        nn.init.zeros_(self.b)
+
+
+_HALF_MSG = ("the model's own init code (plan entries 'module') wrote only part of 1 parameter(s), leaving elements "
+             "unwritten: w (8 of 16 elements); those elements keep their current values (the constructor's, or "
+             "whatever memory held after to_empty()). Give them a rule (e.g. {'qualnames': 'w', 'init': 'zeros'}) "
+             "or, if their current values are the intended init, accept them with a 'keep' rule "
+             "({'qualnames': 'w', 'init': 'keep'})")
+
+
+@pytest.mark.parametrize("engine", ["keyed", "torch"])
+def test_init_model_names_a_parameter_its_init_code_wrote_only_in_part(engine):
+    # it used to pass as written: the other half kept 7.0 (after to_empty(): garbage) without a word
+    m = _Half()
+    with pytest.warns(UserWarning) as caught:
+        p = torchinit.init_model(m, "module", seed=0, engine=engine)
+    assert [str(w.message) for w in caught if "only part" in str(w.message)] == [
+        f"init_model: {_HALF_MSG}; strict=True makes this an error"]
+    assert [n for n in p.notes if "in part" in n] == [
+        "kept in part: the model's own init code wrote only part of parameter(s) w (8 of 16 elements): the other "
+        "elements keep their current values"]
+    assert torch.equal(m.w[2:], torch.full((2, 4), 7.0)) and not torch.equal(m.w[:2], torch.full((2, 4), 7.0))
+    with pytest.raises(torchinit.PolicyError) as err:
+        torchinit.init_model(_Half(), "module", seed=0, engine=engine, strict=True)
+    assert str(err.value) == f"init_model: {_HALF_MSG}; nothing was written (strict=True)"
+    fresh = _Half()
+    with pytest.raises(torchinit.PolicyError):
+        torchinit.init_model(fresh, "module", seed=0, engine=engine, strict=True)
+    assert torch.equal(fresh.w, torch.full((4, 4), 7.0)) and torch.equal(fresh.b, torch.ones(4))  # undone
+
+
+def test_a_whole_write_then_a_partial_one_is_complete():
+    class PaddedEmbedding(nn.Module):  # the padding row zeroed after a whole draw: nothing to report
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.full((5, 3), 7.0))
+
+        def reset_parameters(self):
+            with torch.no_grad():
+                nn.init.normal_(self.weight)
+                self.weight[0].zero_()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        p = torchinit.init_model(PaddedEmbedding(), "module", seed=0)
+    assert not [n for n in p.notes if "kept" in n]

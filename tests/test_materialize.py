@@ -216,6 +216,36 @@ def test_module_code_that_leaves_a_meta_tensor_unwritten_is_an_error(monkeypatch
     _assert_same_state(model, ref)
 
 
+class HalfWritten(nn.Module):
+    """Init code that draws only the first half of ``w``."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.empty(4, 4))
+
+    def reset_parameters(self):
+        with torch.no_grad():
+            self.w[:2].normal_()
+
+
+def test_module_code_that_writes_a_meta_tensor_in_part_is_an_error(monkeypatch):
+    # the other half of the fresh tensor held garbage and materialize reported success
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(4, 4), HalfWritten())
+    monkeypatch.setattr(materialize_mod, "BATCH_ELEMENTS", 1)  # one module per batch
+    with pytest.raises(ValueError) as err:
+        torchinit.materialize(model, policy="module", seed=0, progress=False)
+    assert str(err.value) == (
+        "materialize: the model's own init code (policy entry 'module') wrote only part of '1.w' (8 of 16 "
+        "elements): freshly allocated, the elements it did not write would hold garbage. This batch was put back "
+        "on meta, the earlier ones are done: give these tensors a rule (the whole tensor), or complete the init "
+        "code, and call materialize again")
+    assert not model[0].weight.is_meta and model[1].w.is_meta
+    torchinit.materialize(model, policy={"preset": "module", "rules": [{"qualnames": "1.w", "init": "zeros"}]},
+                          seed=0, progress=False)
+    assert torch.equal(model[1].w, torch.zeros(4, 4))
+
+
 class RecomputedBuffer(nn.Module):
     """A buffer no preset has a rule for, which the module's init code computes."""
 

@@ -53,19 +53,22 @@ def apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: EngineName = 
     constructor, which init code does not redo).
     """
     unwritten: list[str] = []
+    partly: dict[str, tuple[int, int]] = {}
     applied = _apply_plan(model, plan, seed=seed, engine=engine, only=only, restore_on_error=restore_on_error,
-                          unwritten=unwritten)
-    _report_unwritten(model, applied, unwritten, "apply_plan")
+                          unwritten=unwritten, partly=partly)
+    _report_unwritten(model, applied, unwritten, "apply_plan", partly=partly)
     return applied
 
 
 def _apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: EngineName = "keyed",
                 only: Iterable[str] | None = None, restore_on_error: bool = True,
-                unwritten: list[str] | None = None, on_unwritten: Callable[[list[str]], None] | None = None,
+                unwritten: list[str] | None = None, partly: dict[str, tuple[int, int]] | None = None,
+                on_unwritten: Callable[[list[str], dict[str, tuple[int, int]]], None] | None = None,
                 validated: bool = False, dry_run: bool = False) -> Plan | None:
     """:func:`apply_plan`; with ``unwritten`` (a list), also appends the names of the
-    module-code entries whose tensors the code left unwritten (see :func:`_unwritten`);
-    ``on_unwritten(names)`` runs as soon as they are known, before the spec entries are
+    module-code entries whose tensors the code left unwritten (see :func:`_unwritten`), with
+    ``partly`` (a dict) those it wrote only in part: name -> (elements never written, elements);
+    ``on_unwritten(names, partly)`` runs as soon as they are known, before the spec entries are
     written: if it raises, module code's writes are undone as for its own errors. ``validated``:
     the caller checked these entries against tensors of the same shapes and dtypes already
     (``materialize``'s dry run): the per-entry checks are skipped. ``dry_run``: check the
@@ -159,14 +162,21 @@ def _apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: EngineName =
                 with keyed_init_mode(model, seed, protect=outside) as mode:
                     run_module_init(model, steps, mode)
                 observed = {n: tuple(v) for n, v in mode.log.specs.items()}
-                written = mode.log.written
+                written, part = mode.log.written, mode.partial()
             else:
-                written = _run_module_init_torch(model, steps, tensors, outside, run_module_init)
+                written, part = _run_module_init_torch(model, steps, tensors, outside, run_module_init)
             missed = _unwritten(model, module_entries, before, written)
+            # written only in part (w[:4].normal_() and nothing else): the rest keeps its old values
+            # (freshly allocated: garbage), found element by element by the init audit
+            names = {n: e for e in module_entries for n in (e.name, *e.aliases)}
+            halves = {names[n].name: (k, tensors[names[n].name].numel()) for n, k in part.items()
+                      if n in names and names[n].name not in missed}
             if unwritten is not None:
                 unwritten.extend(missed)
-            if missed and on_unwritten is not None:
-                on_unwritten(missed)
+            if partly is not None:
+                partly.update(halves)
+            if (missed or halves) and on_unwritten is not None:
+                on_unwritten(missed, halves)
         except BaseException:
             with torch.no_grad():
                 for t, v in undo:
@@ -267,25 +277,50 @@ def _shown(names: list[str], limit: int = 20) -> str:
     return ", ".join(map(repr, names[:limit])) + more
 
 
-def _unwritten_message(who: str, learned: list[str]) -> str:
-    first = learned[0]
-    return (f"{who}: the model's own init code (plan entries 'module') never wrote {len(learned)} parameter(s) "
-            f"it ran for: {_shown(learned)}; they keep their current values (the constructor's, or whatever "
-            f"memory held after to_empty()). Give them a rule (e.g. {{'qualnames': {first!r}, 'init': 'zeros'}}) "
-            f"or, if their current values are the intended init, accept them with a 'keep' rule "
-            f"({{'qualnames': {first!r}, 'init': 'keep'}})")
+def _partly_shown(partly: Mapping[str, tuple[int, int]]) -> str:
+    return _shown([f"{n} ({k} of {t} elements)" for n, (k, t) in partly.items()]).replace("'", "")
 
 
-def _report_unwritten(model: nn.Module, applied: Plan, names: list[str], who: str, tail: str = "") -> None:
-    """Name the tensors module code left as they were: a note for each kind, and a
-    ``UserWarning`` for learned parameters (``stacklevel``: the caller of ``who``) ending in ``tail``."""
-    if not names:
+def _unwritten_message(who: str, learned: list[str], partly: Mapping[str, tuple[int, int]] | None = None) -> str:
+    """``learned``: parameters the code never wrote; ``partly``: parameters it wrote only in
+    part -> (elements never written, elements)."""
+    partly = partly or {}
+    what = []
+    if learned:
+        what.append(f"never wrote {len(learned)} parameter(s) it ran for: {_shown(learned)}")
+    if partly:
+        what.append(f"wrote only part of {len(partly)} parameter(s), leaving elements unwritten: "
+                    f"{_partly_shown(partly)}")
+    first = (learned or list(partly))[0]
+    return (f"{who}: the model's own init code (plan entries 'module') {'; and '.join(what)}; "
+            f"{'they keep their' if learned else 'those elements keep their'} current values (the constructor's, "
+            f"or whatever memory held after to_empty()). Give them a rule (e.g. "
+            f"{{'qualnames': {first!r}, 'init': 'zeros'}}) or, if their current values are the intended init, "
+            f"accept them with a 'keep' rule ({{'qualnames': {first!r}, 'init': 'keep'}})")
+
+
+def _report_unwritten(model: nn.Module, applied: Plan, names: list[str], who: str, tail: str = "",
+                      partly: Mapping[str, tuple[int, int]] | None = None) -> None:
+    """Name the tensors module code left as they were, wholly (``names``) or in part
+    (``partly``): a note for each kind, and a ``UserWarning`` for learned parameters
+    (``stacklevel``: the caller of ``who``) ending in ``tail``."""
+    part_learned, part_computed = _split_unwritten(model, list(partly or {}))
+    if not names and not part_learned and not part_computed:
         return
     learned, computed = _split_unwritten(model, names)
+    part_learned_d = {n: partly[n] for n in part_learned}
+    if part_computed:
+        applied.notes.append(f"kept in part: the model's own init code wrote only part of buffer(s)/frozen "
+                             f"table(s) {_partly_shown({n: partly[n] for n in part_computed})}: the other elements "
+                             "keep the values their constructor computed (materialize from meta refuses them)")
+    if part_learned:
+        applied.notes.append(f"kept in part: the model's own init code wrote only part of parameter(s) "
+                             f"{_partly_shown(part_learned_d)}: the other elements keep their current values")
     if learned:
         applied.notes.append(f"kept: the model's own init code never wrote parameter(s) {_shown(learned)}: "
                              "they keep their current values (give them a rule, or a 'keep' rule to accept them)")
-        warnings.warn(_unwritten_message(who, learned) + tail, UserWarning, stacklevel=3)
+    if learned or part_learned:
+        warnings.warn(_unwritten_message(who, learned, part_learned_d) + tail, UserWarning, stacklevel=3)
     if computed:
         applied.notes.append(f"kept: the model's own init code never wrote buffer(s)/frozen table(s) "
                              f"{_shown(computed)}: they keep the values their constructor computed (materialize "
@@ -293,11 +328,11 @@ def _report_unwritten(model: nn.Module, applied: Plan, names: list[str], who: st
 
 
 def _run_module_init_torch(model: nn.Module, steps: list[tuple[str, str]], tensors: dict[str, Tensor],
-                           outside: set[str], run_module_init: Any) -> set[str]:
+                           outside: set[str], run_module_init: Any) -> tuple[set[str], dict[str, int]]:
     """Run module init code on torch's RNG, then put back every tensor outside the
     selected entries that the code may have written (torch has no way to skip writes).
-    Returns the names of the model's tensors the code wrote (audited by ``track_init``,
-    which changes no value)."""
+    Returns the names of the model's tensors the code wrote, and of those it wrote only in
+    part with their elements never written (audited by ``track_init``, which changes no value)."""
     from .routing import track_init
 
     prefixes = [p for p, _ in steps]
@@ -312,7 +347,7 @@ def _run_module_init_torch(model: nn.Module, steps: list[tuple[str, str]], tenso
     try:
         with track_init(model) as mode:
             run_module_init(model, steps, None)
-        return mode.log.written
+        return mode.log.written, mode.partial()
     finally:
         with torch.no_grad():
             for n, v in saved.items():
@@ -359,14 +394,16 @@ def init_model(model: nn.Module, policy: PresetName | Policy | str | Mapping | S
             raise PolicyError(msg + "; strict=False warns and initializes the rest", field="rules")
         warnings.warn(msg + "; strict=True makes this an error", UserWarning, stacklevel=2)
 
-    def refuse(names: list[str]) -> None:
+    def refuse(names: list[str], partly: dict[str, tuple[int, int]]) -> None:
         learned, _ = _split_unwritten(model, names)
-        if learned:  # raised inside apply: the code's writes are undone, the specs not yet written
-            raise PolicyError(_unwritten_message("init_model", learned) + "; nothing was written (strict=True)",
-                              field="rules")
+        part_learned, _ = _split_unwritten(model, list(partly))
+        if learned or part_learned:  # raised inside apply: the code's writes are undone, the specs not yet written
+            raise PolicyError(_unwritten_message("init_model", learned, {n: partly[n] for n in part_learned})
+                              + "; nothing was written (strict=True)", field="rules")
 
     unwritten: list[str] = []
-    applied = _apply_plan(model, p, seed=seed, engine=engine, unwritten=unwritten,
+    partly: dict[str, tuple[int, int]] = {}
+    applied = _apply_plan(model, p, seed=seed, engine=engine, unwritten=unwritten, partly=partly,
                           on_unwritten=refuse if strict else None)
-    _report_unwritten(model, applied, unwritten, "init_model", "; strict=True makes this an error")
+    _report_unwritten(model, applied, unwritten, "init_model", "; strict=True makes this an error", partly=partly)
     return applied

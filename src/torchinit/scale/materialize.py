@@ -325,9 +325,18 @@ def materialize(
         wanted = {id(by_name[n]) for n in names if n in by_name}
         sub = dataclasses.replace(plan_obj, entries=[e for e in plan_obj.entries if id(e) in wanted])
         unwritten: list[str] = []
+        partly: dict[str, tuple[int, int]] = {}
         with contextlib.nullcontext() if huge_pages else B.prefaulting():
             done = _apply_plan(model, sub, seed=seed, engine="keyed", restore_on_error=False, unwritten=unwritten,
-                               validated=True)  # by the dry run, on the same shapes and dtypes
+                               partly=partly, validated=True)  # by the dry run, on the same shapes and dtypes
+        if partly:
+            shown = [f"{n!r} ({k} of {t} elements)" for n, (k, t) in partly.items()]
+            more = f" and {len(shown) - 5} more" if len(shown) > 5 else ""
+            raise ValueError(
+                f"materialize: the model's own init code (policy entry 'module') wrote only part of "
+                f"{', '.join(shown[:5])}{more}: freshly allocated, the elements it did not write would hold "
+                "garbage. This batch was put back on meta, the earlier ones are done: give these tensors a rule "
+                "(the whole tensor), or complete the init code, and call materialize again")
         if unwritten:  # (zero-element tensors, which hold no values, are never listed)
             more = f" and {len(unwritten) - 5} more" if len(unwritten) > 5 else ""
             raise ValueError(
