@@ -263,22 +263,26 @@ def _unwritten(model: nn.Module, entries: list[PlanEntry], before: dict[str, tup
     return out
 
 
-def _split_unwritten(model: nn.Module, names: list[str]) -> tuple[list[str], list[str]]:
-    """``names`` as (learned parameters, buffers and frozen parameters). A constructor
-    computes the latter (rotary ``inv_freq``, causal masks, sinusoidal tables) and init
-    code need not redo them; a learned parameter is the init code's to write."""
+def _split_unwritten(model: nn.Module, names: list[str], partly: Mapping[str, tuple[int, int]]
+                     ) -> tuple[list[str], list[str], dict[str, tuple[int, int]], dict[str, tuple[int, int]]]:
+    """``names`` (never written) and ``partly`` (written in part) each split into learned
+    parameters and the rest (buffers, frozen parameters): (learned, rest, learned in part,
+    rest in part). A constructor computes the rest (rotary ``inv_freq``, causal masks,
+    sinusoidal tables) and init code need not redo it; a learned parameter is the init
+    code's to write."""
     params = dict(model.named_parameters(remove_duplicate=False))
-    learned = [n for n in names if n in params and params[n].requires_grad]
-    return learned, [n for n in names if n not in learned]
+    learned = {n for n in (*names, *partly) if n in params and params[n].requires_grad}
+    return ([n for n in names if n in learned], [n for n in names if n not in learned],
+            {n: v for n, v in partly.items() if n in learned}, {n: v for n, v in partly.items() if n not in learned})
 
 
-def _shown(names: list[str], limit: int = 20) -> str:
-    more = f" and {len(names) - limit} more" if len(names) > limit else ""
-    return ", ".join(map(repr, names[:limit])) + more
+def _shown(items: list[str], limit: int = 20, fmt: Callable[[str], str] = repr) -> str:
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(map(fmt, items[:limit])) + more
 
 
 def _partly_shown(partly: Mapping[str, tuple[int, int]]) -> str:
-    return _shown([f"{n} ({k} of {t} elements)" for n, (k, t) in partly.items()]).replace("'", "")
+    return _shown([f"{n} ({k} of {t} elements)" for n, (k, t) in partly.items()], fmt=str)
 
 
 def _unwritten_message(who: str, learned: list[str], partly: Mapping[str, tuple[int, int]] | None = None) -> str:
@@ -304,23 +308,21 @@ def _report_unwritten(model: nn.Module, applied: Plan, names: list[str], who: st
     """Name the tensors module code left as they were, wholly (``names``) or in part
     (``partly``): a note for each kind, and a ``UserWarning`` for learned parameters
     (``stacklevel``: the caller of ``who``) ending in ``tail``."""
-    part_learned, part_computed = _split_unwritten(model, list(partly or {}))
-    if not names and not part_learned and not part_computed:
+    if not names and not partly:
         return
-    learned, computed = _split_unwritten(model, names)
-    part_learned_d = {n: partly[n] for n in part_learned}
+    learned, computed, part_learned, part_computed = _split_unwritten(model, names, partly or {})
     if part_computed:
         applied.notes.append(f"kept in part: the model's own init code wrote only part of buffer(s)/frozen "
-                             f"table(s) {_partly_shown({n: partly[n] for n in part_computed})}: the other elements "
+                             f"table(s) {_partly_shown(part_computed)}: the other elements "
                              "keep the values their constructor computed (materialize from meta refuses them)")
     if part_learned:
         applied.notes.append(f"kept in part: the model's own init code wrote only part of parameter(s) "
-                             f"{_partly_shown(part_learned_d)}: the other elements keep their current values")
+                             f"{_partly_shown(part_learned)}: the other elements keep their current values")
     if learned:
         applied.notes.append(f"kept: the model's own init code never wrote parameter(s) {_shown(learned)}: "
                              "they keep their current values (give them a rule, or a 'keep' rule to accept them)")
     if learned or part_learned:
-        warnings.warn(_unwritten_message(who, learned, part_learned_d) + tail, UserWarning, stacklevel=3)
+        warnings.warn(_unwritten_message(who, learned, part_learned) + tail, UserWarning, stacklevel=3)
     if computed:
         applied.notes.append(f"kept: the model's own init code never wrote buffer(s)/frozen table(s) "
                              f"{_shown(computed)}: they keep the values their constructor computed (materialize "
@@ -395,10 +397,9 @@ def init_model(model: nn.Module, policy: PresetName | Policy | str | Mapping | S
         warnings.warn(msg + "; strict=True makes this an error", UserWarning, stacklevel=2)
 
     def refuse(names: list[str], partly: dict[str, tuple[int, int]]) -> None:
-        learned, _ = _split_unwritten(model, names)
-        part_learned, _ = _split_unwritten(model, list(partly))
+        learned, _, part_learned, _ = _split_unwritten(model, names, partly)
         if learned or part_learned:  # raised inside apply: the code's writes are undone, the specs not yet written
-            raise PolicyError(_unwritten_message("init_model", learned, {n: partly[n] for n in part_learned})
+            raise PolicyError(_unwritten_message("init_model", learned, part_learned)
                               + "; nothing was written (strict=True)", field="rules")
 
     unwritten: list[str] = []

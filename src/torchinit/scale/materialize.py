@@ -232,6 +232,27 @@ def _prefault(t: Tensor, huge_pages: bool) -> None:
         B.native_module().populate(t.untyped_storage().data_ptr(), nbytes, B.get_num_threads(), huge)
 
 
+def _refuse_unwritten(unwritten: list[str], partly: dict[str, tuple[int, int]]) -> None:
+    """Refuse a batch whose init code (plan entries 'module') left fresh tensors unwritten,
+    wholly or in part: they would hold garbage (zero-element tensors are never listed)."""
+    from ..model.apply import _shown
+
+    if partly:
+        raise ValueError(
+            f"materialize: the model's own init code (policy entry 'module') wrote only part of "
+            f"{_shown([f'{n!r} ({k} of {t} elements)' for n, (k, t) in partly.items()], 5, fmt=str)}: freshly "
+            "allocated, the elements it did not write would hold garbage. This batch was put back on meta, the "
+            "earlier ones are done: give these tensors a rule (the whole tensor), or complete the init code, and "
+            "call materialize again")
+    if unwritten:
+        raise ValueError(
+            f"materialize: the model's own init code (policy entry 'module') ran for {_shown(unwritten, 5)} but "
+            "did not write them: values its constructor computes (rotary-embedding inv_freq, causal masks) are "
+            "not recomputed by init code, and freshly allocated they would hold garbage. This batch was put back "
+            "on meta, the earlier ones are done: set these tensors on the model (allocated, with their values) "
+            "and call materialize again, which fills only what is still on meta; or give them a rule")
+
+
 def materialize(
     model: nn.Module,
     device: torch.device | str = "cpu",
@@ -324,28 +345,10 @@ def materialize(
         # given, so the total validation work stays linear in the model size
         wanted = {id(by_name[n]) for n in names if n in by_name}
         sub = dataclasses.replace(plan_obj, entries=[e for e in plan_obj.entries if id(e) in wanted])
-        unwritten: list[str] = []
-        partly: dict[str, tuple[int, int]] = {}
         with contextlib.nullcontext() if huge_pages else B.prefaulting():
-            done = _apply_plan(model, sub, seed=seed, engine="keyed", restore_on_error=False, unwritten=unwritten,
-                               partly=partly, validated=True)  # by the dry run, on the same shapes and dtypes
-        if partly:
-            shown = [f"{n!r} ({k} of {t} elements)" for n, (k, t) in partly.items()]
-            more = f" and {len(shown) - 5} more" if len(shown) > 5 else ""
-            raise ValueError(
-                f"materialize: the model's own init code (policy entry 'module') wrote only part of "
-                f"{', '.join(shown[:5])}{more}: freshly allocated, the elements it did not write would hold "
-                "garbage. This batch was put back on meta, the earlier ones are done: give these tensors a rule "
-                "(the whole tensor), or complete the init code, and call materialize again")
-        if unwritten:  # (zero-element tensors, which hold no values, are never listed)
-            more = f" and {len(unwritten) - 5} more" if len(unwritten) > 5 else ""
-            raise ValueError(
-                f"materialize: the model's own init code (policy entry 'module') ran for "
-                f"{', '.join(map(repr, unwritten[:5]))}{more} but did not write them: values its constructor "
-                "computes (rotary-embedding inv_freq, causal masks) are not recomputed by init code, and "
-                "freshly allocated they would hold garbage. This batch was put back on meta, the earlier "
-                "ones are done: set these tensors on the model (allocated, with their values) and call "
-                "materialize again, which fills only what is still on meta; or give them a rule")
+            done = _apply_plan(model, sub, seed=seed, engine="keyed", restore_on_error=False,
+                               on_unwritten=_refuse_unwritten,  # before the batch's specs are drawn
+                               validated=True)  # by the dry run, on the same shapes and dtypes
         applied.update({e.name: e for e in done.entries})
 
     # init code that runs over the whole model in every batch: fewer, larger batches
