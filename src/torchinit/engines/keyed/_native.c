@@ -1328,6 +1328,15 @@ static inline __attribute__((always_inline)) uint64_t near_ties16(const __m512 *
     return _cvtmask64_u64(_mm512_kunpackd((__mmask64)nr[1], (__mmask64)nr[0]));
 }
 
+/* note step e0's values near a tie (near_ties16) in the list of steps to redo, without a branch */
+static inline __attribute__((always_inline)) void note_near16(const __m512 *x, int e0, uint64_t *redo_m,
+                                                               int *redo_e, int *nredo) {
+    const uint64_t near = near_ties16(x);
+    redo_m[*nredo] = near;
+    redo_e[*nredo] = e0;
+    *nredo += near != 0;
+}
+
 /* tail branch (tail32). The normal's copy has neither selection: rr > 5 never holds for
    its words (t >= 2^-33: rr <= 4.783, checked over every tail word), and q < 0 always
    (q = t - 1/2, t < 0.075), so it takes C, D and the negated numerator directly (negated
@@ -1562,12 +1571,7 @@ static inline __attribute__((always_inline)) void ppnd_seg16(const vk5_t *K, con
                 j += __builtin_popcount((unsigned)m[v]);
             }
             FOR5 x[v] = sign_affine16(K, normal, clamp, w[v], x[v]);
-            if (bf16 == 3) {
-                const uint64_t near = near_ties16(x);
-                redo_m[nredo] = near;
-                redo_e[nredo] = e0 - STEP5;
-                nredo += near != 0;
-            }
+            if (bf16 == 3) note_near16(x, e0 - STEP5, redo_m, redo_e, &nredo);
             for (int v = 0; v < NV5; v += 2) put16(bf16, nt, out, e0 - STEP5 + 16 * v, STEP5, x[v], x[v + 1]);
             if (!more) break;
         }
@@ -1592,12 +1596,7 @@ static inline __attribute__((always_inline)) void ppnd_seg16(const vk5_t *K, con
             j += __builtin_popcount((unsigned)m);
         }
         FOR5 x[v] = sign_affine16(K, normal, clamp, w[v], x[v]);
-        if (bf16 == 3) { /* lanes past the end hold values too: at worst recomputed needlessly */
-            const uint64_t near = near_ties16(x);
-            redo_m[nredo] = near;
-            redo_e[nredo] = e0;
-            nredo += near != 0;
-        }
+        if (bf16 == 3) note_near16(x, e0, redo_m, redo_e, &nredo); /* lanes past the end: at worst redone */
         for (int v = 0; v < NV5; v += 2) put16(bf16, nt, out, e0 + 16 * v, r - 16 * v, x[v], x[v + 1]);
     }
     if (bf16 == 3 && nredo) {
@@ -1666,13 +1665,8 @@ static uint32_t fused_max_ulp_avx512(void) {
                 tailr16(ze, 0);
                 neglog16(zf, 1);
                 tailr16(zf, 1);
-                if (branch == 1) {
-                    tail16(0, q, ze, 0);
-                    tail16(0, q, zf, 1);
-                } else {
-                    tail16(1, q, ze, 0);
-                    tail16(1, q, zf, 1);
-                }
+                tail16(branch == 2, q, ze, 0); /* branch 2: the normal's copy */
+                tail16(branch == 2, q, zf, 1);
             }
             FOR5 {
                 __m512i d = _mm512_abs_epi32(_mm512_sub_epi32(_mm512_castps_si512(ze[v]), _mm512_castps_si512(zf[v])));
