@@ -358,6 +358,21 @@ EXTRA = [
     # a tuple failed with "AttributeError: 'tuple' object has no attribute 'select'"
     ("vs_fans_tuple", torchinit.variance_scaling_, lambda: _t(4, 3), {"fans": (3, 4)}, TypeError,
      r"^fans must be a torchinit.Fans \(compute_fans, module_fans\), got tuple$"),
+    # groups without a grouped layout, or next to fans, used to be dropped silently: std 1/sqrt(576)
+    # instead of 1/sqrt(18) for a (64, 1, 3, 3) depthwise weight with fan_out
+    ("vs_groups_torch_layout", torchinit.variance_scaling_, lambda: _t(64, 1, 3, 3), {"mode": "fan_out", "groups": 32},
+     ValueError, r"^variance_scaling: groups=32 needs layout='conv' or 'conv_transpose' \(layout 'torch' has no groups\)$"),
+    ("vs_groups_xw_layout", torchinit.variance_scaling_, lambda: _t(64, 64), {"layout": "x@w", "groups": 2},
+     ValueError, r"^variance_scaling: groups=2 needs layout='conv' or 'conv_transpose' \(layout 'x@w' has no groups\)$"),
+    ("lecun_groups_torch_layout", torchinit.lecun_normal_, lambda: _t(64, 1, 3, 3), {"groups": 32},
+     ValueError, r"^variance_scaling: groups=32 needs layout='conv'"),
+    ("vs_fans_and_layout", torchinit.variance_scaling_, lambda: _t(32, 1, 3, 3),
+     {"fans": torchinit.Fans(9, 9, 9), "layout": "x@w"}, ValueError,
+     r"^variance_scaling: give either fans or layout/groups, not both: got fans=Fans\(fan_in=9, fan_out=9, "
+     r"receptive_field=9\), layout='x@w', groups=1$"),
+    ("vs_fans_and_groups", torchinit.variance_scaling_, lambda: _t(32, 1, 3, 3),
+     {"fans": torchinit.Fans(9, 9, 9), "layout": "conv", "groups": 32}, ValueError,
+     r"^variance_scaling: give either fans or layout/groups, not both"),
     ("vs_1d", torchinit.variance_scaling_, lambda: _t(4), {}, ValueError,
      r"Fan in and fan out can not be computed for tensor with fewer than 2 dimensions"),
     ("vs_zero_fan", torchinit.variance_scaling_, lambda: torch.empty(3, 0), {}, ValueError,

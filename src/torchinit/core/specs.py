@@ -493,6 +493,12 @@ def from_std(std: float, distribution: str, mean: float = 0.0, *, check: bool = 
 def _fans_of(shape, fans: Fans | None, layout: str, groups: int) -> Fans:
     if fans is not None and not isinstance(fans, Fans):  # a tuple failed later: "no attribute 'select'"
         raise TypeError(f"fans must be a torchinit.Fans (compute_fans, module_fans), got {type(fans).__name__}")
+    grouped = isinstance(groups, int) and not isinstance(groups, bool) and groups > 1
+    if fans is not None and (layout != "torch" or grouped):  # fans won: layout/groups were dropped silently
+        raise ValueError(f"variance_scaling: give either fans or layout/groups, not both: got fans={fans}, "
+                         f"layout={layout!r}, groups={groups}")
+    if grouped and layout in ("torch", "x@w"):  # torch's and x@w's rules have no groups: it was ignored silently
+        raise ValueError(f"variance_scaling: groups={groups} needs layout='conv' or 'conv_transpose' (layout {layout!r} has no groups)")
     return fans if fans is not None else compute_fans(shape, layout, groups=groups)
 
 
