@@ -469,6 +469,19 @@ def test_fill_refuses_generator_and_key_together(same_bits):
     same_bits(t, before)
 
 
+@pytest.mark.parametrize("spec", [{"kind": "normal", "mean": 0.0, "std": 0.02}, "normal", None])
+@pytest.mark.parametrize("engine", ["torch", "keyed"])
+def test_fill_refuses_what_is_not_a_spec(spec, engine, same_bits):
+    # spec.to_dict() passed on as is failed with "'dict' object has no attribute 'check_shape'"
+    t = _t(3, 4)
+    before = t.clone()
+    key = torchinit.Key(0) if engine == "keyed" else None
+    with pytest.raises(TypeError, match=r"^fill_: spec must be a torchinit spec \(for a dict: spec_from_dict\), "
+                                        rf"got {type(spec).__name__}$"):
+        torchinit.fill_(t, spec, key=key)
+    same_bits(t, before)
+
+
 @pytest.mark.parametrize("spec, shape, match", [
     (specs.Dirac(), (4, 4), r"Only tensors with 3, 4, or 5 dimensions are supported"),
     (specs.Dirac(2), (5, 4, 3), r"dim 0 must be divisible by groups"),

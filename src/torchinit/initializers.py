@@ -81,8 +81,9 @@ def fill_(
 ) -> Tensor:
     """Fill ``tensor`` in place with ``spec`` using the torch engine or, with ``key``, the keyed engine.
 
-    Both engines refuse a shape the spec cannot fill (``spec.check_shape``) before writing.
-    """
+    Both engines refuse a shape the spec cannot fill (``spec.check_shape``) before writing."""
+    if not isinstance(spec, S.Spec):  # a dict failed with "'dict' object has no attribute 'check_shape'"
+        raise TypeError(f"fill_: spec must be a torchinit spec (for a dict: spec_from_dict), got {type(spec).__name__}")
     return _fill(tensor, spec, generator, key, type(spec).__name__)
 
 
