@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -616,3 +617,27 @@ def test_init_model_warning_lists_at_most_20_names():
         m.register_parameter(f"p{i}", nn.Parameter(torch.zeros(2)))
     with pytest.warns(UserWarning, match=r"covers 25 tensor\(s\): 'p0', 'p1', .*'p19' and 5 more \(plan.unmatched"):
         torchinit.init_model(m, "kaiming", seed=0)
+
+
+def test_apply_plan_warns_for_parameters_the_plan_does_not_know():
+    # a plan saved before a layer was added: the new layer silently kept its constructor values
+    small = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    bigger = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2), nn.Linear(2, 2))
+    p = torchinit.plan(small, "kaiming")
+    with pytest.warns(UserWarning, match=r"^apply_plan: the plan has no entry for 2 learned parameter\(s\) of the "
+                                         r"model: '3.weight', '3.bias'; they keep their current values \(was the plan "
+                                         r"made for another model\? torchinit.plan\(model, policy\) plans every tensor\)$"):
+        torchinit.apply_plan(bigger, p, seed=0)
+    bigger[3].requires_grad_(False)  # frozen tensors, unmatched ones, only=[...] and tied aliases: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torchinit.apply_plan(bigger, p, seed=0)
+        bigger[3].requires_grad_(True)
+        torchinit.apply_plan(bigger, p, seed=0, only=["0.weight"])
+        torchinit.apply_plan(small, p, seed=0)
+        tied = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
+        tied[2].weight = tied[0].weight
+        torchinit.apply_plan(tied, torchinit.plan(tied, "kaiming"), seed=0)
+        partial = torchinit.plan(small, {"rules": [{"modules": "Linear", "params": "weight", "init": "zeros"}]})
+        assert partial.unmatched == ["0.bias", "2.bias"]
+        torchinit.apply_plan(small, partial, seed=0)

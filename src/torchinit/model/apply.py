@@ -57,7 +57,26 @@ def apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: EngineName = 
     applied = _apply_plan(model, plan, seed=seed, engine=engine, only=only, restore_on_error=restore_on_error,
                           unwritten=unwritten, partly=partly)
     _report_unwritten(model, applied, unwritten, "apply_plan", partly=partly)
+    if only is None:
+        _warn_unplanned(model, applied)
     return applied
+
+
+def _warn_unplanned(model: nn.Module, p: Plan) -> None:
+    """Warn naming the learned parameters that the plan neither initializes nor lists as
+    unmatched: the model has tensors the planned model did not (a plan saved before a layer
+    was added), and they would keep their values without a word."""
+    known = set(p.unmatched)
+    for e in p.entries:
+        known.add(e.name)
+        known.update(e.aliases)
+    new = [n for n, t in model.named_parameters(remove_duplicate=False) if t.requires_grad and n not in known]
+    if new:
+        more = f" and {len(new) - 20} more" if len(new) > 20 else ""
+        warnings.warn(f"apply_plan: the plan has no entry for {len(new)} learned parameter(s) of the model: "
+                      f"{', '.join(map(repr, new[:20]))}{more}; they keep their current values (was the plan "
+                      "made for another model? torchinit.plan(model, policy) plans every tensor)",
+                      UserWarning, stacklevel=3)
 
 
 def _apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: EngineName = "keyed",
