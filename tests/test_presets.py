@@ -291,3 +291,29 @@ def test_relative_position_biases_get_the_presets_std_not_the_embeddings(preset,
         emb = [x for x in p.entries if x.rule.endswith(" embedding")]
         if preset == "llama" and emb:  # the token embeddings keep their N(0, 1)
             assert all(x.spec.std_ == 1.0 for x in emb)
+
+
+def test_pytorch_preset_leaves_a_user_class_named_transformer_alone():
+    # the "transformer >1-D" rule matched the bare class name, so a model class of one's own named
+    # Transformer (torchtitan's models are) got xavier_uniform on every >1-D tensor under the DEFAULT
+    # preset: its token embedding U(+-0.21) instead of the N(0, 1) its constructor gives
+    class Transformer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tok_embeddings = nn.Embedding(100, 32)
+            self.proj = nn.Linear(32, 32)
+
+        def forward(self, x):
+            return self.proj(self.tok_embeddings(x))
+
+    p = torchinit.plan(Transformer())
+    assert p["tok_embeddings.weight"].rule == "#7 embedding" and p["tok_embeddings.weight"].spec == S.Normal(0.0, 1.0)
+    assert p["proj.weight"].rule == "#1 layer weight"
+    assert "#12 transformer >1-D" in p.unused_rules
+    # torch's own nn.Transformer, and its subclasses, still get it (as its _reset_parameters does)
+    class MyTransformer(nn.Transformer):
+        pass
+
+    for cls in (nn.Transformer, MyTransformer):
+        t = cls(16, 2, 1, 1, 32, batch_first=True)
+        assert torchinit.plan(t)["encoder.layers.0.linear1.weight"].rule == "#12 transformer >1-D"

@@ -153,7 +153,10 @@ def pytorch_preset() -> Policy:
         Rule("normal", modules=_EMBEDDINGS, params="weight", name="embedding"),
         Rule("rnn_uniform", modules=("RNNBase", "RNNCellBase"), params="*", name="rnn"),
         *_mha_rules(),
-        Rule("xavier_uniform", modules="Transformer", params="*", role="weight", name="transformer >1-D"),
+        # torch's nn.Transformer (and subclasses) by its qualified name: the bare name "Transformer" also matched
+        # any user class so named (torchtitan's models), whose every >1-D tensor, embeddings included, got xavier
+        Rule("xavier_uniform", modules="torch.nn.modules.transformer.Transformer", params="*", role="weight",
+             name="transformer >1-D"),
     ]
     return Policy(tuple(rules), name="pytorch")
 
