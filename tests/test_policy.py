@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 
 import pytest
 import torch
@@ -255,3 +256,27 @@ def test_rule_bias_errors_name_the_field(bias, match):
     assert exc.value.field == "bias"
     with pytest.raises(PolicyError, match=r"policy 'custom': rule 0 \('r'\): field 'bias'"):
         Policy.from_dict({"rules": [{"name": "r", "init": "zeros", "bias": bias}]})
+
+
+def test_a_typo_in_a_selector_of_ones_own_rule_warns():
+    # an override with modules: Conv2D matched nothing, and the convs silently kept the preset's init
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4, 2))
+    pol = {"preset": "kaiming", "rules": [{"modules": "Conv2D", "init": "zeros"},
+                                          {"modules": "Linear", "params": "weights", "init": "zeros"},
+                                          {"qualnames": "3.Bias", "init": "ones"}]}
+    with pytest.warns(UserWarning) as rec:
+        p = torchinit.plan(net, pol)
+    msgs = [str(w.message) for w in rec if "matched nothing" in str(w.message)]
+    assert msgs == ["rule #13 zeros matched nothing: modules 'Conv2D' is not in the model; did you mean 'Conv2d'?",
+                    "rule #14 zeros matched nothing: params 'weights' is not in the model; did you mean 'weight'?",
+                    "rule #15 ones matched nothing: qualnames '3.Bias' is not in the model; did you mean '3.bias'?"]
+    assert [n for n in p.notes if "matched nothing" in n] == msgs
+    # the presets' own rules for layers the model lacks, and rules of one's own for absent layer types, are quiet
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for preset in ("pytorch", "kaiming", "xavier", "gpt2", "llama", "rnn", "vit"):
+            torchinit.plan(nn.Sequential(nn.Linear(4, 4)), {"preset": preset, "options": {"n_layer": 1}}
+                           if preset == "gpt2" else preset)
+        p = torchinit.plan(net, {"rules": [{"modules": "Conv3d", "init": "zeros"},
+                                           {"modules": "Linear", "params": "scale", "init": "ones"}]})
+        assert p.unused_rules == ["#0 zeros", "#1 ones"]

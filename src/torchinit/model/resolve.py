@@ -18,7 +18,7 @@ from .nonlinearity import (Detection, NonlinearityWarning, auto_gain, detect_non
 from .plan import Plan, PlanEntry
 from .policy import INITIALIZERS, Policy, PolicyError, Rule, load_policy
 from .registry import DEFAULT_POLICY, PresetName
-from .selectors import _local_only
+from .selectors import _local_only, unused_rule_hints
 
 __all__ = ["plan"]
 
@@ -579,6 +579,9 @@ def plan(model: nn.Module, policy: PresetName | Policy | str | Mapping | Sequenc
         msg = order_fallback_warning(guessed)
         ctx.notes.append(msg)
         warnings.warn(msg, NonlinearityWarning, stacklevel=2)
+    for msg in unused_rule_hints(model, pol.rules, [i for i in range(len(labels)) if not matched_count[i]], labels):
+        ctx.notes.append(msg)  # a typo in a selector silently left the tensors to the other rules
+        warnings.warn(msg, UserWarning, stacklevel=2)
     if unmatched and pol.on_unmatched == "error":
         more = f" and {len(unmatched) - 5} more" if len(unmatched) > 5 else ""
         raise PolicyError(f"policy {pol.name!r} (on_unmatched='error'): no rule matches "
