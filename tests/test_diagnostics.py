@@ -476,6 +476,10 @@ def test_argument_errors():
         diagnose(model, x(d=8), max_cosine_samples=1)
     with pytest.raises(ValueError, match="Thresholds: dead must be a positive finite number, got -1"):
         Thresholds(dead=-1)
+    # a dict failed with "'dict' object has no attribute 'vanish'", after the forward and backward passes
+    with pytest.raises(TypeError, match=r"^diagnose: thresholds must be a torchinit.diagnostics.Thresholds "
+                                        r"\(e.g. Thresholds\(dead=0.6\)\), got dict$"):
+        diagnose(model, x(d=8), thresholds={"dead": 0.6})
     with torch.device("meta"):
         meta = mlp(depth=2, width=8)
     with pytest.raises(ValueError, match="meta device"):

@@ -91,6 +91,9 @@ def diagnose(
         raise TypeError(f"diagnose: progress must be None, True or False, got {progress!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"diagnose: seed must be an int, got {seed!r}")
+    if thresholds is not None and not isinstance(thresholds, Thresholds):  # a dict failed after the passes
+        raise TypeError(f"diagnose: thresholds must be a torchinit.diagnostics.Thresholds (e.g. Thresholds(dead=0.6)), "
+                        f"got {type(thresholds).__name__}")
     th = thresholds or Thresholds()
     if any(p.is_meta for p in model.parameters()):
         raise ValueError("diagnose: the model has parameters on the meta device; materialize it first "
