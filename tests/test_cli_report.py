@@ -105,6 +105,10 @@ def test_fail_on_and_user_errors(tmp_path, capsys):
     assert "unknown model 'nosuchmodel'" in capsys.readouterr().err
     assert main(["report", "mlp", "--compare", "kaiming,kaiming", "--out", str(tmp_path)]) == 2
     assert "--compare lists a scheme twice" in capsys.readouterr().err
+    # --seed -1 ran with the as-built scheme and 2**64 failed with "Overflow when unpacking long long"
+    for seed in ("-1", str(2**64)):
+        assert main(["report", "mlp", "--seed", seed, "--out", str(tmp_path)]) == 2
+        assert capsys.readouterr().err == f"torchinit report: error: seed must be in [0, 2**63), got {seed}\n"
     with pytest.raises(SystemExit):
         main(["report", "mlp", "--policy", "kaiming", "--compare", "xavier"])
 

@@ -324,6 +324,8 @@ def _run(args: argparse.Namespace) -> int:
     check_out_dir(args.out)  # and so do --out and --html that cannot be written
     if args.html:
         check_out_file(args.html, "--html")
+    if not 0 <= args.seed < 2**63:  # as init and plan: -1 passed with the as-built scheme, 2**64 failed in torch
+        raise ValueError(f"seed must be in [0, 2**63), got {args.seed}")
     kwargs = parse_kwargs(args.kwargs)
     shape = _parse_shape(args.input_shape) if args.input_shape else None
     if args.compare:
