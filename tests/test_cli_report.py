@@ -201,3 +201,20 @@ def test_unwritable_out_or_html_fails_before_the_work(tmp_path, capsys, monkeypa
     monkeypatch.setattr("torchinit.cli.demo.diagnose_schemes", no_work)
     assert main(["demo", "--out", str(a_file)]) == 2
     assert capsys.readouterr().err == f"torchinit demo: error: --out {str(a_file)!r} is not a directory\n"
+
+
+def test_schemes_detect_nonlinearities_with_the_report_batch():
+    # the zoo's GPT cannot be traced by torch.fx: without the batch, init_model guessed its gains from
+    # registration order (c_fc "linear", c_proj "gelu") and told the user to pass --example-inputs,
+    # an option report does not have
+    import warnings
+
+    import torchinit
+
+    from torchinit.cli.report_cmd import build_and_init
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", torchinit.NonlinearityWarning)
+        _, _, plan = build_and_init("gpt", {"n_layer": 1, "n_embd": 32, "n_head": 2}, "kaiming", seed=0, batch=2)
+    assert plan["transformer.h.0.mlp.c_fc.weight"].nonlinearity == "gelu"
+    assert plan["transformer.h.0.mlp.c_proj.weight"].nonlinearity == "linear"

@@ -130,7 +130,9 @@ def build_and_init(model_spec: str, kwargs: Mapping[str, Any], scheme: str, *, s
     elif scheme == "lsuv":
         torchinit.lsuv_(model, inputs, seed=seed)
     else:
-        plan = torchinit.init_model(model, scheme_policy(scheme), seed=seed)
+        # the batch is the forward that nonlinearity detection needs where torch.fx cannot trace the
+        # model (the zoo's GPT): without it the gains were guessed from registration order
+        plan = torchinit.init_model(model, scheme_policy(scheme), seed=seed, example_inputs=inputs)
     return model, inputs, plan
 
 
