@@ -104,3 +104,22 @@ def test_bad_sizes_are_value_errors_not_torch_errors(name, kwargs, msg):
     # the CLI turns ValueError into a one-line message; torch's RuntimeError would be a traceback
     with pytest.raises(ValueError, match=msg):
         zoo.build(name, **kwargs)
+
+
+@pytest.mark.parametrize("style", ["gpt2", "llama"])
+def test_gpt_gains_are_detected_not_guessed(style):
+    # torch.fx cannot trace GPT.forward (it checks the sequence length) and no forward could run, so
+    # presets guessed the activations from registration order: mlp.c_fc "linear", mlp.c_proj "gelu"
+    import warnings
+
+    import torchinit
+
+    with torch.device("meta"):
+        model = zoo.build("gpt", n_layer=1, n_embd=32, n_head=2, style=style)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", torchinit.NonlinearityWarning)
+        p = torchinit.plan(model, "kaiming")
+    up, down = ("c_fc", "c_proj") if style == "gpt2" else ("up_proj", "down_proj")
+    blocks = "transformer.h" if style == "gpt2" else "model.layers"
+    assert p[f"{blocks}.0.mlp.{up}.weight"].nonlinearity == "gelu"
+    assert p[f"{blocks}.0.mlp.{down}.weight"].nonlinearity == "linear"

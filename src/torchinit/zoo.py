@@ -329,6 +329,12 @@ class GPT(nn.Module):
         if tie_weights:
             self.lm_head.weight = tok.weight
 
+    @property
+    def dummy_inputs(self) -> dict[str, Tensor]:
+        """One sequence of zero tokens: the forward of nonlinearity detection (torch.fx cannot trace
+        ``forward``, which checks the length), without which presets guessed the gains."""
+        return {"idx": torch.zeros(1, min(16, self.block_size), dtype=torch.long)}
+
     def forward(self, idx: Tensor) -> Tensor:
         B, T = idx.shape
         if T > self.block_size:
