@@ -318,3 +318,25 @@ def test_a_softmax_outside_attention_is_not_a_logit():
     with rec:
         out = gate(torch.randn(2, 3, 4))
     assert rec.sums == {} and out.shape == (2, 3, 4)
+
+
+def test_the_batch_gives_nonlinearity_detection_its_forward():
+    # a model torch.fx cannot trace (a branch on the batch size) and with no config to build inputs
+    # from: init_model ran without the check's own batch and guessed the gains from registration order
+    import warnings
+
+    class Net(nn.Module):
+        def __init__(self, w):
+            super().__init__()
+            self.out, self.act, self.inp = nn.Linear(w, 10), nn.ReLU(), nn.Linear(16, w)
+
+        def forward(self, x):
+            if x.shape[0] == 0:
+                return x
+            return self.out(self.act(self.inp(x)))
+
+    g = torch.Generator().manual_seed(0)
+    batch = torch.randn(8, 16, generator=g), torch.randint(0, 10, (8,), generator=g)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", torchinit.NonlinearityWarning)
+        torchinit.coord_check(Net, [8, 16], batch, parametrization="mup", steps=1, lr=1e-2)

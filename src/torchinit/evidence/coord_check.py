@@ -275,7 +275,7 @@ def coord_check(build: Callable[[int], nn.Module], widths: Sequence[int], batch:
             torch.manual_seed(seed)
             model = build(w)
             if mup is not None:
-                init_model(model, mup, seed=seed)
+                init_model(model, mup, seed=seed, example_inputs=args)  # a forward for the gains (no fx trace)
                 param_groups = mup.param_groups(model, lr=lr, optimizer=optimizer)
             else:
                 param_groups = [{"params": list(model.parameters()), "lr": lr}]
