@@ -317,3 +317,30 @@ def test_pytorch_preset_leaves_a_user_class_named_transformer_alone():
     for cls in (nn.Transformer, MyTransformer):
         t = cls(16, 2, 1, 1, 32, batch_first=True)
         assert torchinit.plan(t)["encoder.layers.0.linear1.weight"].rule == "#12 transformer >1-D"
+
+
+def test_gpt2_n_layer_ignores_lists_inside_a_layer():
+    # a block holding its experts in an nn.ModuleList: n_layer came from the longest list, the 4
+    # experts, not the 3 layers, and every residual projection got 0.02 / sqrt(8) for 0.02 / sqrt(6)
+    class Expert(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w1, self.w2 = nn.Linear(8, 16, bias=False), nn.Linear(16, 8, bias=False)
+
+        def forward(self, x):
+            return self.w2(torch.relu(self.w1(x)))
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.o_proj, self.experts = nn.Linear(8, 8), nn.ModuleList(Expert() for _ in range(4))
+
+        def forward(self, x):
+            return x + self.o_proj(x) + sum(e(x) for e in self.experts)
+
+    model = nn.Sequential()
+    model.layers = nn.ModuleList(Block() for _ in range(3))
+    p = torchinit.plan(model, "gpt2")
+    assert "n_layer = 3 (length of the longest ModuleList, 'layers')" in p.notes
+    for name in ("layers.2.o_proj.weight", "layers.0.experts.3.w2.weight"):
+        assert p[name].args["n_layer"] == 3 and p[name].spec == S.Normal(0.0, 0.02 / math.sqrt(6))

@@ -223,7 +223,8 @@ def gpt2_preset(std: float | None = None, n_layer: int | None = None,
     norms 1/0; the residual output projections N(0, (std / sqrt(2 n_layer))^2).
     ``std`` defaults to the model's ``config.initializer_range`` (or ``init_std``, times
     ``initializer_factor``), else 0.02; ``n_layer`` to ``model.config.n_layer`` or the
-    longest ModuleList. The plan's notes say which values came from the config.
+    longest outermost ModuleList (not a block's experts). The plan's notes say which values
+    came from the config.
     Relative-position attention biases (:data:`RELATIVE_POSITION_BIASES`: T5's
     ``relative_attention_bias``, Swin's ``relative_position_bias_table``, ...) N(0, std^2) too."""
     std = "config" if std is None else std

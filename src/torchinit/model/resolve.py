@@ -82,6 +82,9 @@ class _Context:
                     raise PolicyError("depth='total' needs n_layer: the model has no config.n_layer and no "
                                       "nn.ModuleList (or ModuleDict keyed 0, 1, ...) of layers; pass args n_layer",
                                       field="args")
+                # the outermost lists: a list inside a layer (a block's experts) is no count of layers
+                lists = [x for x in lists if not any(o != x[0] and x[0].startswith(f"{o}." if o else "")
+                                                     for o, _, _ in lists)]
                 n, v, kind = max(lists, key=lambda x: x[1])
                 self._n_layer = v
                 self.notes.append(f"n_layer = {v} (length of the longest {kind}, {n!r})")
