@@ -344,3 +344,42 @@ def test_gpt2_n_layer_ignores_lists_inside_a_layer():
     assert "n_layer = 3 (length of the longest ModuleList, 'layers')" in p.notes
     for name in ("layers.2.o_proj.weight", "layers.0.experts.3.w2.weight"):
         assert p[name].args["n_layer"] == 3 and p[name].spec == S.Normal(0.0, 0.02 / math.sqrt(6))
+
+
+def test_pytorch_preset_runs_a_subclass_s_own_init_code():
+    # "pytorch" is what the constructors give; a subclass of nn.Linear / nn.LayerNorm / nn.Embedding
+    # with a reset_parameters of its own got its torch base's init instead: a zero-initialized output
+    # layer U(+-1/sqrt(fan_in)), a LayerNorm subclass's weight 1 for 0.5
+    class ZeroLinear(nn.Linear):
+        def reset_parameters(self):
+            nn.init.zeros_(self.weight)
+            nn.init.zeros_(self.bias)
+
+    class HalfNorm(nn.LayerNorm):
+        def reset_parameters(self):
+            nn.init.constant_(self.weight, 0.5)
+            nn.init.zeros_(self.bias)
+
+    class SmallEmbedding(nn.Embedding):
+        def reset_parameters(self):
+            nn.init.normal_(self.weight, std=0.02)
+
+    class Plain(nn.Linear):  # no init code of its own: torch's, as a spec
+        pass
+
+    def build():
+        return nn.Sequential(SmallEmbedding(10, 8), Plain(8, 8), nn.ReLU(), ZeroLinear(8, 2), HalfNorm(2))
+
+    built = build()
+    for engine in ("keyed", "torch"):
+        model = build()
+        p = torchinit.init_model(model, seed=0, engine=engine)
+        for name in ("0.weight", "3.weight", "3.bias", "4.weight", "4.bias"):
+            assert p[name].rule == "#13 own init code (subclass)", name
+        assert p["1.weight"].rule == "#1 layer weight"
+        assert torch.equal(model[3].weight, built[3].weight) and torch.equal(model[4].weight, built[4].weight)
+        assert abs(model[0].weight.std().item() - 0.02) < 0.01
+    with torch.device("meta"):
+        meta = build()
+    torchinit.materialize(meta, "cpu", seed=0)
+    assert torch.all(meta[3].weight == 0) and torch.all(meta[4].weight == 0.5)

@@ -33,7 +33,7 @@ from torch import nn
 from .errors import PolicyError
 from .policy import OUTPUT_HEAD, Policy, Rule
 from .registry import PRESETS, get_preset, preset_names
-from .selectors import module_matches
+from .selectors import OWN_INIT, module_matches
 
 __all__ = ["PRESETS", "get_preset", "preset_names", "RESIDUAL_PROJECTIONS", "RELATIVE_POSITION_BIASES",
            "experts_hint"]
@@ -157,6 +157,9 @@ def pytorch_preset() -> Policy:
         # any user class so named (torchtitan's models), whose every >1-D tensor, embeddings included, got xavier
         Rule("xavier_uniform", modules="torch.nn.modules.transformer.Transformer", params="*", role="weight",
              name="transformer >1-D"),
+        # a subclass with an init method of its own (a zero-initialized nn.Linear) gets what its constructor
+        # gives, that code: the rules above gave it its torch base's init
+        Rule("module", modules=OWN_INIT, name="own init code (subclass)"),
     ]
     return Policy(tuple(rules), name="pytorch")
 

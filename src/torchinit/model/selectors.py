@@ -37,10 +37,30 @@ def module_matches(module: nn.Module, patterns: Sequence[str | type]) -> str | N
     return _type_matches(type(module), tuple(patterns))
 
 
+#: ``modules`` entry selecting the modules whose class subclasses a torch.nn layer and replaces its
+#: init method by code of its own (the ``pytorch`` preset runs that code, as the constructor does)
+OWN_INIT = "@own_init"
+
+
+@functools.lru_cache(maxsize=4096)
+def own_init_code(cls: type) -> bool:
+    """Whether ``cls`` subclasses a torch.nn module and overrides its ``reset_parameters`` /
+    ``_reset_parameters`` with code that is not torch's (a zero-initialized ``nn.Linear``
+    subclass; FSDP2's wrapper class of one too)."""
+    if not any(c.__module__.startswith("torch.nn.") and c is not nn.Module for c in cls.__mro__[1:]):
+        return False
+    return any(not str(getattr(getattr(cls, m, None), "__module__", "torch.")).startswith("torch.")
+               for m in ("reset_parameters", "_reset_parameters") if getattr(cls, m, None) is not None)
+
+
 @functools.lru_cache(maxsize=4096)
 def _type_matches(cls: type, patterns: tuple[str | type, ...]) -> str | None:
     names = None
     for p in patterns:
+        if p == OWN_INIT:
+            if own_init_code(cls):
+                return p
+            continue
         if isinstance(p, type):
             if issubclass(cls, p):
                 return p.__name__
