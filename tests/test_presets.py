@@ -383,3 +383,11 @@ def test_pytorch_preset_runs_a_subclass_s_own_init_code():
         meta = build()
     torchinit.materialize(meta, "cpu", seed=0)
     assert torch.all(meta[3].weight == 0) and torch.all(meta[4].weight == 0.5)
+
+
+def test_own_init_selector_round_trips_and_a_typo_is_refused():
+    pol = torchinit.load_policy({"rules": [{"modules": "@own_init", "init": "module"}]})
+    assert torchinit.Policy.from_dict(pol.to_dict()) == pol
+    with pytest.raises(PolicyError, match=r"^policy 'custom': rule 0: field 'modules': unknown selector '@own_int'; "
+                                          r"the one there is: '@own_init'$"):  # it would match nothing, quietly
+        torchinit.load_policy({"rules": [{"modules": "@own_int", "init": "module"}]})

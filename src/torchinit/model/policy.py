@@ -47,7 +47,7 @@ from .activations import output_layer
 from .errors import PolicyError, _short, _suggest
 from .policy_files import _is_inline, parse_policy_text, read_policy_text
 from .registry import PresetName, get_preset
-from .selectors import _globs, _local_only, module_matches
+from .selectors import OWN_INIT, _globs, _local_only, module_matches
 
 __all__ = [
     "Rule",
@@ -294,6 +294,9 @@ class Rule:
                 raise PolicyError(f"field 'args': expected a mapping, got {self.args!r}", field="args")
             object.__setattr__(self, "args", _check_args(init, self.args))
             object.__setattr__(self, "modules", _as_tuple(self.modules, "modules", allow_types=True))
+            for q in (q for q in self.modules or () if isinstance(q, str) and q.startswith("@") and q != OWN_INIT):
+                raise PolicyError(f"field 'modules': unknown selector {q!r}; the one there is: {OWN_INIT!r}",
+                                  field="modules")
             object.__setattr__(self, "qualnames", _as_tuple(self.qualnames, "qualnames"))
             for q in (q for q in self.qualnames or () if q.startswith("@") and q != OUTPUT_HEAD):  # no name has "@"
                 raise PolicyError(f"field 'qualnames': unknown selector {q!r}; the one there is: {OUTPUT_HEAD!r}",
