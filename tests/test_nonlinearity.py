@@ -288,3 +288,27 @@ def test_activation_module_inside_a_layers_forward_in_hook_mode():
     assert "forward hooks" in notes[-1]
     assert det["z"].nonlinearity == "linear" and det["a"].nonlinearity == "relu"
     assert det["a"].via == "a.act (ReLU) in a's forward"
+
+
+def test_example_inputs_the_model_rejects_are_named_as_such():
+    # fx cannot trace this forward, the meta forward fails on the inputs, then the model itself ran on
+    # them: its own RuntimeError came out of plan() with nothing saying example_inputs were at fault
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp, self.act, self.out = nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 10)
+
+        def forward(self, x):
+            if x.shape[0] == 0:
+                return x
+            return self.out(self.act(self.inp(x)))
+
+    net = Net()
+    before = [p.detach().clone() for p in net.parameters()]
+    with pytest.raises(ValueError, match=r"nonlinearity detection: the model's forward fails on example_inputs "
+                                         r"\(RuntimeError: mat1 and mat2 shapes cannot be multiplied \(4x9 and 16x8\)\); "
+                                         r"pass inputs its forward accepts, or give the rules an explicit nonlinearity$"):
+        torchinit.init_model(net, "kaiming", seed=0, example_inputs=torch.randn(4, 9))
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
+    p = torchinit.plan(net, "kaiming", example_inputs=torch.randn(4, 16))
+    assert p["inp.weight"].nonlinearity == "relu"

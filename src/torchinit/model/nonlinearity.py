@@ -296,7 +296,12 @@ def detect_nonlinearities(
         except Exception as exc:  # data-dependent shapes (nonzero, MoE routing), code that needs values
             notes.append(f"nonlinearity: a meta-device forward on {what} failed ({_reason(exc)})")
             if example_inputs is not None and _allocated(model):
-                det = _hook_detect(model, layers, example_inputs)
+                try:
+                    det = _hook_detect(model, layers, example_inputs)
+                except Exception as run_exc:  # the model's own error, deep in its forward, named nothing
+                    raise ValueError(
+                        f"nonlinearity detection: the model's forward fails on example_inputs ({_reason(run_exc)}); "
+                        "pass inputs its forward accepts, or give the rules an explicit nonlinearity") from run_exc
                 for n in layers:
                     det.setdefault(n, Detection("linear", None, "hooks", "layer not executed"))
                 notes.append("nonlinearity: detected from the data flow of a forward of the model on "
