@@ -312,3 +312,27 @@ def test_example_inputs_the_model_rejects_are_named_as_such():
     assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
     p = torchinit.plan(net, "kaiming", example_inputs=torch.randn(4, 16))
     assert p["inp.weight"].nonlinearity == "relu"
+
+
+def test_guess_warning_names_the_failed_forward_on_example_inputs():
+    # on a meta model the failed forward falls back to registration order; the warning said "no forward
+    # ran" and "Pass example inputs" to a caller who had passed them
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.out, self.act, self.inp = nn.Linear(8, 10), nn.ReLU(), nn.Linear(16, 8)
+
+        def forward(self, x):
+            if x.shape[0] == 0:
+                return x
+            return self.out(self.act(self.inp(x)))
+
+    with torch.device("meta"):
+        net = Net()
+    with pytest.warns(torchinit.NonlinearityWarning) as rec:
+        torchinit.plan(net, "kaiming", example_inputs=torch.randn(4, 9))
+    (msg,) = [str(w.message) for w in rec if isinstance(w.message, torchinit.NonlinearityWarning)]
+    assert msg.startswith("nonlinearity: execution order unknown (torch.fx could not trace the model and a "
+                          "meta-device forward on example_inputs failed (RuntimeError: a and b must have same "
+                          "reduction dim, but got [4, 9] X [16, 8].)), so the activation after 2 layer(s) was GUESSED")
+    assert "Pass example inputs its forward accepts on meta: plan(model, example_inputs=...)" in msg

@@ -48,7 +48,7 @@ for ReLU, applied to the activation's own second moment (see docs/policies.md).
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -321,15 +321,20 @@ def detect_nonlinearities(
     return _order_detect(model, layers), notes
 
 
-def order_fallback_warning(guessed: Mapping[str, str]) -> str:
+def order_fallback_warning(guessed: Mapping[str, str], notes: Sequence[str] = ()) -> str:
     """The warning for layers whose nonlinearity came from registration order: ``guessed`` maps
     each layer to the nonlinearity it got. Layers given an activation are named first (a wrong
-    one there is the costly mistake: ViT's attention output taking the MLP's GELU)."""
+    one there is the costly mistake: ViT's attention output taking the MLP's GELU). ``notes``:
+    the detection's notes, whose failed meta forward (on example_inputs too) the warning names."""
     names = sorted(guessed, key=lambda n: guessed[n] == "linear")
     shown = ", ".join(f"{n} ({guessed[n]})" for n in names[:8])
     more = f" and {len(names) - 8} more" if len(names) > 8 else ""
-    return (f"nonlinearity: execution order unknown (torch.fx could not trace the model and no forward ran), "
+    failed = next((n[len("nonlinearity: "):] for n in notes if n.startswith("nonlinearity: a meta-device forward")), None)
+    why = f"torch.fx could not trace the model and {failed}" if failed else \
+        "torch.fx could not trace the model and no forward ran"
+    return (f"nonlinearity: execution order unknown ({why}), "
             f"so the activation after {len(names)} layer(s) was GUESSED from module registration order: "
-            f"{shown}{more}. Their gains may be wrong. Pass example inputs: plan(model, example_inputs=...), "
+            f"{shown}{more}. Their gains may be wrong. Pass example inputs{' its forward accepts on meta' if failed else ''}"
+            ": plan(model, example_inputs=...), "
             "init_model(..., example_inputs=...), materialize(..., example_inputs=...) or the CLI's "
             "--example-inputs; or give the rule an explicit nonlinearity")

@@ -579,7 +579,7 @@ def plan(model: nn.Module, policy: PresetName | Policy | str | Mapping | Sequenc
             f"double every normalized activation); a rule init constant, args val: 1 writes 1")
     guessed = {e.module: e.nonlinearity for e in entries if (e.nonlinearity_source or "").startswith("order:")}
     if guessed:  # a silently wrong gain is worse than a warning
-        msg = order_fallback_warning(guessed)
+        msg = order_fallback_warning(guessed, ctx.notes)
         ctx.notes.append(msg)
         warnings.warn(msg, NonlinearityWarning, stacklevel=2)
     for msg in unused_rule_hints(model, pol.rules, [i for i in range(len(labels)) if not matched_count[i]], labels):
