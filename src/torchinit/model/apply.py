@@ -322,7 +322,10 @@ def _report_unwritten(model: nn.Module, applied: Plan, names: list[str], who: st
         applied.notes.append(f"kept: the model's own init code never wrote parameter(s) {_shown(learned)}: "
                              "they keep their current values (give them a rule, or a 'keep' rule to accept them)")
     if learned or part_learned:
-        warnings.warn(_unwritten_message(who, learned, part_learned) + tail, UserWarning, stacklevel=3)
+        from .parametrized import weight_norm_hint
+
+        warnings.warn(_unwritten_message(who, learned, part_learned) + weight_norm_hint(model, learned) + tail,
+                      UserWarning, stacklevel=3)
     if computed:
         applied.notes.append(f"kept: the model's own init code never wrote buffer(s)/frozen table(s) "
                              f"{_shown(computed)}: they keep the values their constructor computed (materialize "

@@ -15,10 +15,12 @@ from ..core.gate_specs import GateConstant, OrthogonalPerGate
 from .norms import scales_by_one_plus_weight
 from .nonlinearity import (Detection, NonlinearityWarning, auto_gain, detect_nonlinearities, is_weight_layer,
                            order_fallback_warning)
+from .parametrized import names_original, weight_norm_entry, weight_norm_part
 from .plan import Plan, PlanEntry
 from .policy import INITIALIZERS, Policy, PolicyError, Rule, load_policy
 from .registry import DEFAULT_POLICY, PresetName
 from .selectors import _local_only
+from .tensors import is_tied_head as _is_tied_head, tensors_in_order as _tensors_in_order
 
 __all__ = ["plan"]
 
@@ -350,34 +352,10 @@ def _resolve(ctx: _Context, rule: Rule, q: str, mod_path: str, mod: nn.Module, l
     return out
 
 
-def _tensors_in_order(model: nn.Module):
-    """(qualified name, module path, module, local name, tensor, kind) in named_parameters order,
-    each module's buffers after its parameters; tied tensors once."""
-    seen: set[int] = set()
-    for mpath, mod in model.named_modules():
-        for kind, store in (("parameter", mod._parameters), ("buffer", mod._buffers)):
-            for local, t in store.items():
-                if t is None or id(t) in seen:
-                    continue
-                seen.add(id(t))
-                yield (f"{mpath}.{local}" if mpath else local), mpath, mod, local, t, kind
-
-
 def _owner(ctx: _Context, name: str) -> tuple[str, str, nn.Module, str]:
     """(name, module path, module, local name) of a qualified tensor name."""
     path, _, local = name.rpartition(".")
     return name, path, ctx.modules[path], local
-
-
-def _is_tied_head(names: Sequence[tuple[str, str, nn.Module, str]], t: Tensor) -> bool:
-    """One 2-D tensor registered as an input embedding's weight AND as another module's weight
-    (an output projection: BERT's ``cls.predictions.decoder``, GPT-2's ``lm_head``), found by
-    identity whatever the names are."""
-    if len(names) < 2 or t.dim() != 2:
-        return False
-    emb = [isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and loc == "weight" for _, _, m, loc in names]
-    head = [not e and loc == "weight" for e, (_, _, _, loc) in zip(emb, names)]
-    return any(emb) and any(head)
 
 
 def _what(rule: Rule, res: Mapping[str, Any]) -> str:
@@ -486,6 +464,10 @@ def plan(model: nn.Module, policy: PresetName | Policy | str | Mapping | Sequenc
         # different inits the plan says so (BERT's MLM bias: the head's own name matches no preset
         # rule, the decoder Linear's bias does)
         names = [(q, mpath, mod, local)] + [_owner(ctx, a) for a in aliases.get(id(t), ())]
+        # weight_norm's g or v: rules select the weight they compute (model/parametrized.py)
+        wn = weight_norm_part(ctx.modules, mpath, mod, local) if kind == "parameter" else None
+        if wn is not None:
+            names.append((wn.name, wn.path, wn.module, wn.local))
         tied_head = _is_tied_head(names, t)
         # a frozen embedding table (Whisper's sinusoidal positions, requires_grad=False) is computed, not
         # learned: rules selecting it by module type pass it by (kept, noted); a rule naming it (qualnames)
@@ -496,9 +478,11 @@ def plan(model: nn.Module, policy: PresetName | Policy | str | Mapping | Sequenc
         per_name = []
         for cq, cpath, cmod, clocal in names:
             chain = ctx.chain(cpath)
-            role = _role(kind, clocal, t)
+            role = _role(kind, clocal, wn.v if wn is not None and cq == wn.name else t)
             hits = []
             for i, rule in _rules_for(pol, clocal, cache):
+                if wn is not None and cq == q and not names_original(rule, wn):
+                    continue  # by its shape or a catch-all, g would be drawn as a weight
                 how = rule.match(cq, role, chain, tied_head)
                 if how is None:
                     continue
@@ -532,7 +516,14 @@ def plan(model: nn.Module, policy: PresetName | Policy | str | Mapping | Sequenc
             how = f"{how} (as {cq!r})"
         won_count[win] += 1
 
-        rule, res = _resolve_named(ctx, pol, win, cq, cpath, cmod, clocal, t)
+        as_weight = wn is not None and cq == wn.name
+        rule, res = _resolve_named(ctx, pol, win, cq, cpath, cmod, clocal, wn.v if as_weight else t)
+        if as_weight:
+            try:
+                how, role, res = weight_norm_entry(how, wn, res, t, q)
+            except PolicyError as exc:
+                raise PolicyError(f"policy {pol.name!r}: rule {labels[win]}: {exc}", rule=win,
+                                  name=rule.name, field=exc.field) from None
         if rule is not pol.rules[win]:
             how = f"{how} (rule's bias=)"
         others = [n for n in per_name if n is not best]
@@ -555,7 +546,7 @@ def plan(model: nn.Module, policy: PresetName | Policy | str | Mapping | Sequenc
         entries.append(PlanEntry(
             name=q, module=mpath, module_type=type(mod).__name__, kind=kind, shape=tuple(t.shape),
             dtype=str(t.dtype).replace("torch.", ""), role=role, rule=labels[win], rule_index=win,
-            initializer=rule.init, args=res["args"], spec=spec, fans=res["fans"], gain=res["gain"],
+            initializer=res.get("initializer", rule.init), args=res["args"], spec=spec, fans=res["fans"], gain=res["gain"],
             nonlinearity=res["nonlinearity"], nonlinearity_source=res["nonlinearity_source"], matched_as=how,
             overridden=tuple(overridden), aliases=tuple(aliases.get(id(t), ())),
             zero_rows=zero_rows, code=res["code"],
