@@ -1,4 +1,4 @@
-"""A weight-normed layer's ``g`` and ``v``, planned as the weight they compute.
+"""Parametrized weights: a weight-normed layer's ``g`` and ``v``, planned as the weight they compute.
 
 ``torch.nn.utils.parametrizations.weight_norm`` (Wav2Vec2's and HuBERT's ``pos_conv_embed``,
 vocoders) replaces a layer's ``weight`` by ``w = g * v / ||v||`` (one norm per slice along
@@ -17,8 +17,14 @@ qualname, ...) and :func:`torchinit.plan` applies them to the tensors that compu
 A rule that names an original itself (its ``qualnames`` or ``params`` say ``original`` /
 ``parametrizations``, or ``weight_g``/``weight_v``) still applies to it as written; rules
 that would select it only by its shape or a catch-all glob no longer do (they drew ``g``
-as a weight). Other parametrizations (``spectral_norm``, ``orthogonal``) are left as they
-were: their originals are matched under their own names.
+as a weight).
+
+``spectral_norm``'s raw weight (``original``, legacy ``weight_orig``) is matched as the
+weight too (the layer divides it by its largest singular value), and after a write its
+``u``/``v`` are recomputed (:func:`refresh_spectral_norms`). An ``orthogonal``
+parametrization's ``original`` and ``base`` compute an orthogonal weight whatever they
+hold: no rule but ``keep`` may write them. Other parametrizations are matched under their
+own names, as any tensor.
 """
 
 from __future__ import annotations
@@ -33,7 +39,8 @@ from ..core import specs as S
 from .errors import PolicyError
 
 __all__ = ["WeightNormPart", "weight_norm_part", "names_original", "g_spec", "weight_norm_entry", "weight_norm_hint",
-           "rederive_gs"]
+           "rederive_gs", "refresh_spectral_norms",
+           "orthogonal_refusal", "orthogonal_hint"]
 
 
 @dataclass(frozen=True)
@@ -56,29 +63,55 @@ def _join(path: str, local: str) -> str:
 
 def weight_norm_part(modules: Mapping[str, nn.Module], mpath: str, mod: nn.Module,
                      local: str) -> WeightNormPart | None:
-    """The weight norm ``mpath.local`` is part of, or None."""
+    """The weight norm (part ``g`` or ``v``) or spectral norm (part ``raw``) ``mpath.local``
+    is part of, or an orthogonal parametrization's original or ``base`` (part ``orthogonal``),
+    or None."""
     from torch.nn.utils import parametrize
-    from torch.nn.utils.parametrizations import _WeightNorm
+    from torch.nn.utils.parametrizations import _Orthogonal, _SpectralNorm, _WeightNorm
+    from torch.nn.utils.spectral_norm import SpectralNorm
     from torch.nn.utils.weight_norm import WeightNorm
 
-    if isinstance(mod, parametrize.ParametrizationList):
-        # <layer>.parametrizations.<tensor>.original{0,1}, one _WeightNorm and nothing else
+    stems = ("original", "parametrizations")
+    if isinstance(mod, _Orthogonal) and local == "base":  # <layer>.parametrizations.<tensor>.0.base
         parts = mpath.split(".")
-        if (len(parts) < 2 or parts[-2] != "parametrizations" or local not in ("original0", "original1")
-                or len(mod) != 1 or not isinstance(mod[0], _WeightNorm)):
+        plist = modules.get(".".join(parts[:-1]))
+        if isinstance(plist, parametrize.ParametrizationList) and len(parts) >= 3:
+            path = ".".join(parts[:-3])
+            return WeightNormPart(_join(path, parts[-2]), path, modules[path], parts[-2], "orthogonal",
+                                  plist.original, "", stems + ("base",))
+    if isinstance(mod, parametrize.ParametrizationList):
+        # <layer>.parametrizations.<tensor>.original{0,1} (weight_norm) or .original (spectral_norm)
+        parts = mpath.split(".")
+        if len(parts) < 2 or parts[-2] != "parametrizations" or len(mod) != 1:
             return None
         path = ".".join(parts[:-2])
-        return WeightNormPart(_join(path, parts[-1]), path, modules[path], parts[-1],
-                              "g" if local == "original0" else "v", mod.original1, _join(mpath, "original1"),
-                              ("original", "parametrizations"))
-    for hook in mod._forward_pre_hooks.values():  # legacy: <layer>.weight_g / weight_v
+        if isinstance(mod[0], _WeightNorm) and local in ("original0", "original1"):
+            return WeightNormPart(_join(path, parts[-1]), path, modules[path], parts[-1],
+                                  "g" if local == "original0" else "v", mod.original1, _join(mpath, "original1"), stems)
+        if isinstance(mod[0], (_SpectralNorm, _Orthogonal)) and local == "original":
+            part = "raw" if isinstance(mod[0], _SpectralNorm) else "orthogonal"
+            return WeightNormPart(_join(path, parts[-1]), path, modules[path], parts[-1], part, mod.original,
+                                  _join(mpath, "original"), stems)
+        return None
+    for hook in mod._forward_pre_hooks.values():  # legacy: <layer>.weight_g / weight_v, weight_orig
         if isinstance(hook, WeightNorm) and local in (f"{hook.name}_g", f"{hook.name}_v"):
             v = mod._parameters.get(f"{hook.name}_v")
             if v is None:
                 return None
             return WeightNormPart(_join(mpath, hook.name), mpath, mod, hook.name, local[-1], v,
                                   _join(mpath, f"{hook.name}_v"), (local,))
+        if isinstance(hook, SpectralNorm) and local == f"{hook.name}_orig":
+            return WeightNormPart(_join(mpath, hook.name), mpath, mod, hook.name, "raw", mod._parameters[local],
+                                  _join(mpath, local), (local,))
     return None
+
+
+def orthogonal_refusal(wn: WeightNormPart, q: str) -> str:
+    """Why no rule may write ``q``, an orthogonal parametrization's original or base, and the fix."""
+    return (f"it computes the orthogonal {wn.name!r} (torch.nn.utils.parametrizations.orthogonal): the layer's "
+            f"weight is an orthogonal matrix whatever is drawn here, and a drawn value makes a different one (or "
+            f"none: zeros); initialize the layer before registering the parametrization and accept these tensors "
+            f"with a 'keep' rule ({{'qualnames': '{_join(wn.path, 'parametrizations')}.{wn.local}.*', 'init': 'keep'}})")
 
 
 def names_original(rule, wn: WeightNormPart) -> bool:
@@ -116,6 +149,8 @@ def g_spec(spec: S.Spec, wn: WeightNormPart, g: Tensor, q: str) -> S.Constant:
 def weight_norm_entry(how: str, wn: WeightNormPart, res: dict, t: Tensor, q: str) -> tuple[str, str, dict]:
     """(matched_as, role, resolved rule) of ``q`` (``t``: g or v) when a rule for ``wn.name`` won."""
     role = "weight" if t.dim() >= 2 else "scale"
+    if wn.part == "raw":
+        return f"{how} (spectral_norm's raw weight: the layer divides it by its largest singular value)", role, res
     if wn.part == "v" or res.get("spec") is None:  # v, module code or keep: what the weight gets
         return f"{how} (weight_norm's {wn.part})", role, res
     spec = g_spec(res["spec"], wn, t, q)
@@ -168,3 +203,65 @@ def rederive_gs(model: nn.Module, entries: list) -> list:
                 e = replace(e, spec=spec, args=dict(e.args, val=spec.value, **same))
         out.append(e)
     return out
+
+
+def refresh_spectral_norms(model: nn.Module, written: set[str], seed: int) -> None:
+    """Recompute the power-iteration vectors ``u`` and ``v`` of each spectral norm whose raw
+    weight, ``u`` or ``v`` was just written (``written``: qualified names): they were computed
+    from the weight the layer had before, and in eval mode (no power step in the forward) it
+    would divide the new weight by the old one's norm. From a start drawn on torch's CPU
+    generator seeded by (``seed``, the name of ``u``), whatever ``u`` and ``v`` held (a rule's
+    draw, fresh memory), then 50 steps (torch runs 15 when it registers the norm). Skipped
+    while a tensor is on meta (materialize: the batch that fills the last does it) or sharded."""
+    import zlib
+
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.utils.parametrizations import _SpectralNorm
+    from torch.nn.utils.spectral_norm import SpectralNorm
+
+    from ..engines.dtensor import is_dtensor
+
+    if not any(n.endswith(("original", "_orig", "_u", "_v")) for n in written):
+        return
+    for mpath, mod in model.named_modules():
+        found = []
+        if isinstance(mod, _SpectralNorm) and hasattr(mod, "_u"):  # <layer>.parametrizations.<t>.0
+            plist = model.get_submodule(mpath.rpartition(".")[0])
+            names = (f"{mpath.rpartition('.')[0]}.original", f"{mpath}._u", f"{mpath}._v")
+            found.append((names, plist.original, mod._u, mod._v, mod._reshape_weight_to_matrix, mod.eps))
+        for hook in mod._forward_pre_hooks.values():
+            if isinstance(hook, SpectralNorm):
+                names = tuple(_join(mpath, f"{hook.name}_{k}") for k in ("orig", "u", "v"))
+                found.append((names, getattr(mod, names[0].rpartition(".")[2]), getattr(mod, f"{hook.name}_u"),
+                              getattr(mod, f"{hook.name}_v"), hook.reshape_weight_to_matrix, hook.eps))
+        for names, w, u, v, to_matrix, eps in found:
+            if not any(n in written for n in names) or any(t.is_meta or is_dtensor(t) for t in (w, u, v)):
+                continue
+            gen = torch.Generator().manual_seed(zlib.crc32(f"{seed}/{names[1]}".encode()))
+            with torch.no_grad():
+                wm = to_matrix(w.detach())
+                v.copy_(F.normalize(torch.randn(v.shape, generator=gen, dtype=torch.float64), dim=0, eps=eps))
+                for _ in range(50):
+                    u.copy_(F.normalize(torch.mv(wm, v), dim=0, eps=eps))
+                    v.copy_(F.normalize(torch.mv(wm.mH, u), dim=0, eps=eps))
+
+
+def orthogonal_hint(model: nn.Module, names: list[str]) -> str:
+    """For a message naming unmatched tensors: which compute an orthogonal parametrization's
+    weight, which no rule initializes ("" when none does)."""
+    modules = None
+    found: dict[str, str] = {}
+    for n in names:
+        path, _, local = n.rpartition(".")
+        if local not in ("original", "base"):
+            continue
+        modules = modules if modules is not None else dict(model.named_modules())
+        wn = weight_norm_part(modules, path, modules[path], local) if path in modules else None
+        if wn is not None and wn.part == "orthogonal":
+            found.setdefault(wn.name, f"{_join(wn.path, 'parametrizations')}.{wn.local}.*")
+    if not found:
+        return ""
+    return (f"; {', '.join(map(repr, found))} {'is' if len(found) == 1 else 'are'} orthogonal by parametrization "
+            f"(torch.nn.utils.parametrizations.orthogonal): no rule draws its original, accept it with a 'keep' rule "
+            f"({{'qualnames': {next(iter(found.values()))!r}, 'init': 'keep'}})")

@@ -15,7 +15,7 @@ from ..core.gate_specs import GateConstant, OrthogonalPerGate
 from .norms import scales_by_one_plus_weight
 from .nonlinearity import (Detection, NonlinearityWarning, auto_gain, detect_nonlinearities, is_weight_layer,
                            order_fallback_warning)
-from .parametrized import names_original, weight_norm_entry, weight_norm_part
+from .parametrized import names_original, orthogonal_refusal, weight_norm_entry, weight_norm_part
 from .plan import Plan, PlanEntry
 from .policy import INITIALIZERS, Policy, PolicyError, Rule, load_policy
 from .registry import DEFAULT_POLICY, PresetName
@@ -465,8 +465,8 @@ def plan(model: nn.Module, policy: PresetName | Policy | str | Mapping | Sequenc
         # rule, the decoder Linear's bias does)
         names = [(q, mpath, mod, local)] + [_owner(ctx, a) for a in aliases.get(id(t), ())]
         # weight_norm's g or v: rules select the weight they compute (model/parametrized.py)
-        wn = weight_norm_part(ctx.modules, mpath, mod, local) if kind == "parameter" else None
-        if wn is not None:
+        wn = weight_norm_part(ctx.modules, mpath, mod, local)
+        if wn is not None and wn.part != "orthogonal":  # an orthogonal weight is what it is: no rule for it
             names.append((wn.name, wn.path, wn.module, wn.local))
         tied_head = _is_tied_head(names, t)
         # a frozen embedding table (Whisper's sinusoidal positions, requires_grad=False) is computed, not
@@ -516,6 +516,9 @@ def plan(model: nn.Module, policy: PresetName | Policy | str | Mapping | Sequenc
             how = f"{how} (as {cq!r})"
         won_count[win] += 1
 
+        if wn is not None and wn.part == "orthogonal" and rule.init not in ("keep", "module"):
+            raise PolicyError(f"policy {pol.name!r}: rule {labels[win]} on {q!r}: {orthogonal_refusal(wn, q)}",
+                              rule=win, name=rule.name, field="init")
         as_weight = wn is not None and cq == wn.name
         rule, res = _resolve_named(ctx, pol, win, cq, cpath, cmod, clocal, wn.v if as_weight else t)
         if as_weight:
