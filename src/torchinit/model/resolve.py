@@ -12,6 +12,7 @@ from ..core import specs as S
 from ..core.fans import Fans, compute_fans, module_fans, torch_fans
 from ..core.gains import TORCH_NONLINEARITIES, second_moment_gain
 from ..core.gate_specs import GateConstant, OrthogonalPerGate
+from .fan_notes import Hits, fans_notes, record_fans
 from .norms import scales_by_one_plus_weight
 from .nonlinearity import (Detection, NonlinearityWarning, auto_gain, detect_nonlinearities, is_weight_layer,
                            order_fallback_warning)
@@ -58,7 +59,8 @@ class _Context:
         self._code: dict[str, tuple[tuple[str, str], ...]] = {}  # code_for, per module path
         self._chains: dict[str, list[tuple[str, nn.Module]]] = {}  # chain, per module path
         #: (rule label, init, mode) -> [(tensor, true fan, torch's fan, std)] where fans="module" differs
-        self.true_fans: dict[tuple[str, str, str], list[tuple[str, float, float, float]]] = {}
+        self.true_fans: Hits = {}
+        self.swapped_fans: Hits = {}  # fans: torch on a Conv1D, whose (in, out) torch's rule reads swapped
         #: rule label -> {tensor: norm class} whose ``ones`` became 0: the norm scales by 1 + weight
         self.offset_norms: dict[str, dict[str, str]] = {}
 
@@ -332,15 +334,8 @@ def _resolve(ctx: _Context, rule: Rule, q: str, mod_path: str, mod: nn.Module, l
         out["code"] = ctx.code_for(mod_path)
     elif init == "keep":
         pass
-    fans = out.get("fans")
-    if fans is not None and args.get("fans") == "module" and spec is not None and spec.std is not None:
-        # the fan the std divides by: kaiming and variance_scaling by mode, xavier the average, lecun fan_in
-        mode = "fan_avg" if init.startswith("xavier") else "fan_in" if init.startswith("lecun") else args["mode"]
-        tf = torch_fans(shape)
-        n_true, n_torch = fans.select(mode), tf.select(mode)
-        if n_true != n_torch and n_torch > 0:
-            ctx.true_fans.setdefault((rule.name or rule.init, init, mode), []).append(
-                (q, n_true, n_torch, spec.std))
+    record_fans(ctx.true_fans, ctx.swapped_fans, rule.name or rule.init, init, args, "fans" in rule.args, mod, q,
+                shape, out.get("fans"), spec.std if spec is not None else None)
     if spec is not None:
         spec.check_shape(shape)
         if spec.random and not t.is_floating_point():
@@ -554,14 +549,10 @@ def plan(model: nn.Module, policy: PresetName | Policy | str | Mapping | Sequenc
             overridden=tuple(overridden), aliases=tuple(aliases.get(id(t), ())),
             zero_rows=zero_rows, code=res["code"],
         ))
-    for (rname, init, mode), hits in ctx.true_fans.items():
-        shown = "; ".join(f"{n}: {mode} {a:g} vs {b:g}, std {sd:.4g} vs {sd * math.sqrt(a / b):.4g}"
-                          for n, a, b, sd in hits[:3])
-        more = f"; and {len(hits) - 3} more" if len(hits) > 3 else ""
-        ctx.notes.append(
-            f"rule {rname!r} ({init}, {mode}) uses true fans (fans: module): on {len(hits)} grouped/transposed "
-            f"weight(s) the {mode} differs from torch.nn.init.{init}_'s, which counts every group ({shown}{more}); "
-            f"a recipe ported from torch gets the second std: give the rule args fans: torch for it")
+    notes, warns = fans_notes(ctx.true_fans, ctx.swapped_fans)
+    ctx.notes.extend(notes)
+    for msg in warns:
+        warnings.warn(msg, UserWarning, stacklevel=2)
     for rname, hits in ctx.offset_norms.items():
         shown = ", ".join(f"{n!r} ({c})" for n, c in list(hits.items())[:3])
         ctx.notes.append(
