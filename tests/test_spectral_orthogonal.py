@@ -78,7 +78,7 @@ def test_no_rule_draws_an_orthogonal_parametrization(name):
     with pytest.raises(torchinit.PolicyError) as err:
         torchinit.init_model(net, {"preset": "kaiming", "rules": [{"qualnames": name, "init": "normal"}]}, seed=0)
     assert str(err.value) == (
-        f"policy 'kaiming': rule #13 normal on {name!r}: it computes the orthogonal '0.weight' "
+        f"policy 'kaiming': rule #14 normal on {name!r}: it computes the orthogonal '0.weight' "
         "(torch.nn.utils.parametrizations.orthogonal): the layer's weight is an orthogonal matrix whatever is drawn "
         "here, and a drawn value makes a different one (or none: zeros); initialize the layer before registering "
         f"the parametrization and accept these tensors with a 'keep' rule ({_KEEP})")

@@ -70,7 +70,7 @@ def test_weight_norm_over_another_dim_and_the_whole_tensor():
     net = _net(dim=None)  # g: one scalar, the whole tensor's norm
     p = torchinit.init_model(net, "kaiming", seed=0)
     assert p[G].shape == () and p[G].spec.value == pytest.approx(math.sqrt(2 / 64 * 128 * 64))
-    assert float(net[0].weight.pow(2).mean().sqrt()) == pytest.approx(math.sqrt(2 / 64), rel=1e-6)
+    assert float(net[0].weight.detach().pow(2).mean().sqrt()) == pytest.approx(math.sqrt(2 / 64), rel=1e-6)
 
 
 def test_a_catch_all_rule_no_longer_draws_g_as_a_weight():
@@ -114,13 +114,13 @@ def test_a_zero_or_unknown_slice_norm_is_refused_before_writing():
     with pytest.raises(torchinit.PolicyError) as err:
         torchinit.init_model(net, {"preset": "kaiming", "rules": [{"qualnames": "0.weight", "init": "zeros"}]}, seed=0)
     assert str(err.value) == (
-        f"policy 'kaiming': rule #13 zeros: {G!r} is the g of weight_norm's '0.weight' = g * v / ||v||, whose rule "
+        f"policy 'kaiming': rule #14 zeros: {G!r} is the g of weight_norm's '0.weight' = g * v / ||v||, whose rule "
         "gives Constant(value=0): a zero v makes the weight NaN (0 / 0, as torch's weight_norm of a zero weight "
         "does); give '0.weight' a non-zero init, or remove weight_norm from the layer")
     with pytest.raises(torchinit.PolicyError) as err:
         torchinit.plan(net, {"preset": "kaiming", "rules": [{"qualnames": "0.weight", "init": "eye"}]})
     assert str(err.value) == (
-        f"policy 'kaiming': rule #13 eye: {G!r} is the g of weight_norm's '0.weight' = g * v / ||v||, whose rule "
+        f"policy 'kaiming': rule #14 eye: {G!r} is the g of weight_norm's '0.weight' = g * v / ||v||, whose rule "
         "gives Eye(): g would be the norm of a slice of it, not known for this spec; give '0.weight' a normal, "
         f"uniform, truncated normal, orthogonal or constant init, or g a rule naming it (qualnames: {G!r}; the "
         "weight's rule then applies to v only)")

@@ -469,6 +469,8 @@ def plan(model: nn.Module, policy: PresetName | Policy | str | Mapping | Sequenc
         # or the module's own code (which knows how to compute it) still applies
         frozen = (kind == "parameter" and not t.requires_grad
                   and any(isinstance(m, (nn.Embedding, nn.EmbeddingBag)) for _, _, m, _ in names))
+        # mamba_ssm marks what its constructor computes (the time-step bias) _no_reinit: only a rule naming it writes it
+        no_reinit = getattr(t, "_no_reinit", False) is True
         kept_from: list[str] = []
         per_name = []
         for cq, cpath, cmod, clocal in names:
@@ -483,7 +485,8 @@ def plan(model: nn.Module, policy: PresetName | Policy | str | Mapping | Sequenc
                     continue
                 if rule.init == "module" and not ctx.code_for(cpath):
                     continue
-                if frozen and rule.qualnames is None and rule.init != "module":
+                if (frozen and rule.qualnames is None and rule.init != "module") or (
+                        no_reinit and q not in (rule.qualnames or ())):
                     kept_from.append(labels[i])
                     continue
                 hits.append((rule.priority, i, how))
@@ -493,7 +496,9 @@ def plan(model: nn.Module, policy: PresetName | Policy | str | Mapping | Sequenc
         if kept_from:
             passed = ", ".join(dict.fromkeys(kept_from))
             ctx.notes.append(
-                (f"kept: frozen (requires_grad=False) {q!r} ({type(mod).__name__}): a computed table, not a learned "
+                (f"kept: {q!r} ({type(mod).__name__}) is marked _no_reinit (its constructor computed it, as "
+                 f"mamba_ssm's time-step bias); rule {passed} would have overwritten it" if no_reinit and not per_name else
+                 f"kept: frozen (requires_grad=False) {q!r} ({type(mod).__name__}): a computed table, not a learned "
                  f"one; rule {passed} would have overwritten it" if not per_name else
                  f"frozen (requires_grad=False) {q!r} ({type(mod).__name__}): rule {passed} passes it by, its "
                  f"module's own init code applies")
