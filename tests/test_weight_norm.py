@@ -179,3 +179,15 @@ def test_wav2vec2_positional_conv_is_covered():
     name = "encoder.pos_conv_embed.conv.parametrizations.weight.original0"
     assert p[name].spec.value == pytest.approx(0.02 * math.sqrt(16 * 8))
     assert float(conv.weight.std()) == pytest.approx(0.02, rel=0.05)
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["parametrizations", "legacy"])
+def test_a_rule_bias_option_reaches_a_weight_normed_layer_bias(legacy):
+    # before: the layer had no 'weight' parameter, so bias= passed its bias by (unmatched, kept)
+    net = _net(legacy)
+    rule = {"modules": "Linear", "params": "weight", "init": "kaiming_normal", "args": {"nonlinearity": "relu"},
+            "bias": "zeros"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        p = torchinit.init_model(net, [rule], seed=0)
+    assert p["0.bias"].matched_as.endswith("(rule's bias=)") and bool((net[0].bias == 0).all())
