@@ -30,6 +30,7 @@ own names, as any tensor.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, replace
 from typing import Mapping
 
@@ -236,7 +237,12 @@ def refresh_spectral_norms(model: nn.Module, written: set[str], seed: int) -> No
                 found.append((names, getattr(mod, names[0].rpartition(".")[2]), getattr(mod, f"{hook.name}_u"),
                               getattr(mod, f"{hook.name}_v"), hook.reshape_weight_to_matrix, hook.eps))
         for names, w, u, v, to_matrix, eps in found:
-            if not any(n in written for n in names) or any(t.is_meta or is_dtensor(t) for t in (w, u, v)):
+            if not any(n in written for n in names) or any(t.is_meta for t in (w, u, v)):
+                continue
+            if any(is_dtensor(t) for t in (w, u, v)):  # the power iteration needs the whole weight
+                warnings.warn(f"spectral_norm's u and v ({names[1]!r}, {names[2]!r}) were not recomputed for the "
+                              f"sharded weight written into {names[0]!r}: until its first forward in training mode, "
+                              "the layer divides by the norm of the weight it had before", UserWarning, stacklevel=3)
                 continue
             gen = torch.Generator().manual_seed(zlib.crc32(f"{seed}/{names[1]}".encode()))
             with torch.no_grad():
