@@ -191,3 +191,16 @@ def test_a_rule_bias_option_reaches_a_weight_normed_layer_bias(legacy):
         warnings.simplefilter("error")
         p = torchinit.init_model(net, [rule], seed=0)
     assert p["0.bias"].matched_as.endswith("(rule's bias=)") and bool((net[0].bias == 0).all())
+
+
+def test_diagnose_holds_the_computed_weight_to_the_plan():
+    net = _net()
+    p = torchinit.init_model(net, "kaiming", seed=0)
+    x = torch.randn(64, 64, generator=torch.Generator().manual_seed(0))
+    rep = torchinit.diagnose(net, x, plan=p)
+    assert rep.param("0.weight").promised_std == pytest.approx(math.sqrt(2 / 64))  # before: None, nothing to check
+    assert rep.by_kind("mismatch") == []
+    with torch.no_grad():  # a stale g: the weight is no longer what the plan promised
+        net[0].parametrizations.weight.original0.fill_(1.0)
+    (v,) = torchinit.diagnose(net, x, plan=p).by_kind("mismatch")
+    assert "0.weight" in str(v)

@@ -268,7 +268,7 @@ class MuP(Policy):
             counts[r.role] = counts.get(r.role, 0) + 1
             args = dict(e.args, mup_role=r.role, width_mult=r.width_mult)
             c = r.std_mult(self.readout)
-            if e.kind == "buffer" or "weight_norm" in e.args:  # running statistics and the like: the
+            if e.kind == "buffer" or str(e.args.get("weight_norm", "")).startswith("g of "):  # running stats: the
                 entries.append(replace(e, args=args))  # policy's own entry; weight_norm's g: from its v, below
                 continue
             if c == 1.0:

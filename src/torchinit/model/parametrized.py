@@ -152,6 +152,8 @@ def weight_norm_entry(how: str, wn: WeightNormPart, res: dict, t: Tensor, q: str
     role = "weight" if t.dim() >= 2 else "scale"
     if wn.part == "raw":
         return f"{how} (spectral_norm's raw weight: the layer divides it by its largest singular value)", role, res
+    if wn.part == "v" and res.get("spec") is not None:  # the weight g * v / ||v|| gets v's std (diagnose reads it)
+        return f"{how} (weight_norm's v)", role, dict(res, args=dict(res["args"], weight_norm=f"v of {wn.name}"))
     if wn.part == "v" or res.get("spec") is None:  # v, module code or keep: what the weight gets
         return f"{how} (weight_norm's {wn.part})", role, res
     spec = g_spec(res["spec"], wn, t, q)
