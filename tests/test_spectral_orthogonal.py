@@ -101,3 +101,15 @@ def test_an_orthogonal_parametrization_is_named_and_kept():
         torchinit.init_model(net, {"preset": "kaiming", "rules": [
             {"qualnames": "0.parametrizations.weight.*", "init": "keep"}]}, seed=0)
     assert torch.allclose(net[0].weight, w)
+
+
+def test_module_code_cannot_write_the_raw_weight_and_the_warning_says_what_to_do():
+    net = _net()
+    with pytest.warns(UserWarning) as caught:
+        torchinit.init_model(net, "module", seed=0)
+    (msg,) = [str(w.message) for w in caught if "never wrote" in str(w.message)]
+    assert msg.endswith(
+        f". But {RAW!r} is the raw weight of spectral_norm's '0.weight' (divided by the largest singular value): "
+        "init code that writes '0.weight' writes a temporary computed from them, which is lost. Give the weight a "
+        "rule instead (e.g. {'qualnames': '0.weight', 'init': 'kaiming_normal'}): the raw weight gets its spec; "
+        "strict=True makes this an error")

@@ -128,9 +128,9 @@ def test_a_zero_or_unknown_slice_norm_is_refused_before_writing():
 
 
 _HINT = (f". But {G!r}, {V!r} are the g and v of weight_norm's '0.weight' = g * v / ||v||: init code that writes "
-         "'0.weight' writes a temporary computed from them, which is lost, and a rule of their own can break the "
-         "weight (zeros in v: NaN). Give the weight a rule instead (e.g. {'qualnames': '0.weight', 'init': "
-         "'kaiming_normal'}): v gets its spec, g the spec's RMS slice norm")
+         "'0.weight' writes a temporary computed from them, which is lost. Give the weight a rule instead (e.g. "
+         "{'qualnames': '0.weight', 'init': 'kaiming_normal'}): v gets its spec, g the spec's RMS slice norm; a rule "
+         "of their own can break the weight (zeros in v: NaN)")
 
 
 def test_module_code_cannot_write_them_and_the_messages_say_what_to_do():

@@ -175,16 +175,25 @@ def weight_norm_hint(model: nn.Module, names: list[str]) -> str:
         modules = modules if modules is not None else dict(model.named_modules())
         mod = modules.get(path)
         wn = weight_norm_part(modules, path, mod, local) if mod is not None else None
-        if wn is not None:
-            found.setdefault(wn.name, []).append(n)
-    if not found:
-        return ""
-    first = next(iter(found))
-    return (f". But {', '.join(repr(n) for ns in found.values() for n in ns)} are the g and v of weight_norm's "
-            f"{', '.join(map(repr, found))} = g * v / ||v||: init code that writes {first!r} writes a temporary "
-            f"computed from them, which is lost, and a rule of their own can break the weight (zeros in v: NaN). "
-            f"Give the weight a rule instead (e.g. {{'qualnames': {first!r}, 'init': 'kaiming_normal'}}): v gets "
-            f"its spec, g the spec's RMS slice norm")
+        if wn is not None and wn.part in ("g", "v", "raw"):
+            found.setdefault((wn.part == "raw", wn.name), []).append(n)
+    out = ""
+    for raw in (False, True):
+        ws = [w for r, w in found if r == raw]
+        if not ws:
+            continue
+        names = [n for (r, _), ns in found.items() if r == raw for n in ns]
+        tensors = ", ".join(map(repr, names))
+        what = ("the raw {} of spectral_norm's {} (divided by the largest singular value)" if raw else
+                "the g and v of weight_norm's {1} = g * v / ||v||").format(
+                    "weight" if len(names) == 1 else "weights", ", ".join(map(repr, ws)))
+        gets = ("the raw weight gets its spec" if raw else
+                "v gets its spec, g the spec's RMS slice norm; a rule of their own can break the weight (zeros "
+                "in v: NaN)")
+        out += (f". But {tensors} {'is' if len(names) == 1 else 'are'} {what}: init code that writes "
+                f"{ws[0]!r} writes a temporary computed from them, which is lost. Give the weight a rule instead "
+                f"(e.g. {{'qualnames': {ws[0]!r}, 'init': 'kaiming_normal'}}): {gets}")
+    return out
 
 
 def rederive_gs(model: nn.Module, entries: list) -> list:
