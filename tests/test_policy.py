@@ -267,9 +267,9 @@ def test_a_typo_in_a_selector_of_ones_own_rule_warns():
     with pytest.warns(UserWarning) as rec:
         p = torchinit.plan(net, pol)
     msgs = [str(w.message) for w in rec if "matched nothing" in str(w.message)]
-    assert msgs == ["rule #13 zeros matched nothing: modules 'Conv2D' is not in the model; did you mean 'Conv2d'?",
-                    "rule #14 zeros matched nothing: params 'weights' is not in the model; did you mean 'weight'?",
-                    "rule #15 ones matched nothing: qualnames '3.Bias' is not in the model; did you mean '3.bias'?"]
+    assert msgs == ["rule #14 zeros matched nothing: modules 'Conv2D' is not in the model; did you mean 'Conv2d'?",
+                    "rule #15 zeros matched nothing: params 'weights' is not in the model; did you mean 'weight'?",
+                    "rule #16 ones matched nothing: qualnames '3.Bias' is not in the model; did you mean '3.bias'?"]
     assert [n for n in p.notes if "matched nothing" in n] == msgs
     # the presets' own rules for layers the model lacks, and rules of one's own for absent layer types, are quiet
     with warnings.catch_warnings():

@@ -13,6 +13,7 @@ from ..core import specs as S
 from ..core.gate_specs import OrthogonalPerGate
 from ..engines.argcheck import check_keyed_overflow
 from ..engines.keyed.engine import checked_spec, fill_checked_
+from .parametrized import orthogonal_hint
 from .plan import ENGINES, EngineName, Plan, PlanEntry
 from .policy import Policy, PolicyError
 from .presets import experts_hint
@@ -93,6 +94,7 @@ def _apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: EngineName =
     (``materialize``'s dry run): the per-entry checks are skipped. ``dry_run``: check the
     seed, engine and every entry against the model, write nothing and return None."""
     from ..engines.dtensor import is_dtensor, zero_rows_
+    from .parametrized import refresh_spectral_norms
 
     seed = _check_seed(seed)
     if engine not in ENGINES:
@@ -221,6 +223,9 @@ def _apply_plan(model: nn.Module, plan: Plan, *, seed: int, engine: EngineName =
                 fill_any_(t, spec, key=Key(seed, e.name))  # Key(seed).child(name), one hash less
             if e.zero_rows:
                 zero_rows_(t, e.zero_rows)
+    # a spectral norm's u and v were computed from the weight before: recomputed from the one written
+    refresh_spectral_norms(model, {n for e in selected if e.spec is not None or e.code for n in (e.name, *e.aliases)},
+                           seed)
     applied = replace(plan, entries=[replace(e, observed=observed.get(e.name, e.observed)) for e in plan.entries],
                       seed=seed, engine=engine, applied=True, notes=list(plan.notes))
     if only is not None:
@@ -341,7 +346,10 @@ def _report_unwritten(model: nn.Module, applied: Plan, names: list[str], who: st
         applied.notes.append(f"kept: the model's own init code never wrote parameter(s) {_shown(learned)}: "
                              "they keep their current values (give them a rule, or a 'keep' rule to accept them)")
     if learned or part_learned:
-        warnings.warn(_unwritten_message(who, learned, part_learned) + tail, UserWarning, stacklevel=3)
+        from .parametrized import weight_norm_hint
+
+        warnings.warn(_unwritten_message(who, learned, part_learned) + weight_norm_hint(model, learned) + tail,
+                      UserWarning, stacklevel=3)
     if computed:
         applied.notes.append(f"kept: the model's own init code never wrote buffer(s)/frozen table(s) "
                              f"{_shown(computed)}: they keep the values their constructor computed (materialize "
@@ -408,7 +416,7 @@ def init_model(model: nn.Module, policy: PresetName | Policy | str | Mapping | S
         shown = ", ".join(map(repr, p.unmatched[:20]))
         more = f" and {len(p.unmatched) - 20} more (plan.unmatched lists them all)" if len(p.unmatched) > 20 else ""
         msg = (f"init_model: no rule of policy {p.policy!r} covers {len(p.unmatched)} tensor(s): {shown}{more}"
-               f"{experts_hint(model, p.unmatched)}; "
+               f"{experts_hint(model, p.unmatched)}{orthogonal_hint(model, p.unmatched)}; "
                f"{'nothing was written' if strict else 'they keep their current values'}. Give them a rule "
                "(e.g. {'qualnames': '<name>', 'init': 'ones'}) or a preset that covers them")
         if strict:

@@ -34,9 +34,10 @@ from torch import Tensor, nn
 
 from ..core import specs as S
 from .errors import PolicyError
+from .parametrized import rederive_gs
 from .plan import Plan, PlanEntry
 from .policy import Policy, load_policy
-from .resolve import _tensors_in_order
+from .tensors import tensors_in_order as _tensors_in_order
 from .resolve import plan as _plan
 
 __all__ = ["MuP", "MuRole", "ROLES"]
@@ -267,8 +268,8 @@ class MuP(Policy):
             counts[r.role] = counts.get(r.role, 0) + 1
             args = dict(e.args, mup_role=r.role, width_mult=r.width_mult)
             c = r.std_mult(self.readout)
-            if e.kind == "buffer":  # running statistics and the like: the policy's own entry
-                entries.append(replace(e, args=args))
+            if e.kind == "buffer" or str(e.args.get("weight_norm", "")).startswith("g of "):  # running stats: the
+                entries.append(replace(e, args=args))  # policy's own entry; weight_norm's g: from its v, below
                 continue
             if c == 1.0:
                 # every dim as in base (or a role the width does not rescale): the base spec
@@ -292,6 +293,7 @@ class MuP(Policy):
                     f"{self.base_policy.name!r}, which has no spec to scale; use a policy with spec rules for it "
                     "(kaiming, xavier, gpt2, ...)", field="init")
             entries.append(replace(e, args=args, spec=_scaled(be.spec, c, e.name)))
+        entries = rederive_gs(model, entries)  # g: the norm of a slice of its v's scaled spec
         notes = list(target.notes)
         notes.append("muP roles: " + ", ".join(f"{counts[k]} {k}" for k in ROLES if k in counts)
                      + f"; readout={self.readout}; init and LR relative to the base width (Tensor Programs V, Table 3)")

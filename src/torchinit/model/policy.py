@@ -330,8 +330,9 @@ class Rule:
         (role ``"tied_head"`` selects those, under every name; other rules see a ``"weight"``).
         """
         owner_path, owner = chain[-1]
-        if self.bias is not None and qualname == (f"{owner_path}.bias" if owner_path else "bias") \
-                and "weight" in owner._parameters:
+        if self.bias is not None and qualname == (f"{owner_path}.bias" if owner_path else "bias") and (
+                "weight" in owner._parameters or "weight_v" in owner._parameters  # weight_norm's, spectral_norm's
+                or "weight_orig" in owner._parameters or "weight" in getattr(owner, "parametrizations", {})):
             # the layer's own bias goes with its weight: matched as the weight would be (see bias_rule)
             return self.match(qualname[:-4] + "weight", "weight", chain)
         if self.role == "tied_head":

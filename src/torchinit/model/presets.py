@@ -36,11 +36,11 @@ from .registry import PRESETS, get_preset, preset_names
 from .selectors import OWN_INIT, module_matches
 
 __all__ = ["PRESETS", "get_preset", "preset_names", "RESIDUAL_PROJECTIONS", "RELATIVE_POSITION_BIASES",
-           "experts_hint"]
+           "SSM_PARAMETERS", "experts_hint"]
 
 #: Layers with a weight of shape (out, in, *k) and an optional bias.
 _LAYERS = ("Linear", "_ConvNd", "Conv1D", "Bilinear")
-_NORMS = ("_NormBase", "LayerNorm", "GroupNorm", "RMSNorm", "*LayerNorm", "*RMSNorm")
+_NORMS = ("_NormBase", "LayerNorm", "GroupNorm", "RMSNorm", "*LayerNorm", "*RMSNorm", "*RMSNormGated")  # Mamba2: gated
 _EMBEDDINGS = ("Embedding", "EmbeddingBag")
 
 #: Globs of the weights that write into the residual stream (scaled by depth in gpt2/llama).
@@ -90,6 +90,20 @@ _SINKS = ("*.self_attn.sinks",)
 #: The presets with a std (gpt2, llama, vit) give them that std.
 RELATIVE_POSITION_BIASES = ("*relative_attention_bias.weight", "*relative_attention_bias",
                             "*rel_attn_embed.weight", "*relative_position_bias_table")
+
+
+#: State-space (Mamba) parameters their model's own init code computes: the time-step bias
+#: (the inverse softplus of a step drawn log-uniformly in [time_step_min, time_step_max]: a
+#: Linear's bias in Mamba, FalconMamba and Jamba, a raw ``dt_bias`` in Mamba2, Bamba, Zamba2),
+#: ``A_log = log(1..N)`` and ``D = 1``. A preset's layer-bias rule gave the bias zeros
+#: (``softplus(0) = 0.69`` for every channel, where 0.001 to 0.1 is meant) or, under ``pytorch``,
+#: U(+-1/sqrt(rank)): every preset runs the model's code for them (a module without such code
+#: leaves them to the other rules; mamba_ssm marks its own ``_no_reinit``, which plan keeps).
+SSM_PARAMETERS = ("*.dt_proj.bias", "*.dt_bias", "*.A_log", "*.D")
+
+
+def _ssm_rules() -> list[Rule]:
+    return [Rule("module", qualnames=SSM_PARAMETERS, name="state-space parameters (own init code)")]
 
 
 def _globs(preset: str, option: str, value: Any) -> tuple[str, ...]:
@@ -160,6 +174,7 @@ def pytorch_preset() -> Policy:
         # a subclass with an init method of its own (a zero-initialized nn.Linear) gets what its constructor
         # gives, that code: the rules above gave it its torch base's init
         Rule("module", modules=OWN_INIT, name="own init code (subclass)"),
+        *_ssm_rules(),
     ]
     return Policy(tuple(rules), name="pytorch")
 
@@ -179,7 +194,7 @@ def _standard(name: str, weight: Rule, *, rnn: bool = True) -> Policy:
     ]
     if rnn:
         rules += _rnn_rules()
-    rules += _mha_rules()
+    rules += _mha_rules() + _ssm_rules()
     return Policy(tuple(rules), name=name)
 
 
@@ -252,6 +267,7 @@ def gpt2_preset(std: float | None = None, n_layer: int | None = None,
              name="residual projection"),
         # an embedding tied to its output head, whatever the names (BERT's cls.predictions.decoder)
         Rule("normal", {"std": std}, role="tied_head", name="tied embedding/head"),
+        *_ssm_rules(),
     ]
     return Policy(tuple(rules), name="gpt2", options={"std": None if std == "config" else std, "n_layer": n_layer})
 
@@ -296,6 +312,7 @@ def llama_preset(std: float | None = None, depth_init: bool = True, cutoff: floa
         # an embedding tied to an output projection gets the head's spec whatever the names (BERT's
         # cls.predictions.decoder, RoBERTa's lm_head.decoder): N(0, 1) as a head gives logits std ~sqrt(dim)
         Rule("trunc_normal", {"std": "1/sqrt(fan_in)", "cutoff": 3.0}, role="tied_head", name="tied embedding/head"),
+        *_ssm_rules(),
     ]
     return Policy(tuple(rules), name="llama", options={"std": None if std == "config" else std,
                                                        "depth_init": depth_init, "cutoff": cutoff})
@@ -390,6 +407,7 @@ def vit_preset(style: str = "timm", std: float | None = None, head_bias: float =
             Rule("constant", {"val": float(head_bias)}, qualnames=tuple(h[:-6] + "bias" for h in _VIT_HEADS),
                  name="head bias (jax)"),
         ]
+    rules += _ssm_rules()
     return Policy(tuple(rules), name="vit", options={"style": style, "std": None if std == "config" else std,
                                                      "head_bias": head_bias})
 

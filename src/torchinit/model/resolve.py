@@ -12,13 +12,16 @@ from ..core import specs as S
 from ..core.fans import Fans, compute_fans, module_fans, torch_fans
 from ..core.gains import TORCH_NONLINEARITIES, second_moment_gain
 from ..core.gate_specs import GateConstant, OrthogonalPerGate
+from .fan_notes import Hits, fans_notes, record_fans
 from .norms import scales_by_one_plus_weight
 from .nonlinearity import (Detection, NonlinearityWarning, auto_gain, detect_nonlinearities, is_weight_layer,
                            order_fallback_warning)
+from .parametrized import names_original, orthogonal_refusal, weight_norm_entry, weight_norm_part
 from .plan import Plan, PlanEntry
 from .policy import INITIALIZERS, Policy, PolicyError, Rule, load_policy
 from .registry import DEFAULT_POLICY, PresetName
 from .selectors import _local_only, unused_rule_hints
+from .tensors import is_tied_head as _is_tied_head, tensors_in_order as _tensors_in_order
 
 __all__ = ["plan"]
 
@@ -56,7 +59,8 @@ class _Context:
         self._code: dict[str, tuple[tuple[str, str], ...]] = {}  # code_for, per module path
         self._chains: dict[str, list[tuple[str, nn.Module]]] = {}  # chain, per module path
         #: (rule label, init, mode) -> [(tensor, true fan, torch's fan, std)] where fans="module" differs
-        self.true_fans: dict[tuple[str, str, str], list[tuple[str, float, float, float]]] = {}
+        self.true_fans: Hits = {}
+        self.swapped_fans: Hits = {}  # fans: torch on a Conv1D, whose (in, out) torch's rule reads swapped
         #: rule label -> {tensor: norm class} whose ``ones`` became 0: the norm scales by 1 + weight
         self.offset_norms: dict[str, dict[str, str]] = {}
 
@@ -333,15 +337,8 @@ def _resolve(ctx: _Context, rule: Rule, q: str, mod_path: str, mod: nn.Module, l
         out["code"] = ctx.code_for(mod_path)
     elif init == "keep":
         pass
-    fans = out.get("fans")
-    if fans is not None and args.get("fans") == "module" and spec is not None and spec.std is not None:
-        # the fan the std divides by: kaiming and variance_scaling by mode, xavier the average, lecun fan_in
-        mode = "fan_avg" if init.startswith("xavier") else "fan_in" if init.startswith("lecun") else args["mode"]
-        tf = torch_fans(shape)
-        n_true, n_torch = fans.select(mode), tf.select(mode)
-        if n_true != n_torch and n_torch > 0:
-            ctx.true_fans.setdefault((rule.name or rule.init, init, mode), []).append(
-                (q, n_true, n_torch, spec.std))
+    record_fans(ctx.true_fans, ctx.swapped_fans, rule.name or rule.init, init, args, "fans" in rule.args, mod, q,
+                shape, out.get("fans"), spec.std if spec is not None else None)
     if spec is not None:
         spec.check_shape(shape)
         if spec.random and not t.is_floating_point():
@@ -353,34 +350,10 @@ def _resolve(ctx: _Context, rule: Rule, q: str, mod_path: str, mod: nn.Module, l
     return out
 
 
-def _tensors_in_order(model: nn.Module):
-    """(qualified name, module path, module, local name, tensor, kind) in named_parameters order,
-    each module's buffers after its parameters; tied tensors once."""
-    seen: set[int] = set()
-    for mpath, mod in model.named_modules():
-        for kind, store in (("parameter", mod._parameters), ("buffer", mod._buffers)):
-            for local, t in store.items():
-                if t is None or id(t) in seen:
-                    continue
-                seen.add(id(t))
-                yield (f"{mpath}.{local}" if mpath else local), mpath, mod, local, t, kind
-
-
 def _owner(ctx: _Context, name: str) -> tuple[str, str, nn.Module, str]:
     """(name, module path, module, local name) of a qualified tensor name."""
     path, _, local = name.rpartition(".")
     return name, path, ctx.modules[path], local
-
-
-def _is_tied_head(names: Sequence[tuple[str, str, nn.Module, str]], t: Tensor) -> bool:
-    """One 2-D tensor registered as an input embedding's weight AND as another module's weight
-    (an output projection: BERT's ``cls.predictions.decoder``, GPT-2's ``lm_head``), found by
-    identity whatever the names are."""
-    if len(names) < 2 or t.dim() != 2:
-        return False
-    emb = [isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and loc == "weight" for _, _, m, loc in names]
-    head = [not e and loc == "weight" for e, (_, _, _, loc) in zip(emb, names)]
-    return any(emb) and any(head)
 
 
 def _what(rule: Rule, res: Mapping[str, Any]) -> str:
@@ -489,25 +462,34 @@ def plan(model: nn.Module, policy: PresetName | Policy | str | Mapping | Sequenc
         # different inits the plan says so (BERT's MLM bias: the head's own name matches no preset
         # rule, the decoder Linear's bias does)
         names = [(q, mpath, mod, local)] + [_owner(ctx, a) for a in aliases.get(id(t), ())]
+        # weight_norm's g or v: rules select the weight they compute (model/parametrized.py)
+        wn = weight_norm_part(ctx.modules, mpath, mod, local)
+        if wn is not None and wn.part != "orthogonal":  # an orthogonal weight is what it is: no rule for it
+            names.append((wn.name, wn.path, wn.module, wn.local))
         tied_head = _is_tied_head(names, t)
         # a frozen embedding table (Whisper's sinusoidal positions, requires_grad=False) is computed, not
         # learned: rules selecting it by module type pass it by (kept, noted); a rule naming it (qualnames)
         # or the module's own code (which knows how to compute it) still applies
         frozen = (kind == "parameter" and not t.requires_grad
                   and any(isinstance(m, (nn.Embedding, nn.EmbeddingBag)) for _, _, m, _ in names))
+        # mamba_ssm marks what its constructor computes (the time-step bias) _no_reinit: only a rule naming it writes it
+        no_reinit = getattr(t, "_no_reinit", False) is True
         kept_from: list[str] = []
         per_name = []
         for cq, cpath, cmod, clocal in names:
             chain = ctx.chain(cpath)
-            role = _role(kind, clocal, t)
+            role = _role(kind, clocal, wn.v if wn is not None and cq == wn.name else t)
             hits = []
             for i, rule in _rules_for(pol, clocal, cache):
+                if wn is not None and cq == q and not names_original(rule, wn):
+                    continue  # by its shape or a catch-all, g would be drawn as a weight
                 how = rule.match(cq, role, chain, tied_head)
                 if how is None:
                     continue
                 if rule.init == "module" and not ctx.code_for(cpath):
                     continue
-                if frozen and rule.qualnames is None and rule.init != "module":
+                if (frozen and rule.qualnames is None and rule.init != "module") or (
+                        no_reinit and q not in (rule.qualnames or ())):
                     kept_from.append(labels[i])
                     continue
                 hits.append((rule.priority, i, how))
@@ -517,7 +499,9 @@ def plan(model: nn.Module, policy: PresetName | Policy | str | Mapping | Sequenc
         if kept_from:
             passed = ", ".join(dict.fromkeys(kept_from))
             ctx.notes.append(
-                (f"kept: frozen (requires_grad=False) {q!r} ({type(mod).__name__}): a computed table, not a learned "
+                (f"kept: {q!r} ({type(mod).__name__}) is marked _no_reinit (its constructor computed it, as "
+                 f"mamba_ssm's time-step bias); rule {passed} would have overwritten it" if no_reinit and not per_name else
+                 f"kept: frozen (requires_grad=False) {q!r} ({type(mod).__name__}): a computed table, not a learned "
                  f"one; rule {passed} would have overwritten it" if not per_name else
                  f"frozen (requires_grad=False) {q!r} ({type(mod).__name__}): rule {passed} passes it by, its "
                  f"module's own init code applies")
@@ -535,7 +519,17 @@ def plan(model: nn.Module, policy: PresetName | Policy | str | Mapping | Sequenc
             how = f"{how} (as {cq!r})"
         won_count[win] += 1
 
-        rule, res = _resolve_named(ctx, pol, win, cq, cpath, cmod, clocal, t)
+        if wn is not None and wn.part == "orthogonal" and rule.init not in ("keep", "module"):
+            raise PolicyError(f"policy {pol.name!r}: rule {labels[win]} on {q!r}: {orthogonal_refusal(wn, q)}",
+                              rule=win, name=rule.name, field="init")
+        as_weight = wn is not None and cq == wn.name
+        rule, res = _resolve_named(ctx, pol, win, cq, cpath, cmod, clocal, wn.v if as_weight else t)
+        if as_weight:
+            try:
+                how, role, res = weight_norm_entry(how, wn, res, t, q)
+            except PolicyError as exc:
+                raise PolicyError(f"policy {pol.name!r}: rule {labels[win]}: {exc}", rule=win,
+                                  name=rule.name, field=exc.field) from None
         if rule is not pol.rules[win]:
             how = f"{how} (rule's bias=)"
         others = [n for n in per_name if n is not best]
@@ -558,19 +552,15 @@ def plan(model: nn.Module, policy: PresetName | Policy | str | Mapping | Sequenc
         entries.append(PlanEntry(
             name=q, module=mpath, module_type=type(mod).__name__, kind=kind, shape=tuple(t.shape),
             dtype=str(t.dtype).replace("torch.", ""), role=role, rule=labels[win], rule_index=win,
-            initializer=rule.init, args=res["args"], spec=spec, fans=res["fans"], gain=res["gain"],
+            initializer=res.get("initializer", rule.init), args=res["args"], spec=spec, fans=res["fans"], gain=res["gain"],
             nonlinearity=res["nonlinearity"], nonlinearity_source=res["nonlinearity_source"], matched_as=how,
             overridden=tuple(overridden), aliases=tuple(aliases.get(id(t), ())),
             zero_rows=zero_rows, code=res["code"],
         ))
-    for (rname, init, mode), hits in ctx.true_fans.items():
-        shown = "; ".join(f"{n}: {mode} {a:g} vs {b:g}, std {sd:.4g} vs {sd * math.sqrt(a / b):.4g}"
-                          for n, a, b, sd in hits[:3])
-        more = f"; and {len(hits) - 3} more" if len(hits) > 3 else ""
-        ctx.notes.append(
-            f"rule {rname!r} ({init}, {mode}) uses true fans (fans: module): on {len(hits)} grouped/transposed "
-            f"weight(s) the {mode} differs from torch.nn.init.{init}_'s, which counts every group ({shown}{more}); "
-            f"a recipe ported from torch gets the second std: give the rule args fans: torch for it")
+    notes, warns = fans_notes(ctx.true_fans, ctx.swapped_fans)
+    ctx.notes.extend(notes)
+    for msg in warns:
+        warnings.warn(msg, UserWarning, stacklevel=2)
     for rname, hits in ctx.offset_norms.items():
         shown = ", ".join(f"{n!r} ({c})" for n, c in list(hits.items())[:3])
         ctx.notes.append(

@@ -232,10 +232,11 @@ def _prefault(t: Tensor, huge_pages: bool) -> None:
         B.native_module().populate(t.untyped_storage().data_ptr(), nbytes, B.get_num_threads(), huge)
 
 
-def _refuse_unwritten(unwritten: list[str], partly: dict[str, tuple[int, int]]) -> None:
+def _refuse_unwritten(unwritten: list[str], partly: dict[str, tuple[int, int]], model: nn.Module | None = None) -> None:
     """Refuse a batch whose init code (plan entries 'module') left fresh tensors unwritten,
     wholly or in part: they would hold garbage (zero-element tensors are never listed)."""
     from ..model.apply import _shown
+    from ..model.parametrized import weight_norm_hint
 
     if partly:
         raise ValueError(
@@ -250,7 +251,8 @@ def _refuse_unwritten(unwritten: list[str], partly: dict[str, tuple[int, int]]) 
             "did not write them: values its constructor computes (rotary-embedding inv_freq, causal masks) are "
             "not recomputed by init code, and freshly allocated they would hold garbage. This batch was put back "
             "on meta, the earlier ones are done: set these tensors on the model (allocated, with their values) "
-            "and call materialize again, which fills only what is still on meta; or give them a rule")
+            "and call materialize again, which fills only what is still on meta; or give them a rule"
+            + (weight_norm_hint(model, unwritten) if model is not None else ""))
 
 
 def materialize(
@@ -347,7 +349,7 @@ def materialize(
         sub = dataclasses.replace(plan_obj, entries=[e for e in plan_obj.entries if id(e) in wanted])
         with contextlib.nullcontext() if huge_pages else B.prefaulting():
             done = _apply_plan(model, sub, seed=seed, engine="keyed", restore_on_error=False,
-                               on_unwritten=_refuse_unwritten,  # before the batch's specs are drawn
+                               on_unwritten=functools.partial(_refuse_unwritten, model=model),  # before its specs
                                validated=True)  # by the dry run, on the same shapes and dtypes
         applied.update({e.name: e for e in done.entries})
 

@@ -95,6 +95,9 @@ def _param_stats_impl(model: nn.Module, plan: Any, records: list[LayerStats],
     if plan is not None:
         for e in getattr(plan, "entries", plan):
             specs[getattr(e, "name")] = getattr(e, "spec", None)
+            wn = str((getattr(e, "args", None) or {}).get("weight_norm", ""))
+            if wn.startswith("v of "):  # weight_norm's v: the weight g * v / ||v|| has its spec's std
+                specs.setdefault(wn[5:], getattr(e, "spec", None))
     linear_by_module: dict[str, LayerStats] = {}
     for r in records:
         if r.kind == "linear":
