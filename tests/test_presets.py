@@ -391,3 +391,11 @@ def test_own_init_selector_round_trips_and_a_typo_is_refused():
     with pytest.raises(PolicyError, match=r"^policy 'custom': rule 0: field 'modules': unknown selector '@own_int'; "
                                           r"the one there is: '@own_init'$"):  # it would match nothing, quietly
         torchinit.load_policy({"rules": [{"modules": "@own_int", "init": "module"}]})
+
+
+@pytest.mark.parametrize("value", ["false", "no", 0, None])
+def test_llama_depth_init_must_be_a_bool(value):
+    # {"preset": "llama", "options": {"depth_init": "false"}} was truthy: per-layer depth scaling, silently
+    with pytest.raises(PolicyError, match=rf"^preset 'llama' with options depth_init={value!r}: preset 'llama': "
+                                          rf"depth_init must be true or false, got {value!r}$"):
+        torchinit.load_policy({"preset": "llama", "options": {"depth_init": value}})

@@ -287,6 +287,8 @@ def llama_preset(std: float | None = None, depth_init: bool = True, cutoff: floa
     T5's ``relative_attention_bias`` is an ``nn.Embedding``) get the layer weights' truncated
     normal, not the embeddings' N(0, 1), which added to the attention logits would be as large as
     the content logits (see :data:`RELATIVE_POSITION_BIASES`)."""
+    if not isinstance(depth_init, bool):  # "false" from a policy file was truthy: per-layer depth, silently
+        raise PolicyError(f"preset 'llama': depth_init must be true or false, got {depth_init!r}")
     std = "config" if std is None else std
     base = {"std": std} if cutoff is None else {"std": std, "cutoff": cutoff}
     deep = dict(base, depth="per_layer" if depth_init else "total")
