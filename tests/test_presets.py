@@ -375,7 +375,7 @@ def test_pytorch_preset_runs_a_subclass_s_own_init_code():
         model = build()
         p = torchinit.init_model(model, seed=0, engine=engine)
         for name in ("0.weight", "3.weight", "3.bias", "4.weight", "4.bias"):
-            assert p[name].rule == "#13 own init code (subclass)", name
+            assert p[name].rule == "#13 own init code", name
         assert p["1.weight"].rule == "#1 layer weight"
         assert torch.equal(model[3].weight, built[3].weight) and torch.equal(model[4].weight, built[4].weight)
         assert abs(model[0].weight.std().item() - 0.02) < 0.01
@@ -399,3 +399,23 @@ def test_llama_depth_init_must_be_a_bool(value):
     with pytest.raises(PolicyError, match=rf"^preset 'llama' with options depth_init={value!r}: preset 'llama': "
                                           rf"depth_init must be true or false, got {value!r}$"):
         torchinit.load_policy({"preset": "llama", "options": {"depth_init": value}})
+
+
+def test_pytorch_preset_runs_the_init_code_of_a_class_named_like_torch_s():
+    # rules name torch's classes by name, so a class of one's own called Linear (not a subclass)
+    # with a zero init of its own got torch's Linear init from the default preset
+    class Linear(nn.Module):
+        def __init__(self, i, o):
+            super().__init__()
+            self.weight, self.bias = nn.Parameter(torch.zeros(o, i)), nn.Parameter(torch.zeros(o))
+
+        def reset_parameters(self):
+            nn.init.zeros_(self.weight)
+            nn.init.zeros_(self.bias)
+
+        def forward(self, x):
+            return x @ self.weight.T + self.bias
+
+    model = nn.Sequential(Linear(4, 4))
+    p = torchinit.init_model(model, seed=0)
+    assert p["0.weight"].rule == "#13 own init code" and torch.all(model[0].weight == 0)

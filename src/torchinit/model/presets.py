@@ -171,9 +171,9 @@ def pytorch_preset() -> Policy:
         # any user class so named (torchtitan's models), whose every >1-D tensor, embeddings included, got xavier
         Rule("xavier_uniform", modules="torch.nn.modules.transformer.Transformer", params="*", role="weight",
              name="transformer >1-D"),
-        # a subclass with an init method of its own (a zero-initialized nn.Linear) gets what its constructor
-        # gives, that code: the rules above gave it its torch base's init
-        Rule("module", modules=OWN_INIT, name="own init code (subclass)"),
+        # a class with an init method of its own (a zero-initialized nn.Linear subclass, a class of one's own
+        # named Linear) gets what its constructor gives, that code: the rules above gave it torch's init
+        Rule("module", modules=OWN_INIT, name="own init code"),
         *_ssm_rules(),
     ]
     return Policy(tuple(rules), name="pytorch")

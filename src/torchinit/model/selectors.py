@@ -37,18 +37,16 @@ def module_matches(module: nn.Module, patterns: Sequence[str | type]) -> str | N
     return _type_matches(type(module), tuple(patterns))
 
 
-#: ``modules`` entry selecting the modules whose class subclasses a torch.nn layer and replaces its
-#: init method by code of its own (the ``pytorch`` preset runs that code, as the constructor does)
+#: ``modules`` entry selecting the modules whose class has a ``reset_parameters`` / ``_reset_parameters``
+#: of its own, not torch's (the ``pytorch`` preset runs that code, as the constructor does)
 OWN_INIT = "@own_init"
 
 
 @functools.lru_cache(maxsize=4096)
 def own_init_code(cls: type) -> bool:
-    """Whether ``cls`` subclasses a torch.nn module and overrides its ``reset_parameters`` /
-    ``_reset_parameters`` with code that is not torch's (a zero-initialized ``nn.Linear``
-    subclass; FSDP2's wrapper class of one too)."""
-    if not any(c.__module__.startswith("torch.nn.") and c is not nn.Module for c in cls.__mro__[1:]):
-        return False
+    """Whether ``cls`` has a ``reset_parameters`` / ``_reset_parameters`` that is not torch's: a
+    zero-initialized ``nn.Linear`` subclass, a class of one's own named ``Linear`` (which rules
+    naming torch's classes match by name), FSDP2's wrapper class of either."""
     return any(not str(getattr(getattr(cls, m, None), "__module__", "torch.")).startswith("torch.")
                for m in ("reset_parameters", "_reset_parameters") if getattr(cls, m, None) is not None)
 
