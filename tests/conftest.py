@@ -1,7 +1,8 @@
 """Shared test fixtures for the torchinit suite.
 
-Only one global setting: matplotlib renders off-screen (``MPLBACKEND=Agg``), so
-tests and doc samples that plot never need a display.
+Global settings: matplotlib renders off-screen (``MPLBACKEND=Agg``), so tests and doc
+samples that plot never need a display; W&B's process-wide state is reset after each test
+that used it (``_wandb_teardown``).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+import sys  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -39,6 +42,17 @@ def _assert_same_bits(a: torch.Tensor, b: torch.Tensor) -> None:
         fa, fb = a.detach().reshape(-1), b.detach().reshape(-1)
         detail = f"first at flat index {i}: {fa[i].item()} vs {fb[i].item()}" if i < fa.numel() else ""
         raise AssertionError(f"{int(neq.sum())} of {neq.numel()} elements differ in their bits; {detail}")
+
+
+@pytest.fixture(autouse=True)
+def _wandb_teardown():
+    """Reset W&B after a test that imported it: ``wandb.init`` keeps process-wide settings
+    (its first run's mode), and a later test's offline run in the same worker then tried to
+    log in (a doc sample's ``wandb.init(mode="offline")`` before the Lightning logger's test)."""
+    yield
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and hasattr(wandb, "teardown"):
+        wandb.teardown()
 
 
 @pytest.fixture
