@@ -76,6 +76,16 @@ def llama():
     return transformers.LlamaForCausalLM(cfg)
 
 
+def gpt2():
+    """A tiny Hugging Face GPT-2 (its attention and MLP, modules with no parameter of their own,
+    rescale their c_proj in its init code); 37 rows."""
+    import transformers
+
+    return transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=37, n_embd=16, n_layer=2, n_head=2,
+                                                                 n_positions=16, bos_token_id=0,
+                                                                 eos_token_id=0))
+
+
 def llama_inv_freq() -> torch.Tensor:
     """What the rotary embedding of :func:`llama` computes (head dim 8, base 10000)."""
     return 1.0 / (10000.0 ** (torch.arange(0, 8, 2, dtype=torch.int64).float() / 8))

@@ -227,6 +227,9 @@ def _module_refs():
             m = SM.llama()
         refs[f"llama/{preset}/plan"] = torchinit.materialize(m, "cpu", preset, seed=SM.SEED, progress=False)
         refs[f"llama/{preset}"] = SM.state(m)
+    m = SM.gpt2()
+    torchinit.init_model(m, "module", seed=SM.SEED)
+    refs["gpt2/module"] = SM.state(m)
     return refs
 
 
@@ -302,6 +305,24 @@ def _module_worker(rank, world, init_method, refs_path, result_dir):
             out = m(torch.zeros(1, 4, dtype=torch.long)).logits
             if not torch.isfinite(out).all():
                 failures.append(f"{label}: forward not finite")
+
+        # HF GPT-2 under FSDP2, "module" from meta and on allocated shards: fully_shard's class swap
+        # made transformers take the model for custom code and skip the init of modules with no
+        # parameter of their own (GPT2Attention/GPT2MLP rescale c_proj: std 0.02 was left)
+        for meta in (True, False):
+            if meta:
+                with torch.device("meta"):
+                    m = SM.gpt2()
+            else:
+                m = SM.gpt2()
+            for block in m.transformer.h:
+                fully_shard(block, mesh=mesh)
+            fully_shard(m, mesh=mesh)
+            if meta:
+                torchinit.materialize(m, "cpu", "module", seed=SM.SEED, progress=False)
+            else:
+                torchinit.init_model(m, "module", seed=SM.SEED)
+            _check_state(f"gpt2/module/{'materialize' if meta else 'init_model'}", m, refs["gpt2/module"], failures)
 
         # FSDP2 with CPUOffloadPolicy: no identical shards, no hang, equal to one process
         with torch.device("meta"):
