@@ -230,6 +230,10 @@ def _module_refs():
     m = SM.gpt2()
     torchinit.init_model(m, "module", seed=SM.SEED)
     refs["gpt2/module"] = SM.state(m)
+    m = SM.WeightNormed()
+    with torchinit.keyed_init_mode(m, seed=SM.SEED):
+        m.init_weights()
+    refs["weight_norm"] = {k: v.detach().clone() for k, v in m.fc.state_dict().items()}
     return refs
 
 
@@ -323,6 +327,17 @@ def _module_worker(rank, world, init_method, refs_path, result_dir):
             else:
                 torchinit.init_model(m, "module", seed=SM.SEED)
             _check_state(f"gpt2/module/{'materialize' if meta else 'init_model'}", m, refs["gpt2/module"], failures)
+
+        # a draw into a sharded weight_norm layer's computed weight: lost, as in one process (it was
+        # refused as a DTensor outside the model: HF Wav2Vec2's init code under FSDP2), and counted
+        m = SM.WeightNormed()
+        fully_shard(m, mesh=mesh)
+        try:
+            with torchinit.keyed_init_mode(m, seed=SM.SEED):
+                m.init_weights()
+            _check_state("weight_norm", m.fc, refs["weight_norm"], failures)
+        except Exception as exc:
+            failures.append(f"weight_norm: {type(exc).__name__}: {exc}")
 
         # FSDP2 with CPUOffloadPolicy: no identical shards, no hang, equal to one process
         with torch.device("meta"):
