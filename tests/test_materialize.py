@@ -166,6 +166,10 @@ def test_partly_meta_warns_for_a_parameter_its_constructor_allocated():
                                          r"is on meta.*not an init with seed=3"):
         p = torchinit.materialize(model, "cpu", "module", seed=3, progress=False)
     assert torch.equal(model.emb, kept) and any("'emb' is already allocated" in n for n in p.notes)
+    with torch.device("meta"):
+        model = _LegacyCtor()
+    with pytest.warns(UserWarning, match=r"'emb' is already allocated"):  # no rule covers it: the same
+        torchinit.materialize(model, "cpu", "kaiming", seed=3, progress=False)
     # the fix the warning gives: on meta, it gets init_model's values
     with torch.device("meta"):
         model = _LegacyCtor()
