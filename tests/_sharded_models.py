@@ -63,6 +63,21 @@ def reference(seed: int = SEED, **kw) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in m.state_dict(keep_vars=False).items()} | {"freqs": m.freqs.clone()}
 
 
+class WeightNormed(nn.Module):
+    """Init code that draws into a weight_norm layer's computed weight (HF Wav2Vec2's pos_conv_embed):
+    a temporary, lost in one process; on shards a DTensor that is no tensor of the model."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.utils.parametrizations.weight_norm(nn.Conv1d(4, 6, 3), dim=2)
+        self.fc = nn.Linear(5, 7)
+
+    def init_weights(self):
+        nn.init.normal_(self.conv.weight, std=0.1)  # lost: the weight is g * v / ||v||, computed
+        self.fc.weight.copy_(torch.randn(7, 5))  # a fallback draw in the model's scope, after that one
+        nn.init.zeros_(self.fc.bias)
+
+
 GPT_KW = dict(n_layer=2, n_embd=24, n_head=2, vocab_size=37, block_size=8)  # 37 rows: uneven on 2 and 3 ranks
 
 
@@ -74,6 +89,16 @@ def llama():
                                    num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16,
                                    bos_token_id=0, eos_token_id=0, pad_token_id=None)
     return transformers.LlamaForCausalLM(cfg)
+
+
+def gpt2():
+    """A tiny Hugging Face GPT-2 (its attention and MLP, modules with no parameter of their own,
+    rescale their c_proj in its init code); 37 rows."""
+    import transformers
+
+    return transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=37, n_embd=16, n_layer=2, n_head=2,
+                                                                 n_positions=16, bos_token_id=0,
+                                                                 eos_token_id=0))
 
 
 def llama_inv_freq() -> torch.Tensor:

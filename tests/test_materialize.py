@@ -144,6 +144,42 @@ def test_partly_meta_fills_only_meta_tensors():
         assert torch.equal(model.state_dict()[k], ref.state_dict()[k]), k
 
 
+class _LegacyCtor(nn.Module):
+    """A parameter made by the legacy constructor, as Wav2Vec2's masked_spec_embed: torch.Tensor(n)
+    ignores `with torch.device("meta")`, so it is allocated, drawn from the global RNG."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.emb = nn.Parameter(torch.Tensor(4).uniform_())
+
+    def reset_parameters(self):
+        nn.init.uniform_(self.emb)
+
+
+def test_partly_meta_warns_for_a_parameter_its_constructor_allocated():
+    with torch.device("meta"):
+        model = _LegacyCtor()
+    assert not model.emb.is_meta and model.fc.weight.is_meta
+    kept = model.emb.detach().clone()
+    with pytest.warns(UserWarning, match=r"'emb' is already allocated \(not on meta\) while the rest of its module "
+                                         r"is on meta.*not an init with seed=3"):
+        p = torchinit.materialize(model, "cpu", "module", seed=3, progress=False)
+    assert torch.equal(model.emb, kept) and any("'emb' is already allocated" in n for n in p.notes)
+    with torch.device("meta"):
+        model = _LegacyCtor()
+    with pytest.warns(UserWarning, match=r"'emb' is already allocated"):  # no rule covers it: the same
+        torchinit.materialize(model, "cpu", "kaiming", seed=3, progress=False)
+    # the fix the warning gives: on meta, it gets init_model's values
+    with torch.device("meta"):
+        model = _LegacyCtor()
+    model.emb = nn.Parameter(model.emb.to("meta"))
+    torchinit.materialize(model, "cpu", "module", seed=3, progress=False)
+    ref = _LegacyCtor()
+    torchinit.init_model(ref, "module", seed=3)
+    assert torch.equal(model.emb, ref.emb) and torch.equal(model.fc.weight, ref.fc.weight)
+
+
 def test_validation_leaves_model_untouched():
     model = _meta("mlp")
     with pytest.raises(TypeError, match=r"seed must be an int, got '1'"):

@@ -122,7 +122,24 @@ def _tied_targets(hf: nn.Module) -> dict[int, list[Tensor]]:
     return out
 
 
+def _model_class(hf: nn.Module) -> type:
+    """The class a Hugging Face model was built with: ``fully_shard`` swaps a module's class for
+    a subclass made in ``torch.distributed`` (``FSDPGPT2LMHeadModel``), which Hugging Face then
+    takes for custom code."""
+    for cls in type(hf).__mro__:
+        if not cls.__module__.startswith("torch."):
+            return cls
+    return type(hf)
+
+
 def _run_hf(hf: nn.Module, prefix: str, mode: KeyedInitMode | None) -> None:
+    # transformers 5 treats a model whose class is not defined in transformers as custom code and
+    # then skips, as "already initialized", every module with no parameter of its own: GPT-2's
+    # attention and MLP, whose init code rescales their c_proj. FSDP2's class swap made the
+    # sharded model skip it (c_proj at std 0.02 instead of 0.02/sqrt(2 n_layer)): run the init
+    # as the model's own class would.
+    base = _model_class(hf)
+    custom = base is not type(hf) and callable(getattr(base, "is_custom_code", None))
     names = {id(m): (f"{prefix}.{n}" if prefix and n else (n or prefix)) for n, m in hf.named_modules()}
     saved_mod = [(m, m.__dict__.get("_is_hf_initialized", None)) for m in hf.modules()]
     saved_t = [(t, getattr(t, "_is_hf_initialized", None)) for t in list(hf.parameters()) + list(hf.buffers())]
@@ -134,6 +151,8 @@ def _run_hf(hf: nn.Module, prefix: str, mode: KeyedInitMode | None) -> None:
     orig = hf._init_weights
     patched = mode is not None or bool(tied)
     try:
+        if custom:
+            hf.__dict__["is_custom_code"] = base.is_custom_code
         for m, _ in saved_mod:
             m.__dict__.pop("_is_hf_initialized", None)
         for t, v in saved_t:
@@ -167,6 +186,8 @@ def _run_hf(hf: nn.Module, prefix: str, mode: KeyedInitMode | None) -> None:
             else:  # older transformers
                 hf.apply(hf._initialize_weights)
     finally:
+        if custom:
+            hf.__dict__.pop("is_custom_code", None)
         if patched:
             hf.__dict__.pop("_init_weights", None)
         for m, v in saved_mod:

@@ -62,8 +62,8 @@ from .audit import AuditReport, InitAudit
 from .writes import (_RANDOM_FACTORIES, _RANDOM_METHODS, _constant_of, _derived_seed, _destination,
                      _is_data_setter, _sampling_spec, _spec_of_init)
 from .routing_shards import (ShardWriteError, _box_of, box_regions, check_mode_model, copy_into_dtensor_,
-                             dtensor_regions, fill_dtensor_, global_index, index_box, storage_key,
-                             whole_tensor_fallback_)
+                             dtensor_regions, fill_dtensor_, global_index, index_box, parametrized_outputs,
+                             storage_key, whole_tensor_fallback_)
 
 __all__ = ["KeyedInitMode", "keyed_init_mode", "track_init"]
 
@@ -122,6 +122,7 @@ class KeyedInitMode(TorchFunctionMode):
         self.log = RoutingLog()
         self._busy = False
         self._counters: dict[str, int] = {}
+        self._computed: dict[int, Any] = {}  # weights computed by parametrizations (parametrized_outputs)
         self._index: dict[int, list[tuple[str, Tensor]]] = {}
         self._by_id: dict[int, tuple[str, Tensor]] = {}  # DTensors by identity (an empty shard has no storage)
         # id(DTensor slice) -> (weakref to the slice, name, base, global index, offsets, sizes); weak: a
@@ -296,12 +297,17 @@ class KeyedInitMode(TorchFunctionMode):
         shape = tuple(n for i, n in zip(gindex, sizes) if not isinstance(i, int))
         copy_into_dtensor_(target.base, regions, gindex, shape, value, target.name)
 
-    def _outside(self, t: Any, what: str) -> None:
+    def _outside(self, t: Any, what: str, scope: str = "") -> bool:
         """A random draw into a tensor that is not the model's: refused (before it writes) for
         DTensors (torch's per-rank RNG would make them depend on the sharding) and Parameters
-        (another model's weights would silently get unkeyed values)."""
+        (another model's weights would silently get unkeyed values). True: a sharded weight a
+        parametrization computed, whose write is lost as in one process: skipped, counted."""
         if not isinstance(t, Tensor) or t.numel() == 0 or id(t) in self._all_ids:
-            return  # nothing to write, or the model's own (an empty tensor is in no index)
+            return False  # nothing to write, or the model's own (an empty tensor is in no index)
+        if is_dtensor(t) and (ref := self._computed.get(id(t))) is not None and ref() is t:
+            if self.route:
+                self._fallback_seed(scope)  # the draw one process makes: the scope's counter in step
+            return True
         if is_dtensor(t) or isinstance(t, nn.Parameter):
             kind = "DTensor" if is_dtensor(t) else "Parameter"
             mode = "keyed_init_mode" if self.route else "track_init"
@@ -309,11 +315,13 @@ class KeyedInitMode(TorchFunctionMode):
                 f"{mode}: {what} writes into a {kind} of shape {tuple(t.shape)} that is not a parameter or buffer of "
                 f"the model given to {mode} (nor a view of one whose place is known on this rank); pass the model "
                 f"that owns it, or initialize it outside the mode")
+        return False
 
     def _fallback_on(self, scope: str, func: Callable, args, kwargs, t: Any, target: _Target | None):
         """Run ``func`` unkeyed (seeded fallback); a DTensor target is computed whole on every rank."""
         if target is None:
-            self._outside(t, getattr(func, "__name__", "this call"))
+            if self._outside(t, getattr(func, "__name__", "this call"), scope):
+                return t
             return self._run_fallback(scope, func, args, kwargs)
         if target.regions is None:
             return self._run_fallback(scope, func, args, kwargs)
@@ -376,7 +384,8 @@ class KeyedInitMode(TorchFunctionMode):
                 return t  # an alias of an empty shard: nothing to write on this rank
             if name in _INIT_STRUCTURED:  # no RNG: torch's code, no fallback seed used
                 return original(*args, **kwargs)
-            self._outside(t, f"torch.nn.init.{name}")
+            if self._outside(t, f"torch.nn.init.{name}", scope):
+                return t
             return self._run_fallback(scope, original, args, kwargs) if self.route else original(*args, **kwargs)
         if target.name in self.protect:
             return t
@@ -539,7 +548,7 @@ def keyed_init_mode(model: nn.Module, seed: int, *, protect: set[str] | None = N
     writes to them, random or not, are skipped).
     """
     mode = KeyedInitMode(model, seed, protect)
-    with _patched_init(mode), mode, torch.no_grad():
+    with _patched_init(mode), parametrized_outputs(model, mode._computed), mode, torch.no_grad():
         yield mode
 
 
@@ -587,5 +596,5 @@ def track_init(model: nn.Module) -> Iterator[KeyedInitMode]:
     before it writes. Not thread-safe (``torch.nn.init`` is patched meanwhile).
     """
     mode = KeyedInitMode(model, 0, route=False)
-    with _patched_init(mode), mode:
+    with _patched_init(mode), parametrized_outputs(model, mode._computed), mode:
         yield mode

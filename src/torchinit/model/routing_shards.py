@@ -17,8 +17,10 @@ one full-size temporary and the full computation per rank for that tensor.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any, Callable
+import weakref
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -246,3 +248,25 @@ def copy_into_dtensor_(base: Tensor, regions: list[Region], gindex: tuple | None
     for sl, goff in regions:
         box = tuple(slice(g - o, g - o + (s.stop - s.start)) for g, o, s in zip(goff, offs, sl))
         local[sl].copy_(src[box])
+
+
+@contextlib.contextmanager
+def parametrized_outputs(model: nn.Module, table: dict[int, Any]) -> Iterator[None]:
+    """While init code runs, record in ``table`` (id -> weakref) each weight a parametrization of
+    ``model`` computes (``weight_norm``'s ``g * v / ||v||``, read as ``layer.weight``). Init code
+    that draws into it (Hugging Face Wav2Vec2 / HuBERT's ``pos_conv_embed``) writes a temporary
+    that is lost, in one process as on shards: a sharded one is that, not another model's DTensor."""
+    from torch.nn.utils import parametrize
+
+    def hook(mod, args, out):
+        if isinstance(out, Tensor):
+            table[id(out)] = weakref.ref(out)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, parametrize.ParametrizationList)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        table.clear()

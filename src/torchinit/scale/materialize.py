@@ -48,6 +48,7 @@ import contextlib
 import dataclasses
 import functools
 import glob
+import warnings
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
@@ -119,6 +120,20 @@ def _check_model(model: nn.Module, device: torch.device) -> int:
                 f"pass device={str(tdev)!r})"
             )
     return n_meta
+
+
+def _stray_allocated(model: nn.Module) -> list[str]:
+    """Parameters already allocated while other tensors of their module (itself or below) are on
+    meta: a constructor's ``torch.Tensor(n).uniform_()`` (the legacy constructor ignores
+    ``with torch.device("meta")``; Wav2Vec2's ``masked_spec_embed``) made them on the CPU with
+    the global RNG. materialize keeps allocated tensors, so their values are not an init with
+    the seed. A whole module loaded with ``assign=True`` has no meta tensor left: not listed."""
+    out: list[str] = []
+    for mname, module in model.named_modules():
+        own = [n for n, t in module._parameters.items() if t is not None and not t.is_meta]
+        if own and any(t.is_meta for t in [*module.parameters(), *module.buffers()]):
+            out += [f"{mname}.{n}" if mname else n for n in own]
+    return out
 
 
 def _uncovered(plan_obj: Any, meta_names: set[str]) -> list[str]:
@@ -335,6 +350,18 @@ def materialize(
     # dry run: apply_plan validates every entry against the model (names, shapes, specs)
     # and writes nothing, so a bad plan fails before anything is allocated
     _apply_plan(model, plan_obj, seed=seed, engine="keyed", dry_run=True)
+    stray = _stray_allocated(model)
+    if stray:
+        from ..model.apply import _shown
+
+        msg = (f"materialize: {_shown(stray, 5)} {'is' if len(stray) == 1 else 'are'} already allocated (not on "
+               "meta) while the rest of its module is on meta: materialize keeps allocated tensors, so "
+               f"{'it keeps its' if len(stray) == 1 else 'they keep their'} values (whatever its constructor "
+               "drew, e.g. torch.Tensor(n).uniform_(), which ignores `with torch.device('meta')`), not an init "
+               f"with seed={seed}, unlike init_model on an allocated copy. To have it initialized, "
+               "put it on meta before materialize (setattr(module, name, nn.Parameter(t.to('meta')))); if its "
+               "current values are wanted (loaded weights), ignore this warning")
+        warnings.warn(msg, UserWarning, stacklevel=2)
     locations = _locations(model)
     by_name = {}
     for e in plan_obj.entries:
@@ -403,4 +430,5 @@ def materialize(
     # entries no batch applied (tensors that were not on meta) are copied too, as apply_plan does
     return dataclasses.replace(plan_obj, entries=[applied[e.name] if e.name in applied else dataclasses.replace(e)
                                                   for e in plan_obj.entries],
-                               seed=seed, engine="keyed", applied=True, notes=list(getattr(plan_obj, "notes", [])))
+                               seed=seed, engine="keyed", applied=True,
+                               notes=list(getattr(plan_obj, "notes", [])) + ([msg] if stray else []))
