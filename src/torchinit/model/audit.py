@@ -38,7 +38,19 @@ from ..core import specs as S
 from ..core.gate_specs import OrthogonalPerGate, gate_block_std
 from .routing_shards import box_regions, index_box
 
-__all__ = ["InitAudit", "TensorAudit", "AuditReport", "IncompleteInitError"]
+__all__ = ["InitAudit", "TensorAudit", "AuditReport", "IncompleteInitError", "RoutingLog"]
+
+
+@dataclass
+class RoutingLog:
+    """What a routed run did: per tensor name, the specs drawn for it (whole-tensor
+    writes), the names written through region/fallback draws, and fallback counts."""
+
+    specs: dict[str, list[S.Spec]] = field(default_factory=dict)
+    regions: dict[str, int] = field(default_factory=dict)
+    fallback: dict[str, int] = field(default_factory=dict)
+    #: names of the model tensors the routed code wrote into (draws, fills, copies, in-place ops)
+    written: set[str] = field(default_factory=set)
 
 
 class IncompleteInitError(RuntimeError):

@@ -49,7 +49,7 @@ import contextlib
 import inspect
 import sys
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import torch
@@ -58,7 +58,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..core import specs as S
 from ..engines.dtensor import is_dtensor
-from .audit import AuditReport, InitAudit
+from .audit import AuditReport, InitAudit, RoutingLog
 from .writes import (_RANDOM_FACTORIES, _RANDOM_METHODS, _constant_of, _derived_seed, _destination,
                      _is_data_setter, _sampling_spec, _spec_of_init)
 from .routing_shards import (ShardWriteError, _box_of, box_regions, check_mode_model, copy_into_dtensor_,
@@ -89,18 +89,6 @@ class _Target:
     #: the written DTensor does not share the base's storage (a slice that DTensor redistributed):
     #: the write is redirected into the base's local regions
     redirect: bool = False
-
-
-@dataclass
-class RoutingLog:
-    """What a routed run did: per tensor name, the specs drawn for it (whole-tensor
-    writes), the names written through region/fallback draws, and fallback counts."""
-
-    specs: dict[str, list[S.Spec]] = field(default_factory=dict)
-    regions: dict[str, int] = field(default_factory=dict)
-    fallback: dict[str, int] = field(default_factory=dict)
-    #: names of the model tensors the routed code wrote into (draws, fills, copies, in-place ops)
-    written: set[str] = field(default_factory=set)
 
 
 class KeyedInitMode(TorchFunctionMode):
