@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
+from ..model.buffer_code import uncovered as _uncovered
 from ..model.errors import _short
-from ..scale.materialize import _uncovered
 from ._models import load_model, meta_device, parse_example_inputs, parse_kwargs
 from .plan_cmd import TRUST_NOTE, add_model_args
 

@@ -13,6 +13,7 @@ from ..core import specs as S
 from ..core.gate_specs import OrthogonalPerGate
 from ..engines.argcheck import check_keyed_overflow
 from ..engines.keyed.engine import checked_spec, fill_checked_
+from .buffer_code import non_persistent_buffers, with_own_code
 from .parametrized import orthogonal_hint
 from .plan import ENGINES, EngineName, Plan, PlanEntry
 from .policy import Policy, PolicyError
@@ -401,6 +402,10 @@ def init_model(model: nn.Module, policy: PresetName | Policy | str | Mapping | S
     ``UserWarning`` name them; ``strict=True`` raises :class:`PolicyError` once the code
     has run, with its writes undone and nothing else written. Buffers and frozen tables
     the code leaves alone (constructor-computed, as rotary ``inv_freq``) get a note only.
+    With the keyed engine, buffers registered ``persistent=False`` that no rule covers (a
+    rotary ``inv_freq``: computed, never loaded) get their module's own init code where it
+    has some, so that after ``to_empty`` they are not kept as garbage (the same values on a
+    model built normally; a note names them).
 
     >>> import torch, torchinit
     >>> net = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
@@ -412,6 +417,12 @@ def init_model(model: nn.Module, policy: PresetName | Policy | str | Mapping | S
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     p = plan(model, policy, example_inputs=example_inputs)
+    if engine == "keyed":  # its routing skips the code's other writes (torch's RNG would move: not for "torch")
+        # constructor-computed buffers no rule covers (rotary inv_freq): after to_empty they hold garbage,
+        # which keeping would keep silently; their module's own code recomputes them (the same values otherwise)
+        p = with_own_code(model, policy, p, non_persistent_buffers(model), example_inputs, "init_model",
+                          "buffers registered persistent=False are computed, never loaded: after to_empty they "
+                          "would hold garbage")
     if p.unmatched:
         shown = ", ".join(map(repr, p.unmatched[:20]))
         more = f" and {len(p.unmatched) - 20} more (plan.unmatched lists them all)" if len(p.unmatched) > 20 else ""

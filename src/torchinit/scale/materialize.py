@@ -47,23 +47,23 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import glob
 import warnings
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
+# the bar shared with diagnose, lsuv_, weight files; PROGRESS_AFTER_S (seconds before it
+# appears) is read from this module at each call
+from .._progress import PROGRESS_AFTER_S, _Progress
 from ..engines.keyed import backend as B
 from ..engines.keyed.engine import native_writes_in_place
+from ..model.buffer_code import uncovered, with_own_code
 from ..model.module_init import HF_INIT_STEP
 from ..model.plan import Plan
 from ..model.policy import Policy
 from ..model.presets import experts_hint
 from ..model.registry import DEFAULT_POLICY, PresetName
-# the bar shared with diagnose, lsuv_, weight files; PROGRESS_AFTER_S (seconds before it
-# appears) is read from this module at each call
-from .._progress import PROGRESS_AFTER_S, _Progress
 
 __all__ = ["materialize", "meta_tensors"]
 
@@ -136,50 +136,22 @@ def _stray_allocated(model: nn.Module) -> list[str]:
     return out
 
 
-def _uncovered(plan_obj: Any, meta_names: set[str]) -> list[str]:
-    covered: set[str] = set()
-    for e in plan_obj.entries:
-        if getattr(e, "spec", None) is not None or getattr(e, "initializer", None) == "module":
-            covered.add(e.name)
-            covered.update(getattr(e, "aliases", ()) or ())
-    return sorted(meta_names - covered)
-
-
 def _plan_with_buffer_code(model: nn.Module, policy: Any, plan_obj: Any, meta_names: set[str],
                            example_inputs: Any) -> Any:
-    """Meta buffers the policy gives no rule (a rotary embedding's ``inv_freq``, ...) get
-    their module's own init code where it has some (a Hugging Face model's
-    ``_init_weights`` recomputes them in transformers 5; if the code leaves one unwritten,
-    the batch raises instead of keeping garbage). Returns the plan, re-made if needed."""
-    from ..model.policy import Rule, load_policy
-    from ..model.resolve import plan as _plan
-
-    uncovered = _uncovered(plan_obj, meta_names)
-    if not uncovered:
-        return plan_obj
+    """Meta buffers and frozen tables the policy gives no rule (a rotary embedding's
+    ``inv_freq``, Whisper's sinusoidal positions) get their module's own init code where it
+    has some (model/buffer_code.py; if the code leaves one unwritten, the batch raises
+    instead of keeping garbage). Returns the plan, re-made if needed."""
     buffers = {n for n, _ in model.named_buffers()}
     # frozen tables the presets keep (Whisper's sinusoidal positions) have nothing to keep on meta
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-    wanted = [n for n in uncovered if n in buffers or n in frozen]
-    if not wanted:
-        return plan_obj
-    pol = load_policy(policy)
-    for role, names in (("buffer", [n for n in wanted if n in buffers]), (None, [n for n in wanted if n in frozen])):
-        if names:
-            pol = pol + Rule("module", qualnames=tuple(glob.escape(n) for n in names), role=role, priority=-1,
-                             name=f"materialize: {'buffers' if role else 'frozen tables'} without a rule, own init code")
-    new = _plan(model, pol, example_inputs)
-    still = set(_uncovered(new, meta_names))
-    got = [n for n in wanted if n not in still]
-    if got:
-        new.notes.append(f"materialize: {len(got)} buffer(s)/frozen table(s) the policy has no rule for ({', '.join(got[:3])}"
-                         f"{', ...' if len(got) > 3 else ''}) are initialized by their module's own init code")
-    return new
+    wanted = [n for n in meta_names if n in buffers or n in frozen]
+    return with_own_code(model, policy, plan_obj, wanted, example_inputs, "materialize", "on meta they have no value")
 
 
 def _check_coverage(model: nn.Module, plan_obj: Any, meta_names: set[str]) -> None:
     """Every meta tensor must get an initializer: an allocated tensor nobody fills holds garbage."""
-    missing = _uncovered(plan_obj, meta_names)
+    missing = uncovered(plan_obj, meta_names)
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         unused = list(getattr(plan_obj, "unused_rules", None) or ())
