@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import glob
 import warnings
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from torch import nn
 
 from .policy import Rule, load_policy
 from .resolve import plan as _plan
 
-__all__ = ["uncovered", "non_persistent_buffers", "with_own_code"]
+__all__ = ["non_persistent_buffers", "uncovered", "with_own_code"]
 
 
 def uncovered(plan_obj: Any, names: Iterable[str]) -> list[str]:

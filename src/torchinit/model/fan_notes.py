@@ -14,13 +14,14 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from torch import nn
 
 from ..core.fans import Fans, compute_fans, torch_fans
 
-__all__ = ["record_fans", "fans_notes"]
+__all__ = ["fans_notes", "record_fans"]
 
 #: (rule label, init, mode) -> [(tensor, fan used, other fan, std)]
 Hits = dict[tuple[str, str, str], list[tuple[str, float, float, float]]]

@@ -31,17 +31,26 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Mapping
 
 from torch import Tensor, nn
 
 from ..core import specs as S
 from .errors import PolicyError
 
-__all__ = ["WeightNormPart", "weight_norm_part", "names_original", "g_spec", "weight_norm_entry", "weight_norm_hint",
-           "rederive_gs", "refresh_spectral_norms",
-           "orthogonal_refusal", "orthogonal_hint"]
+__all__ = [
+    "WeightNormPart",
+    "g_spec",
+    "names_original",
+    "orthogonal_hint",
+    "orthogonal_refusal",
+    "rederive_gs",
+    "refresh_spectral_norms",
+    "weight_norm_entry",
+    "weight_norm_hint",
+    "weight_norm_part",
+]
 
 
 @dataclass(frozen=True)

@@ -3,11 +3,11 @@ are an embedding tied to an output head."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-__all__ = ["tensors_in_order", "is_tied_head"]
+__all__ = ["is_tied_head", "tensors_in_order"]
 
 
 def tensors_in_order(model: nn.Module):
