@@ -4,7 +4,8 @@
 ``--small`` unless ``--sharded-full`` is given (the ~1 B parameter figures of
 docs/performance.md; several minutes on this host). ``bench_materialize.py`` runs twice:
 at its default size (1.56 B parameters, every case) and with ``--medium`` (the 124 M
-GPT-2 small shape, the floor and the materialize cases: issue 18's floor target)."""
+GPT-2 small shape, the floor, the stream's bound for two presets (``draw:``) and the
+materialize cases: issue 18's floor target)."""
 
 from __future__ import annotations
 
@@ -26,8 +27,8 @@ def main() -> int:
             runs.append((path, ["--small"]))
         elif name == "bench_materialize.py":
             runs.append((path, []))
-            runs.append((path, ["--medium", "--cases", "floor", "materialize:pytorch", "materialize:gpt2",
-                                "materialize:llama"]))
+            runs.append((path, ["--medium", "--cases", "floor", "draw:pytorch", "draw:llama", "materialize:pytorch",
+                                "materialize:gpt2", "materialize:llama"]))
         else:
             runs.append((path, []))
     for path, extra in runs:
