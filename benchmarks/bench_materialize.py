@@ -100,8 +100,9 @@ def _titan_init_(model, n_layer: int, cutoff: float | None = None) -> None:
                     nn.init.zeros_(mod.bias)
 
 
-def run_case(case: str, dtype_name: str, config: dict) -> dict:
-    """Run one case in THIS process (called in a fresh subprocess) and return its figures."""
+def run_case(case: str, dtype_name: str, config: dict, huge_pages: bool = False) -> dict:
+    """Run one case in THIS process (called in a fresh subprocess) and return its figures
+    (``huge_pages``: passed to ``materialize``)."""
     import torch
 
     import torchinit
@@ -165,7 +166,7 @@ def run_case(case: str, dtype_name: str, config: dict) -> dict:
             model = fresh
         elif case.startswith("materialize:"):
             t1 = time.perf_counter()
-            torchinit.materialize(model, "cpu", case.split(":", 1)[1], seed=0, progress=False)
+            torchinit.materialize(model, "cpu", case.split(":", 1)[1], seed=0, progress=False, huge_pages=huge_pages)
             init_s = time.perf_counter() - t1
         else:
             raise ValueError(f"unknown case {case!r}; cases: {CASES}")
@@ -180,8 +181,8 @@ def run_case(case: str, dtype_name: str, config: dict) -> dict:
             "rss_before_bytes": rss0, "peak_rss_bytes": peak, "peak_increase_bytes": peak - rss0}
 
 
-def _spawn(case: str, dtype: str, config: dict, timeout: float) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--_child", case, dtype, json.dumps(config)]
+def _spawn(case: str, dtype: str, config: dict, timeout: float, huge_pages: bool = False) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--_child", case, dtype, json.dumps(config), str(int(huge_pages))]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if r.returncode != 0:
         return {"case": case, "dtype": dtype, "error": (r.stderr or r.stdout).strip().splitlines()[-1:]}
@@ -240,7 +241,7 @@ def _fmt_table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--_child"]:
-        print(json.dumps(run_case(argv[1], argv[2], json.loads(argv[3]))))
+        print(json.dumps(run_case(argv[1], argv[2], json.loads(argv[3]), huge_pages=argv[4:5] == ["1"])))
         return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--small", action="store_true", help="~30 M parameters instead of ~1.5 B (quick run)")
@@ -251,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", metavar="FILE", help="also write the raw figures as JSON")
     ap.add_argument("--repeat", type=int, default=3, help="fresh processes per case, in a row (default 3)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per run (default 1800)")
+    ap.add_argument("--huge-pages", action="store_true", help="materialize(..., huge_pages=True) in the materialize cases")
     args, unknown = ap.parse_known_args(argv)  # run_all.py passes its arguments to every benchmark
     if unknown:
         print(f"# bench_materialize: ignoring arguments {unknown}")
@@ -261,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeat < 1:
         ap.error(f"--repeat must be >= 1, got {args.repeat}")
     print(f"# bench_materialize: GPT {config} = {n / 1e9:.3f} B parameters, torch threads = default, "
-          f"{args.repeat} run(s) per case")
+          f"{args.repeat} run(s) per case" + (", materialize with huge_pages=True" if args.huge_pages else ""))
     from torchinit.keyed import backend as B
 
     print(f"# kernel path: {B.get_kernel_path()}; CPU: {_host.cpu_name()}")
@@ -271,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         for case in args.cases:
             runs = []
             for _ in range(args.repeat):
-                r = _spawn(case, dtype, config, args.timeout)
+                r = _spawn(case, dtype, config, args.timeout, args.huge_pages)
                 runs.append(r)
                 if "error" in r:
                     print(f"{dtype:9s} {case:22s} ERROR {r['error']}", flush=True)

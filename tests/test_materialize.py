@@ -1,6 +1,7 @@
 """materialize: meta model -> allocated and initialized, bitwise equal to init_model."""
 
 import importlib
+import os
 
 import pytest
 from scipy import stats
@@ -526,7 +527,7 @@ def test_thp_size_reads_the_kernel_setting(monkeypatch, tmp_path):
 
     def fake_open(path, *a, **k):
         if str(path).startswith("/sys/kernel/mm/transparent_hugepage/"):
-            name = str(path).rsplit("/", 1)[1]
+            name = str(path).split("/sys/kernel/mm/transparent_hugepage/", 1)[1].replace("/", "_")
             if name not in files:
                 raise FileNotFoundError(path)
             target = tmp_path / name
@@ -535,6 +536,10 @@ def test_thp_size_reads_the_kernel_setting(monkeypatch, tmp_path):
         return real_open(path, *a, **k)
 
     monkeypatch.setattr(builtins, "open", fake_open)
+    sizes = ["hugepages-64kB", "hugepages-2048kB"]  # the multi-size huge pages (mTHP) the fake kernel has
+    monkeypatch.setattr(materialize_mod.os, "listdir",
+                        lambda path: sizes + ["enabled", "hpage_pmd_size"] if "transparent_hugepage" in str(path)
+                        else os.listdir(path))
     for enabled, size, expect in [("always [madvise] never", "2097152", 2097152),
                                   ("[always] madvise never", "2097152", 2097152),
                                   ("always madvise [never]", "2097152", 0),
@@ -542,6 +547,15 @@ def test_thp_size_reads_the_kernel_setting(monkeypatch, tmp_path):
         files.update(enabled=enabled, hpage_pmd_size=size)
         materialize_mod._thp_size.cache_clear()
         assert materialize_mod._thp_size() == expect
+    # huge pages off globally, but one multi-size huge page size enabled on its own: on
+    files.update({"enabled": "always madvise [never]", "hpage_pmd_size": "2097152",
+                  "hugepages-64kB_enabled": "always inherit [madvise] never", "hugepages-2048kB_enabled":
+                  "always [inherit] madvise never"})
+    materialize_mod._thp_size.cache_clear()
+    assert materialize_mod._thp_size() == 2097152
+    files["hugepages-64kB_enabled"] = "always inherit madvise [never]"  # inherit of never is never
+    materialize_mod._thp_size.cache_clear()
+    assert materialize_mod._thp_size() == 0
     del files["enabled"]
     materialize_mod._thp_size.cache_clear()
     assert materialize_mod._thp_size() == 0  # no THP support in the kernel
@@ -700,3 +714,40 @@ def test_materialize_hf_module_code_inside_a_meta_device_context():
     a, b = inside.state_dict(), outside.state_dict()
     assert all(a[k].device.type == "cpu" and torch.equal(a[k], b[k]) for k in b)
     assert a["model.encoder.embed_positions.weight"].abs().max() > 0.5  # the sinusoids, not zeros
+
+
+def _vma_flags(lo: int, hi: int) -> list[tuple[int, int, set[str]]]:
+    """The VMAs of this process that overlap [lo, hi), with their VmFlags (/proc/self/smaps)."""
+    out, cur = [], None
+    with open("/proc/self/smaps") as fh:
+        for line in fh:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                a, b = (int(x, 16) for x in head.split("-"))
+                cur = (a, b) if a < hi and b > lo else None
+            elif head == "VmFlags:" and cur is not None:
+                out.append((cur[0], cur[1], set(line.split()[1:])))
+    return out
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux /proc/self/smaps")
+def test_populate_advises_every_whole_page_of_the_range_for_huge_pages():
+    """With huge=..., populate advises MADV_HUGEPAGE on all whole pages of the range, not only
+    its huge-page-aligned interior: the kernel never maps a folio past the advised range, and
+    the smaller multi-size huge pages (mTHP) can then back the ends too. Pages outside the
+    range keep their advice."""
+    from torchinit.keyed import backend as B
+
+    if not B.native_available():
+        pytest.skip("native kernel not built")
+    page = os.sysconf("SC_PAGESIZE")
+    t = torch.empty(((5 << 20) + 12345) // 4, dtype=torch.float32)  # its own mmap, not 2 MiB-aligned
+    lo = t.data_ptr() + 100
+    hi = t.data_ptr() + t.numel() * 4 - 100
+    a, b = -(-lo // page) * page, hi // page * page
+    assert B.native_module().populate(lo, hi - lo, 2, 1 << 21) in (True, False)
+    vmas = _vma_flags(a, b)
+    if not any("hg" in flags for _, _, flags in vmas):
+        pytest.skip("madvise(MADV_HUGEPAGE) not supported by this kernel")
+    assert all("hg" in flags for _, _, flags in vmas), vmas
+    assert min(v[0] for v in vmas) == a and max(v[1] for v in vmas) == b  # split exactly at the range

@@ -47,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import os
 import warnings
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -184,16 +185,28 @@ PREFAULT_MIN_BYTES = 1 << 20
 
 @functools.lru_cache(maxsize=None)
 def _thp_size() -> int:
-    """The transparent huge page size in bytes, or 0 where the kernel has them off."""
+    """The (PMD) transparent huge page size in bytes, or 0 where the kernel has huge pages
+    off: the global setting at ``never`` and no multi-size size (``hugepages-<n>kB``, which
+    can be enabled on its own) at ``always`` or ``madvise``."""
     base = "/sys/kernel/mm/transparent_hugepage/"
     try:
         with open(base + "enabled") as fh:
-            if "[never]" in fh.read():
+            if "[never]" in fh.read() and not any(_mthp_on(base + d) for d in sorted(os.listdir(base))
+                                                  if d.startswith("hugepages-")):
                 return 0
         with open(base + "hpage_pmd_size") as fh:
             return int(fh.read())
     except (OSError, ValueError):
         return 0
+
+
+def _mthp_on(path: str) -> bool:
+    try:
+        with open(path + "/enabled") as fh:
+            setting = fh.read()
+    except OSError:
+        return False
+    return "[always]" in setting or "[madvise]" in setting
 
 
 def _fills_natively(entry: Any, t: Tensor) -> bool:
@@ -206,10 +219,10 @@ def _fills_natively(entry: Any, t: Tensor) -> bool:
 def _prefault(t: Tensor, huge_pages: bool) -> None:
     """Fault in the pages of a fresh CPU tensor, on the keyed engine's threads, before it is
     filled. First-touch faults are most of the cost of materializing into fresh memory; taken
-    in one madvise(MADV_POPULATE_WRITE) per thread they cost about a third less than when the
+    in one madvise(MADV_POPULATE_WRITE) per thread they cost up to a third less than when the
     fill's stores take them page by page, and as transparent huge pages (``huge_pages``: the
-    huge-page-aligned interior of the tensor advised MADV_HUGEPAGE, so no memory is added)
-    less again where the host already backs the memory (docs/performance.md). Contents are
+    tensor's whole pages advised MADV_HUGEPAGE; the kernel maps no folio past them, so no
+    memory is added) less again where huge pages come cheap (docs/scale.md). Contents are
     unchanged, and where the kernel or the native extension lacks it nothing happens."""
     if t.device.type != "cpu" or type(t.data) is not torch.Tensor or not B.native_available():
         return
@@ -269,13 +282,13 @@ def materialize(
             (still only after ~2 s); ``False``: never.
         example_inputs: passed to ``torchinit.plan`` (policies that trace the model).
         huge_pages: on CPU, back each tensor of 1 MiB or more with transparent huge pages
-            where the kernel offers them (``madvise`` of the tensor's huge-page-aligned
-            interior: no memory is added). Off by default: where the kernel compacts memory
-            to find huge pages on demand (``defrag`` ``madvise``, the common setting) the
-            faults stall, 1.3-4x slower than small pages on the project machine
-            (docs/scale.md); ``True`` wins where huge pages come free (``defrag`` ``defer``
-            or ``never``, unfragmented memory) and for the TLB misses saved later. Values
-            never depend on it.
+            where the kernel offers them (``madvise`` of the tensor's whole pages: no memory
+            is added). Off by default: where huge pages are costly to find (compaction on
+            demand, or a VM host that has taken free memory back) the faults stall, 1.3-7x
+            slower than small pages on the project machines (docs/scale.md); ``True`` wins
+            where huge pages come cheap (free memory the host still backs, or 64-512 KiB
+            multi-size huge pages enabled) and for the TLB misses saved later. Values never
+            depend on it.
 
     Peak memory: the final size of the allocated tensors plus the keyed engine's
     working memory for one tensor. dtypes are those of the meta tensors (convert

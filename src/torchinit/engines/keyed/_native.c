@@ -2425,9 +2425,10 @@ static PyObject *py_philox(PyObject *self, PyObject *args) {
    Contents are unchanged. First-touch page faults are the largest cost of materializing a
    model in fresh memory, and taken this way, before the fill, they cost about a third less
    than when the fill's stores take them one page at a time (measured in a 2-vCPU VM).
-   huge: the transparent huge page size (0: leave the pages as they are); the aligned
-   interior of the range is first advised MADV_HUGEPAGE, so the kernel maps (and zeroes) it
-   a huge page at a time, and the threads' shares are split on huge page boundaries. The
+   huge: the transparent huge page size (0: leave the pages as they are); the range's whole
+   pages are first advised MADV_HUGEPAGE, so the kernel maps (and zeroes) its aligned
+   interior a huge page at a time (and the rest in smaller huge pages where the kernel has
+   them enabled), and the threads' shares are split on huge page boundaries. The
    advice is only a hint: where it fails, the pages stay small. Returns False if populating
    failed (a kernel without MADV_POPULATE_WRITE, or no memory): the fill then takes the
    remaining faults itself. */
@@ -2444,9 +2445,12 @@ static PyObject *py_populate(PyObject *self, PyObject *args) {
 #ifdef MADV_HUGEPAGE
     if (huge > page && (huge & (huge - 1)) == 0) {
         uintptr_t ha = (a + (uintptr_t)huge - 1) & ~((uintptr_t)huge - 1), hb = b & ~((uintptr_t)huge - 1);
-        /* the threads' shares below are whole huge pages of [ha, hb), plus the small-page
-           ends [a, ha) and [hb, b), which go to the first and last thread */
-        if (hb > ha && madvise((void *)ha, hb - ha, MADV_HUGEPAGE) == 0) page = (uintptr_t)huge;
+        /* the threads' shares below are whole huge pages of [ha, hb), plus the ends [a, ha)
+           and [hb, b), which go to the first and last thread. The advice covers all of
+           [a, b): the kernel maps a folio only where it fits inside the advised range, so
+           PMD-size pages still land in [ha, hb) only, while the smaller multi-size huge
+           pages (mTHP, where enabled) also cover the ends */
+        if (hb > ha && madvise((void *)a, b - a, MADV_HUGEPAGE) == 0) page = (uintptr_t)huge;
     }
 #endif
     int T = nthreads < 1 ? 1 : nthreads > 64 ? 64 : nthreads;
