@@ -2449,8 +2449,8 @@ static PyObject *py_populate(PyObject *self, PyObject *args) {
            and [hb, b), which go to the first and last thread. The advice covers all of
            [a, b): the kernel maps a folio only where it fits inside the advised range, so
            PMD-size pages still land in [ha, hb) only, while the smaller multi-size huge
-           pages (mTHP, where enabled) also cover the ends */
-        if (hb > ha && madvise((void *)a, b - a, MADV_HUGEPAGE) == 0) page = (uintptr_t)huge;
+           pages (mTHP, where enabled) also cover the ends and ranges under a huge page */
+        if (madvise((void *)a, b - a, MADV_HUGEPAGE) == 0 && hb > ha) page = (uintptr_t)huge;
     }
 #endif
     int T = nthreads < 1 ? 1 : nthreads > 64 ? 64 : nthreads;
