@@ -84,7 +84,9 @@ def main() -> int:
                     help="seconds to wait before each run (a VM's host may take freed memory back meanwhile)")
     ap.add_argument("--cases", nargs="+", choices=CASES, default=CASES)
     ap.add_argument("--child", help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args, unknown = ap.parse_known_args()  # run_all.py passes its arguments to every benchmark
+    if unknown:
+        print(f"# bench_fresh_memory: ignoring arguments {unknown}")
     shape = tuple(int(x) for x in args.shape.split(","))
     if args.child:
         print(_child(args.child, args.dtype, shape, args.tensors))
