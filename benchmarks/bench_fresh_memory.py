@@ -9,13 +9,15 @@ writes:
   (``MADV_POPULATE_WRITE`` on the keyed engine's threads; ``_huge``: the tensors advised
   ``MADV_HUGEPAGE`` first, as ``huge_pages=True`` does);
 * ``normal`` / ``uniform``: the keyed engine's fill of N(0, 0.02) / U(-0.02, 0.02) under
-  ``prefaulting()`` (each thread faults its share in just ahead of its writes), as in
-  ``materialize``;
-* ``huge:normal``: each tensor faulted in as ``populate_huge``, then filled as ``normal``
-  (what ``materialize(..., huge_pages=True)`` does);
+  ``prefaulting()`` (each thread faults its share in just ahead of its writes), as
+  ``materialize`` does by default;
+* ``huge:normal``: each tensor faulted in as ``populate_huge``, then filled with normals
+  (no ``prefaulting()``: what ``materialize(..., huge_pages=True)`` does);
 * ``touched:fill`` / ``touched:normal`` / ``touched:uniform``: the same writes into
   tensors whose pages were faulted in (and written) before the clock started: the cost
   of the writes alone.
+
+The cases run interleaved (each repeat runs every case once), each in a fresh process.
 
 So ``normal`` = faults + draws, ``floor`` = faults + stores, and ``normal / floor`` is the
 ratio that ``materialize`` of a normal-initialized model cannot go below.
@@ -36,11 +38,13 @@ import _host  # benchmarks/ is the script's directory, first on sys.path
 
 CASES = ["floor", "populate", "populate_huge", "normal", "uniform", "huge:normal", "touched:fill", "touched:normal",
          "touched:uniform"]
-HUGE_PAGE = 2 << 20
 
 
 def _child(case: str, dtype_name: str, shape: tuple[int, ...], count: int) -> float:
     """One run of ``case`` in this (fresh) process: seconds of allocation plus writes."""
+    import contextlib
+    import importlib
+
     import torch
     from torchinit.keyed import Key, fill_
     from torchinit.keyed import backend as B
@@ -50,20 +54,25 @@ def _child(case: str, dtype_name: str, shape: tuple[int, ...], count: int) -> fl
     dtype = getattr(torch, dtype_name)
     spec = {"normal": S.Normal(0.0, 0.02), "uniform": S.Uniform(-0.02, 0.02)}.get(case.split(":")[-1])
     native = B.native_module()
-    warm = torch.empty(1 << 16, dtype=dtype)  # the kernel's thread pool and code paths, off the clock
+    # the huge page size materialize(huge_pages=True) passes (0 where the kernel has none)
+    huge = importlib.import_module("torchinit.scale.materialize")._thp_size()
+    # the kernel's worker threads and code paths, off the clock: several chunks, so every thread runs
+    warm = torch.empty(max(1 << 20, 4 * B.get_num_threads() * B.get_chunk_size()), dtype=dtype)
     fill_(warm, S.Normal(0.0, 1.0), Key(1))
     touched = case.startswith("touched:")
     ready = [torch.zeros(shape, dtype=dtype) for _ in range(count)] if touched else []
     kept = []
+    # only the fresh keyed fills fault their pages in themselves, as materialize's default does;
+    # huge:normal populates first and then fills without, as materialize(huge_pages=True) does
+    inline = B.prefaulting() if case in ("normal", "uniform") else contextlib.nullcontext()
     with torch.no_grad():
         t0 = time.perf_counter()
-        with B.prefaulting():
+        with inline:
             for i in range(count):
                 t = ready[i] if touched else torch.empty(shape, dtype=dtype)
                 if case.startswith(("populate", "huge:")):
-                    nbytes = t.numel() * t.element_size()
-                    huge = HUGE_PAGE if case.endswith("huge") or case.startswith("huge:") else 0
-                    native.populate(t.data_ptr(), nbytes, B.get_num_threads(), huge)
+                    with_huge = huge if case in ("populate_huge", "huge:normal") else 0
+                    native.populate(t.data_ptr(), t.numel() * t.element_size(), B.get_num_threads(), with_huge)
                 if case.startswith("populate"):
                     pass
                 elif spec is None:
@@ -102,27 +111,32 @@ def main() -> int:
           f"per case, pause {args.pause:g} s")
     print(f"# kernel path: {B.get_kernel_path()}; CPU: {_host.cpu_name()}")
     checks = [_host.report("before")]
-    results = {}
-    for case in args.cases:
-        runs = []
-        for _ in range(args.repeat):
+    results: dict[str, list[float]] = {case: [] for case in args.cases}
+    failed = False
+    for r in range(args.repeat):  # the cases interleaved, so that each finds memory as the others left it
+        for case in args.cases:
             time.sleep(args.pause)
-            out = subprocess.run([sys.executable, __file__, "--child", case, "--dtype", args.dtype, "--shape",
-                                  args.shape, "--tensors", str(args.tensors)],
-                                 capture_output=True, text=True, check=True).stdout
-            runs.append(float(out.strip().splitlines()[-1]))
-        results[case] = runs
-        print(f"{case:16s} " + "  ".join(f"{r * 1e3:8.1f} ms" for r in runs), flush=True)
+            proc = subprocess.run([sys.executable, __file__, "--child", case, "--dtype", args.dtype, "--shape",
+                                   args.shape, "--tensors", str(args.tensors)], capture_output=True, text=True,
+                                  check=False)
+            if proc.returncode != 0:
+                print(f"{case:16s} run {r + 1}: ERROR {(proc.stderr or proc.stdout).strip().splitlines()[-3:]}")
+                failed = True
+                continue
+            results[case].append(float(proc.stdout.strip().splitlines()[-1]))
+            print(f"{case:16s} run {r + 1}: {results[case][-1] * 1e3:8.1f} ms", flush=True)
     checks.append(_host.report("after"))
-    floor = min(results["floor"]) if "floor" in results else None
-    print("\n| case | best (ms) | median (ms) | ns per element (2 cores) | best / floor |")
+    floor = min(results["floor"]) if results.get("floor") else None
+    print(f"\n| case | best (ms) | median (ms) | ns per element ({B.get_num_threads()} threads) | best / floor |")
     print("|---|---:|---:|---:|---:|")
     for case, runs in results.items():
+        if not runs:
+            continue
         best = min(runs)
         rel = f"{best / floor:.2f}x" if floor else ""
         print(f"| {case} | {best * 1e3:.1f} | {statistics.median(runs) * 1e3:.1f} | {best / n * 1e9:.3f} | {rel} |")
     print(_host.verdict(checks))
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     print(_host.verdict(host_checks))
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"config": config, "params": n, "rows": rows}, fh, indent=1)
+            json.dump({"config": config, "params": n, "huge_pages": args.huge_pages, "rows": rows}, fh, indent=1)
     return 0
 
 

@@ -538,9 +538,10 @@ def test_thp_size_reads_the_kernel_setting(monkeypatch, tmp_path):
 
     monkeypatch.setattr(builtins, "open", fake_open)
     sizes = ["hugepages-64kB", "hugepages-2048kB"]  # the multi-size huge pages (mTHP) the fake kernel has
+    real_listdir = os.listdir
     monkeypatch.setattr(materialize_mod.os, "listdir",
                         lambda path: sizes + ["enabled", "hpage_pmd_size"] if "transparent_hugepage" in str(path)
-                        else os.listdir(path))
+                        else real_listdir(path))
     for enabled, size, expect in [("always [madvise] never", "2097152", 2097152),
                                   ("[always] madvise never", "2097152", 2097152),
                                   ("always madvise [never]", "2097152", 0),
@@ -732,27 +733,33 @@ def _vma_flags(lo: int, hi: int) -> list[tuple[int, int, set[str]]]:
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux /proc/self/smaps")
-@pytest.mark.parametrize("nbytes", [(5 << 20) + 12345, (3 << 19) + 400])  # with and without a whole 2 MiB page
-def test_populate_advises_every_whole_page_of_the_range_for_huge_pages(nbytes):
+@pytest.mark.parametrize("start,nbytes", [(3 * 4096 + 100, (9 << 20) + 5 * 4096 - 93),  # whole 2 MiB pages inside
+                                          ((12 << 20) + 10, (3 << 19) + 400),  # none
+                                          (5 * 4096 + 1, 3 * 4096)])  # a few small pages
+def test_populate_advises_exactly_the_whole_pages_of_the_range_for_huge_pages(start, nbytes):
     """With huge=..., populate advises MADV_HUGEPAGE on all whole pages of the range, not only
-    its huge-page-aligned interior: the kernel never maps a folio past the advised range, and
-    the smaller multi-size huge pages (mTHP) can then back the ends too."""
+    its huge-page-aligned interior (the kernel never maps a folio past the advised range, and
+    the smaller multi-size huge pages (mTHP) can then back the ends too), and on nothing
+    outside them. Checked on a fresh anonymous mapping, whose VMA carries no earlier advice."""
+    import ctypes
+
     from torchinit.keyed import backend as B
 
     if not B.native_available():
         pytest.skip("native kernel not built")
-    probe = mmap.mmap(-1, 4 << 20)
-    try:
-        probe.madvise(mmap.MADV_HUGEPAGE)
-    except (AttributeError, OSError) as exc:
-        pytest.skip(f"madvise(MADV_HUGEPAGE) not available here: {exc}")
-    finally:
-        probe.close()
     page = os.sysconf("SC_PAGESIZE")
-    t = torch.empty(nbytes // 4, dtype=torch.float32)
-    lo = t.data_ptr() + 100
-    hi = t.data_ptr() + t.numel() * 4 - 100
-    a, b = -(-lo // page) * page, hi // page * page
-    assert B.native_module().populate(lo, hi - lo, 2, 1 << 21) in (True, False)
-    vmas = _vma_flags(a, b)
-    assert vmas and all("hg" in flags for _, _, flags in vmas), vmas
+    buf = mmap.mmap(-1, 16 << 20)
+    try:
+        base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+        try:
+            buf.madvise(mmap.MADV_HUGEPAGE, 15 << 20, page)  # probe, on a page the test does not look at
+        except (AttributeError, OSError) as exc:
+            pytest.skip(f"madvise(MADV_HUGEPAGE) not available here: {exc}")
+        lo, hi = base + start, base + start + nbytes
+        a, b = -(-lo // page) * page, hi // page * page
+        assert B.native_module().populate(lo, hi - lo, 2, 1 << 21) in (True, False)
+        assert bytes(buf[start:start + nbytes]) == bytes(nbytes)  # contents unchanged (zeros)
+        advised = [(v0, v1) for v0, v1, flags in _vma_flags(base, base + (15 << 20)) if "hg" in flags]
+        assert advised == [(a, b)], ([(hex(x), hex(y)) for x, y in advised], hex(a), hex(b))
+    finally:
+        buf.close()

@@ -2423,8 +2423,9 @@ static PyObject *py_philox(PyObject *self, PyObject *args) {
 /* populate(ptr, nbytes, nthreads, huge=0) -> bool: fault in, for writing, the whole pages
    inside [ptr, ptr + nbytes) with MADV_POPULATE_WRITE (Linux 5.14+), split over threads.
    Contents are unchanged. First-touch page faults are the largest cost of materializing a
-   model in fresh memory, and taken this way, before the fill, they cost about a third less
-   than when the fill's stores take them one page at a time (measured in a 2-vCPU VM).
+   model in fresh memory, and taken this way, before the fill, they cost up to a third less
+   than when the fill's stores take them one page at a time (a third on the Xeon VM, no
+   less on the Zen 5 one: docs/performance.md).
    huge: the transparent huge page size (0: leave the pages as they are); the range's whole
    pages are first advised MADV_HUGEPAGE, so the kernel maps (and zeroes) its aligned
    interior a huge page at a time (and the rest in smaller huge pages where the kernel has
@@ -2450,7 +2451,13 @@ static PyObject *py_populate(PyObject *self, PyObject *args) {
            [a, b): the kernel maps a folio only where it fits inside the advised range, so
            PMD-size pages still land in [ha, hb) only, while the smaller multi-size huge
            pages (mTHP, where enabled) also cover the ends and ranges under a huge page */
-        if (madvise((void *)a, b - a, MADV_HUGEPAGE) == 0 && hb > ha) page = (uintptr_t)huge;
+        if (madvise((void *)a, b - a, MADV_HUGEPAGE) == 0) {
+            if (hb > ha)
+                page = (uintptr_t)huge;
+            else
+                nthreads = 1; /* under one huge page: threads splitting it on small pages would
+                                 fault into each other's multi-size huge page blocks */
+        }
     }
 #endif
     int T = nthreads < 1 ? 1 : nthreads > 64 ? 64 : nthreads;
