@@ -284,7 +284,7 @@ def materialize(
         huge_pages: on CPU, back each tensor of 1 MiB or more with transparent huge pages
             where the kernel offers them (``madvise`` of the tensor's whole pages: no memory
             is added). Off by default: where huge pages are costly to find (compaction on
-            demand, or a VM host that has taken free memory back) the faults stall, 1.3-7x
+            demand, or a VM host that has taken free memory back) the faults stall, 1.3-8x
             slower than small pages on the project machines (docs/scale.md); ``True`` wins
             where huge pages come cheap (free memory the host still backs, or 64-512 KiB
             multi-size huge pages enabled) and for the TLB misses saved later. Values never
