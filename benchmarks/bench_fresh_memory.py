@@ -65,20 +65,19 @@ def _child(case: str, dtype_name: str, shape: tuple[int, ...], count: int) -> fl
     # only the fresh keyed fills fault their pages in themselves, as materialize's default does;
     # huge:normal populates first and then fills without, as materialize(huge_pages=True) does
     inline = B.prefaulting() if case in ("normal", "uniform") else contextlib.nullcontext()
+    populate = case.startswith(("populate", "huge:"))
+    with_huge = huge if case in ("populate_huge", "huge:normal") else 0
     with torch.no_grad():
         t0 = time.perf_counter()
         with inline:
             for i in range(count):
                 t = ready[i] if touched else torch.empty(shape, dtype=dtype)
-                if case.startswith(("populate", "huge:")):
-                    with_huge = huge if case in ("populate_huge", "huge:normal") else 0
+                if populate:
                     native.populate(t.data_ptr(), t.numel() * t.element_size(), B.get_num_threads(), with_huge)
-                if case.startswith("populate"):
-                    pass
-                elif spec is None:
-                    t.fill_(0.5)
-                else:
+                if spec is not None:
                     fill_(t, spec, Key(0).child(f"t{i}"))
+                elif not case.startswith("populate"):
+                    t.fill_(0.5)
                 kept.append(t)
         return time.perf_counter() - t0
 

@@ -189,24 +189,27 @@ def _thp_size() -> int:
     off: the global setting at ``never`` and no multi-size size (``hugepages-<n>kB``, which
     can be enabled on its own) at ``always`` or ``madvise``."""
     base = "/sys/kernel/mm/transparent_hugepage/"
+    setting = _thp_setting(base)
     try:
-        with open(base + "enabled") as fh:
-            if "[never]" in fh.read() and not any(_mthp_on(base + d) for d in sorted(os.listdir(base))
-                                                  if d.startswith("hugepages-")):
-                return 0
+        if setting is None or setting == "never" and not any(
+                _thp_setting(f"{base}{d}/") in ("always", "madvise") for d in os.listdir(base)
+                if d.startswith("hugepages-")):
+            return 0
         with open(base + "hpage_pmd_size") as fh:
             return int(fh.read())
     except (OSError, ValueError):
         return 0
 
 
-def _mthp_on(path: str) -> bool:
+def _thp_setting(folder: str) -> str | None:
+    """The selected word of ``folder``'s ``enabled`` file ("always [madvise] never" -> "madvise"),
+    "" where none is selected, None where the file cannot be read."""
     try:
-        with open(path + "/enabled") as fh:
-            setting = fh.read()
+        with open(folder + "enabled") as fh:
+            words = [w[1:-1] for w in fh.read().split() if w.startswith("[") and w.endswith("]")]
     except OSError:
-        return False
-    return "[always]" in setting or "[madvise]" in setting
+        return None
+    return words[0] if words else ""
 
 
 def _fills_natively(entry: Any, t: Tensor) -> bool:
